@@ -1,0 +1,98 @@
+"""emjax: mixtures of experts trained by EM, seen as mirror descent, in JAX.
+
+One EM iteration on a mixture of experts whose complete-data law is an exponential family is one
+step of mirror descent with unit step and mirror map A(θ), the expected log-partition; the local
+rate of EM is the top eigenvalue of the missing-information matrix M(θ) = (∇²A)⁻¹ I_miss.
+Every public function is pure in (model, params, data) and works under ``jit``, ``vmap`` and ``grad``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._fit import FitResult as FitResult
+from ._fit import fit as fit
+from ._information import complete_information as complete_information
+from ._information import em_rate as em_rate
+from ._information import mim_eigenvalues as mim_eigenvalues
+from ._information import missing_information as missing_information
+from ._information import missing_information_matrix as missing_information_matrix
+from ._information import observed_information as observed_information
+from ._likelihood import neg_log_likelihood as neg_log_likelihood
+from ._likelihood import responsibilities as responsibilities
+from ._likelihood import sample as sample
+from ._metrics import perturb as perturb
+from ._metrics import random_params as random_params
+from ._metrics import relative_errors as relative_errors
+from ._mirror import bregman_divergence as bregman_divergence
+from ._mirror import mirror_map as mirror_map
+from ._mirror import mirror_map_grad as mirror_map_grad
+from ._mirror import neg_log_likelihood_grad as neg_log_likelihood_grad
+from ._mirror import posterior_statistics as posterior_statistics
+from ._solvers import EM as EM
+from ._solvers import AbstractSolver as AbstractSolver
+from ._solvers import GradientDescent as GradientDescent
+from ._solvers import GradientEM as GradientEM
+from ._solvers import MirrorDescent as MirrorDescent
+from ._solvers import OptaxSolver as OptaxSolver
+from ._solvers import em as em
+from ._solvers import from_optax as from_optax
+from ._solvers import gradient_descent as gradient_descent
+from ._solvers import gradient_em as gradient_em
+from ._solvers import mirror_descent as mirror_descent
+from ._status import Status as Status
+from ._steps import em_step as em_step
+from ._steps import gradient_descent_step as gradient_descent_step
+from ._steps import gradient_em_step as gradient_em_step
+from ._steps import mirror_descent_step as mirror_descent_step
+from ._steps import safe_step_size as safe_step_size
+from .models import AbstractSymmetricModel as AbstractSymmetricModel
+from .models import SymMoLinE as SymMoLinE
+from .models import SymMoLogE as SymMoLogE
+from .models import SymParams as SymParams
+
+try:
+    __version__ = version("emjax")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AbstractSolver",
+    "AbstractSymmetricModel",
+    "EM",
+    "FitResult",
+    "GradientDescent",
+    "GradientEM",
+    "MirrorDescent",
+    "OptaxSolver",
+    "Status",
+    "SymMoLinE",
+    "SymMoLogE",
+    "SymParams",
+    "bregman_divergence",
+    "complete_information",
+    "em",
+    "em_rate",
+    "em_step",
+    "fit",
+    "from_optax",
+    "gradient_descent",
+    "gradient_descent_step",
+    "gradient_em",
+    "gradient_em_step",
+    "mim_eigenvalues",
+    "mirror_descent",
+    "mirror_descent_step",
+    "mirror_map",
+    "mirror_map_grad",
+    "missing_information",
+    "missing_information_matrix",
+    "neg_log_likelihood",
+    "neg_log_likelihood_grad",
+    "observed_information",
+    "perturb",
+    "posterior_statistics",
+    "random_params",
+    "relative_errors",
+    "responsibilities",
+    "safe_step_size",
+    "sample",
+]

@@ -1,0 +1,128 @@
+r"""The loop: run a solver for a fixed number of steps inside one compiled ``lax.scan``.
+
+This is the only module that iterates an update. ``fit`` validates its inputs in Python, then
+calls a single ``equinox.filter_jit``-compiled scan; step sizes and the model's σ are traced
+arrays, so a grid of SNRs, σ's or step sizes reuses one compilation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array, lax
+
+from ._likelihood import as_arrays, log_likelihoods, projections
+from ._solvers import AbstractSolver, tree_all_finite
+from ._status import Status
+from ._validation import validate
+from .models import AbstractSymmetricModel, SymParams
+
+
+class FitResult(eqx.Module):
+    """What :func:`fit` returns (a pytree, so a vmapped fit returns one batched result).
+
+    Attributes:
+        params: the final parameters (the last finite iterate if the run went non-finite).
+        losses: shape (num_steps + 1,); ``losses[t]`` is L at the iterate after t steps, so
+            ``losses[0]`` is L at the initial parameters. NaN after a non-finite step.
+        num_steps: the number of steps actually applied (int32).
+        status: a :class:`emjax.Status` code (int32): ``ok`` or ``nonfinite``.
+        state: the solver's final state.
+        params_history: with ``keep_history=True``, every iterate, leading axis num_steps + 1.
+    """
+
+    params: SymParams
+    losses: Array
+    num_steps: Array
+    status: Array
+    state: Any
+    params_history: SymParams | None = None
+
+
+def _loss(model, params, x, y):
+    xw, xb = projections(params, x)
+    return -jnp.mean(log_likelihoods(model, xw, xb, y))
+
+
+def _where(flag, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+@eqx.filter_jit
+def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool) -> FitResult:
+    state0 = solver.init(params)
+    loss0 = _loss(model, params, x, y)
+
+    def step(carry, _):
+        params, state, healthy, applied = carry
+        new_params, new_state = solver.update(model, params, state, x, y)
+        new_loss = _loss(model, new_params, x, y)
+        accept = healthy & tree_all_finite(new_params) & jnp.isfinite(new_loss)
+        params = _where(accept, new_params, params)
+        state = _where(accept, new_state, state)
+        loss = jnp.where(accept, new_loss, jnp.nan)
+        carry = (params, state, accept, applied + accept.astype(jnp.int32))
+        return carry, (loss, params if keep_history else None)
+
+    healthy0 = jnp.isfinite(loss0)
+    init = (params, state0, healthy0, jnp.zeros((), jnp.int32))
+    (params, state, healthy, applied), (losses, history) = lax.scan(
+        step, init, None, length=num_steps
+    )
+    losses = jnp.concatenate([loss0[None], losses])
+    if keep_history:
+        history = jax.tree_util.tree_map(
+            lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history
+        )
+    status = jnp.where(healthy, Status.ok, Status.nonfinite).astype(jnp.int32)
+    return FitResult(params, losses, applied, status, state, history)
+
+
+def fit(
+    model: AbstractSymmetricModel,
+    solver: AbstractSolver,
+    params: SymParams,
+    x,
+    y,
+    num_steps: int,
+    *,
+    keep_history: bool = False,
+) -> FitResult:
+    """Run ``solver`` for ``num_steps`` iterations from ``params`` in one compiled ``lax.scan``.
+
+    Args:
+        model: a symmetric model (``SymMoLinE`` or ``SymMoLogE``).
+        solver: ``em()``, ``mirror_descent(eta)``, ``gradient_em(eta, m)``, ``gradient_descent(eta)``
+            or ``from_optax(tx)``.
+        params: the initial parameters.
+        x: features, shape (n, d). y: responses, shape (n,).
+        num_steps: number of iterations, a Python int >= 0 (it fixes the trace length).
+        keep_history: also return every iterate in ``params_history``.
+
+    Returns:
+        A :class:`FitResult`. A step that produces a non-finite loss or parameter is not applied:
+        the run keeps its last finite iterate and reports ``Status.nonfinite``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, emjax
+        >>> model = emjax.SymMoLinE()
+        >>> truth = emjax.SymParams(w=jnp.array([2.0, 0.0]), beta=jnp.array([0.0, 2.0]))
+        >>> x, y = emjax.sample(model, truth, jax.random.key(0), 1000)
+        >>> start = emjax.SymParams(w=jnp.array([0.5, 0.5]), beta=jnp.array([1.0, 1.0]))
+        >>> result = emjax.fit(model, emjax.em(), start, x, y, num_steps=20)
+        >>> result.losses.shape, int(result.status)
+        ((21,), 0)
+    """
+    validate(model, params, x, y)
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
+        raise ValueError(f"num_steps must be a Python int >= 0; got {num_steps!r}")
+    if not isinstance(solver, AbstractSolver):
+        raise ValueError(
+            "solver must be an emjax solver (em(), mirror_descent(eta), gradient_em(eta, m), "
+            f"gradient_descent(eta), from_optax(tx)); got {type(solver).__name__}"
+        )
+    params, x, y = as_arrays(params, x, y)
+    return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history))

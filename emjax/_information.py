@@ -1,0 +1,114 @@
+r"""Information matrices and the missing-information matrix (MATH.md §5), in closed form.
+
+All matrices are (2d, 2d) in the flattened order ``concat(w, beta)``. With $p = \mathrm{sigmoid}(x\cdot w)$,
+$r$ the responsibilities and $v = r(1-r)$:
+
+* complete information $\nabla^2 A = \mathrm{blockdiag}(\mathrm{mean}\,p(1-p)xx^\top,\ \mathrm{mean}\,A^{e\prime\prime}(x\cdot\beta)\,xx^\top)$;
+* missing information $I_{miss} = \mathrm{mean}\,v\,[x; c x][x; c x]^\top$, $c = 2y/\sigma^2$ (SymMoLinE)
+  or $2y - 1$ (SymMoLogE);
+* observed information $\nabla^2 L = \nabla^2 A - I_{miss}$ (exact, for every θ and data set);
+* $M(\theta) = (\nabla^2 A)^{-1} I_{miss}$, whose eigenvalues are those of the symmetric
+  $G^{-1} I_{miss} G^{-\top}$ with $\nabla^2 A = G G^\top$; ``em_rate`` is the largest.
+
+Nothing here loops, so everything differentiates (``jax.grad(em_rate)`` included).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
+
+from ._likelihood import as_arrays, posterior_logit, projections
+from ._validation import validate
+from .models import AbstractSymmetricModel, SymParams
+
+
+def _weighted_gram(x: Array, weights: Array) -> Array:
+    return (x * weights[:, None]).T @ x / x.shape[0]
+
+
+def _complete(model, params: SymParams, x: Array) -> Array:
+    xw, xb = projections(params, x)
+    p = jax.nn.sigmoid(xw)
+    gate = _weighted_gram(x, p * (1 - p))
+    expert = _weighted_gram(x, model.expert_curvature(xb))
+    zeros = jnp.zeros_like(gate)
+    return jnp.block([[gate, zeros], [zeros, expert]])
+
+
+def _missing(model, params: SymParams, x: Array, y: Array) -> Array:
+    xw, xb = projections(params, x)
+    logit = posterior_logit(model, xw, xb, y)
+    v = jax.nn.sigmoid(logit) * jax.nn.sigmoid(-logit)
+    stacked = jnp.concatenate([x, model.missing_coefficient(y)[:, None] * x], axis=1)
+    return _weighted_gram(stacked, v)
+
+
+def complete_information(model: AbstractSymmetricModel, params: SymParams, x) -> Array:
+    r"""$\nabla^2 A(\theta)$, the complete-data (Fisher) information, shape (2d, 2d).
+
+    Example:
+        >>> import jax.numpy as jnp, emjax
+        >>> p = emjax.SymParams(w=jnp.zeros(1), beta=jnp.zeros(1))
+        >>> emjax.complete_information(emjax.SymMoLinE(), p, jnp.ones((2, 1))).tolist()
+        [[0.25, 0.0], [0.0, 1.0]]
+    """
+    validate(model, params, x)
+    return _complete(model, *as_arrays(params, x))
+
+
+def missing_information(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+    r"""$I_{miss}(\theta) = \mathrm{mean}_n J_n^\top \mathrm{Cov}_\theta[S\mid x_n, y_n] J_n$, shape (2d, 2d)."""
+    validate(model, params, x, y)
+    return _missing(model, *as_arrays(params, x, y))
+
+
+def observed_information(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+    r"""$\nabla^2 L(\theta) = \nabla^2 A(\theta) - I_{miss}(\theta)$ (Louis' identity), shape (2d, 2d)."""
+    validate(model, params, x, y)
+    params, x, y = as_arrays(params, x, y)
+    return _complete(model, params, x) - _missing(model, params, x, y)
+
+
+def missing_information_matrix(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+    r"""$M(\theta) = \nabla^2 A(\theta)^{-1} I_{miss}(\theta)$, shape (2d, 2d), via a Cholesky solve.
+
+    At a fixed point $\hat\theta$ of EM, $M(\hat\theta)$ is the Jacobian of the EM map
+    (Dempster-Laird-Rubin), ``jax.jacobian(em_step)``.
+    """
+    validate(model, params, x, y)
+    params, x, y = as_arrays(params, x, y)
+    chol = cho_factor(_complete(model, params, x), lower=True)
+    return cho_solve(chol, _missing(model, params, x, y))
+
+
+def _mim_eigenvalues(model, params, x, y) -> Array:
+    factor = jnp.linalg.cholesky(_complete(model, params, x))
+    left = solve_triangular(factor, _missing(model, params, x, y), lower=True)
+    symmetric = solve_triangular(factor, left.T, lower=True)
+    return jnp.linalg.eigvalsh((symmetric + symmetric.T) / 2)
+
+
+def mim_eigenvalues(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+    r"""Eigenvalues of $M(\theta)$, ascending, from ``eigvalsh`` of $G^{-1} I_{miss} G^{-\top}$ (never ``eig``)."""
+    validate(model, params, x, y)
+    return _mim_eigenvalues(model, *as_arrays(params, x, y))
+
+
+def em_rate(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+    r"""$\lambda_{\max}(M(\theta))$: the local linear rate of EM at a fixed point (MATH.md §5.3).
+
+    Differentiable: ``jax.grad(lambda b: em_rate(model, SymParams(w, b), x, y))(beta)`` works.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, emjax
+        >>> model = emjax.SymMoLinE()
+        >>> truth = emjax.SymParams(w=jnp.array([2.0, 0.0]), beta=jnp.array([0.0, 4.0]))
+        >>> x, y = emjax.sample(model, truth, jax.random.key(0), 20000)
+        >>> 0.1 < float(emjax.em_rate(model, truth, x, y)) < 0.4
+        True
+    """
+    validate(model, params, x, y)
+    return _mim_eigenvalues(model, *as_arrays(params, x, y))[-1]

@@ -1,0 +1,116 @@
+r"""Sampling, the E-step and the loss (MATH.md §1-§2), all in log space.
+
+With $\Delta_n = \ell_{n1} - \ell_{n0}$ the posterior log-odds of $z=1$, the responsibilities are
+$r_n = \mathrm{sigmoid}(\Delta_n)$ and the loss is
+$L = -\mathrm{mean}_n\,\mathrm{logaddexp}(\log\mathrm{sigmoid}(x\cdot w) + l_1,\ \log\mathrm{sigmoid}(-x\cdot w) + l_0)$.
+Nothing is exponentiated before it is normalised, so $|x\cdot w|$ and $|x\cdot\beta|$ of order
+$10^3$ give exact 0/1 responsibilities and a finite loss, never NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ._validation import validate
+from .models import AbstractSymmetricModel, SymParams
+
+
+def working_dtype(params: SymParams, x) -> jnp.dtype:
+    """The floating dtype every computation runs in: that of x and the parameters together."""
+    return jnp.result_type(jnp.asarray(x).dtype, params.w.dtype, params.beta.dtype, jnp.float32)
+
+
+def as_arrays(params: SymParams, x, y=None):
+    """Cast parameters, features and labels to one floating dtype."""
+    dtype = working_dtype(params, x)
+    params = SymParams(w=params.w.astype(dtype), beta=params.beta.astype(dtype))
+    x = jnp.asarray(x, dtype)
+    if y is None:
+        return params, x
+    return params, x, jnp.asarray(y, dtype)
+
+
+def projections(params: SymParams, x: Array) -> tuple[Array, Array]:
+    """Gate and expert scores ``(x.w, x.beta)``, one pass over x."""
+    scores = x @ jnp.stack([params.w, params.beta], axis=1)
+    return scores[:, 0], scores[:, 1]
+
+
+def posterior_logit(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Array) -> Array:
+    r"""$\Delta = \log P(z=1\mid x,y) - \log P(z=0\mid x,y) = x\cdot w + (l_1 - l_0)$."""
+    return xw + model.expert_log_ratio(xb, y)
+
+
+def sample(model: AbstractSymmetricModel, params: SymParams, key: Array, n: int):
+    r"""Draw n samples: $x\sim N(0, I_d)$, $z\sim\mathrm{Bernoulli}(\mathrm{sigmoid}(x\cdot w))$, then y.
+
+    Args:
+        model: the model.
+        params: the true parameters; their dtype is the dtype of x and y.
+        key: a ``jax.random`` key.
+        n: number of samples (a Python int).
+
+    Returns:
+        ``(x, y)`` of shapes (n, d) and (n,).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, emjax
+        >>> truth = emjax.SymParams(w=jnp.ones(2), beta=jnp.ones(2))
+        >>> x, y = emjax.sample(emjax.SymMoLinE(), truth, jax.random.key(1), 7)
+        >>> x.shape
+        (7, 2)
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive Python int (it fixes array shapes); got {n!r}")
+    if jnp.ndim(params.w) != 1:
+        raise ValueError(f"params.w must have shape (d,); got shape {jnp.shape(params.w)}")
+    dtype = jnp.result_type(params.w.dtype, params.beta.dtype, jnp.float32)
+    key_x, key_z, key_y = jax.random.split(key, 3)
+    x = jax.random.normal(key_x, (n, params.w.shape[0]), dtype)
+    xw = x @ params.w.astype(dtype)
+    xb = x @ params.beta.astype(dtype)
+    z = jax.random.bernoulli(key_z, jax.nn.sigmoid(xw))
+    return x, model.sample_labels(key_y, xb, z)
+
+
+def responsibilities(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+    r"""Posterior probabilities of the latent label, shape (n, 2).
+
+    Column 1 is $r_n = P(z=1\mid x_n, y_n) = \mathrm{sigmoid}(\Delta_n)$ and column 0 is
+    $\mathrm{sigmoid}(-\Delta_n)$ (computed directly, not as $1 - r_n$, so both tails are exact).
+
+    Example:
+        >>> import jax.numpy as jnp, emjax
+        >>> p = emjax.SymParams(w=jnp.zeros(1), beta=jnp.ones(1))
+        >>> r = emjax.responsibilities(emjax.SymMoLinE(), p, jnp.ones((1, 1)), jnp.zeros(1))
+        >>> r.tolist()
+        [[0.5, 0.5]]
+    """
+    validate(model, params, x, y)
+    params, x, y = as_arrays(params, x, y)
+    xw, xb = projections(params, x)
+    logit = posterior_logit(model, xw, xb, y)
+    return jnp.stack([jax.nn.sigmoid(-logit), jax.nn.sigmoid(logit)], axis=1)
+
+
+def log_likelihoods(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Array) -> Array:
+    """Per-sample ``log p(y | x)`` from the scores (log space throughout)."""
+    l1, l0 = model.expert_log_likelihoods(xb, y)
+    return jnp.logaddexp(jax.nn.log_sigmoid(xw) + l1, jax.nn.log_sigmoid(-xw) + l0)
+
+
+def neg_log_likelihood(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+    r"""$L(\theta) = -\mathrm{mean}_n \log p(y_n\mid x_n;\theta)$, all constants included.
+
+    Example:
+        >>> import jax.numpy as jnp, emjax
+        >>> p = emjax.SymParams(w=jnp.zeros(1), beta=jnp.zeros(1))
+        >>> round(float(emjax.neg_log_likelihood(emjax.SymMoLogE(), p, jnp.ones((2, 1)), jnp.array([0, 1]))), 6)
+        0.693147
+    """
+    validate(model, params, x, y)
+    params, x, y = as_arrays(params, x, y)
+    xw, xb = projections(params, x)
+    return -jnp.mean(log_likelihoods(model, xw, xb, y))

@@ -1,0 +1,87 @@
+"""Checks at the Python boundary: clear ``ValueError`` messages before anything is traced.
+
+Shape checks always run (shapes are static, even on tracers). Value checks (finiteness,
+label sets) need concrete arrays, so they run only when the argument is not a tracer: a
+function called inside a user's ``jit`` or ``vmap`` trusts its inputs, as jax itself does.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(value) -> bool:
+    """True when ``value`` holds data that can be read now (not an abstract tracer)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _shape(value, name: str) -> tuple[int, ...]:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(value)
+        except Exception as error:  # pragma: no cover - exotic inputs
+            raise ValueError(f"{name} must be an array; got {type(value).__name__}") from error
+    return tuple(shape)
+
+
+def check_finite(value, name: str) -> None:
+    """Raise if a concrete array holds NaN or infinite entries."""
+    if is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+        raise ValueError(f"{name} must be finite; it contains NaN or infinite values")
+
+
+def check_features(x) -> tuple[int, int]:
+    """Validate the design matrix ``x`` of shape (n, d) and return (n, d)."""
+    shape = _shape(x, "x")
+    if len(shape) != 2:
+        raise ValueError(f"x must have shape (n, d) (rank 2); got shape {shape}")
+    n, d = shape
+    if n < 1 or d < 1:
+        raise ValueError(f"x must have at least one row and one column; got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.number):
+        raise ValueError(f"x must hold numbers; got dtype {jnp.result_type(x)}")
+    check_finite(x, "x")
+    return n, d
+
+
+def check_labels(y, n: int) -> None:
+    """Validate the response vector ``y`` of shape (n,)."""
+    shape = _shape(y, "y")
+    if len(shape) != 1:
+        raise ValueError(f"y must have shape (n,) (rank 1); got shape {shape}")
+    if shape[0] != n:
+        raise ValueError(f"y must have one entry per row of x: x has n={n} rows, y has {shape[0]}")
+    check_finite(y, "y")
+
+
+def check_params(params, d: int) -> None:
+    """Validate symmetric parameters against the feature dimension ``d`` of x."""
+    for field in ("w", "beta"):
+        shape = _shape(getattr(params, field), f"params.{field}")
+        if shape != (d,):
+            raise ValueError(
+                f"params.{field} must have shape (d,) = ({d},) to match x of shape (n, {d}); "
+                f"got shape {shape}"
+            )
+        check_finite(getattr(params, field), f"params.{field}")
+
+
+def check_step_size(step_size, name: str = "step_size") -> None:
+    """A step size must be a finite positive scalar (or a pytree of them)."""
+    for leaf in jax.tree_util.tree_leaves(step_size):
+        if _shape(leaf, name) != ():
+            raise ValueError(f"{name} must be a scalar; got shape {_shape(leaf, name)}")
+        if is_concrete(leaf) and not (np.isfinite(np.asarray(leaf)) and np.asarray(leaf) > 0):
+            raise ValueError(f"{name} must be a finite positive number; got {np.asarray(leaf)}")
+
+
+def validate(model, params, x, y=None) -> None:
+    """All boundary checks for a public function of (model, params, x[, y])."""
+    n, d = check_features(x)
+    check_params(params, d)
+    if y is not None:
+        check_labels(y, n)
+        model.check_labels(y)

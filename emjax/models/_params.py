@@ -1,0 +1,60 @@
+"""Parameters of the symmetric two-expert models."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax import Array
+
+
+class SymParams(eqx.Module):
+    r"""Parameters $\theta = (w, \beta)$ of a symmetric two-expert mixture.
+
+    The gate is $P(z=1 \mid x) = \mathrm{sigmoid}(x \cdot w)$; expert $+\beta$ serves $z=1$ and
+    expert $-\beta$ serves $z=0$. Every flattened vector, gradient, Hessian and information
+    matrix in emjax uses the order ``concat(w, beta)`` (w first), see :meth:`flatten`.
+
+    Args:
+        w: gate weights, shape (d,).
+        beta: expert weights, shape (d,).
+
+    Example:
+        >>> import jax.numpy as jnp, emjax
+        >>> p = emjax.SymParams(w=jnp.zeros(3), beta=jnp.ones(3))
+        >>> p.flatten().shape
+        (6,)
+    """
+
+    w: Array
+    beta: Array
+
+    def __init__(self, w, beta):
+        self.w = jnp.asarray(w)
+        self.beta = jnp.asarray(beta)
+
+    def __check_init__(self):
+        if jnp.shape(self.w) != jnp.shape(self.beta):
+            raise ValueError(
+                f"SymParams: w and beta must have the same shape (d,); got w {jnp.shape(self.w)} "
+                f"and beta {jnp.shape(self.beta)}"
+            )
+
+    @property
+    def dim(self) -> int:
+        """The feature dimension d."""
+        return self.w.shape[-1]
+
+    def flatten(self) -> Array:
+        """The vector ``concat(w, beta)`` of shape (2d,)."""
+        return jnp.concatenate([self.w, self.beta], axis=-1)
+
+    @classmethod
+    def unflatten(cls, theta: Array) -> SymParams:
+        """Inverse of :meth:`flatten`: split a (2d,) vector into (w, beta)."""
+        d = theta.shape[-1] // 2
+        return cls(w=theta[..., :d], beta=theta[..., d:])
+
+    def align_sign(self, reference: SymParams) -> SymParams:
+        r"""Resolve the label swap $\theta \equiv -\theta$: flip when $\langle\beta, \beta_{ref}\rangle < 0$."""
+        sign = jnp.where(jnp.vdot(self.beta, reference.beta) < 0, -1.0, 1.0).astype(self.w.dtype)
+        return SymParams(w=sign * self.w, beta=sign * self.beta)

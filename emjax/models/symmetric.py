@@ -1,0 +1,168 @@
+r"""The two symmetric two-expert models of the paper (MATH.md §1, §2, §4.1).
+
+Both share the gate $P(z=1\mid x) = \mathrm{sigmoid}(x\cdot w)$ and differ in the expert:
+
+* :class:`SymMoLinE`: $y = (2z-1)\,x\cdot\beta + \sigma\varepsilon$, $\varepsilon\sim N(0,1)$, σ known.
+* :class:`SymMoLogE`: $y\in\{0,1\}$, $P(y=1\mid x,z) = \mathrm{sigmoid}((2z-1)\,x\cdot\beta)$.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from .._newton import soft_logistic_regression
+from .._validation import is_concrete
+from ._base import AbstractSymmetricModel
+
+
+def softplus_bregman(a: Array, a_ref: Array) -> Array:
+    """softplus(a) - softplus(a_ref) - sigmoid(a_ref)(a - a_ref) = KL_bern(sigmoid(a_ref) || sigmoid(a))."""
+    value = jax.nn.softplus(a) - jax.nn.softplus(a_ref) - jax.nn.sigmoid(a_ref) * (a - a_ref)
+    return jnp.maximum(value, 0)
+
+
+class SymMoLinE(AbstractSymmetricModel):
+    r"""Symmetric mixture of two linear experts, $y = \pm x\cdot\beta + \sigma\varepsilon$.
+
+    Complete-data statistic $S = (z, (2z-1)y)$ with natural parameter $(x\cdot w, x\cdot\beta/\sigma^2)$
+    and per-sample log-partition $A_x = \mathrm{softplus}(x\cdot w) + (x\cdot\beta)^2/(2\sigma^2)$.
+
+    Args:
+        sigma: the known noise standard deviation, > 0. A Python float or a scalar array
+            (an array is traced under ``jit``, so a sweep over σ compiles once).
+
+    Raises:
+        ValueError: if ``sigma`` is not a positive finite scalar.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, emjax
+        >>> model = emjax.SymMoLinE(sigma=1.0)
+        >>> truth = emjax.SymParams(w=jnp.array([1.0, 0.0]), beta=jnp.array([0.0, 2.0]))
+        >>> x, y = emjax.sample(model, truth, jax.random.key(0), 100)
+        >>> x.shape, y.shape
+        ((100, 2), (100,))
+    """
+
+    sigma: Array
+
+    def __init__(self, sigma=1.0):
+        if jnp.shape(sigma) != ():
+            raise ValueError(f"sigma must be a scalar; got shape {jnp.shape(sigma)}")
+        if is_concrete(sigma):
+            value = float(np.asarray(sigma))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"sigma must be a positive finite number; got {value}")
+        self.sigma = jnp.asarray(sigma)
+
+    def _variance(self, like: Array) -> Array:
+        return jnp.square(self.sigma).astype(like.dtype)
+
+    def expert_log_likelihoods(self, xb, y):
+        var = self._variance(xb)
+        const = -0.5 * jnp.log(2 * jnp.pi * var)
+        return const - jnp.square(y - xb) / (2 * var), const - jnp.square(y + xb) / (2 * var)
+
+    def expert_log_ratio(self, xb, y):
+        return 2 * y * xb / self._variance(xb)
+
+    def expert_log_partition(self, xb):
+        return jnp.square(xb) / (2 * self._variance(xb))
+
+    def expert_mean(self, xb):
+        return xb / self._variance(xb)
+
+    def expert_curvature(self, xb):
+        return jnp.ones_like(xb) / self._variance(xb)
+
+    def expert_bregman(self, xb, xb_ref):
+        return jnp.square(xb - xb_ref) / (2 * self._variance(xb))
+
+    def expert_posterior_statistic(self, logit, y):
+        # E[(2z-1) y | x, y] / sigma^2 with 2r - 1 = tanh(logit / 2), exact in both tails.
+        return jnp.tanh(logit / 2) * y / self._variance(logit)
+
+    def missing_coefficient(self, y):
+        return 2 * y / self._variance(y)
+
+    def expert_solve(self, x, targets, beta0):
+        # mean (x.beta / sigma^2) x = mean t x  <=>  (X^T X) beta = sigma^2 X^T t (Cholesky).
+        gram = x.T @ x
+        chol = jax.scipy.linalg.cho_factor(gram, lower=True)
+        return jax.scipy.linalg.cho_solve(chol, self._variance(x) * (x.T @ targets))
+
+    def sample_labels(self, key, xb, z):
+        sign = 2 * z.astype(xb.dtype) - 1
+        noise = jax.random.normal(key, xb.shape, xb.dtype)
+        return sign * xb + self.sigma.astype(xb.dtype) * noise
+
+    def expert_smoothness(self):
+        return 1 / jnp.square(self.sigma)
+
+
+class SymMoLogE(AbstractSymmetricModel):
+    r"""Symmetric mixture of two logistic experts, $P(y=1\mid x,z) = \mathrm{sigmoid}((2z-1)x\cdot\beta)$.
+
+    Complete-data statistic $S = (z, 1[y=z])$ with natural parameter $(x\cdot w, x\cdot\beta)$ and
+    per-sample log-partition $A_x = \mathrm{softplus}(x\cdot w) + \mathrm{softplus}(x\cdot\beta)$.
+    Labels are 0/1 (any real or integer dtype holding only 0 and 1).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, emjax
+        >>> model = emjax.SymMoLogE()
+        >>> truth = emjax.SymParams(w=jnp.array([1.0, 0.0]), beta=jnp.array([0.0, 3.0]))
+        >>> x, y = emjax.sample(model, truth, jax.random.key(0), 50)
+        >>> bool(jnp.all((y == 0) | (y == 1)))
+        True
+    """
+
+    def check_labels(self, y) -> None:
+        if is_concrete(y):
+            values = np.asarray(y)
+            if not np.all((values == 0) | (values == 1)):
+                bad = values[(values != 0) & (values != 1)]
+                raise ValueError(
+                    f"y must hold binary labels in {{0, 1}} for SymMoLogE; got values such as {bad[:3]}"
+                )
+
+    def expert_log_likelihoods(self, xb, y):
+        sign = 2 * y - 1
+        return jax.nn.log_sigmoid(sign * xb), jax.nn.log_sigmoid(-sign * xb)
+
+    def expert_log_ratio(self, xb, y):
+        # log_sigmoid(c t) - log_sigmoid(-c t) = c t for c = 2y - 1.
+        return (2 * y - 1) * xb
+
+    def expert_log_partition(self, xb):
+        return jax.nn.softplus(xb)
+
+    def expert_mean(self, xb):
+        return jax.nn.sigmoid(xb)
+
+    def expert_curvature(self, xb):
+        s = jax.nn.sigmoid(xb)
+        return s * (1 - s)
+
+    def expert_bregman(self, xb, xb_ref):
+        return softplus_bregman(xb, xb_ref)
+
+    def expert_posterior_statistic(self, logit, y):
+        # q = P(y = z | x, y) = y r + (1-y)(1-r) = sigmoid((2y-1) logit) for y in {0,1}.
+        return jax.nn.sigmoid((2 * y - 1) * logit)
+
+    def missing_coefficient(self, y):
+        return 2 * y - 1
+
+    def expert_solve(self, x, targets, beta0):
+        return soft_logistic_regression(x, targets, beta0)
+
+    def sample_labels(self, key, xb, z):
+        sign = 2 * z.astype(xb.dtype) - 1
+        return jax.random.bernoulli(key, jax.nn.sigmoid(sign * xb)).astype(xb.dtype)
+
+    def expert_smoothness(self):
+        return 0.25
