@@ -21,7 +21,7 @@ from jax import Array
 from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 
 from ._likelihood import as_arrays, posterior_logit, projections
-from ._validation import validate
+from ._validation import public, validate
 from .models import AbstractSymmetricModel, SymParams
 
 
@@ -46,6 +46,7 @@ def _missing(model, params: SymParams, x: Array, y: Array) -> Array:
     return _weighted_gram(stacked, v)
 
 
+@public(validate)
 def complete_information(model: AbstractSymmetricModel, params: SymParams, x) -> Array:
     r"""$\nabla^2 A(\theta)$, the complete-data (Fisher) information, shape (2d, 2d).
 
@@ -55,30 +56,29 @@ def complete_information(model: AbstractSymmetricModel, params: SymParams, x) ->
         >>> emjax.complete_information(emjax.SymMoLinE(), p, jnp.ones((2, 1))).tolist()
         [[0.25, 0.0], [0.0, 1.0]]
     """
-    validate(model, params, x)
     return _complete(model, *as_arrays(params, x))
 
 
+@public(validate)
 def missing_information(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
     r"""$I_{miss}(\theta) = \mathrm{mean}_n J_n^\top \mathrm{Cov}_\theta[S\mid x_n, y_n] J_n$, shape (2d, 2d)."""
-    validate(model, params, x, y)
     return _missing(model, *as_arrays(params, x, y))
 
 
+@public(validate)
 def observed_information(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
     r"""$\nabla^2 L(\theta) = \nabla^2 A(\theta) - I_{miss}(\theta)$ (Louis' identity), shape (2d, 2d)."""
-    validate(model, params, x, y)
     params, x, y = as_arrays(params, x, y)
     return _complete(model, params, x) - _missing(model, params, x, y)
 
 
+@public(validate)
 def missing_information_matrix(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
     r"""$M(\theta) = \nabla^2 A(\theta)^{-1} I_{miss}(\theta)$, shape (2d, 2d), via a Cholesky solve.
 
     At a fixed point $\hat\theta$ of EM, $M(\hat\theta)$ is the Jacobian of the EM map
     (Dempster-Laird-Rubin), ``jax.jacobian(em_step)``.
     """
-    validate(model, params, x, y)
     params, x, y = as_arrays(params, x, y)
     chol = cho_factor(_complete(model, params, x), lower=True)
     return cho_solve(chol, _missing(model, params, x, y))
@@ -91,12 +91,13 @@ def _mim_eigenvalues(model, params, x, y) -> Array:
     return jnp.linalg.eigvalsh((symmetric + symmetric.T) / 2)
 
 
+@public(validate)
 def mim_eigenvalues(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
     r"""Eigenvalues of $M(\theta)$, ascending, from ``eigvalsh`` of $G^{-1} I_{miss} G^{-\top}$ (never ``eig``)."""
-    validate(model, params, x, y)
     return _mim_eigenvalues(model, *as_arrays(params, x, y))
 
 
+@public(validate)
 def em_rate(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
     r"""$\lambda_{\max}(M(\theta))$: the local linear rate of EM at a fixed point (MATH.md §5.3).
 
@@ -110,5 +111,4 @@ def em_rate(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
         >>> 0.1 < float(emjax.em_rate(model, truth, x, y)) < 0.4
         True
     """
-    validate(model, params, x, y)
     return _mim_eigenvalues(model, *as_arrays(params, x, y))[-1]

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._validation import validate
+from ._validation import check_finite, public, validate
 from .models import AbstractSymmetricModel, SymParams
 
 
@@ -43,6 +43,16 @@ def posterior_logit(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Arra
     return xw + model.expert_log_ratio(xb, y)
 
 
+def _check_sample(model, params, key, n, **_) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive Python int (it fixes array shapes); got {n!r}")
+    if jnp.ndim(params.w) != 1:
+        raise ValueError(f"params.w must have shape (d,); got shape {jnp.shape(params.w)}")
+    check_finite(params.w, "params.w")
+    check_finite(params.beta, "params.beta")
+
+
+@public(_check_sample)
 def sample(model: AbstractSymmetricModel, params: SymParams, key: Array, n: int):
     r"""Draw n samples: $x\sim N(0, I_d)$, $z\sim\mathrm{Bernoulli}(\mathrm{sigmoid}(x\cdot w))$, then y.
 
@@ -62,10 +72,6 @@ def sample(model: AbstractSymmetricModel, params: SymParams, key: Array, n: int)
         >>> x.shape
         (7, 2)
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive Python int (it fixes array shapes); got {n!r}")
-    if jnp.ndim(params.w) != 1:
-        raise ValueError(f"params.w must have shape (d,); got shape {jnp.shape(params.w)}")
     dtype = jnp.result_type(params.w.dtype, params.beta.dtype, jnp.float32)
     key_x, key_z, key_y = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (n, params.w.shape[0]), dtype)
@@ -75,6 +81,7 @@ def sample(model: AbstractSymmetricModel, params: SymParams, key: Array, n: int)
     return x, model.sample_labels(key_y, xb, z)
 
 
+@public(validate)
 def responsibilities(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
     r"""Posterior probabilities of the latent label, shape (n, 2).
 
@@ -88,7 +95,6 @@ def responsibilities(model: AbstractSymmetricModel, params: SymParams, x, y) -> 
         >>> r.tolist()
         [[0.5, 0.5]]
     """
-    validate(model, params, x, y)
     params, x, y = as_arrays(params, x, y)
     xw, xb = projections(params, x)
     logit = posterior_logit(model, xw, xb, y)
@@ -101,6 +107,7 @@ def log_likelihoods(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Arra
     return jnp.logaddexp(jax.nn.log_sigmoid(xw) + l1, jax.nn.log_sigmoid(-xw) + l0)
 
 
+@public(validate)
 def neg_log_likelihood(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
     r"""$L(\theta) = -\mathrm{mean}_n \log p(y_n\mid x_n;\theta)$, all constants included.
 
@@ -110,7 +117,6 @@ def neg_log_likelihood(model: AbstractSymmetricModel, params: SymParams, x, y) -
         >>> round(float(emjax.neg_log_likelihood(emjax.SymMoLogE(), p, jnp.ones((2, 1)), jnp.array([0, 1]))), 6)
         0.693147
     """
-    validate(model, params, x, y)
     params, x, y = as_arrays(params, x, y)
     xw, xb = projections(params, x)
     return -jnp.mean(log_likelihoods(model, xw, xb, y))

@@ -14,10 +14,11 @@ def _direction(key: Array, d: int, dtype) -> Array:
     return v / jnp.linalg.norm(v)
 
 
-def random_params(key: Array, d: int, w_norm=2.0, beta_norm=2.0, dtype=jnp.float32) -> SymParams:
+def random_params(key: Array, d: int, w_norm=2.0, beta_norm=2.0, dtype=None) -> SymParams:
     r"""Parameters with uniformly random directions and the given norms $\|w\|$, $\|\beta\|$.
 
-    The norms may be traced arrays (an SNR grid under ``vmap`` compiles once).
+    The norms may be traced arrays (an SNR grid under ``vmap`` compiles once). ``dtype`` defaults
+    to JAX's default float (float64 when x64 is enabled, float32 otherwise).
 
     Example:
         >>> import jax, jax.numpy as jnp, emjax
@@ -25,6 +26,7 @@ def random_params(key: Array, d: int, w_norm=2.0, beta_norm=2.0, dtype=jnp.float
         >>> round(float(jnp.linalg.norm(p.beta)), 5)
         3.0
     """
+    dtype = jnp.zeros((), float).dtype if dtype is None else dtype
     key_w, key_b = jax.random.split(key)
     return SymParams(
         w=jnp.asarray(w_norm, dtype) * _direction(key_w, d, dtype),

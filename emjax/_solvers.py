@@ -29,7 +29,7 @@ from jax import Array
 from ._likelihood import as_arrays
 from ._mirror import loss_gradient_raw
 from ._steps import em_step, gradient_descent_step, gradient_em_step, mirror_descent_step
-from ._validation import check_step_size
+from ._validation import check_inner_steps, check_step_size
 from .models import AbstractSymmetricModel, SymParams
 
 
@@ -119,8 +119,7 @@ def gradient_descent(step_size) -> GradientDescent:
 
 def gradient_em(step_size, inner_steps: int = 3) -> GradientEM:
     """Gradient EM: ``inner_steps`` gradient steps on the surrogate Q per E-step (default 3)."""
-    if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
-        raise ValueError(f"inner_steps must be a Python int >= 1; got {inner_steps!r}")
+    check_inner_steps(inner_steps)
     return GradientEM(step_size=_as_step(step_size), inner_steps=inner_steps)
 
 

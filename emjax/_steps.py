@@ -19,7 +19,7 @@ from jax import Array, lax
 from ._likelihood import as_arrays, posterior_logit, projections
 from ._mirror import loss_gradient_raw, mirror_gradient_raw, posterior_statistics_raw
 from ._newton import soft_logistic_regression
-from ._validation import check_features, check_step_size, validate
+from ._validation import check_features, check_inner_steps, public, validate, validate_with_step
 from .models import AbstractSymmetricModel, SymParams
 
 
@@ -31,6 +31,7 @@ def _solve_targets(model, params: SymParams, x: Array, gate_targets, expert_targ
     )
 
 
+@public(validate)
 def em_step(model: AbstractSymmetricModel, params: SymParams, x, y) -> SymParams:
     r"""One EM iteration: E-step, then the M-step solved to convergence.
 
@@ -51,7 +52,6 @@ def em_step(model: AbstractSymmetricModel, params: SymParams, x, y) -> SymParams
         >>> bool(emjax.neg_log_likelihood(model, new, x, y) < emjax.neg_log_likelihood(model, start, x, y))
         True
     """
-    validate(model, params, x, y)
     params, x, y = as_arrays(params, x, y)
     xw, xb = projections(params, x)
     logit = posterior_logit(model, xw, xb, y)
@@ -60,6 +60,7 @@ def em_step(model: AbstractSymmetricModel, params: SymParams, x, y) -> SymParams
     )
 
 
+@public(validate_with_step, traced=("step_size",))
 def mirror_descent_step(model: AbstractSymmetricModel, params: SymParams, x, y, step_size) -> SymParams:
     r"""One mirror-descent step with mirror map A: $\nabla A(\theta^+) = \nabla A(\theta) - \eta\nabla L(\theta)$.
 
@@ -72,8 +73,6 @@ def mirror_descent_step(model: AbstractSymmetricModel, params: SymParams, x, y, 
     Args:
         step_size: η > 0, a scalar (traced under ``jit``, so sweeps over η compile once).
     """
-    validate(model, params, x, y)
-    check_step_size(step_size)
     params, x, y = as_arrays(params, x, y)
     eta = jnp.asarray(step_size, x.dtype)
     xw, xb = projections(params, x)
@@ -95,6 +94,7 @@ def _descend(params: SymParams, direction: SymParams, eta: SymParams) -> SymPara
     return SymParams(w=params.w - eta.w * direction.w, beta=params.beta - eta.beta * direction.beta)
 
 
+@public(validate_with_step, traced=("step_size",))
 def gradient_descent_step(model: AbstractSymmetricModel, params: SymParams, x, y, step_size) -> SymParams:
     r"""One gradient step on the loss, $\theta^+ = \theta - \eta\nabla L(\theta)$ (MATH.md §7).
 
@@ -102,12 +102,16 @@ def gradient_descent_step(model: AbstractSymmetricModel, params: SymParams, x, y
         step_size: η, a positive scalar, or ``SymParams(w=eta_w, beta=eta_beta)`` for one step per block.
             :func:`safe_step_size` gives a step that guarantees descent.
     """
-    validate(model, params, x, y)
-    check_step_size(step_size)
     params, x, y = as_arrays(params, x, y)
     return _descend(params, loss_gradient_raw(model, params, x, y), _per_block(step_size, x.dtype))
 
 
+def _validate_gradient_em(model, params, x, y, step_size, inner_steps, **_) -> None:
+    validate_with_step(model, params, x, y, step_size)
+    check_inner_steps(inner_steps)
+
+
+@public(_validate_gradient_em, traced=("step_size",))
 def gradient_em_step(
     model: AbstractSymmetricModel, params: SymParams, x, y, step_size, inner_steps: int = 3
 ) -> SymParams:
@@ -122,10 +126,6 @@ def gradient_em_step(
         step_size: η > 0, a scalar, or ``SymParams(w=eta_w, beta=eta_beta)`` for one step per block.
         inner_steps: m ≥ 1, a Python int.
     """
-    validate(model, params, x, y)
-    check_step_size(step_size)
-    if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
-        raise ValueError(f"inner_steps must be a Python int >= 1; got {inner_steps!r}")
     params, x, y = as_arrays(params, x, y)
     eta = _per_block(step_size, x.dtype)
     target = posterior_statistics_raw(model, params, x, y)

@@ -7,6 +7,10 @@ function called inside a user's ``jit`` or ``vmap`` trusts its inputs, as jax it
 
 from __future__ import annotations
 
+import functools
+import inspect
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,10 +82,56 @@ def check_step_size(step_size, name: str = "step_size") -> None:
             raise ValueError(f"{name} must be a finite positive number; got {np.asarray(leaf)}")
 
 
-def validate(model, params, x, y=None) -> None:
+def validate(model, params, x, y=None, **_) -> None:
     """All boundary checks for a public function of (model, params, x[, y])."""
     n, d = check_features(x)
     check_params(params, d)
     if y is not None:
         check_labels(y, n)
         model.check_labels(y)
+
+
+def check_inner_steps(inner_steps) -> None:
+    """The number of inner steps fixes a loop length: a Python int >= 1."""
+    if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
+        raise ValueError(f"inner_steps must be a Python int >= 1; got {inner_steps!r}")
+
+
+def validate_pair(model, params, ref, x, **_) -> None:
+    """Checks for functions of two parameter points (e.g. a Bregman divergence)."""
+    validate(model, params, x)
+    check_params(ref, check_features(x)[1])
+
+
+def validate_with_step(model, params, x, y, step_size, **_) -> None:
+    """Checks for one-step updates that take a step size."""
+    validate(model, params, x, y)
+    check_step_size(step_size)
+
+
+def public(check, traced: tuple[str, ...] = ()):
+    """Make ``fn`` a public entry point: ``check`` its arguments in Python, then run it compiled.
+
+    ``check`` receives the bound arguments by name and raises ``ValueError`` on bad input. The
+    function then runs under ``equinox.filter_jit`` (cached per shape, dtype and static value),
+    so eager calls compile once and calls inside a user's ``jit``/``vmap``/``grad`` just inline.
+    Arguments named in ``traced`` (step sizes) are turned into arrays first, so new values reuse
+    the compilation instead of being baked in as constants.
+    """
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+        compiled = eqx.filter_jit(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            check(**bound.arguments)
+            for name in traced:
+                bound.arguments[name] = jax.tree_util.tree_map(jnp.asarray, bound.arguments[name])
+            return compiled(*bound.args, **bound.kwargs)
+
+        return wrapper
+
+    return decorate

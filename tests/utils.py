@@ -1,0 +1,36 @@
+"""Small helpers shared by the tests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import emjax
+
+
+def random_point(rng: np.random.Generator, d: int, scale: float = 1.0) -> emjax.SymParams:
+    """An arbitrary (not fitted) parameter point."""
+    return emjax.SymParams(w=jnp.asarray(scale * rng.normal(size=d)), beta=jnp.asarray(scale * rng.normal(size=d)))
+
+
+def flat_fn(fn, d):
+    """Turn fn(params) into a function of the flattened (w, beta) vector."""
+    return lambda theta: fn(emjax.SymParams(w=theta[:d], beta=theta[d:]))
+
+
+def kind_name(model):
+    return "lin" if isinstance(model, emjax.SymMoLinE) else "log"
+
+
+MODELS = {"lin": emjax.SymMoLinE(sigma=1.0), "log": emjax.SymMoLogE()}
+# Norms where both models converge in reasonable time (MATH.md §6).
+NORMS = {"lin": (2.0, 2.0), "log": (4.0, 4.0)}
+
+
+def make_problem(kind, seed=0, n=400, d=3, dtype=jnp.float64, norms=None):
+    """(model, truth, x, y) for a small synthetic problem."""
+    model = MODELS[kind]
+    w_norm, beta_norm = norms or NORMS[kind]
+    key_truth, key_data = jax.random.split(jax.random.key(seed))
+    truth = emjax.random_params(key_truth, d, w_norm, beta_norm, dtype)
+    x, y = emjax.sample(model, truth, key_data, n)
+    return model, truth, x, y
