@@ -52,8 +52,10 @@ def relative_errors(estimate: SymParams, truth: SymParams) -> tuple[Array, Array
     The estimate is flipped to $-\theta$ when $\langle\hat\beta, \beta^*\rangle < 0$ (MATH.md §1).
     Works on a single iterate or on a history with leading axes.
     """
-    sign = jnp.where(jnp.sum(estimate.beta * truth.beta, axis=-1, keepdims=True) < 0, -1.0, 1.0)
+    w_true = jnp.broadcast_to(truth.w, estimate.w.shape)
+    beta_true = jnp.broadcast_to(truth.beta, estimate.beta.shape)
+    sign = jnp.where(jnp.sum(estimate.beta * beta_true, axis=-1, keepdims=True) < 0, -1, 1)
     sign = sign.astype(estimate.w.dtype)
-    w_error = jnp.linalg.norm(sign * estimate.w - truth.w, axis=-1) / jnp.linalg.norm(truth.w)
-    beta_error = jnp.linalg.norm(sign * estimate.beta - truth.beta, axis=-1) / jnp.linalg.norm(truth.beta)
+    w_error = jnp.linalg.norm(sign * estimate.w - w_true, axis=-1) / jnp.linalg.norm(truth.w, axis=-1)
+    beta_error = jnp.linalg.norm(sign * estimate.beta - beta_true, axis=-1) / jnp.linalg.norm(truth.beta, axis=-1)
     return w_error, beta_error

@@ -103,8 +103,9 @@ def soft_logistic_regression(
     Example:
         >>> import jax.numpy as jnp
         >>> x = jnp.array([[1.0], [1.0]])
-        >>> round(float(soft_logistic_regression(x, jnp.array([0.5, 0.5]), jnp.ones(1))[0]), 6)
-        0.0
+        >>> u = soft_logistic_regression(x, jnp.array([0.5, 0.5]), jnp.ones(1))
+        >>> bool(abs(u[0]) < 1e-6)  # mean sigmoid(u) must equal mean t = 1/2
+        True
     """
     n = x.shape[0]
 

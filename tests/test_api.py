@@ -1,0 +1,26 @@
+"""The public surface is a contract: pin it."""
+
+import emjax
+
+CONTRACT = {
+    # issue 2
+    "SymMoLinE", "SymMoLogE", "SymParams", "sample", "responsibilities", "neg_log_likelihood", "em_step",
+    "mirror_map", "bregman_divergence", "mirror_descent_step", "gradient_descent_step", "gradient_em_step",
+    "complete_information", "missing_information", "observed_information", "missing_information_matrix",
+    "em_rate", "em", "mirror_descent", "gradient_em", "gradient_descent", "from_optax", "fit",
+}
+
+
+def test_contract_names_are_exported():
+    assert CONTRACT <= set(emjax.__all__)
+    for name in emjax.__all__:
+        assert hasattr(emjax, name), name
+
+
+def test_everything_public_is_documented():
+    for name in emjax.__all__:
+        assert getattr(emjax, name).__doc__, name
+
+
+def test_version():
+    assert isinstance(emjax.__version__, str) and emjax.__version__.count(".") >= 2

@@ -1,0 +1,145 @@
+"""The compiled loop and the solvers: traces, invariances (jit, vmap), compile counts, status."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import emjax
+from tests.utils import MODELS, make_problem
+
+
+def _solvers(model, x):
+    step = emjax.safe_step_size(model, x)
+    return {
+        "em": emjax.em(),
+        "md": emjax.mirror_descent(0.5),
+        "gem": emjax.gradient_em(step, 3),
+        "gd": emjax.gradient_descent(step),
+        "adam": emjax.from_optax(optax.adam(0.05)),
+    }
+
+
+@pytest.mark.parametrize("solver_name", ["em", "md", "gem", "gd", "adam"])
+def test_fit_trace_matches_manual_steps(kind, solver_name):
+    model, truth, x, y = make_problem(kind, n=200, d=3, seed=30)
+    solver = _solvers(model, x)[solver_name]
+    start = emjax.perturb(jax.random.key(0), truth)
+    result = emjax.fit(model, solver, start, x, y, 6, keep_history=True)
+    assert result.losses.shape == (7,)
+    assert int(result.status) == emjax.Status.ok and int(result.num_steps) == 6
+    params, state = start, solver.init(start)
+    for t in range(7):
+        np.testing.assert_allclose(result.losses[t], emjax.neg_log_likelihood(model, params, x, y), rtol=1e-12)
+        np.testing.assert_allclose(result.params_history.flatten()[t], params.flatten(), atol=1e-12)
+        params, state = solver.update(model, params, state, x, y)
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_em_trace_is_monotone_over_many_problems(kind):
+    for seed in range(4):
+        model, truth, x, y = make_problem(kind, n=300, d=4, seed=40 + seed, norms=(1.0 + seed, 0.5 + seed))
+        start = emjax.perturb(jax.random.key(seed), truth, 1.5)
+        losses = np.asarray(emjax.fit(model, emjax.em(), start, x, y, 40).losses)
+        assert np.all(np.diff(losses) <= 1e-13), np.diff(losses).max()
+        assert losses[-1] < losses[0] - 1e-3
+
+
+def test_jit_equals_eager_and_vmap_equals_loop(kind):
+    model, _, _, _ = make_problem(kind)
+    d, n, steps = 3, 200, 15
+
+    def run(key):
+        key_truth, key_data, key_init = jax.random.split(key, 3)
+        truth = emjax.random_params(key_truth, d, 2.0, 3.0)
+        x, y = emjax.sample(model, truth, key_data, n)
+        return emjax.fit(model, emjax.em(), emjax.perturb(key_init, truth), x, y, steps)
+
+    keys = jax.random.split(jax.random.key(11), 4)
+    batched = jax.jit(jax.vmap(run))(keys)
+    for i in range(4):
+        single = run(keys[i])
+        np.testing.assert_allclose(batched.losses[i], single.losses, rtol=1e-10)
+        np.testing.assert_allclose(batched.params.flatten()[i], single.params.flatten(), atol=1e-9)
+
+
+def test_fit_over_an_snr_grid_compiles_once():
+    model = emjax.SymMoLinE()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def cell(snr, key):
+        key_truth, key_data, key_init = jax.random.split(key, 3)
+        truth = emjax.random_params(key_truth, 3, 2.0, snr)
+        x, y = emjax.sample(model, truth, key_data, 100)
+        return emjax.fit(model, emjax.em(), emjax.perturb(key_init, truth), x, y, 10).losses
+
+    chex.clear_trace_counter()
+    grid = jnp.array([0.5, 1.0, 2.0, 4.0, 8.0])
+    looped = [cell(snr, jax.random.key(0)) for snr in grid]
+    batched = jax.vmap(cell, in_axes=(0, None))(grid, jax.random.key(0))  # a second, batched trace is allowed
+    np.testing.assert_allclose(batched, jnp.stack(looped), rtol=1e-10)
+
+
+def test_public_fit_compiles_once_across_data_and_step_sizes():
+    # Step sizes are traced leaves of the solver, not constants: new values reuse the program.
+    model, truth, x, y = make_problem("lin", n=120, d=2, seed=31)
+    cache = emjax._fit._fit_scan._cached
+    traces = []
+    for i, eta in enumerate([0.2, 0.5, 0.9]):
+        traces.append(emjax.fit(model, emjax.mirror_descent(eta), truth, x + 0.01 * i, y, 5).losses)
+        if i == 0:
+            size = cache._cache_size()
+    assert cache._cache_size() == size
+    assert not np.allclose(traces[0], traces[2])
+
+
+def test_nonfinite_run_keeps_last_finite_iterate_and_reports_status():
+    model, truth, x, y = make_problem("lin", n=100, d=2, seed=32)
+    result = emjax.fit(model, emjax.gradient_descent(1e200), truth, x, y, 5)
+    assert int(result.status) == emjax.Status.nonfinite
+    assert int(result.num_steps) < 5
+    assert np.all(np.isfinite(np.asarray(result.params.flatten())))
+    assert np.isnan(np.asarray(result.losses[-1]))
+    assert np.isfinite(np.asarray(result.losses[0]))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_fit_keeps_dtype_and_float32_tracks_float64(kind, dtype):
+    model, truth, x, y = make_problem(kind, n=500, d=3, seed=33)
+    start = emjax.perturb(jax.random.key(3), truth)
+    cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+    result = emjax.fit(model, emjax.from_optax(optax.adam(0.05)), jax.tree_util.tree_map(cast, start),
+                       cast(x), cast(y), 5)
+    assert result.params.w.dtype == dtype and result.losses.dtype == dtype
+    em32 = emjax.fit(model, emjax.em(), jax.tree_util.tree_map(cast, start), cast(x), cast(y), 30)
+    em64 = emjax.fit(model, emjax.em(), start, x, y, 30)
+    np.testing.assert_allclose(em32.params.flatten(), em64.params.flatten(), atol=5e-4)
+    np.testing.assert_allclose(em32.losses, em64.losses, rtol=1e-5)
+
+
+def test_em_beats_gradient_descent_early_and_recovers_truth():
+    # At high SNR EM is near the truth within a few steps (MATH.md §8), faster than GD.
+    model, truth, x, y = make_problem("lin", n=5000, d=5, seed=34, norms=(4.0, 8.0))
+    start = emjax.perturb(jax.random.key(4), truth)
+    em_result = emjax.fit(model, emjax.em(), start, x, y, 10)
+    gd_result = emjax.fit(model, emjax.gradient_descent(emjax.safe_step_size(model, x)), start, x, y, 10)
+    w_err, b_err = emjax.relative_errors(em_result.params, truth)
+    assert float(b_err) < 0.02 and float(w_err) < 0.15
+    assert em_result.losses[5] < gd_result.losses[5]
+
+
+def test_solver_hyperparameters_are_traced():
+    # A vmapped sweep over step sizes reuses one compiled program and gives different answers.
+    model, truth, x, y = make_problem("log", n=200, d=2, seed=35)
+    start = emjax.perturb(jax.random.key(5), truth)
+
+    def run(eta):
+        return emjax.fit(model, emjax.mirror_descent(eta), start, x, y, 5).losses[-1]
+
+    losses = jax.vmap(run)(jnp.array([0.25, 0.5, 1.0]))
+    assert losses[0] > losses[1] > losses[2]
+    np.testing.assert_allclose(losses[2], emjax.fit(model, emjax.em(), start, x, y, 5).losses[-1], rtol=1e-10)
+    assert MODELS["log"] is model
