@@ -3,7 +3,8 @@ r"""Information matrices and the missing-information matrix (MATH.md §5), in cl
 All matrices are (2d, 2d) in the flattened order ``concat(w, beta)``. With $p = \mathrm{sigmoid}(x\cdot w)$,
 $r$ the responsibilities and $v = r(1-r)$:
 
-* complete information $\nabla^2 A = \mathrm{blockdiag}(\mathrm{mean}\,p(1-p)xx^\top,\ \mathrm{mean}\,A^{e\prime\prime}(x\cdot\beta)\,xx^\top)$;
+* complete information $\nabla^2 A = \mathrm{blockdiag}(\mathrm{mean}\,p(1-p)xx^\top,\
+  \mathrm{mean}\,A^{e\prime\prime}(x\cdot\beta)\,xx^\top)$;
 * missing information $I_{miss} = \mathrm{mean}\,v\,[x; c x][x; c x]^\top$, $c = 2y/\sigma^2$ (SymMoLinE)
   or $2y - 1$ (SymMoLogE);
 * observed information $\nabla^2 L = \nabla^2 A - I_{miss}$ (exact, for every θ and data set);

@@ -2,7 +2,8 @@ r"""Sampling, the E-step and the loss (MATH.md §1-§2), all in log space.
 
 With $\Delta_n = \ell_{n1} - \ell_{n0}$ the posterior log-odds of $z=1$, the responsibilities are
 $r_n = \mathrm{sigmoid}(\Delta_n)$ and the loss is
-$L = -\mathrm{mean}_n\,\mathrm{logaddexp}(\log\mathrm{sigmoid}(x\cdot w) + l_1,\ \log\mathrm{sigmoid}(-x\cdot w) + l_0)$.
+$L = -\mathrm{mean}_n\,\mathrm{logaddexp}(\log\mathrm{sigmoid}(x\cdot w) + l_1,\
+\log\mathrm{sigmoid}(-x\cdot w) + l_0)$.
 Nothing is exponentiated before it is normalised, so $|x\cdot w|$ and $|x\cdot\beta|$ of order
 $10^3$ give exact 0/1 responsibilities and a finite loss, never NaN.
 """

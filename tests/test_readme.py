@@ -1,0 +1,20 @@
+"""The README's example and its opening commands stay true."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_opens_with_the_two_setup_commands():
+    text = README.read_text()
+    first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).strip().splitlines()
+    assert first_block == ['pip install -e . && emjax demo', 'pip install -e ".[test]" && python -m pytest -q']
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert first_block[1] in ci
+
+
+def test_readme_example_runs():
+    code = re.search(r"## A short example\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = code.replace("n=5000", "n=500").replace("num_steps=50", "num_steps=10")
+    exec(compile(code, "README.md", "exec"), {})
