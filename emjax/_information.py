@@ -47,6 +47,18 @@ def _missing(model, params: SymParams, x: Array, y: Array) -> Array:
     return _weighted_gram(stacked, v)
 
 
+def _factorable(complete: Array, missing: Array) -> Array:
+    """∇²A plus a jitter at round-off level, so its Cholesky factor exists even where every gate
+    or expert probability saturates (|x.w| ~ 1e3 makes p(1-p) underflow to 0). The jitter scales
+    with both matrices, so M stays finite (at most ~1/eps) and is unchanged to working precision
+    whenever ∇²A is well conditioned."""
+    eps = jnp.finfo(complete.dtype).eps
+    size = complete.shape[0]
+    scale = (jnp.trace(complete) + jnp.trace(missing)) / size
+    jitter = 4 * size * eps * scale + jnp.finfo(complete.dtype).tiny
+    return complete + jitter * jnp.eye(size, dtype=complete.dtype)
+
+
 @public(validate)
 def complete_information(model: AbstractSymmetricModel, params: SymParams, x) -> Array:
     r"""$\nabla^2 A(\theta)$, the complete-data (Fisher) information, shape (2d, 2d).
@@ -81,13 +93,15 @@ def missing_information_matrix(model: AbstractSymmetricModel, params: SymParams,
     (Dempster-Laird-Rubin), ``jax.jacobian(em_step)``.
     """
     params, x, y = as_arrays(params, x, y)
-    chol = cho_factor(_complete(model, params, x), lower=True)
-    return cho_solve(chol, _missing(model, params, x, y))
+    missing = _missing(model, params, x, y)
+    chol = cho_factor(_factorable(_complete(model, params, x), missing), lower=True)
+    return cho_solve(chol, missing)
 
 
 def _mim_eigenvalues(model, params, x, y) -> Array:
-    factor = jnp.linalg.cholesky(_complete(model, params, x))
-    left = solve_triangular(factor, _missing(model, params, x, y), lower=True)
+    missing = _missing(model, params, x, y)
+    factor = jnp.linalg.cholesky(_factorable(_complete(model, params, x), missing))
+    left = solve_triangular(factor, missing, lower=True)
     symmetric = solve_triangular(factor, left.T, lower=True)
     return jnp.linalg.eigvalsh((symmetric + symmetric.T) / 2)
 

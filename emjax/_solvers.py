@@ -90,7 +90,7 @@ class GradientEM(AbstractSolver):
 class OptaxSolver(AbstractSolver):
     """Any ``optax.GradientTransformation`` applied to $\\nabla L$ (closed form, Fisher's identity)."""
 
-    transformation: optax.GradientTransformation
+    transformation: optax.GradientTransformation = eqx.field(static=True)
 
     def init(self, params):
         return self.transformation.init(params)

@@ -143,3 +143,21 @@ def test_solver_hyperparameters_are_traced():
     assert losses[0] > losses[1] > losses[2]
     np.testing.assert_allclose(losses[2], emjax.fit(model, emjax.em(), start, x, y, 5).losses[-1], rtol=1e-10)
     assert MODELS["log"] is model
+
+
+@pytest.mark.parametrize(("w_norm", "snr"), [(1.0, 1e-2), (1.0, 1e3), (1e3, 1.0), (1e3, 1e3)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_extreme_but_valid_problems_never_produce_nan(kind, w_norm, snr, dtype):
+    # SNR from 1e-2 to 1e3 and |x.w| up to ~1e3: every solver, the information matrices and the
+    # rate stay finite inside jit, and fits report Status.ok.
+    model, truth, x, y = make_problem(kind, n=300, d=3, seed=50, norms=(w_norm, snr), dtype=dtype)
+    start = emjax.perturb(jax.random.key(8), truth, 0.5)
+    for solver in _solvers(model, x).values():
+        result = jax.jit(lambda s, p: emjax.fit(model, s, p, x, y, 10))(solver, start)
+        assert int(result.status) == emjax.Status.ok, solver
+        assert np.all(np.isfinite(np.asarray(result.losses))), solver
+    fitted = emjax.fit(model, emjax.em(), start, x, y, 10).params
+    for point in (truth, start, fitted):
+        for fn in (emjax.missing_information_matrix, emjax.em_rate, emjax.observed_information):
+            value = jax.jit(lambda p, fn=fn: fn(model, p, x, y))(point)
+            assert np.all(np.isfinite(np.asarray(value))), (fn.__name__, point)
