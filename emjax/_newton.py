@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from ._linalg import solve_psd
+
 MAX_NEWTON_STEPS = 50
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 40
@@ -40,7 +42,6 @@ def _newton_solve(x: Array, targets: Array, u0: Array, max_steps: int) -> Array:
     dtype = x.dtype
     tol = newton_tolerance(dtype)
     eps = jnp.finfo(dtype).eps
-    eye = jnp.eye(d, dtype=dtype)
 
     def keep_going(state):
         _, step_norm, k = state
@@ -52,11 +53,9 @@ def _newton_solve(x: Array, targets: Array, u0: Array, max_steps: int) -> Array:
         p = jax.nn.sigmoid(z)
         grad = x.T @ (p - targets) / n
         hess = (x * (p * (1 - p))[:, None]).T @ x / n
-        # A relative jitter keeps the Cholesky factor defined when every sample saturates
-        # (|x.u| huge); it changes the direction, never the fixed point (grad = 0).
-        jitter = eps * (jnp.trace(hess) / d) + jnp.finfo(dtype).tiny
-        chol = jax.scipy.linalg.cho_factor(hess + jitter * eye, lower=True)
-        direction = -jax.scipy.linalg.cho_solve(chol, grad)
+        # solve_psd's jitter keeps the step defined when every sample saturates (|x.u| huge);
+        # it changes the direction, never the fixed point (grad = 0).
+        direction = -solve_psd(hess, grad)
         f0 = jnp.mean(jax.nn.softplus(z) - targets * z)
         slope = grad @ direction
         # Round-off slack: near the optimum f changes by less than its last bits.

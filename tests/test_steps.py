@@ -136,3 +136,12 @@ def test_float32_newton_reaches_its_tolerance(kind):
     new64 = emjax.em_step(model, p64, cast(x), cast(y))
     np.testing.assert_allclose(new32.flatten(), new64.flatten(), atol=2e-4)
     assert MODELS[kind] is model
+
+
+def test_fewer_samples_than_features_stays_finite(kind):
+    # A singular Gram matrix / flat logistic Hessian: not identified, but finite and still descending.
+    model, truth, x, y = make_problem(kind, n=3, d=6, seed=60)
+    for step in (emjax.em_step(model, truth, x, y), emjax.mirror_descent_step(model, truth, x, y, 0.5)):
+        assert np.all(np.isfinite(np.asarray(step.flatten())))
+    assert emjax.neg_log_likelihood(model, emjax.em_step(model, truth, x, y), x, y) <= \
+        emjax.neg_log_likelihood(model, truth, x, y) + 1e-12

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from .._linalg import solve_psd
 from .._newton import soft_logistic_regression
 from .._validation import is_concrete
 from ._base import AbstractSymmetricModel
@@ -91,9 +92,9 @@ class SymMoLinE(AbstractSymmetricModel):
 
     def expert_solve(self, x, targets, beta0):
         # mean (x.beta / sigma^2) x = mean t x  <=>  (X^T X) beta = sigma^2 X^T t (Cholesky).
-        gram = x.T @ x
-        chol = jax.scipy.linalg.cho_factor(gram, lower=True)
-        return jax.scipy.linalg.cho_solve(chol, self._variance(x) * (x.T @ targets))
+        # With fewer samples than features beta is not identified; solve_psd stays finite and
+        # x.beta (hence the loss) is the least-squares fit.
+        return solve_psd(x.T @ x, self._variance(x) * (x.T @ targets))
 
     def sample_labels(self, key, xb, z):
         sign = 2 * z.astype(xb.dtype) - 1
