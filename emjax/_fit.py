@@ -51,15 +51,26 @@ def _where(flag, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
+def _report(step, num_steps, loss):
+    print(f"emjax.fit: step {int(step)}/{num_steps}, loss {float(loss):.10g}", flush=True)
+
+
 @eqx.filter_jit
-def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool) -> FitResult:
+def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, progress_every: int) -> FitResult:
     state0 = solver.init(params)
     loss0 = _loss(model, params, x, y)
 
-    def step(carry, _):
+    def step(carry, t):
         params, state, healthy, applied = carry
         new_params, new_state = solver.update(model, params, state, x, y)
         new_loss = _loss(model, new_params, x, y)
+        if progress_every:
+            done = t + 1
+            lax.cond(
+                (done % progress_every == 0) | (done == num_steps),
+                lambda: jax.debug.callback(_report, done, num_steps, new_loss),
+                lambda: None,
+            )
         accept = healthy & tree_all_finite(new_params) & jnp.isfinite(new_loss)
         params = _where(accept, new_params, params)
         state = _where(accept, new_state, state)
@@ -70,7 +81,7 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool) -
     healthy0 = jnp.isfinite(loss0)
     init = (params, state0, healthy0, jnp.zeros((), jnp.int32))
     (params, state, healthy, applied), (losses, history) = lax.scan(
-        step, init, None, length=num_steps
+        step, init, jnp.arange(num_steps, dtype=jnp.int32)
     )
     losses = jnp.concatenate([loss0[None], losses])
     if keep_history:
@@ -90,6 +101,7 @@ def fit(
     num_steps: int,
     *,
     keep_history: bool = False,
+    progress: bool | int = False,
 ) -> FitResult:
     """Run ``solver`` for ``num_steps`` iterations from ``params`` in one compiled ``lax.scan``.
 
@@ -101,6 +113,9 @@ def fit(
         x: features, shape (n, d). y: responses, shape (n,).
         num_steps: number of iterations, a Python int >= 0 (it fixes the trace length).
         keep_history: also return every iterate in ``params_history``.
+        progress: print the step and loss from inside the compiled loop (``jax.debug.callback``),
+            every 10 steps with ``True`` or every k steps with an int k. Off by default; results
+            are bit-identical either way. Under ``vmap`` every lane reports.
 
     Returns:
         A :class:`FitResult`. A step that produces a non-finite loss or parameter is not applied:
@@ -124,5 +139,11 @@ def fit(
             "solver must be an emjax solver (em(), mirror_descent(eta), gradient_em(eta, m), "
             f"gradient_descent(eta), from_optax(tx)); got {type(solver).__name__}"
         )
+    if isinstance(progress, bool):
+        progress_every = 10 if progress else 0
+    elif isinstance(progress, int) and progress >= 1:
+        progress_every = progress
+    else:
+        raise ValueError(f"progress must be a bool or a Python int >= 1; got {progress!r}")
     params, x, y = as_arrays(params, x, y)
-    return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history))
+    return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)

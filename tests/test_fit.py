@@ -161,3 +161,17 @@ def test_extreme_but_valid_problems_never_produce_nan(kind, w_norm, snr, dtype):
         for fn in (emjax.missing_information_matrix, emjax.em_rate, emjax.observed_information):
             value = jax.jit(lambda p, fn=fn: fn(model, p, x, y))(point)
             assert np.all(np.isfinite(np.asarray(value))), (fn.__name__, point)
+
+
+def test_progress_reports_without_changing_results(capfd):
+    model, truth, x, y = make_problem("log", n=200, d=2, seed=36)
+    start = emjax.perturb(jax.random.key(9), truth)
+    quiet = emjax.fit(model, emjax.em(), start, x, y, 12)
+    loud = emjax.fit(model, emjax.em(), start, x, y, 12, progress=5)
+    jax.effects_barrier()
+    out = capfd.readouterr().out
+    assert "step 5/12" in out and "step 10/12" in out and "step 12/12" in out and "step 3/12" not in out
+    np.testing.assert_array_equal(quiet.losses, loud.losses)
+    np.testing.assert_array_equal(quiet.params.flatten(), loud.params.flatten())
+    with pytest.raises(ValueError, match="progress must be a bool or a Python int >= 1"):
+        emjax.fit(model, emjax.em(), start, x, y, 3, progress=0.5)
