@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from ._checks import validate
 from ._likelihood import as_arrays, log_likelihoods, projections
 from ._solvers import AbstractSolver, tree_all_finite
 from ._status import Status
-from ._validation import validate
 from .models import AbstractSymmetricModel, SymParams
 
 

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 from jax import Array
 from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 
+from ._checks import validate
 from ._likelihood import as_arrays, posterior_logit, projections
-from ._validation import public, validate
+from ._validation import public
 from .models import AbstractSymmetricModel, SymParams
 
 

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._validation import check_finite, public, validate
+from ._checks import check_types, validate
+from ._validation import check_finite, public
 from .models import AbstractSymmetricModel, SymParams
 
 
@@ -45,6 +46,7 @@ def posterior_logit(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Arra
 
 
 def _check_sample(model, params, key, n, **_) -> None:
+    check_types(model, params)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive Python int (it fixes array shapes); got {n!r}")
     if jnp.ndim(params.w) != 1:

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ._checks import validate, validate_pair
 from ._likelihood import as_arrays, posterior_logit, projections
-from ._validation import public, validate, validate_pair
+from ._validation import public
 from .models import AbstractSymmetricModel, SymParams, softplus_bregman
 
 

@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from ._checks import validate, validate_with_step
 from ._likelihood import as_arrays, posterior_logit, projections
 from ._mirror import loss_gradient_raw, mirror_gradient_raw, posterior_statistics_raw
 from ._newton import soft_logistic_regression
-from ._validation import check_features, check_inner_steps, public, validate, validate_with_step
+from ._validation import check_features, check_inner_steps, public
 from .models import AbstractSymmetricModel, SymParams
 
 

@@ -61,16 +61,16 @@ def check_labels(y, n: int) -> None:
     check_finite(y, "y")
 
 
-def check_params(params, d: int) -> None:
+def check_params(params, d: int, name: str = "params") -> None:
     """Validate symmetric parameters against the feature dimension ``d`` of x."""
     for field in ("w", "beta"):
-        shape = _shape(getattr(params, field), f"params.{field}")
+        shape = _shape(getattr(params, field), f"{name}.{field}")
         if shape != (d,):
             raise ValueError(
-                f"params.{field} must have shape (d,) = ({d},) to match x of shape (n, {d}); "
+                f"{name}.{field} must have shape (d,) = ({d},) to match x of shape (n, {d}); "
                 f"got shape {shape}"
             )
-        check_finite(getattr(params, field), f"params.{field}")
+        check_finite(getattr(params, field), f"{name}.{field}")
 
 
 def check_step_size(step_size, name: str = "step_size") -> None:
@@ -82,31 +82,10 @@ def check_step_size(step_size, name: str = "step_size") -> None:
             raise ValueError(f"{name} must be a finite positive number; got {np.asarray(leaf)}")
 
 
-def validate(model, params, x, y=None, **_) -> None:
-    """All boundary checks for a public function of (model, params, x[, y])."""
-    n, d = check_features(x)
-    check_params(params, d)
-    if y is not None:
-        check_labels(y, n)
-        model.check_labels(y)
-
-
 def check_inner_steps(inner_steps) -> None:
     """The number of inner steps fixes a loop length: a Python int >= 1."""
     if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
         raise ValueError(f"inner_steps must be a Python int >= 1; got {inner_steps!r}")
-
-
-def validate_pair(model, params, ref, x, **_) -> None:
-    """Checks for functions of two parameter points (e.g. a Bregman divergence)."""
-    validate(model, params, x)
-    check_params(ref, check_features(x)[1])
-
-
-def validate_with_step(model, params, x, y, step_size, **_) -> None:
-    """Checks for one-step updates that take a step size."""
-    validate(model, params, x, y)
-    check_step_size(step_size)
 
 
 def public(check, traced: tuple[str, ...] = ()):

@@ -90,7 +90,7 @@ def test_bad_loop_arguments_raise():
 
 def test_bregman_and_mirror_map_validate():
     with pytest.raises(ValueError, match=r"params.w must have shape \(d,\) = \(2,\)"):
-        emjax.bregman_divergence(LIN, P, emjax.SymParams(w=jnp.zeros(3), beta=jnp.zeros(3)), X)
+        emjax.bregman_divergence(LIN, emjax.SymParams(w=jnp.zeros(3), beta=jnp.zeros(3)), P, X)
     with pytest.raises(ValueError, match="x must be finite"):
         emjax.mirror_map(LIN, P, X.at[0, 0].set(jnp.nan))
     with pytest.raises(ValueError, match=r"x must have shape \(n, d\)"):
@@ -103,3 +103,16 @@ def test_traced_inputs_skip_value_checks_but_keep_shape_checks():
     assert np.isfinite(out)
     with pytest.raises(ValueError, match="y must have one entry per row of x"):
         jax.jit(lambda x, y: emjax.neg_log_likelihood(LOG, P, x, y))(X, jnp.ones(3))
+
+
+def test_wrong_types_raise_value_errors_that_say_what_was_expected():
+    with pytest.raises(ValueError, match="model must be an emjax model"):
+        emjax.em_step("lin", P, X, Y)
+    with pytest.raises(ValueError, match=r"params must be an emjax.SymParams"):
+        emjax.em_step(LIN, (P.w, P.beta), X, Y)
+    with pytest.raises(ValueError, match=r"params must be an emjax.SymParams"):
+        emjax.sample(LIN, (P.w, P.beta), jax.random.key(0), 5)
+    with pytest.raises(ValueError, match=r"ref.w must have shape \(d,\) = \(2,\)"):
+        emjax.bregman_divergence(LIN, P, emjax.SymParams(w=jnp.zeros(3), beta=jnp.zeros(3)), X)
+    with pytest.raises(ValueError, match=r"ref must be an emjax.SymParams"):
+        emjax.bregman_divergence(LIN, P, None, X)
