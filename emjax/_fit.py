@@ -18,6 +18,7 @@ from ._checks import validate
 from ._likelihood import as_arrays, log_likelihoods, projections
 from ._solvers import AbstractSolver, tree_all_finite
 from ._status import Status
+from ._validation import check_tolerance
 from .models import AbstractSymmetricModel, SymParams
 
 
@@ -27,17 +28,22 @@ class FitResult(eqx.Module):
     Attributes:
         params: the final parameters (the last finite iterate if the run went non-finite).
         losses: shape (num_steps + 1,); ``losses[t]`` is L at the iterate after t steps, so
-            ``losses[0]`` is L at the initial parameters. NaN after a non-finite step.
+            ``losses[0]`` is L at the initial parameters. NaN after the run stopped (at a
+            tolerance, or at a non-finite step).
         num_steps: the number of steps actually applied (int32).
-        status: a :class:`emjax.Status` code (int32): ``ok`` or ``nonfinite``.
+        status: a :class:`emjax.Status` code (int32): ``ok``, ``max_steps`` (a tolerance was
+            asked for and not met) or ``nonfinite``.
+        converged: True when a tolerance was given and met with finite values (never for a NaN).
         state: the solver's final state.
-        params_history: with ``keep_history=True``, every iterate, leading axis num_steps + 1.
+        params_history: with ``keep_history=True``, every iterate, leading axis num_steps + 1,
+            NaN-padded after the run stopped.
     """
 
     params: SymParams
     losses: Array
     num_steps: Array
     status: Array
+    converged: Array
     state: Any
     params_history: SymParams | None = None
 
@@ -55,6 +61,23 @@ def _report(step, num_steps, loss):
     print(f"emjax.fit: step {int(step)}/{num_steps}, loss {float(loss):.10g}", flush=True)
 
 
+def _maybe_report(progress_every, done, num_steps, loss):
+    if progress_every:
+        lax.cond(
+            (done % progress_every == 0) | (done == num_steps),
+            lambda: jax.debug.callback(_report, done, num_steps, loss),
+            lambda: None,
+        )
+
+
+def _advance(model, solver, params, state, x, y):
+    """One solver step; the new iterate is accepted only if it and its loss are finite."""
+    new_params, new_state = solver.update(model, params, state, x, y)
+    new_loss = _loss(model, new_params, x, y)
+    accept = tree_all_finite(new_params) & jnp.isfinite(new_loss)
+    return _where(accept, new_params, params), _where(accept, new_state, state), new_loss, accept
+
+
 @eqx.filter_jit
 def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, progress_every: int) -> FitResult:
     state0 = solver.init(params)
@@ -62,16 +85,9 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
 
     def step(carry, t):
         params, state, healthy, applied = carry
-        new_params, new_state = solver.update(model, params, state, x, y)
-        new_loss = _loss(model, new_params, x, y)
-        if progress_every:
-            done = t + 1
-            lax.cond(
-                (done % progress_every == 0) | (done == num_steps),
-                lambda: jax.debug.callback(_report, done, num_steps, new_loss),
-                lambda: None,
-            )
-        accept = healthy & tree_all_finite(new_params) & jnp.isfinite(new_loss)
+        new_params, new_state, new_loss, accept = _advance(model, solver, params, state, x, y)
+        accept = healthy & accept
+        _maybe_report(progress_every, t + 1, num_steps, new_loss)
         params = _where(accept, new_params, params)
         state = _where(accept, new_state, state)
         loss = jnp.where(accept, new_loss, jnp.nan)
@@ -89,7 +105,43 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
             lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history
         )
     status = jnp.where(healthy, Status.ok, Status.nonfinite).astype(jnp.int32)
-    return FitResult(params, losses, applied, status, state, history)
+    return FitResult(params, losses, applied, status, jnp.asarray(False), state, history)
+
+
+@eqx.filter_jit
+def _fit_until(model, solver, params, x, y, max_steps: int, rtol, atol, keep_history: bool,
+               progress_every: int) -> FitResult:
+    dtype = x.dtype
+    loss0 = _loss(model, params, x, y)
+    losses = jnp.full((max_steps + 1,), jnp.nan, dtype).at[0].set(loss0)
+    history = None
+    if keep_history:
+        history = jax.tree_util.tree_map(
+            lambda leaf: jnp.full((max_steps + 1,) + leaf.shape, jnp.nan, leaf.dtype).at[0].set(leaf), params
+        )
+    status0 = jnp.where(jnp.isfinite(loss0), Status.max_steps, Status.nonfinite).astype(jnp.int32)
+    init = (jnp.zeros((), jnp.int32), params, solver.init(params), loss0, losses, history, status0,
+            jnp.asarray(False))
+
+    def keep_going(carry):
+        t, _, _, _, _, _, status, converged = carry
+        return (t < max_steps) & (status != Status.nonfinite) & ~converged
+
+    def step(carry):
+        t, params, state, loss, losses, history, status, _ = carry
+        new_params, new_state, new_loss, accept = _advance(model, solver, params, state, x, y)
+        _maybe_report(progress_every, t + 1, max_steps, new_loss)
+        converged = accept & (jnp.abs(loss - new_loss) <= atol + rtol * jnp.abs(new_loss))
+        losses = losses.at[t + 1].set(jnp.where(accept, new_loss, jnp.nan))
+        if keep_history:
+            history = jax.tree_util.tree_map(lambda h, leaf: h.at[t + 1].set(leaf), history, new_params)
+        status = jnp.where(accept, jnp.where(converged, Status.ok, status), Status.nonfinite)
+        t = t + accept.astype(jnp.int32)
+        return (t, new_params, new_state, jnp.where(accept, new_loss, loss), losses, history,
+                status.astype(jnp.int32), converged)
+
+    applied, params, state, _, losses, history, status, converged = lax.while_loop(keep_going, step, init)
+    return FitResult(params, losses, applied, status, converged, state, history)
 
 
 def fit(
@@ -102,8 +154,15 @@ def fit(
     *,
     keep_history: bool = False,
     progress: bool | int = False,
+    tol=None,
+    atol=0.0,
 ) -> FitResult:
-    """Run ``solver`` for ``num_steps`` iterations from ``params`` in one compiled ``lax.scan``.
+    """Run ``solver`` from ``params`` in one compiled loop: ``num_steps`` steps, or until a tolerance.
+
+    Without ``tol`` the loop is a ``lax.scan`` of exactly ``num_steps`` steps (reverse-mode
+    differentiable). With ``tol`` it is a ``lax.while_loop`` bounded by ``num_steps`` that stops
+    after the first step with $|L_t - L_{t+1}| \\le$ ``atol`` $+$ ``tol`` $\\cdot |L_{t+1}|$; under
+    ``vmap`` each lane stops on its own (finished lanes keep their values while others run on).
 
     Args:
         model: a symmetric model (``SymMoLinE`` or ``SymMoLogE``).
@@ -111,11 +170,14 @@ def fit(
             or ``from_optax(tx)``.
         params: the initial parameters.
         x: features, shape (n, d). y: responses, shape (n,).
-        num_steps: number of iterations, a Python int >= 0 (it fixes the trace length).
+        num_steps: number of iterations (the bound, with ``tol``), a Python int >= 0; it fixes
+            the length of the loss trace.
         keep_history: also return every iterate in ``params_history``.
         progress: print the step and loss from inside the compiled loop (``jax.debug.callback``),
             every 10 steps with ``True`` or every k steps with an int k. Off by default; results
             are bit-identical either way. Under ``vmap`` every lane reports.
+        tol: relative tolerance on the loss change (a float or traced scalar, >= 0), or None.
+        atol: absolute tolerance on the loss change, used with ``tol`` (default 0).
 
     Returns:
         A :class:`FitResult`. A step that produces a non-finite loss or parameter is not applied:
@@ -146,4 +208,9 @@ def fit(
     else:
         raise ValueError(f"progress must be a bool or a Python int >= 1; got {progress!r}")
     params, x, y = as_arrays(params, x, y)
-    return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)
+    if tol is None:
+        return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)
+    check_tolerance(tol, "tol")
+    check_tolerance(atol, "atol")
+    rtol, atol = jnp.asarray(tol, x.dtype), jnp.asarray(atol, x.dtype)
+    return _fit_until(model, solver, params, x, y, num_steps, rtol, atol, bool(keep_history), progress_every)

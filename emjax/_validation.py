@@ -82,6 +82,14 @@ def check_step_size(step_size, name: str = "step_size") -> None:
             raise ValueError(f"{name} must be a finite positive number; got {np.asarray(leaf)}")
 
 
+def check_tolerance(value, name: str) -> None:
+    """A tolerance is a finite scalar >= 0."""
+    if _shape(value, name) != ():
+        raise ValueError(f"{name} must be a scalar; got shape {_shape(value, name)}")
+    if is_concrete(value) and not (np.isfinite(np.asarray(value)) and np.asarray(value) >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0; got {np.asarray(value)}")
+
+
 def check_inner_steps(inner_steps) -> None:
     """The number of inner steps fixes a loop length: a Python int >= 1."""
     if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:

@@ -175,3 +175,76 @@ def test_progress_reports_without_changing_results(capfd):
     np.testing.assert_array_equal(quiet.params.flatten(), loud.params.flatten())
     with pytest.raises(ValueError, match="progress must be a bool or a Python int >= 1"):
         emjax.fit(model, emjax.em(), start, x, y, 3, progress=0.5)
+
+
+def test_tolerance_stop_matches_the_fixed_step_trace(kind):
+    model, truth, x, y = make_problem(kind, n=300, d=3, seed=70)
+    start = emjax.perturb(jax.random.key(10), truth)
+    full = emjax.fit(model, emjax.em(), start, x, y, 200, keep_history=True)
+    until = emjax.fit(model, emjax.em(), start, x, y, 200, tol=1e-9, keep_history=True)
+    k = int(until.num_steps)
+    assert bool(until.converged) and int(until.status) == emjax.Status.ok and 0 < k < 200
+    np.testing.assert_allclose(until.losses[: k + 1], full.losses[: k + 1], rtol=1e-13)
+    assert np.all(np.isnan(np.asarray(until.losses[k + 1:])))
+    assert np.all(np.isnan(np.asarray(until.params_history.w[k + 1:])))
+    np.testing.assert_allclose(until.params.flatten(), full.params_history.flatten()[k], atol=1e-13)
+    # The stop rule: the k-th change is within tol, the one before is not.
+    change = np.abs(np.diff(np.asarray(full.losses)))
+    assert change[k - 1] <= 1e-9 * abs(float(full.losses[k])) < change[k - 2]
+
+
+def test_tolerance_not_met_reports_max_steps():
+    model, truth, x, y = make_problem("log", n=300, d=3, seed=71)
+    result = emjax.fit(model, emjax.gradient_descent(0.01), emjax.perturb(jax.random.key(11), truth), x, y, 5,
+                       tol=1e-12)
+    assert int(result.status) == emjax.Status.max_steps and not bool(result.converged)
+    assert int(result.num_steps) == 5 and np.all(np.isfinite(np.asarray(result.losses)))
+
+
+def test_tolerance_stop_under_vmap_is_per_lane():
+    model = emjax.SymMoLinE()
+
+    def run(key, tol):
+        key_truth, key_data, key_init = jax.random.split(key, 3)
+        truth = emjax.random_params(key_truth, 3, 2.0, 1.0 + 3.0 * jax.random.uniform(key_truth))
+        x, y = emjax.sample(model, truth, key_data, 200)
+        return emjax.fit(model, emjax.em(), emjax.perturb(key_init, truth), x, y, 300, tol=tol)
+
+    keys = jax.random.split(jax.random.key(12), 5)
+    batched = jax.jit(jax.vmap(run, in_axes=(0, None)))(keys, 1e-10)
+    steps = [int(run(k, 1e-10).num_steps) for k in keys]
+    np.testing.assert_array_equal(batched.num_steps, steps)
+    assert len(set(steps)) > 1  # lanes really stopped at different steps
+    for i, key in enumerate(keys):
+        single = run(key, 1e-10)
+        np.testing.assert_allclose(batched.params.flatten()[i], single.params.flatten(), atol=1e-12)
+        np.testing.assert_allclose(batched.losses[i], single.losses, rtol=1e-12)
+    assert np.all(np.asarray(batched.converged))
+
+
+def test_tolerance_nonfinite_and_bad_values():
+    model, truth, x, y = make_problem("lin", n=100, d=2, seed=72)
+    result = emjax.fit(model, emjax.gradient_descent(1e200), truth, x, y, 10, tol=1e-8)
+    assert int(result.status) == emjax.Status.nonfinite and not bool(result.converged)
+    assert np.all(np.isfinite(np.asarray(result.params.flatten())))
+    for bad in (-1.0, float("nan"), jnp.ones(2)):
+        with pytest.raises(ValueError, match="tol must be"):
+            emjax.fit(model, emjax.em(), truth, x, y, 3, tol=bad)
+    with pytest.raises(ValueError, match="atol must be"):
+        emjax.fit(model, emjax.em(), truth, x, y, 3, tol=0.0, atol=-1.0)
+    # atol alone (tol = 0) stops too; an unreachable tolerance runs to the bound.
+    assert bool(emjax.fit(model, emjax.em(), truth, x, y, 100, tol=0.0, atol=1e-6).converged)
+    assert int(emjax.fit(model, emjax.em(), truth, x, y, 4, tol=0.0).status) == emjax.Status.max_steps
+
+
+def test_tolerances_are_traced():
+    model, truth, x, y = make_problem("lin", n=120, d=2, seed=73)
+    cache = emjax._fit._fit_until._cached
+    steps = []
+    for i, tol in enumerate([1e-3, 1e-6, 1e-9]):
+        steps.append(int(emjax.fit(model, emjax.em(), emjax.perturb(jax.random.key(1), truth), x, y, 100,
+                                   tol=tol).num_steps))
+        if i == 0:
+            size = cache._cache_size()
+    assert cache._cache_size() == size
+    assert steps[0] < steps[1] < steps[2]
