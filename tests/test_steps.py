@@ -7,7 +7,7 @@ import pytest
 
 import emjax
 from tests import reference
-from tests.utils import MODELS, make_problem, random_point
+from tests.utils import make_problem, random_point
 
 
 def test_em_step_matches_exact_m_step(kind):
@@ -135,7 +135,6 @@ def test_float32_newton_reaches_its_tolerance(kind):
     p64 = emjax.SymParams(w=cast(point.w), beta=cast(point.beta))
     new64 = emjax.em_step(model, p64, cast(x), cast(y))
     np.testing.assert_allclose(new32.flatten(), new64.flatten(), atol=2e-4)
-    assert MODELS[kind] is model
 
 
 def test_fewer_samples_than_features_stays_finite(kind):
