@@ -70,11 +70,11 @@ def _maybe_report(progress_every, done, num_steps, loss):
         )
 
 
-def _advance(model, solver, params, state, x, y):
-    """One solver step; the new iterate is accepted only if it and its loss are finite."""
+def _advance(model, solver, params, state, x, y, healthy):
+    """One solver step, accepted only if the run is healthy and the new iterate and loss are finite."""
     new_params, new_state = solver.update(model, params, state, x, y)
     new_loss = _loss(model, new_params, x, y)
-    accept = tree_all_finite(new_params) & jnp.isfinite(new_loss)
+    accept = healthy & tree_all_finite(new_params) & jnp.isfinite(new_loss)
     return _where(accept, new_params, params), _where(accept, new_state, state), new_loss, accept
 
 
@@ -85,11 +85,8 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
 
     def step(carry, t):
         params, state, healthy, applied = carry
-        new_params, new_state, new_loss, accept = _advance(model, solver, params, state, x, y)
-        accept = healthy & accept
+        params, state, new_loss, accept = _advance(model, solver, params, state, x, y, healthy)
         _maybe_report(progress_every, t + 1, num_steps, new_loss)
-        params = _where(accept, new_params, params)
-        state = _where(accept, new_state, state)
         loss = jnp.where(accept, new_loss, jnp.nan)
         carry = (params, state, accept, applied + accept.astype(jnp.int32))
         return carry, (loss, params if keep_history else None)
@@ -129,7 +126,8 @@ def _fit_until(model, solver, params, x, y, max_steps: int, rtol, atol, keep_his
 
     def step(carry):
         t, params, state, loss, losses, history, status, _ = carry
-        new_params, new_state, new_loss, accept = _advance(model, solver, params, state, x, y)
+        # The loop stops at the first non-finite step, so every step it runs starts healthy.
+        new_params, new_state, new_loss, accept = _advance(model, solver, params, state, x, y, True)
         _maybe_report(progress_every, t + 1, max_steps, new_loss)
         converged = accept & (jnp.abs(loss - new_loss) <= atol + rtol * jnp.abs(new_loss))
         losses = losses.at[t + 1].set(jnp.where(accept, new_loss, jnp.nan))

@@ -23,6 +23,7 @@ from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 
 from ._checks import validate
 from ._likelihood import as_arrays, posterior_logit, projections
+from ._linalg import add_jitter
 from ._validation import public
 from .models import AbstractSymmetricModel, SymParams
 
@@ -53,11 +54,9 @@ def _factorable(complete: Array, missing: Array) -> Array:
     or expert probability saturates (|x.w| ~ 1e3 makes p(1-p) underflow to 0). The jitter scales
     with both matrices, so M stays finite (at most ~1/eps) and is unchanged to working precision
     whenever ∇²A is well conditioned."""
-    eps = jnp.finfo(complete.dtype).eps
-    size = complete.shape[0]
-    scale = (jnp.trace(complete) + jnp.trace(missing)) / size
-    jitter = 4 * size * eps * scale + jnp.finfo(complete.dtype).tiny
-    return complete + jitter * jnp.eye(size, dtype=complete.dtype)
+    # A few ulps per row beyond solve_psd's shift: the Cholesky factor of a rank-deficient Gram
+    # matrix needs room for the round-off of its own products.
+    return add_jitter(complete, 4 * (jnp.trace(complete) + jnp.trace(missing)))
 
 
 @public(validate)

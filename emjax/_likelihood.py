@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ._checks import check_types, validate
-from ._validation import check_finite, public
+from ._validation import check_params, public
 from .models import AbstractSymmetricModel, SymParams
 
 
@@ -51,8 +51,7 @@ def _check_sample(model, params, key, n, **_) -> None:
         raise ValueError(f"n must be a positive Python int (it fixes array shapes); got {n!r}")
     if jnp.ndim(params.w) != 1:
         raise ValueError(f"params.w must have shape (d,); got shape {jnp.shape(params.w)}")
-    check_finite(params.w, "params.w")
-    check_finite(params.beta, "params.beta")
+    check_params(params, params.w.shape[0])
 
 
 @public(_check_sample)

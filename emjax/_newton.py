@@ -38,7 +38,7 @@ def _objective(x: Array, targets: Array, u: Array) -> Array:
 
 
 def _newton_solve(x: Array, targets: Array, u0: Array, max_steps: int) -> Array:
-    n, d = x.shape
+    n = x.shape[0]
     dtype = x.dtype
     tol = newton_tolerance(dtype)
     eps = jnp.finfo(dtype).eps
