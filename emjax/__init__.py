@@ -10,12 +10,19 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
+from ._inference import aic as aic
+from ._inference import bic as bic
+from ._inference import num_parameters as num_parameters
+from ._inference import standard_errors as standard_errors
 from ._information import complete_information as complete_information
 from ._information import em_rate as em_rate
 from ._information import mim_eigenvalues as mim_eigenvalues
 from ._information import missing_information as missing_information
 from ._information import missing_information_matrix as missing_information_matrix
 from ._information import observed_information as observed_information
+from ._init import init_params as init_params
+from ._init import match_experts as match_experts
+from ._init import random_moe_params as random_moe_params
 from ._likelihood import neg_log_likelihood as neg_log_likelihood
 from ._likelihood import responsibilities as responsibilities
 from ._likelihood import sample as sample
@@ -27,6 +34,7 @@ from ._mirror import mirror_map as mirror_map
 from ._mirror import mirror_map_grad as mirror_map_grad
 from ._mirror import neg_log_likelihood_grad as neg_log_likelihood_grad
 from ._mirror import posterior_statistics as posterior_statistics
+from ._restarts import fit_restarts as fit_restarts
 from ._solvers import EM as EM
 from ._solvers import AbstractSolver as AbstractSolver
 from ._solvers import GradientDescent as GradientDescent
@@ -44,7 +52,16 @@ from ._steps import gradient_descent_step as gradient_descent_step
 from ._steps import gradient_em_step as gradient_em_step
 from ._steps import mirror_descent_step as mirror_descent_step
 from ._steps import safe_step_size as safe_step_size
+from .models import AbstractExpertFamily as AbstractExpertFamily
 from .models import AbstractSymmetricModel as AbstractSymmetricModel
+from .models import GaussianExpert as GaussianExpert
+from .models import MixtureOfExperts as MixtureOfExperts
+from .models import MoEParams as MoEParams
+from .models import MoLinE as MoLinE
+from .models import MoLogE as MoLogE
+from .models import MoPoE as MoPoE
+from .models import PoissonExpert as PoissonExpert
+from .models import SoftmaxExpert as SoftmaxExpert
 from .models import SymMoLinE as SymMoLinE
 from .models import SymMoLogE as SymMoLogE
 from .models import SymParams as SymParams
@@ -55,29 +72,43 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "AbstractExpertFamily",
     "AbstractSolver",
     "AbstractSymmetricModel",
     "EM",
     "FitResult",
+    "GaussianExpert",
     "GradientDescent",
     "GradientEM",
     "MirrorDescent",
+    "MixtureOfExperts",
+    "MoEParams",
+    "MoLinE",
+    "MoLogE",
+    "MoPoE",
     "OptaxSolver",
+    "PoissonExpert",
+    "SoftmaxExpert",
     "Status",
     "SymMoLinE",
     "SymMoLogE",
     "SymParams",
+    "aic",
+    "bic",
     "bregman_divergence",
     "complete_information",
     "em",
     "em_rate",
     "em_step",
     "fit",
+    "fit_restarts",
     "from_optax",
     "gradient_descent",
     "gradient_descent_step",
     "gradient_em",
     "gradient_em_step",
+    "init_params",
+    "match_experts",
     "mim_eigenvalues",
     "mirror_descent",
     "mirror_descent_step",
@@ -87,12 +118,15 @@ __all__ = [
     "missing_information_matrix",
     "neg_log_likelihood",
     "neg_log_likelihood_grad",
+    "num_parameters",
     "observed_information",
     "perturb",
     "posterior_statistics",
+    "random_moe_params",
     "random_params",
     "relative_errors",
     "responsibilities",
     "safe_step_size",
     "sample",
+    "standard_errors",
 ]

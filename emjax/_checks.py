@@ -7,36 +7,129 @@ parameter types, so a wrong type gets a ``ValueError`` that says what was expect
 
 from __future__ import annotations
 
-from ._validation import check_features, check_labels, check_params, check_step_size
-from .models import AbstractSymmetricModel, SymParams
+import numpy as np
+
+from ._validation import (
+    check_features,
+    check_finite,
+    check_labels,
+    check_params,
+    check_step_size,
+    is_concrete,
+    shape_of,
+)
+from .models import AbstractSymmetricModel, MixtureOfExperts, MoEParams, SymParams
+
+
+def is_mixture(model) -> bool:
+    """True for the K-expert models (softmax gate), False for the symmetric two-expert ones."""
+    return isinstance(model, MixtureOfExperts)
 
 
 def check_types(model, params, name: str = "params") -> None:
-    """``model`` must be an emjax model and ``params`` a :class:`SymParams`."""
+    """``model`` must be an emjax model and ``params`` its parameter type."""
+    if isinstance(model, MixtureOfExperts):
+        if not isinstance(params, MoEParams):
+            raise ValueError(
+                f"{name} must be an emjax.MoEParams(gate=..., experts=..., sigma=...) for "
+                f"{type(model).__name__}; got {type(params).__name__}"
+            )
+        return
     if not isinstance(model, AbstractSymmetricModel):
-        raise ValueError(f"model must be an emjax model such as SymMoLinE() or SymMoLogE(); got {model!r}")
+        raise ValueError(
+            "model must be an emjax model such as SymMoLinE(), SymMoLogE(), MoLinE(K), MoLogE(K, C) or "
+            f"MoPoE(K); got {model!r}"
+        )
     if not isinstance(params, SymParams):
         raise ValueError(f"{name} must be an emjax.SymParams(w=..., beta=...); got {type(params).__name__}")
+
+
+def check_mixture_params(model: MixtureOfExperts, params: MoEParams, d: int, name: str = "params") -> None:
+    """Shapes (K, d), (K, d[, C]), (K,) and finite values; σ > 0."""
+    k = model.num_experts
+    expected = {
+        "gate": (k, d),
+        "experts": (k,) + model.expert.coef_shape(d),
+        "sigma": (k,) if model.expert.has_scale else None,
+    }
+    for field, shape in expected.items():
+        value = getattr(params, field)
+        if shape is None:
+            if value is not None:
+                raise ValueError(f"{name}.{field} must be None for {type(model).__name__}; got an array")
+            continue
+        if value is None:
+            raise ValueError(f"{name}.{field} must have shape {shape} for {type(model).__name__}; got None")
+        if shape_of(value, f"{name}.{field}") != shape:
+            raise ValueError(
+                f"{name}.{field} must have shape {shape} (K={k}, d={d} from x) for {type(model).__name__}; "
+                f"got shape {shape_of(value, f'{name}.{field}')}"
+            )
+        check_finite(value, f"{name}.{field}")
+    if params.sigma is not None and is_concrete(params.sigma) and not np.all(np.asarray(params.sigma) > 0):
+        raise ValueError(f"{name}.sigma must be positive; got {np.asarray(params.sigma)}")
+
+
+def check_any_params(model, params, d: int, name: str = "params") -> None:
+    if is_mixture(model):
+        check_mixture_params(model, params, d, name)
+    else:
+        check_params(params, d, name)
+
+
+def check_response(model, y) -> None:
+    if is_mixture(model):
+        model.expert.check_labels(y)
+    else:
+        model.check_labels(y)
 
 
 def validate(model, params, x, y=None, **_) -> None:
     """All boundary checks for a public function of (model, params, x[, y])."""
     check_types(model, params)
     n, d = check_features(x)
-    check_params(params, d)
+    check_any_params(model, params, d)
     if y is not None:
         check_labels(y, n)
-        model.check_labels(y)
+        check_response(model, y)
 
 
 def validate_pair(model, params, ref, x, **_) -> None:
     """Checks for functions of two parameter points (e.g. a Bregman divergence)."""
     validate(model, params, x)
     check_types(model, ref, "ref")
-    check_params(ref, check_features(x)[1], "ref")
+    check_any_params(model, ref, check_features(x)[1], "ref")
 
 
-def validate_with_step(model, params, x, y, step_size, **_) -> None:
+def validate_with_step(model, params, x, y, step_size, **kwargs) -> None:
     """Checks for one-step updates that take a step size."""
     validate(model, params, x, y)
     check_step_size(step_size)
+    check_trainable(model, params, kwargs.get("trainable"))
+
+
+def check_trainable(model, params, trainable, name: str = "trainable") -> None:
+    """A mask has the type of ``params``; each field is None (= trainable) or booleans whose shape
+    prefixes the parameter's ((), (K,), ... or the full shape; symmetric models: one bool per block)."""
+    if trainable is None:
+        return
+    expected = MoEParams if is_mixture(model) else SymParams
+    if not isinstance(trainable, expected):
+        raise ValueError(
+            f"{name} must be an emjax.{expected.__name__} of booleans (True = may change); "
+            f"got {type(trainable).__name__}"
+        )
+    fields = ("gate", "experts", "sigma") if is_mixture(model) else ("w", "beta")
+    for field in fields:
+        mask, value = getattr(trainable, field), getattr(params, field)
+        if mask is None:
+            continue
+        if value is None:
+            raise ValueError(f"{name}.{field} must be None: params.{field} is None")
+        mask_shape, shape = shape_of(mask, f"{name}.{field}"), shape_of(value, field)
+        if not np.issubdtype(np.result_type(mask), np.bool_):
+            raise ValueError(f"{name}.{field} must hold booleans; got dtype {np.result_type(mask)}")
+        allowed = shape[: len(mask_shape)] if is_mixture(model) else ()
+        if mask_shape != allowed:
+            hint = f"() or {shape[:1]} or {shape}" if is_mixture(model) else "() (a whole block is trained or frozen)"
+            raise ValueError(f"{name}.{field} must have shape {hint}; got {mask_shape}")

@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from ._checks import validate
-from ._likelihood import as_arrays, log_likelihoods, projections
+from . import _moe
+from ._checks import check_trainable, is_mixture, validate
+from ._likelihood import as_arrays, loss_raw
 from ._solvers import AbstractSolver, tree_all_finite
 from ._status import Status
 from ._validation import check_tolerance
-from .models import AbstractSymmetricModel, SymParams
+from .models import MoEParams, SymParams
 
 
 class FitResult(eqx.Module):
@@ -32,25 +33,38 @@ class FitResult(eqx.Module):
             tolerance, or at a non-finite step).
         num_steps: the number of steps actually applied (int32).
         status: a :class:`emjax.Status` code (int32): ``ok``, ``max_steps`` (a tolerance was
-            asked for and not met) or ``nonfinite``.
+            asked for and not met), ``nonfinite`` or ``degenerate`` (K-expert models: at the final
+            iterate an expert holds under one sample of responsibility mass, its weighted design is
+            numerically singular, or its σ sits on the variance floor; the values are finite).
         converged: True when a tolerance was given and met with finite values (never for a NaN).
         state: the solver's final state.
         params_history: with ``keep_history=True``, every iterate, leading axis num_steps + 1,
             NaN-padded after the run stopped.
+        restart_losses: from :func:`emjax.fit_restarts` only: the final loss of every restart
+            (NaN-free: a restart that went non-finite reports its last finite loss).
+        best_restart: from :func:`emjax.fit_restarts` only: the index of the returned restart.
     """
 
-    params: SymParams
+    params: SymParams | MoEParams
     losses: Array
     num_steps: Array
     status: Array
     converged: Array
     state: Any
-    params_history: SymParams | None = None
+    params_history: SymParams | MoEParams | None = None
+    restart_losses: Array | None = None
+    best_restart: Array | None = None
 
 
-def _loss(model, params, x, y):
-    xw, xb = projections(params, x)
-    return -jnp.mean(log_likelihoods(model, xw, xb, y))
+_loss = loss_raw
+
+
+def _final_status(model, params, x, y, status):
+    """Flag a degenerate final iterate (K-expert models); a non-finite run keeps its code."""
+    if not is_mixture(model):
+        return status
+    degenerate = _moe.is_degenerate(model, params, x, y) & (status != Status.nonfinite)
+    return jnp.where(degenerate, Status.degenerate, status).astype(jnp.int32)
 
 
 def _where(flag, new, old):
@@ -102,6 +116,7 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
             lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history
         )
     status = jnp.where(healthy, Status.ok, Status.nonfinite).astype(jnp.int32)
+    status = _final_status(model, params, x, y, status)
     return FitResult(params, losses, applied, status, jnp.asarray(False), state, history)
 
 
@@ -139,13 +154,14 @@ def _fit_until(model, solver, params, x, y, max_steps: int, rtol, atol, keep_his
                 status.astype(jnp.int32), converged)
 
     applied, params, state, _, losses, history, status, converged = lax.while_loop(keep_going, step, init)
+    status = _final_status(model, params, x, y, status)
     return FitResult(params, losses, applied, status, converged, state, history)
 
 
 def fit(
-    model: AbstractSymmetricModel,
+    model,
     solver: AbstractSolver,
-    params: SymParams,
+    params,
     x,
     y,
     num_steps: int,
@@ -155,15 +171,15 @@ def fit(
     tol=None,
     atol=0.0,
 ) -> FitResult:
-    """Run ``solver`` from ``params`` in one compiled loop: ``num_steps`` steps, or until a tolerance.
+    r"""Run ``solver`` from ``params`` in one compiled loop: ``num_steps`` steps, or until a tolerance.
 
     Without ``tol`` the loop is a ``lax.scan`` of exactly ``num_steps`` steps (reverse-mode
     differentiable). With ``tol`` it is a ``lax.while_loop`` bounded by ``num_steps`` that stops
-    after the first step with $|L_t - L_{t+1}| \\le$ ``atol`` $+$ ``tol`` $\\cdot |L_{t+1}|$; under
+    after the first step with $|L_t - L_{t+1}| \le$ ``atol`` $+$ ``tol`` $\cdot |L_{t+1}|$; under
     ``vmap`` each lane stops on its own (finished lanes keep their values while others run on).
 
     Args:
-        model: a symmetric model (``SymMoLinE`` or ``SymMoLogE``).
+        model: any emjax model (``SymMoLinE``, ``SymMoLogE``, ``MoLinE``, ``MoLogE``, ``MoPoE``).
         solver: ``em()``, ``mirror_descent(eta)``, ``gradient_em(eta, m)``, ``gradient_descent(eta)``
             or ``from_optax(tx)``.
         params: the initial parameters.
@@ -191,6 +207,19 @@ def fit(
         >>> result.losses.shape, int(result.status)
         ((21,), 0)
     """
+    check_fit_arguments(model, solver, params, x, y, num_steps)
+    progress_every = progress_interval(progress)
+    params, x, y = as_arrays(params, x, y)
+    if tol is None:
+        return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)
+    check_tolerance(tol, "tol")
+    check_tolerance(atol, "atol")
+    rtol, atol = jnp.asarray(tol, x.dtype), jnp.asarray(atol, x.dtype)
+    return _fit_until(model, solver, params, x, y, num_steps, rtol, atol, bool(keep_history), progress_every)
+
+
+def check_fit_arguments(model, solver, params, x, y, num_steps) -> None:
+    """Boundary checks shared by :func:`fit` and :func:`emjax.fit_restarts`."""
     validate(model, params, x, y)
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
         raise ValueError(f"num_steps must be a Python int >= 0; got {num_steps!r}")
@@ -199,16 +228,13 @@ def fit(
             "solver must be an emjax solver (em(), mirror_descent(eta), gradient_em(eta, m), "
             f"gradient_descent(eta), from_optax(tx)); got {type(solver).__name__}"
         )
+    check_trainable(model, params, solver.trainable, "solver.trainable")
+
+
+def progress_interval(progress) -> int:
+    """0 (silent) or the number of steps between progress lines."""
     if isinstance(progress, bool):
-        progress_every = 10 if progress else 0
-    elif isinstance(progress, int) and progress >= 1:
-        progress_every = progress
-    else:
-        raise ValueError(f"progress must be a bool or a Python int >= 1; got {progress!r}")
-    params, x, y = as_arrays(params, x, y)
-    if tol is None:
-        return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)
-    check_tolerance(tol, "tol")
-    check_tolerance(atol, "atol")
-    rtol, atol = jnp.asarray(tol, x.dtype), jnp.asarray(atol, x.dtype)
-    return _fit_until(model, solver, params, x, y, num_steps, rtol, atol, bool(keep_history), progress_every)
+        return 10 if progress else 0
+    if isinstance(progress, int) and progress >= 1:
+        return progress
+    raise ValueError(f"progress must be a bool or a Python int >= 1; got {progress!r}")

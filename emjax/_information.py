@@ -21,11 +21,12 @@ import jax.numpy as jnp
 from jax import Array
 from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 
-from ._checks import validate
+from . import _moe
+from ._checks import is_mixture, validate
 from ._likelihood import as_arrays, posterior_logit, projections
 from ._linalg import add_jitter
 from ._validation import public
-from .models import AbstractSymmetricModel, SymParams
+from .models import SymParams
 
 
 def _weighted_gram(x: Array, weights: Array) -> Array:
@@ -60,8 +61,12 @@ def _factorable(complete: Array, missing: Array) -> Array:
 
 
 @public(validate)
-def complete_information(model: AbstractSymmetricModel, params: SymParams, x) -> Array:
+def complete_information(model, params, x, y=None) -> Array:
     r"""$\nabla^2 A(\theta)$, the complete-data (Fisher) information, shape (2d, 2d).
+
+    K-expert models (curved families, MATH.md §5.6) need y: the complete information is
+    $I_c(\theta) = -\nabla^2_u Q(u\mid\theta)|_{u=\theta}$, shape (P, P) over the flattened free
+    parameters (order in :mod:`emjax.models.moe`).
 
     Example:
         >>> import jax.numpy as jnp, emjax
@@ -69,30 +74,48 @@ def complete_information(model: AbstractSymmetricModel, params: SymParams, x) ->
         >>> emjax.complete_information(emjax.SymMoLinE(), p, jnp.ones((2, 1))).tolist()
         [[0.25, 0.0], [0.0, 1.0]]
     """
+    if is_mixture(model):
+        if y is None:
+            raise ValueError("complete_information needs y for K-expert models (I_c depends on the responsibilities)")
+        return _moe.complete_information(model, *as_arrays(params, x, y))
     return _complete(model, *as_arrays(params, x))
 
 
 @public(validate)
-def missing_information(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
-    r"""$I_{miss}(\theta) = \mathrm{mean}_n J_n^\top \mathrm{Cov}_\theta[S\mid x_n, y_n] J_n$, shape (2d, 2d)."""
+def missing_information(model, params, x, y) -> Array:
+    r"""$I_{miss}(\theta) = \mathrm{mean}_n J_n^\top \mathrm{Cov}_\theta[S\mid x_n, y_n] J_n$, shape (2d, 2d).
+
+    K-expert models: $\mathrm{mean}_n\mathrm{Cov}_{z\mid x_n, y_n}[\nabla_\theta \log p(y_n, z\mid x_n;\theta)]$
+    (Louis, 1982), shape (P, P) over the flattened free parameters.
+    """
+    if is_mixture(model):
+        return _moe.missing_information(model, *as_arrays(params, x, y))
     return _missing(model, *as_arrays(params, x, y))
 
 
 @public(validate)
-def observed_information(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
-    r"""$\nabla^2 L(\theta) = \nabla^2 A(\theta) - I_{miss}(\theta)$ (Louis' identity), shape (2d, 2d)."""
+def observed_information(model, params, x, y) -> Array:
+    r"""$\nabla^2 L(\theta) = \nabla^2 A(\theta) - I_{miss}(\theta)$ (Louis' identity), shape (2d, 2d).
+
+    K-expert models: $I_c - I_{miss}$ over the flattened free parameters, shape (P, P).
+    """
     params, x, y = as_arrays(params, x, y)
+    if is_mixture(model):
+        return _moe.observed_information(model, params, x, y)
     return _complete(model, params, x) - _missing(model, params, x, y)
 
 
 @public(validate)
-def missing_information_matrix(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+def missing_information_matrix(model, params, x, y) -> Array:
     r"""$M(\theta) = \nabla^2 A(\theta)^{-1} I_{miss}(\theta)$, shape (2d, 2d), via a Cholesky solve.
 
     At a fixed point $\hat\theta$ of EM, $M(\hat\theta)$ is the Jacobian of the EM map
-    (Dempster-Laird-Rubin), ``jax.jacobian(em_step)``.
+    (Dempster-Laird-Rubin), ``jax.jacobian(em_step)``. K-expert models: $I_c^{-1} I_{miss}$ over
+    the flattened free parameters (MATH.md §5.6).
     """
     params, x, y = as_arrays(params, x, y)
+    if is_mixture(model):
+        return _moe.missing_information_matrix(model, params, x, y)
     missing = _missing(model, params, x, y)
     chol = cho_factor(_factorable(_complete(model, params, x), missing), lower=True)
     return cho_solve(chol, missing)
@@ -107,13 +130,19 @@ def _mim_eigenvalues(model, params, x, y) -> Array:
 
 
 @public(validate)
-def mim_eigenvalues(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+def mim_eigenvalues(model, params, x, y) -> Array:
     r"""Eigenvalues of $M(\theta)$, ascending, from ``eigvalsh`` of $G^{-1} I_{miss} G^{-\top}$ (never ``eig``)."""
-    return _mim_eigenvalues(model, *as_arrays(params, x, y))
+    return _eigenvalues(model, *as_arrays(params, x, y))
+
+
+def _eigenvalues(model, params, x, y) -> Array:
+    if is_mixture(model):
+        return _moe.mim_eigenvalues(model, params, x, y)
+    return _mim_eigenvalues(model, params, x, y)
 
 
 @public(validate)
-def em_rate(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+def em_rate(model, params, x, y) -> Array:
     r"""$\lambda_{\max}(M(\theta))$: the local linear rate of EM at a fixed point (MATH.md §5.3).
 
     Differentiable: ``jax.grad(lambda b: em_rate(model, SymParams(w, b), x, y))(beta)`` works.
@@ -126,4 +155,4 @@ def em_rate(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
         >>> 0.1 < float(emjax.em_rate(model, truth, x, y)) < 0.4
         True
     """
-    return _mim_eigenvalues(model, *as_arrays(params, x, y))[-1]
+    return _eigenvalues(model, *as_arrays(params, x, y))[-1]

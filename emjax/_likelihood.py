@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._checks import check_types, validate
-from ._validation import check_params, public
-from .models import AbstractSymmetricModel, SymParams
+from . import _moe
+from ._checks import check_any_params, check_types, is_mixture, validate
+from ._validation import public, shape_of
+from .models import AbstractSymmetricModel, MoEParams, SymParams
 
 
 def working_dtype(params: SymParams, x) -> jnp.dtype:
@@ -24,8 +25,10 @@ def working_dtype(params: SymParams, x) -> jnp.dtype:
     return jnp.result_type(jnp.asarray(x).dtype, params.w.dtype, params.beta.dtype, jnp.float32)
 
 
-def as_arrays(params: SymParams, x, y=None):
+def as_arrays(params: SymParams | MoEParams, x, y=None):
     """Cast parameters, features and labels to one floating dtype."""
+    if isinstance(params, MoEParams):
+        return _moe.as_arrays(params, x, y)
     dtype = working_dtype(params, x)
     params = SymParams(w=params.w.astype(dtype), beta=params.beta.astype(dtype))
     x = jnp.asarray(x, dtype)
@@ -49,14 +52,19 @@ def _check_sample(model, params, key, n, **_) -> None:
     check_types(model, params)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive Python int (it fixes array shapes); got {n!r}")
-    if jnp.ndim(params.w) != 1:
-        raise ValueError(f"params.w must have shape (d,); got shape {jnp.shape(params.w)}")
-    check_params(params, params.w.shape[0])
+    first = params.gate if is_mixture(model) else params.w
+    if len(shape_of(first, "params")) < 1:
+        raise ValueError(f"params must carry the feature dimension d; got shape {jnp.shape(first)}")
+    check_any_params(model, params, shape_of(first, "params")[-1])
 
 
 @public(_check_sample)
-def sample(model: AbstractSymmetricModel, params: SymParams, key: Array, n: int):
-    r"""Draw n samples: $x\sim N(0, I_d)$, $z\sim\mathrm{Bernoulli}(\mathrm{sigmoid}(x\cdot w))$, then y.
+def sample(model, params, key: Array, n: int):
+    r"""Draw n samples: $x\sim N(0, I_d)$, then z from the gate, then y from expert z.
+
+    Symmetric models: $z\sim\mathrm{Bernoulli}(\mathrm{sigmoid}(x\cdot w))$; K-expert models:
+    $z\sim\mathrm{softmax}(x W^\top)$. To sample with an intercept, append a column of ones to x
+    yourself and use ``responsibilities``/``fit`` on it.
 
     Args:
         model: the model.
@@ -74,6 +82,8 @@ def sample(model: AbstractSymmetricModel, params: SymParams, key: Array, n: int)
         >>> x.shape
         (7, 2)
     """
+    if is_mixture(model):
+        return _moe.sample(model, params, key, n)
     dtype = jnp.result_type(params.w.dtype, params.beta.dtype, jnp.float32)
     key_x, key_z, key_y = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (n, params.w.shape[0]), dtype)
@@ -84,8 +94,12 @@ def sample(model: AbstractSymmetricModel, params: SymParams, key: Array, n: int)
 
 
 @public(validate)
-def responsibilities(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
-    r"""Posterior probabilities of the latent label, shape (n, 2).
+def responsibilities(model, params, x, y) -> Array:
+    r"""Posterior probabilities of the latent label, shape (n, 2) or (n, K).
+
+    K-expert models: $\gamma_{nk} = \exp(\ell_{nk} - \mathrm{logsumexp}_j \ell_{nj})$ with
+    $\ell_{nk} = \log\pi_k(x_n) + \log p(y_n\mid x_n, z=k)$, never exponentiated before normalising.
+    Symmetric models:
 
     Column 1 is $r_n = P(z=1\mid x_n, y_n) = \mathrm{sigmoid}(\Delta_n)$ and column 0 is
     $\mathrm{sigmoid}(-\Delta_n)$ (computed directly, not as $1 - r_n$, so both tails are exact).
@@ -98,6 +112,8 @@ def responsibilities(model: AbstractSymmetricModel, params: SymParams, x, y) -> 
         [[0.5, 0.5]]
     """
     params, x, y = as_arrays(params, x, y)
+    if is_mixture(model):
+        return _moe.e_step(model, params, x, y)[0]
     xw, xb = projections(params, x)
     logit = posterior_logit(model, xw, xb, y)
     return jnp.stack([jax.nn.sigmoid(-logit), jax.nn.sigmoid(logit)], axis=1)
@@ -110,7 +126,7 @@ def log_likelihoods(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Arra
 
 
 @public(validate)
-def neg_log_likelihood(model: AbstractSymmetricModel, params: SymParams, x, y) -> Array:
+def neg_log_likelihood(model, params, x, y) -> Array:
     r"""$L(\theta) = -\mathrm{mean}_n \log p(y_n\mid x_n;\theta)$, all constants included.
 
     Example:
@@ -119,6 +135,12 @@ def neg_log_likelihood(model: AbstractSymmetricModel, params: SymParams, x, y) -
         >>> round(float(emjax.neg_log_likelihood(emjax.SymMoLogE(), p, jnp.ones((2, 1)), jnp.array([0, 1]))), 6)
         0.693147
     """
-    params, x, y = as_arrays(params, x, y)
+    return loss_raw(model, *as_arrays(params, x, y))
+
+
+def loss_raw(model, params, x: Array, y: Array) -> Array:
+    """L on arrays already cast to one dtype (no checks), for either kind of model."""
+    if is_mixture(model):
+        return _moe.loss(model, params, x, y)
     xw, xb = projections(params, x)
     return -jnp.mean(log_likelihoods(model, xw, xb, y))

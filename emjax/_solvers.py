@@ -27,110 +27,136 @@ import optax
 from jax import Array
 
 from ._likelihood import as_arrays
-from ._mirror import loss_gradient_raw
-from ._steps import em_step, gradient_descent_step, gradient_em_step, mirror_descent_step
+from ._steps import (
+    em_step,
+    free_mask,
+    gradient_descent_step,
+    gradient_em_step,
+    keep_frozen,
+    loss_gradient,
+    mirror_descent_step,
+)
 from ._validation import check_inner_steps, check_step_size
-from .models import AbstractSymmetricModel, SymParams
+from .models import MoEParams, SymParams
 
 
 class AbstractSolver(eqx.Module):
     """One iteration of an optimiser of the negative log-likelihood, as pure functions."""
 
-    def init(self, params: SymParams) -> Any:
+    trainable: SymParams | MoEParams | None = None
+
+    def init(self, params) -> Any:
         """The solver's state before the first step (empty for stateless solvers)."""
         return ()
 
     @abc.abstractmethod
-    def update(self, model: AbstractSymmetricModel, params: SymParams, state: Any, x, y):
+    def update(self, model, params, state: Any, x, y):
         """One iteration: returns ``(new_params, new_state)``."""
 
 
 def _as_step(step_size):
     check_step_size(step_size)
-    if isinstance(step_size, SymParams):
-        return SymParams(w=jnp.asarray(step_size.w), beta=jnp.asarray(step_size.beta))
+    if isinstance(step_size, (SymParams, MoEParams)):
+        return jax.tree_util.tree_map(jnp.asarray, step_size)
     return jnp.asarray(step_size)
+
+
+def _as_mask(trainable):
+    if trainable is None:
+        return None
+    if not isinstance(trainable, (SymParams, MoEParams)):
+        raise ValueError(
+            f"trainable must be an emjax.SymParams or emjax.MoEParams of booleans; got {type(trainable).__name__}"
+        )
+    return trainable
 
 
 class EM(AbstractSolver):
     """Exact EM: :func:`emjax.em_step` (mirror descent with unit step)."""
 
     def update(self, model, params, state, x, y):
-        return em_step(model, params, x, y), state
+        return em_step(model, params, x, y, self.trainable), state
 
 
 class MirrorDescent(AbstractSolver):
     """Mirror descent with mirror map A and step ``step_size`` (:func:`emjax.mirror_descent_step`)."""
 
-    step_size: Array
+    step_size: Array = None
 
     def update(self, model, params, state, x, y):
-        return mirror_descent_step(model, params, x, y, self.step_size), state
+        return mirror_descent_step(model, params, x, y, self.step_size, self.trainable), state
 
 
 class GradientDescent(AbstractSolver):
     """Gradient descent on L (:func:`emjax.gradient_descent_step`)."""
 
-    step_size: Array | SymParams
+    step_size: Array | SymParams | MoEParams = None
 
     def update(self, model, params, state, x, y):
-        return gradient_descent_step(model, params, x, y, self.step_size), state
+        return gradient_descent_step(model, params, x, y, self.step_size, self.trainable), state
 
 
 class GradientEM(AbstractSolver):
     """Gradient EM with ``inner_steps`` surrogate steps per E-step (:func:`emjax.gradient_em_step`)."""
 
-    step_size: Array | SymParams
-    inner_steps: int = eqx.field(static=True)
+    step_size: Array | SymParams | MoEParams = None
+    inner_steps: int = eqx.field(static=True, default=3)
 
     def update(self, model, params, state, x, y):
-        return gradient_em_step(model, params, x, y, self.step_size, self.inner_steps), state
+        return gradient_em_step(model, params, x, y, self.step_size, self.inner_steps, self.trainable), state
 
 
 class OptaxSolver(AbstractSolver):
-    """Any ``optax.GradientTransformation`` applied to $\\nabla L$ (closed form, Fisher's identity)."""
+    r"""Any ``optax.GradientTransformation`` applied to $\nabla L$ (zero on fixed entries, which never move)."""
 
-    transformation: optax.GradientTransformation = eqx.field(static=True)
+    transformation: optax.GradientTransformation = eqx.field(static=True, default=None)
 
     def init(self, params):
         return self.transformation.init(params)
 
     def update(self, model, params, state, x, y):
         cast, x, y = as_arrays(params, x, y)
-        grads = loss_gradient_raw(model, cast, x, y)
+        free = free_mask(model, cast, self.trainable)
+        grads = loss_gradient(model, cast, x, y, free)
         updates, state = self.transformation.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+        # Weight decay and the like would move a fixed entry even with a zero gradient: undo it.
+        return keep_frozen(free, optax.apply_updates(params, updates), params), state
 
 
-def em() -> EM:
-    """Exact EM (M-step solved by warm-started damped Newton / Cholesky)."""
-    return EM()
+def em(trainable=None) -> EM:
+    """Exact EM (M-step solved by warm-started damped Newton / Cholesky).
+
+    Args:
+        trainable: optional mask shaped like the parameters (True = may change), honoured by every
+            M-step; see :func:`emjax.em_step`. The same argument exists on every solver factory.
+    """
+    return EM(trainable=_as_mask(trainable))
 
 
-def mirror_descent(step_size) -> MirrorDescent:
+def mirror_descent(step_size, trainable=None) -> MirrorDescent:
     """Mirror descent with mirror map A; ``step_size=1`` is EM, η in (0, 1] never increases L."""
-    return MirrorDescent(step_size=_as_step(step_size))
+    return MirrorDescent(step_size=_as_step(step_size), trainable=_as_mask(trainable))
 
 
-def gradient_descent(step_size) -> GradientDescent:
-    """Gradient descent with a scalar step or per-block ``SymParams(w=..., beta=...)`` steps."""
-    return GradientDescent(step_size=_as_step(step_size))
+def gradient_descent(step_size, trainable=None) -> GradientDescent:
+    """Gradient descent with a scalar step or per-block steps (a params-shaped pytree of scalars)."""
+    return GradientDescent(step_size=_as_step(step_size), trainable=_as_mask(trainable))
 
 
-def gradient_em(step_size, inner_steps: int = 3) -> GradientEM:
+def gradient_em(step_size, inner_steps: int = 3, trainable=None) -> GradientEM:
     """Gradient EM: ``inner_steps`` gradient steps on the surrogate Q per E-step (default 3)."""
     check_inner_steps(inner_steps)
-    return GradientEM(step_size=_as_step(step_size), inner_steps=inner_steps)
+    return GradientEM(step_size=_as_step(step_size), inner_steps=inner_steps, trainable=_as_mask(trainable))
 
 
-def from_optax(transformation: optax.GradientTransformation) -> OptaxSolver:
-    """Wrap an optax optimiser (e.g. ``optax.adam(1e-2)``) as an emjax solver."""
+def from_optax(transformation: optax.GradientTransformation, trainable=None) -> OptaxSolver:
+    """Wrap an optax optimiser (e.g. ``optax.adam(1e-2)``) as an emjax solver; fixed entries never move."""
     if not (hasattr(transformation, "init") and hasattr(transformation, "update")):
         raise ValueError(
             "transformation must be an optax.GradientTransformation with init and update; "
             f"got {type(transformation).__name__}"
         )
-    return OptaxSolver(transformation=transformation)
+    return OptaxSolver(transformation=transformation, trainable=_as_mask(trainable))
 
 
 def tree_all_finite(tree) -> Array:

@@ -16,12 +16,35 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from ._checks import validate, validate_with_step
+from . import _moe
+from ._checks import check_trainable, is_mixture, validate, validate_with_step
 from ._likelihood import as_arrays, posterior_logit, projections
 from ._mirror import loss_gradient_raw, mirror_gradient_raw, posterior_statistics_raw
 from ._newton import soft_logistic_regression
 from ._validation import check_features, check_inner_steps, public
-from .models import AbstractSymmetricModel, SymParams
+from .models import AbstractSymmetricModel, MoEParams, SymParams
+
+
+def _validate_em(model, params, x, y, trainable=None, **_) -> None:
+    validate(model, params, x, y)
+    check_trainable(model, params, trainable)
+
+
+def free_mask(model, params, trainable):
+    """What may change: a MoEParams of boolean arrays (K-expert) or SymParams of scalar bools."""
+    if is_mixture(model):
+        return _moe.free_mask(model, params, trainable)
+    def block(mask):
+        return jnp.asarray(True) if mask is None else jnp.asarray(mask, bool)
+
+    if trainable is None:
+        return SymParams(w=block(None), beta=block(None))
+    return SymParams(w=block(trainable.w), beta=block(trainable.beta))
+
+
+def keep_frozen(free, new, old):
+    """``new`` where ``free``, else ``old`` (bit-identical), leaf by leaf."""
+    return jax.tree_util.tree_map(jnp.where, free, new, old)
 
 
 def _solve_targets(model, params: SymParams, x: Array, gate_targets, expert_targets) -> SymParams:
@@ -32,9 +55,14 @@ def _solve_targets(model, params: SymParams, x: Array, gate_targets, expert_targ
     )
 
 
-@public(validate)
-def em_step(model: AbstractSymmetricModel, params: SymParams, x, y) -> SymParams:
+@public(_validate_em)
+def em_step(model, params, x, y, trainable=None):
     r"""One EM iteration: E-step, then the M-step solved to convergence.
+
+    K-expert models (MATH.md §3.4): the gate is a soft-target multinomial logistic regression on
+    the responsibilities (masked damped Newton, warm-started, row 0 pinned); linear experts are
+    weighted least squares with σ_k² the weighted residual variance (floored at 1e-8);
+    softmax-classifier and Poisson experts are weighted Newton solves.
 
     Gate: soft-label logistic regression on the responsibilities $r$ (damped Newton, warm-started
     at $w_t$). Expert: $\beta^+ = (X^\top X)^{-1} X^\top((2r-1)\odot y)$ for SymMoLinE; soft-label
@@ -52,17 +80,25 @@ def em_step(model: AbstractSymmetricModel, params: SymParams, x, y) -> SymParams
         >>> new = emjax.em_step(model, start, x, y)
         >>> bool(emjax.neg_log_likelihood(model, new, x, y) < emjax.neg_log_likelihood(model, start, x, y))
         True
+
+    Args:
+        trainable: optional mask with the structure of ``params`` (True = may change). K-expert
+            masks may be per block (``True``), per expert (shape (K,)) or per entry; symmetric
+            masks are one bool per block. Frozen entries stay bit-identical; the rest solve the
+            M-step with the frozen ones held fixed.
     """
     params, x, y = as_arrays(params, x, y)
+    free = free_mask(model, params, trainable)
+    if is_mixture(model):
+        return _moe.em_step(model, params, x, y, free)
     xw, xb = projections(params, x)
     logit = posterior_logit(model, xw, xb, y)
-    return _solve_targets(
-        model, params, x, jax.nn.sigmoid(logit), model.expert_posterior_statistic(logit, y)
-    )
+    new = _solve_targets(model, params, x, jax.nn.sigmoid(logit), model.expert_posterior_statistic(logit, y))
+    return keep_frozen(free, new, params)
 
 
 @public(validate_with_step, traced=("step_size",))
-def mirror_descent_step(model: AbstractSymmetricModel, params: SymParams, x, y, step_size) -> SymParams:
+def mirror_descent_step(model, params, x, y, step_size, trainable=None):
     r"""One mirror-descent step with mirror map A: $\nabla A(\theta^+) = \nabla A(\theta) - \eta\nabla L(\theta)$.
 
     Equivalently $\theta^+ = \arg\min_u \langle\nabla L(\theta), u\rangle + D_A(u, \theta)/\eta$. Because
@@ -71,51 +107,70 @@ def mirror_descent_step(model: AbstractSymmetricModel, params: SymParams, x, y, 
     exactly :func:`em_step`. For η in (0, 1] the loss never increases; for η > 1 nothing is
     guaranteed (targets may leave [0, 1]).
 
+    K-expert models: the projected step of MATH.md §4.6, the M-step fitted to blended statistics
+    $(1-\eta)E_{\theta_t}[S\mid x] + \eta E_{\theta_t}[S\mid x, y]$.
+
     Args:
         step_size: η > 0, a scalar (traced under ``jit``, so sweeps over η compile once).
+        trainable: optional mask, as in :func:`em_step`.
     """
     params, x, y = as_arrays(params, x, y)
     eta = jnp.asarray(step_size, x.dtype)
+    free = free_mask(model, params, trainable)
+    if is_mixture(model):
+        return _moe.mirror_descent_step(model, params, x, y, eta, free)
     xw, xb = projections(params, x)
     logit = posterior_logit(model, xw, xb, y)
     prior_gate, prior_expert = jax.nn.sigmoid(xw), model.expert_mean(xb)
     gate_targets = prior_gate - eta * (prior_gate - jax.nn.sigmoid(logit))
     expert_targets = prior_expert - eta * (prior_expert - model.expert_posterior_statistic(logit, y))
-    return _solve_targets(model, params, x, gate_targets, expert_targets)
+    return keep_frozen(free, _solve_targets(model, params, x, gate_targets, expert_targets), params)
 
 
-def _per_block(step_size, dtype) -> SymParams:
-    if isinstance(step_size, SymParams):
-        return SymParams(w=jnp.asarray(step_size.w, dtype), beta=jnp.asarray(step_size.beta, dtype))
+def _per_block(step_size, params):
+    """One step size per parameter block, shaped like ``params`` (scalars)."""
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    if isinstance(step_size, (SymParams, MoEParams)):
+        return jax.tree_util.tree_map(lambda eta: jnp.asarray(eta, dtype), step_size)
     eta = jnp.asarray(step_size, dtype)
-    return SymParams(w=eta, beta=eta)
+    return jax.tree_util.tree_map(lambda _: eta, params)
 
 
-def _descend(params: SymParams, direction: SymParams, eta: SymParams) -> SymParams:
-    return SymParams(w=params.w - eta.w * direction.w, beta=params.beta - eta.beta * direction.beta)
+def _descend(params, direction, eta, free):
+    r"""$\theta - \eta\,d$ on free entries; fixed entries are returned unchanged (bit-identical)."""
+    return jax.tree_util.tree_map(lambda p, g, e, f: jnp.where(f, p - e * g, p), params, direction, eta, free)
+
+
+def loss_gradient(model, params, x, y, free):
+    r"""$\nabla L$ (closed form for symmetric models, autodiff for K-expert ones), zero where fixed."""
+    if is_mixture(model):
+        return _moe.loss_gradient(model, params, x, y, free)
+    grads = loss_gradient_raw(model, params, x, y)
+    return jax.tree_util.tree_map(lambda g, f: jnp.where(f, g, 0), grads, free)
 
 
 @public(validate_with_step, traced=("step_size",))
-def gradient_descent_step(model: AbstractSymmetricModel, params: SymParams, x, y, step_size) -> SymParams:
+def gradient_descent_step(model, params, x, y, step_size, trainable=None):
     r"""One gradient step on the loss, $\theta^+ = \theta - \eta\nabla L(\theta)$ (MATH.md §7).
 
     Args:
-        step_size: η, a positive scalar, or ``SymParams(w=eta_w, beta=eta_beta)`` for one step per block.
-            :func:`safe_step_size` gives a step that guarantees descent.
+        step_size: η, a positive scalar, or a params-shaped pytree of scalars (``SymParams(w=eta_w,
+            beta=eta_beta)``, ``MoEParams(gate=..., experts=..., sigma=...)``) for one step per block.
+            :func:`safe_step_size` gives a step that guarantees descent for symmetric models.
+        trainable: optional mask, as in :func:`em_step`; fixed entries get no step.
     """
     params, x, y = as_arrays(params, x, y)
-    return _descend(params, loss_gradient_raw(model, params, x, y), _per_block(step_size, x.dtype))
+    free = free_mask(model, params, trainable)
+    return _descend(params, loss_gradient(model, params, x, y, free), _per_block(step_size, params), free)
 
 
-def _validate_gradient_em(model, params, x, y, step_size, inner_steps, **_) -> None:
-    validate_with_step(model, params, x, y, step_size)
+def _validate_gradient_em(model, params, x, y, step_size, inner_steps, trainable=None, **_) -> None:
+    validate_with_step(model, params, x, y, step_size, trainable=trainable)
     check_inner_steps(inner_steps)
 
 
 @public(_validate_gradient_em, traced=("step_size",))
-def gradient_em_step(
-    model: AbstractSymmetricModel, params: SymParams, x, y, step_size, inner_steps: int = 3
-) -> SymParams:
+def gradient_em_step(model, params, x, y, step_size, inner_steps: int = 3, trainable=None):
     r"""Gradient EM: ``inner_steps`` gradient steps on the EM surrogate $Q(\cdot\mid\theta_t)$.
 
     The E-step is done once, at $\theta_t$. Then, from $u_0 = \theta_t$, for $m$ = ``inner_steps``
@@ -124,17 +179,23 @@ def gradient_em_step(
     descent step on L (Fisher's identity); emjax's suggested default is $m = 3$.
 
     Args:
-        step_size: η > 0, a scalar, or ``SymParams(w=eta_w, beta=eta_beta)`` for one step per block.
+        step_size: η > 0, a scalar, or a params-shaped pytree of scalars for one step per block.
         inner_steps: m ≥ 1, a Python int.
+        trainable: optional mask, as in :func:`em_step`.
+
+    K-expert models: $\nabla_u Q$ comes from autodiff of the surrogate with the responsibilities fixed.
     """
     params, x, y = as_arrays(params, x, y)
-    eta = _per_block(step_size, x.dtype)
+    eta = _per_block(step_size, params)
+    free = free_mask(model, params, trainable)
+    if is_mixture(model):
+        return _moe.gradient_em_step(model, params, x, y, inner_steps, free, eta)
     target = posterior_statistics_raw(model, params, x, y)
 
     def inner(_, u):
         mirror = mirror_gradient_raw(model, u, x)
         surrogate_grad = SymParams(w=mirror.w - target.w, beta=mirror.beta - target.beta)
-        return _descend(u, surrogate_grad, eta)
+        return _descend(u, surrogate_grad, eta, free)
 
     return lax.fori_loop(0, inner_steps, inner, params)
 

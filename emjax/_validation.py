@@ -21,7 +21,7 @@ def is_concrete(value) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
-def _shape(value, name: str) -> tuple[int, ...]:
+def shape_of(value, name: str) -> tuple[int, ...]:
     shape = getattr(value, "shape", None)
     if shape is None:
         try:
@@ -39,7 +39,7 @@ def check_finite(value, name: str) -> None:
 
 def check_features(x) -> tuple[int, int]:
     """Validate the design matrix ``x`` of shape (n, d) and return (n, d)."""
-    shape = _shape(x, "x")
+    shape = shape_of(x, "x")
     if len(shape) != 2:
         raise ValueError(f"x must have shape (n, d) (rank 2); got shape {shape}")
     n, d = shape
@@ -53,7 +53,7 @@ def check_features(x) -> tuple[int, int]:
 
 def check_labels(y, n: int) -> None:
     """Validate the response vector ``y`` of shape (n,)."""
-    shape = _shape(y, "y")
+    shape = shape_of(y, "y")
     if len(shape) != 1:
         raise ValueError(f"y must have shape (n,) (rank 1); got shape {shape}")
     if shape[0] != n:
@@ -64,7 +64,7 @@ def check_labels(y, n: int) -> None:
 def check_params(params, d: int, name: str = "params") -> None:
     """Validate symmetric parameters against the feature dimension ``d`` of x."""
     for field in ("w", "beta"):
-        shape = _shape(getattr(params, field), f"{name}.{field}")
+        shape = shape_of(getattr(params, field), f"{name}.{field}")
         if shape != (d,):
             raise ValueError(
                 f"{name}.{field} must have shape (d,) = ({d},) to match x of shape (n, {d}); "
@@ -76,16 +76,16 @@ def check_params(params, d: int, name: str = "params") -> None:
 def check_step_size(step_size, name: str = "step_size") -> None:
     """A step size must be a finite positive scalar (or a pytree of them)."""
     for leaf in jax.tree_util.tree_leaves(step_size):
-        if _shape(leaf, name) != ():
-            raise ValueError(f"{name} must be a scalar; got shape {_shape(leaf, name)}")
+        if shape_of(leaf, name) != ():
+            raise ValueError(f"{name} must be a scalar; got shape {shape_of(leaf, name)}")
         if is_concrete(leaf) and not (np.isfinite(np.asarray(leaf)) and np.asarray(leaf) > 0):
             raise ValueError(f"{name} must be a finite positive number; got {np.asarray(leaf)}")
 
 
 def check_tolerance(value, name: str) -> None:
     """A tolerance is a finite scalar >= 0."""
-    if _shape(value, name) != ():
-        raise ValueError(f"{name} must be a scalar; got shape {_shape(value, name)}")
+    if shape_of(value, name) != ():
+        raise ValueError(f"{name} must be a scalar; got shape {shape_of(value, name)}")
     if is_concrete(value) and not (np.isfinite(np.asarray(value)) and np.asarray(value) >= 0):
         raise ValueError(f"{name} must be a finite number >= 0; got {np.asarray(value)}")
 

@@ -29,11 +29,12 @@ class SymParams(eqx.Module):
     beta: Array
 
     def __init__(self, w, beta):
-        self.w = jnp.asarray(w)
-        self.beta = jnp.asarray(beta)
+        # None is allowed so that a SymParams can also serve as a partial mask (e.g. ``trainable``).
+        self.w = None if w is None else jnp.asarray(w)
+        self.beta = None if beta is None else jnp.asarray(beta)
 
     def __check_init__(self):
-        if jnp.shape(self.w) != jnp.shape(self.beta):
+        if self.w is not None and self.beta is not None and jnp.shape(self.w) != jnp.shape(self.beta):
             raise ValueError(
                 f"SymParams: w and beta must have the same shape (d,); got w {jnp.shape(self.w)} "
                 f"and beta {jnp.shape(self.beta)}"

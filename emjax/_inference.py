@@ -1,0 +1,108 @@
+r"""Inference at a fitted point: standard errors from the observed information, AIC and BIC.
+
+With $\hat\theta$ a local minimiser of $L$ (a mean over n samples), the asymptotic covariance of the
+free parameters is $(n\,\nabla^2 L(\hat\theta))^{-1}$, where $\nabla^2 L = I_c - I_{miss}$ is the observed
+information from Louis' identity (MATH.md §5.1, §5.6). Pinned entries (gate row 0, class column 0)
+and entries frozen by ``trainable`` are not estimated: they are left out of the inverse and get a
+standard error of 0.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from . import _moe
+from ._checks import check_trainable, is_mixture, validate
+from ._information import observed_information
+from ._likelihood import neg_log_likelihood
+from ._validation import is_concrete
+from .models import SymParams
+
+
+def _estimated(model, params, trainable) -> np.ndarray:
+    """Boolean vector over the flattened free parameters: True where the entry was estimated."""
+    if trainable is None:
+        size = 2 * params.w.shape[0] if not is_mixture(model) else model.num_free_parameters(params.dim)
+        return np.ones(size, bool)
+    if not all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(trainable)):
+        raise ValueError("trainable must hold concrete booleans here (it decides which parameters are counted)")
+    if not is_mixture(model):
+        d = params.w.shape[0]
+        blocks = [np.full(d, bool(np.asarray(trainable.w if trainable.w is not None else True))),
+                  np.full(d, bool(np.asarray(trainable.beta if trainable.beta is not None else True)))]
+        return np.concatenate(blocks)
+    free = _moe.free_mask(model, params, trainable)
+    return np.asarray(_moe.flatten(model, jax.tree_util.tree_map(lambda f: f.astype(jnp.float32), free))) > 0
+
+
+def _unflatten_errors(model, params, vector):
+    if not is_mixture(model):
+        return SymParams.unflatten(vector)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    return _moe.unflatten(model, vector, zeros)
+
+
+def standard_errors(model, params, x, y, trainable=None):
+    r"""Asymptotic standard errors $\sqrt{\mathrm{diag}((n\nabla^2 L(\hat\theta))^{-1})}$, shaped like ``params``.
+
+    Evaluate at a fitted $\hat\theta$ (a local minimum, where $\nabla^2 L \succ 0$); elsewhere the
+    inverse is not a covariance and entries with a negative variance come back NaN. Pinned and
+    frozen entries get 0. For K-expert models the result is subject to the label permutation of
+    ``params`` (use :func:`emjax.match_experts` first when comparing with a truth).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, emjax
+        >>> model = emjax.SymMoLinE()
+        >>> truth = emjax.SymParams(w=jnp.array([1.0, 0.0]), beta=jnp.array([0.0, 2.0]))
+        >>> x, y = emjax.sample(model, truth, jax.random.key(0), 2000)
+        >>> fitted = emjax.fit(model, emjax.em(), truth, x, y, 50).params
+        >>> se = emjax.standard_errors(model, fitted, x, y)
+        >>> bool(jnp.all(se.beta < 0.1))
+        True
+    """
+    validate(model, params, x, y)
+    check_trainable(model, params, trainable)
+    estimated = _estimated(model, params, trainable)
+    information = observed_information(model, params, x, y)
+    n = jnp.shape(x)[0]
+    index = np.nonzero(estimated)[0]
+    sub = information[np.ix_(index, index)]
+    covariance = jnp.linalg.inv(n * (sub + sub.T) / 2)
+    variances = jnp.diag(covariance)
+    errors = jnp.where(variances >= 0, jnp.sqrt(jnp.abs(variances)), jnp.nan)
+    vector = jnp.zeros(estimated.shape[0], errors.dtype).at[index].set(errors)
+    return _unflatten_errors(model, params, vector)
+
+
+def num_parameters(model, params, trainable=None) -> int:
+    """Number of estimated parameters: free (not pinned) and trainable."""
+    return int(np.sum(_estimated(model, params, trainable)))
+
+
+def aic(model, params, x, y, trainable=None) -> Array:
+    r"""Akaike's criterion $2nL(\hat\theta) + 2k$, k the number of estimated parameters (lower is better).
+
+    Example:
+        >>> import jax, emjax
+        >>> model = emjax.MoLinE(2)
+        >>> truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
+        >>> x, y = emjax.sample(model, truth, jax.random.key(1), 100)
+        >>> bool(emjax.aic(model, truth, x, y) < emjax.bic(model, truth, x, y))
+        True
+    """
+    validate(model, params, x, y)
+    check_trainable(model, params, trainable)
+    n = jnp.shape(x)[0]
+    return 2 * n * neg_log_likelihood(model, params, x, y) + 2 * num_parameters(model, params, trainable)
+
+
+def bic(model, params, x, y, trainable=None) -> Array:
+    r"""Schwarz's criterion $2nL(\hat\theta) + k\log n$ (lower is better); consistent for choosing K."""
+    validate(model, params, x, y)
+    check_trainable(model, params, trainable)
+    n = jnp.shape(x)[0]
+    k = num_parameters(model, params, trainable)
+    return 2 * n * neg_log_likelihood(model, params, x, y) + k * jnp.log(jnp.asarray(n, jnp.result_type(x, float)))

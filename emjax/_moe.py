@@ -1,0 +1,313 @@
+r"""The generic K-expert code path: E-step, M-steps, losses and masks for every expert family.
+
+Written once against :class:`~emjax.models.experts.AbstractExpertFamily`; the public functions
+dispatch here for :class:`~emjax.models.MixtureOfExperts` models. With
+$\ell_{nk} = \log\pi_k(x_n) + \log p(y_n\mid x_n, z=k)$ (MATH.md §2):
+
+* responsibilities $\gamma_{nk} = \exp(\ell_{nk} - \mathrm{LSE}_n)$, loss $L = -\mathrm{mean}_n \mathrm{LSE}_n$;
+* projected mirror descent with step η (MATH.md §4.6) blends prior and posterior statistics,
+  $a_{nk} = (1-\eta)\pi_{nk} + \eta\gamma_{nk}$ and $t_{nk} = (1-\eta)\pi_{nk} E_k[T\mid x_n] + \eta\gamma_{nk} T(y_n)$;
+  the gate is fitted to the targets $a$ (soft multinomial logistic regression) and expert k to
+  the weights $a_{\cdot k}$ and statistics $t_{\cdot k}$. η = 1 is the EM M-step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from ._linalg import solve_psd
+from ._minimize import masked_newton
+from .models import MixtureOfExperts, MoEParams
+from .models.experts import VARIANCE_FLOOR
+
+# ----------------------------------------------------------------------------- dtypes and masks
+
+
+def working_dtype(params: MoEParams, x) -> jnp.dtype:
+    leaves = [jnp.asarray(x).dtype, params.gate.dtype, params.experts.dtype, jnp.float32]
+    if params.sigma is not None:
+        leaves.append(params.sigma.dtype)
+    return jnp.result_type(*leaves)
+
+
+def as_arrays(params: MoEParams, x, y=None):
+    dtype = working_dtype(params, x)
+    params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), params)
+    x = jnp.asarray(x, dtype)
+    return (params, x) if y is None else (params, x, jnp.asarray(y, dtype))
+
+
+def free_mask(model: MixtureOfExperts, params: MoEParams, trainable=None) -> MoEParams:
+    """Boolean arrays shaped like ``params``: True where an entry may change (not pinned, trainable)."""
+    pinned = model.pinned(params.dim)
+    free = jax.tree_util.tree_map(lambda p: jnp.asarray(~p), pinned)
+    if trainable is None:
+        return free
+
+    def combine(field):
+        mask, allowed = getattr(trainable, field), getattr(free, field)
+        if allowed is None or mask is None:
+            return allowed
+        return allowed & expand_prefix(mask, allowed.shape)
+
+    return MoEParams(gate=combine("gate"), experts=combine("experts"), sigma=combine("sigma"))
+
+
+def expand_prefix(mask, shape) -> Array:
+    """Broadcast a mask whose shape is a prefix of ``shape`` (e.g. (K,) for (K, d)) to ``shape``."""
+    mask = jnp.asarray(mask, bool)
+    return jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim)), shape)
+
+
+def select(mask: MoEParams, new: MoEParams, old: MoEParams) -> MoEParams:
+    return jax.tree_util.tree_map(jnp.where, mask, new, old)
+
+
+def _static_pinned(model, d: int) -> MoEParams:
+    """The pinned masks as NumPy arrays (static, so they can index under ``jit``)."""
+    return model.pinned(d)
+
+
+def flatten(model: MixtureOfExperts, params: MoEParams) -> Array:
+    """The free (non-pinned) entries in the documented order: gate rows 1.., experts, sigma."""
+    pinned = _static_pinned(model, params.dim)
+    parts = [params.gate[~pinned.gate], params.experts[~pinned.experts]]
+    if params.sigma is not None:
+        parts.append(params.sigma)
+    return jnp.concatenate(parts)
+
+
+def unflatten(model: MixtureOfExperts, vector: Array, like: MoEParams) -> MoEParams:
+    """Inverse of :func:`flatten`; pinned entries are taken from ``like``."""
+    pinned = _static_pinned(model, like.dim)
+    sizes = [int(np.sum(~pinned.gate)), int(np.sum(~pinned.experts))]
+    gate = like.gate.at[np.nonzero(~pinned.gate)].set(vector[: sizes[0]])
+    experts = like.experts.at[np.nonzero(~pinned.experts)].set(vector[sizes[0] : sizes[0] + sizes[1]])
+    sigma = None if like.sigma is None else vector[sizes[0] + sizes[1] :]
+    return MoEParams(gate=gate, experts=experts, sigma=sigma)
+
+
+# ----------------------------------------------------------------------------- E-step and loss
+
+
+def _per_expert(fn, params: MoEParams, *args):
+    """Apply ``fn(coef_k, scale_k, *args)`` to every expert; results stacked on a trailing K axis."""
+    out = jax.vmap(fn, in_axes=(0, 0) + (None,) * len(args), out_axes=-1)(params.experts, params.sigma, *args)
+    return out
+
+
+def gate_log_probs(params: MoEParams, x: Array) -> Array:
+    r"""$\log\pi_k(x_n)$, shape (n, K)."""
+    return jax.nn.log_softmax(x @ params.gate.T, axis=-1)
+
+
+def expert_log_probs(model: MixtureOfExperts, params: MoEParams, x: Array, y: Array) -> Array:
+    r"""$\log p(y_n\mid x_n, z=k)$, shape (n, K)."""
+    return _per_expert(model.expert.log_prob, params, x, y)
+
+
+def log_weights(model, params, x, y) -> Array:
+    return gate_log_probs(params, x) + expert_log_probs(model, params, x, y)
+
+
+def e_step(model, params, x, y) -> tuple[Array, Array]:
+    """Responsibilities (n, K) and per-sample log-likelihoods (n,), from one log-space pass."""
+    weights = log_weights(model, params, x, y)
+    total = jax.nn.logsumexp(weights, axis=-1)
+    return jnp.exp(weights - total[:, None]), total
+
+
+def loss(model, params, x, y) -> Array:
+    return -jnp.mean(jax.nn.logsumexp(log_weights(model, params, x, y), axis=-1))
+
+
+def sample(model: MixtureOfExperts, params: MoEParams, key: Array, n: int):
+    dtype = working_dtype(params, jnp.zeros((), jnp.float32))
+    params = jax.tree_util.tree_map(lambda leaf: leaf.astype(dtype), params)
+    key_x, key_z, key_y = jax.random.split(key, 3)
+    x = jax.random.normal(key_x, (n, params.dim), dtype)
+    z = jax.random.categorical(key_z, x @ params.gate.T, axis=-1)
+    keys = jax.random.split(key_y, model.num_experts)
+    draws = jax.vmap(model.expert.sample, in_axes=(0, 0, 0, None), out_axes=-1)(keys, params.experts, params.sigma, x)
+    return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
+
+
+# ----------------------------------------------------------------------------- M-steps
+
+
+def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array) -> Array:
+    r"""Soft-target multinomial logistic regression, $\min_W -\mathrm{mean}_n\sum_k t_{nk}\log\pi_k(x_n)$."""
+    # The targets sum to the same total per row, so sum_k t_k log pi_k = t.xW - sum_k t_k LSE.
+    row_mass = jnp.sum(targets, axis=-1)
+
+    def objective(w):
+        logits = x @ w.T
+        fit = jnp.mean(row_mass * jax.nn.logsumexp(logits, axis=-1) - jnp.sum(targets * logits, axis=-1))
+        return fit + 0.5 * model.ridge * jnp.sum(jnp.square(jnp.where(free, w, 0)))
+
+    return masked_newton(objective, gate, free)
+
+
+def solve_targets(model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams) -> MoEParams:
+    """Fit the gate to ``weights`` (n, K) and expert k to ``weights[:, k]``, ``stats[:, k]`` (n, S, K)."""
+    gate = fit_gate(model, x, weights, params.gate, free.gate)
+    free_sigma = free.sigma if free.sigma is not None else jnp.zeros(model.num_experts, bool)
+
+    def expert_update(coef, scale, w, t, free_coef, free_scale):
+        return model.expert.m_step(x, w, t, coef, scale, free_coef, free_scale, model.ridge)
+
+    coef, scale = jax.vmap(expert_update, in_axes=(0, 0, 1, 2, 0, 0))(
+        params.experts, params.sigma, weights, stats, free.experts, free_sigma
+    )
+    new = MoEParams(gate=gate, experts=coef, sigma=scale)
+    return select(free, new, params)
+
+
+def posterior_targets(model, params, x, y):
+    r"""E-step targets of EM: $a = \gamma$, $t_k = \gamma_k T(y)$."""
+    gamma, _ = e_step(model, params, x, y)
+    statistic = model.expert.statistic(y)
+    return gamma, statistic[:, :, None] * gamma[:, None, :]
+
+
+def em_step(model, params, x, y, free) -> MoEParams:
+    weights, stats = posterior_targets(model, params, x, y)
+    return solve_targets(model, params, x, weights, stats, free)
+
+
+def mirror_descent_step(model, params, x, y, step_size, free) -> MoEParams:
+    gamma, stats_post = posterior_targets(model, params, x, y)
+    prior = jnp.exp(gate_log_probs(params, x))
+    prior_stats = _per_expert(model.expert.mean_statistic, params, x) * prior[:, None, :]
+    weights = prior + step_size * (gamma - prior)
+    stats = prior_stats + step_size * (stats_post - prior_stats)
+    return solve_targets(model, params, x, weights, stats, free)
+
+
+def loss_gradient(model, params, x, y, free) -> MoEParams:
+    r"""$\nabla L$ by autodiff, zero on fixed entries."""
+    grads = jax.grad(lambda p: loss(model, p, x, y))(params)
+    return jax.tree_util.tree_map(lambda g, f: jnp.where(f, g, 0), grads, free)
+
+
+def surrogate(model, params: MoEParams, x, y, gamma: Array) -> Array:
+    r"""The EM surrogate $Q(\theta\mid\theta_t) = -\mathrm{mean}_n\sum_k\gamma_{nk}\log p(y_n, z=k\mid x_n;\theta)$."""
+    return -jnp.mean(jnp.sum(gamma * log_weights(model, params, x, y), axis=-1))
+
+
+def gradient_em_step(model, params, x, y, inner_steps, free, step_tree) -> MoEParams:
+    gamma, _ = e_step(model, params, x, y)
+    gamma = jax.lax.stop_gradient(gamma)
+
+    def inner(_, u):
+        grads = jax.grad(lambda p: surrogate(model, p, x, y, gamma))(u)
+        return jax.tree_util.tree_map(lambda p, g, f, eta: jnp.where(f, p - eta * g, p), u, grads, free, step_tree)
+
+    return jax.lax.fori_loop(0, inner_steps, inner, params)
+
+
+# ----------------------------------------------------------------------------- mirror map
+
+
+def mirror_map(params: MoEParams, x: Array) -> Array:
+    r"""$A(\theta) = \mathrm{mean}_n\,\mathrm{logsumexp}_k\,x_n\cdot W_k$ (MATH.md §4.5)."""
+    return jnp.mean(jax.nn.logsumexp(x @ params.gate.T, axis=-1))
+
+
+def bregman_divergence(model, params: MoEParams, ref: MoEParams, x: Array) -> Array:
+    r"""$\mathrm{mean}_n \mathrm{KL}(p_{ref}(y,z\mid x_n)\,\|\,p_\theta(y,z\mid x_n))$ =
+    $\mathrm{KL}(\pi'\|\pi) + \sum_k \pi'_k \mathrm{KL}_k$, each expert KL the Bregman divergence of A in
+    natural coordinates."""
+    log_gate, log_gate_ref = gate_log_probs(params, x), gate_log_probs(ref, x)
+    gate_ref = jnp.exp(log_gate_ref)
+    gate_kl = jnp.sum(gate_ref * (log_gate_ref - log_gate), axis=-1)
+    family = model.expert
+
+    def expert_kl(coef, scale, coef_ref, scale_ref):
+        natural, natural_ref = family.natural(coef, scale, x), family.natural(coef_ref, scale_ref, x)
+        mean_ref = family.mean_statistic(coef_ref, scale_ref, x)
+        return (family.log_partition(natural) - family.log_partition(natural_ref)
+                - jnp.sum(mean_ref * (natural - natural_ref), axis=-1))
+
+    kls = jax.vmap(expert_kl, out_axes=-1)(params.experts, params.sigma, ref.experts, ref.sigma)
+    per_sample = jnp.maximum(gate_kl, 0) + jnp.sum(gate_ref * jnp.maximum(kls, 0), axis=-1)
+    return jnp.mean(per_sample)
+
+
+# ----------------------------------------------------------------------------- information (MATH.md §5.6)
+
+
+def _flat(model, fn, params: MoEParams):
+    """``fn`` as a function of the flattened free vector (pinned entries from ``params``)."""
+    return lambda vector: fn(unflatten(model, vector, params))
+
+
+def complete_information(model, params, x, y) -> Array:
+    r"""$I_c = -\nabla^2_u Q(u\mid\theta)|_{u=\theta}$ over the free parameters."""
+    gamma = jax.lax.stop_gradient(e_step(model, params, x, y)[0])
+    objective = _flat(model, lambda p: surrogate(model, p, x, y, gamma), params)
+    return jax.hessian(objective)(flatten(model, params))
+
+
+def missing_information(model, params, x, y) -> Array:
+    r"""$I_{miss} = \mathrm{mean}_n \mathrm{Cov}_{z\mid x_n,y_n}[\nabla\log p(y_n, z\mid x_n)]$ (Louis).
+
+    PSD by construction: a mean of covariances."""
+    vector = flatten(model, params)
+    scores = jax.jacobian(_flat(model, lambda p: log_weights(model, p, x, y), params))(vector)  # (n, K, P)
+    gamma = e_step(model, params, x, y)[0]
+    centred = scores - jnp.einsum("nk,nkp->np", gamma, scores)[:, None, :]
+    return jnp.einsum("nk,nkp,nkq->pq", gamma, centred, centred) / x.shape[0]
+
+
+def observed_information(model, params, x, y) -> Array:
+    r"""$\nabla^2 L = I_c - I_{miss}$."""
+    return complete_information(model, params, x, y) - missing_information(model, params, x, y)
+
+
+def mim_eigenvalues(model, params, x, y) -> Array:
+    r"""Eigenvalues of $I_c^{-1} I_{miss}$ via the symmetric $G^{-1} I_{miss} G^{-\top}$, $I_c = G G^\top$.
+
+    $G$ comes from an eigendecomposition of $I_c$ with eigenvalues floored at round-off level, so the
+    answer stays finite where $I_c$ is singular or (away from a fixed point, for Gaussian scales)
+    indefinite."""
+    complete = complete_information(model, params, x, y)
+    missing = missing_information(model, params, x, y)
+    values, vectors = jnp.linalg.eigh((complete + complete.T) / 2)
+    finfo = jnp.finfo(complete.dtype)
+    floor = finfo.eps * (jnp.max(jnp.abs(values)) + jnp.trace(missing)) + finfo.tiny
+    inverse_root = vectors / jnp.sqrt(jnp.maximum(values, floor))[None, :]
+    symmetric = inverse_root.T @ missing @ inverse_root
+    return jnp.linalg.eigvalsh((symmetric + symmetric.T) / 2)
+
+
+def missing_information_matrix(model, params, x, y) -> Array:
+    """$M = I_c^{-1} I_{miss}$ (a symmetric-positive solve with a round-off jitter)."""
+    complete = complete_information(model, params, x, y)
+    return solve_psd((complete + complete.T) / 2, missing_information(model, params, x, y))
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def expert_mass(model, params, x, y) -> Array:
+    r"""$\sum_n\gamma_{nk}$, shape (K,)."""
+    gamma, _ = e_step(model, params, x, y)
+    return jnp.sum(gamma, axis=0)
+
+
+def is_degenerate(model, params, x, y) -> Array:
+    """True when some expert has under one sample of responsibility mass, its weighted design is
+    numerically singular, or its σ has hit the variance floor."""
+    gamma, _ = e_step(model, params, x, y)
+    mass = jnp.sum(gamma, axis=0)
+    grams = jnp.einsum("nk,ni,nj->kij", gamma, x, x)
+    eigenvalues = jnp.linalg.eigvalsh(grams)
+    singular = eigenvalues[:, 0] <= 100 * x.shape[1] * jnp.finfo(x.dtype).eps * eigenvalues[:, -1]
+    flags = (mass < 1) | singular
+    if params.sigma is not None:
+        flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
+    return jnp.any(flags)
