@@ -7,6 +7,7 @@ parameter types, so a wrong type gets a ``ValueError`` that says what was expect
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from ._validation import (
@@ -127,8 +128,8 @@ def check_trainable(model, params, trainable, name: str = "trainable") -> None:
         if value is None:
             raise ValueError(f"{name}.{field} must be None: params.{field} is None")
         mask_shape, shape = shape_of(mask, f"{name}.{field}"), shape_of(value, field)
-        if not np.issubdtype(np.result_type(mask), np.bool_):
-            raise ValueError(f"{name}.{field} must hold booleans; got dtype {np.result_type(mask)}")
+        if not jnp.issubdtype(jnp.result_type(mask), jnp.bool_):
+            raise ValueError(f"{name}.{field} must hold booleans; got dtype {jnp.result_type(mask)}")
         allowed = shape[: len(mask_shape)] if is_mixture(model) else ()
         if mask_shape != allowed:
             hint = f"() or {shape[:1]} or {shape}" if is_mixture(model) else "() (a whole block is trained or frozen)"

@@ -19,6 +19,7 @@ from ._checks import check_trainable, is_mixture, validate
 from ._likelihood import as_arrays, loss_raw
 from ._solvers import AbstractSolver, tree_all_finite
 from ._status import Status
+from ._steps import free_mask
 from ._validation import check_tolerance
 from .models import MoEParams, SymParams
 
@@ -210,6 +211,7 @@ def fit(
     check_fit_arguments(model, solver, params, x, y, num_steps)
     progress_every = progress_interval(progress)
     params, x, y = as_arrays(params, x, y)
+    solver = with_full_mask(model, solver, params)
     if tol is None:
         return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)
     check_tolerance(tol, "tol")
@@ -229,6 +231,15 @@ def check_fit_arguments(model, solver, params, x, y, num_steps) -> None:
             f"gradient_descent(eta), from_optax(tx)); got {type(solver).__name__}"
         )
     check_trainable(model, params, solver.trainable, "solver.trainable")
+
+
+def with_full_mask(model, solver: AbstractSolver, params) -> AbstractSolver:
+    """The solver with its ``trainable`` expanded to full-shape boolean arrays.
+
+    Every mask (None, per block, per expert, per entry) then has the same pytree structure, so a
+    model and data shape compile once whatever is frozen."""
+    full = free_mask(model, params, solver.trainable)
+    return eqx.tree_at(lambda s: s.trainable, solver, full, is_leaf=lambda leaf: leaf is None)
 
 
 def progress_interval(progress) -> int:

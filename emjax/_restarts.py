@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, progress_interval
+from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, progress_interval, with_full_mask
 from ._init import _placeholder, init_params
 from ._likelihood import as_arrays
 from ._status import Status
@@ -81,6 +81,7 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
     dtype = jnp.result_type(jnp.asarray(x).dtype, jnp.float32)
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     keys = jax.random.split(key, num_restarts)
+    solver = with_full_mask(model, solver, as_arrays(placeholder, x, y)[0])
     if tol is None:
         return _restarts(model, solver, keys, x, y, num_steps, None, None, progress_every)
     check_tolerance(tol, "tol")

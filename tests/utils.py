@@ -34,3 +34,31 @@ def make_problem(kind, seed=0, n=400, d=3, dtype=jnp.float64, norms=None):
     truth = emjax.random_params(key_truth, d, w_norm, beta_norm, dtype)
     x, y = emjax.sample(model, truth, key_data, n)
     return model, truth, x, y
+
+
+MOE_MODELS = {"lin": emjax.MoLinE(3), "log": emjax.MoLogE(3, num_classes=3), "poi": emjax.MoPoE(3)}
+# Expert norms where the three families are well identified at a few hundred samples.
+MOE_EXPERT_NORMS = {"lin": 2.0, "log": 3.0, "poi": 1.0}
+
+
+def make_moe_problem(kind, seed=0, n=300, d=3, gate_norm=2.0, expert_norm=None, sigma=0.5):
+    """(model, truth, x, y) for a small K=3 problem of the given expert family."""
+    model = MOE_MODELS[kind]
+    key_truth, key_data = jax.random.split(jax.random.key(1000 + seed))
+    norm = MOE_EXPERT_NORMS[kind] if expert_norm is None else expert_norm
+    truth = emjax.random_moe_params(model, key_truth, d, gate_norm=gate_norm, expert_norm=norm, sigma=sigma)
+    x, y = emjax.sample(model, truth, key_data, n)
+    return model, truth, x, y
+
+
+def moe_flat_fn(model, fn, like):
+    """Turn fn(params) into a function of the flattened free-parameter vector (pinned entries from like)."""
+    from emjax import _moe
+
+    return lambda vector: fn(_moe.unflatten(model, vector, like))
+
+
+def moe_flatten(model, params):
+    from emjax import _moe
+
+    return _moe.flatten(model, params)
