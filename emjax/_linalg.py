@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 from jax import Array
 from jax.scipy.linalg import cho_factor, cho_solve
 
 
-def add_jitter(matrix: Array, scale: Array) -> Array:
-    """``matrix + (eps * scale + tiny) I``: a diagonal shift at round-off level relative to ``scale``.
+def add_jitter(matrix: Array, scale: Array, relative: float | None = None) -> Array:
+    """``matrix + (relative * scale + tiny) I``: a diagonal shift relative to ``scale`` (default: eps).
 
     ``scale`` is the magnitude the matrix is compared against (e.g. its mean diagonal); the
     smallest normal number keeps the shift positive when the matrix is exactly zero.
     """
     size = matrix.shape[0]
-    jitter = jnp.finfo(matrix.dtype).eps * scale + jnp.finfo(matrix.dtype).tiny
+    relative = jnp.finfo(matrix.dtype).eps if relative is None else relative
+    jitter = relative * scale + jnp.finfo(matrix.dtype).tiny
     return matrix + jitter * jnp.eye(size, dtype=matrix.dtype)
 
 
-def solve_psd(matrix: Array, rhs: Array) -> Array:
+def solve_psd(matrix: Array, rhs: Array, relative: float | None = None) -> Array:
     """Solve ``matrix @ u = rhs`` for a symmetric PSD ``matrix`` by Cholesky, with a round-off jitter.
 
     A jitter of ``eps * trace / size`` (plus the smallest normal number) keeps the factor defined
@@ -26,7 +29,18 @@ def solve_psd(matrix: Array, rhs: Array) -> Array:
     well-conditioned matrix it changes the answer only at round-off level. On a singular one the
     solution is not unique: the answer is finite and solves the system on the range of the
     matrix, while its null-space components are arbitrary (round-off over the jitter). Add an
-    explicit ridge where a unique answer is needed.
+    explicit ridge where a unique answer is needed. ``relative`` replaces eps as the size of the
+    shift relative to the mean diagonal.
     """
-    factor = cho_factor(add_jitter(matrix, jnp.trace(matrix) / matrix.shape[0]), lower=True)
+    factor = cho_factor(add_jitter(matrix, jnp.trace(matrix) / matrix.shape[0], relative), lower=True)
     return cho_solve(factor, rhs)
+
+
+def newton_shift(dtype) -> float:
+    """Relative Levenberg shift for Newton steps: sqrt(eps).
+
+    Along a null direction of a singular Hessian (duplicated features, an expert without data) the
+    gradient is pure round-off, ~eps; with a shift of eps the step there would be O(1) and the
+    iterates would random-walk to overflow. With sqrt(eps) that step is ~sqrt(eps), while the
+    fixed point (gradient = 0) is unchanged and convergence stays fast."""
+    return math.sqrt(float(jnp.finfo(dtype).eps))

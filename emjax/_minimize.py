@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from ._linalg import solve_psd
+from ._linalg import newton_shift, solve_psd
 from ._newton import MAX_NEWTON_STEPS, newton_tolerance
 
 _ARMIJO = 1e-4
@@ -42,7 +42,7 @@ def _newton(objective, u0: Array, free: Array, max_steps: int) -> Array:
         u, _, k = state
         grad = free * gradient_fn(u)
         hess = hessian_fn(u) * free[:, None] * free[None, :] + fixed_diagonal
-        direction = -solve_psd(hess, grad)
+        direction = -solve_psd(hess, grad, newton_shift(dtype))
         f0 = objective(u)
         slope = grad @ direction
         slack = 16 * eps * (jnp.abs(f0) + 1)  # near the optimum f changes by less than its last bits

@@ -1,5 +1,7 @@
 """Test configuration: float64 and strict rank promotion for every test (never at library import)."""
 
+import gc
+
 import jax
 import pytest
 
@@ -12,3 +14,14 @@ from tests.utils import MODELS as MODELS  # noqa: E402  (after the config above)
 @pytest.fixture(params=["lin", "log"])
 def kind(request):
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Free each module's compiled programs when it ends.
+
+    Every XLA CPU executable keeps memory mappings; the whole suite compiles enough programs to
+    pass Linux's default vm.max_map_count (65530), which ends the process with a segfault."""
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -8,7 +8,14 @@ CONTRACT = {
     "mirror_map", "bregman_divergence", "mirror_descent_step", "gradient_descent_step", "gradient_em_step",
     "complete_information", "missing_information", "observed_information", "missing_information_matrix",
     "em_rate", "em", "mirror_descent", "gradient_em", "gradient_descent", "from_optax", "fit",
+    # issue 3
+    "MoLinE", "MoLogE", "MoPoE", "MoEParams", "init_params", "fit_restarts", "standard_errors", "aic", "bic",
+    "Status",
 }
+
+
+def test_status_codes():
+    assert {s.name for s in emjax.Status} >= {"ok", "max_steps", "nonfinite", "degenerate"}
 
 
 def test_contract_names_are_exported():

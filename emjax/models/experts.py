@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from .._linalg import solve_psd
+from .._linalg import newton_shift, solve_psd
 from .._minimize import masked_newton
 from .._validation import is_concrete
 
@@ -152,11 +152,17 @@ class GaussianExpert(AbstractExpertFamily):
     def m_step(self, x, weights, stats, coef, scale, free_coef, free_scale, ridge):
         n, d = x.shape
         gram = (x * weights[:, None]).T @ x / n + ridge * jnp.eye(d, dtype=x.dtype)
-        # One exact Newton step on a quadratic; frozen coordinates have a zero step, so they stay put.
-        gradient = x.T @ (stats[:, 0] - weights * (x @ coef)) / n - ridge * coef
         free = free_coef.astype(x.dtype)
         masked_gram = gram * free[:, None] * free[None, :] + jnp.diag(1 - free)
-        new_coef = coef + free * solve_psd(masked_gram, free * gradient)
+
+        def newton(beta):
+            # Newton on a quadratic; frozen coordinates have a zero step, so they stay put. The
+            # Levenberg shift keeps null directions of a singular design still; a second step
+            # (iterative refinement) removes its O(sqrt(eps)) effect on well-posed problems.
+            gradient = x.T @ (stats[:, 0] - weights * (x @ beta)) / n - ridge * beta
+            return beta + free * solve_psd(masked_gram, free * gradient, newton_shift(x.dtype))
+
+        new_coef = newton(newton(coef))
         mass = jnp.sum(weights)
         safe_mass = jnp.where(mass > 0, mass, 1)
         # Residual sum of squares split into a mean and a within-sample variance part, both >= 0:

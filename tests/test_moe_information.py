@@ -1,0 +1,122 @@
+"""K-expert information matrices (MATH.md §5.6), standard errors, AIC and BIC."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import emjax
+from tests.utils import MOE_MODELS, make_moe_problem, moe_flat_fn, moe_flatten
+
+
+@pytest.fixture(params=sorted(MOE_MODELS))
+def moe_kind(request):
+    return request.param
+
+
+def _fitted(model, x, y, steps=400):
+    start = emjax.init_params(model, jax.random.key(0), x, y)
+    return emjax.fit(model, emjax.em(), start, x, y, steps, tol=1e-14).params
+
+
+def test_louis_identity_observed_information_is_the_hessian(moe_kind):
+    """I_c - I_miss equals jax.hessian(L) over the free parameters, at an arbitrary point."""
+    model, truth, x, y = make_moe_problem(moe_kind, seed=40, n=200)
+    point = emjax.init_params(model, jax.random.key(1), x, y)
+    hessian = jax.hessian(moe_flat_fn(model, lambda p: emjax.neg_log_likelihood(model, p, x, y), point))(
+        moe_flatten(model, point))
+    complete = emjax.complete_information(model, point, x, y)
+    missing = emjax.missing_information(model, point, x, y)
+    np.testing.assert_allclose(complete - missing, hessian, atol=1e-10)
+    np.testing.assert_allclose(emjax.observed_information(model, point, x, y), hessian, atol=1e-10)
+    assert float(jnp.linalg.eigvalsh(missing)[0]) > -1e-12  # a covariance
+
+
+def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(moe_kind):
+    """DF(theta_hat) = I_c^{-1} I_miss (Dempster-Laird-Rubin), through the implicit M-step derivative."""
+    # Problems whose MLE exists (no expert's classes separable) and where EM contracts fast enough
+    # to reach its fixed point to round-off in 1000 steps.
+    norm = {"lin": 2.0, "log": 5.0, "poi": 1.5}[moe_kind]
+    model, truth, x, y = make_moe_problem(moe_kind, seed=41, n=400, expert_norm=norm)
+    fitted = emjax.fit(model, emjax.em(), truth, x, y, 1000).params
+    step = moe_flatten(model, emjax.em_step(model, fitted, x, y)) - moe_flatten(model, fitted)
+    assert float(jnp.max(jnp.abs(step))) < 1e-10
+    jacobian = jax.jacobian(moe_flat_fn(model, lambda p: moe_flatten(model, emjax.em_step(model, p, x, y)), fitted))(
+        moe_flatten(model, fitted))
+    mim = emjax.missing_information_matrix(model, fitted, x, y)
+    np.testing.assert_allclose(jacobian, mim, atol=2e-6)
+    eigenvalues = emjax.mim_eigenvalues(model, fitted, x, y)
+    assert float(eigenvalues[0]) > -1e-8 and float(eigenvalues[-1]) < 1
+    np.testing.assert_allclose(emjax.em_rate(model, fitted, x, y), eigenvalues[-1], rtol=1e-12)
+    np.testing.assert_allclose(np.sort(np.linalg.eigvals(np.asarray(jacobian)).real), eigenvalues, atol=1e-5)
+
+
+def test_standard_errors_are_the_inverse_hessian_of_the_total_loss(moe_kind):
+    model, _, x, y = make_moe_problem(moe_kind, seed=42, n=300)
+    fitted = _fitted(model, x, y)
+    n = x.shape[0]
+    total = moe_flat_fn(model, lambda p: n * emjax.neg_log_likelihood(model, p, x, y), fitted)
+    expected = jnp.sqrt(jnp.diag(jnp.linalg.inv(jax.hessian(total)(moe_flatten(model, fitted)))))
+    errors = emjax.standard_errors(model, fitted, x, y)
+    np.testing.assert_allclose(moe_flatten(model, errors), expected, rtol=1e-7)
+    assert bool(jnp.all(errors.gate[0] == 0))  # the pinned row is not estimated
+
+
+def test_standard_errors_drop_frozen_parameters():
+    model, _, x, y = make_moe_problem("lin", seed=43, n=300)
+    fitted = _fitted(model, x, y)
+    mask = emjax.MoEParams(gate=False, experts=True, sigma=True)
+    errors = emjax.standard_errors(model, fitted, x, y, trainable=mask)
+    assert bool(jnp.all(errors.gate == 0))
+    n = x.shape[0]
+    free = moe_flatten(model, fitted)[6:]  # experts and sigma follow the two free gate rows
+
+    def total(vector):
+        full = jnp.concatenate([moe_flatten(model, fitted)[:6], vector])
+        return n * emjax.neg_log_likelihood(model, moe_flat_fn(model, lambda p: p, fitted)(full), x, y)
+
+    expected = jnp.sqrt(jnp.diag(jnp.linalg.inv(jax.hessian(total)(free))))
+    np.testing.assert_allclose(moe_flatten(model, errors)[6:], expected, rtol=1e-7)
+    assert emjax.num_parameters(model, fitted, mask) == 9 + 3
+
+
+def test_standard_errors_match_the_spread_over_repeated_data_sets():
+    """Monte Carlo: the mean standard error is close to the spread of estimates over simulated data."""
+    model = emjax.MoLinE(2)
+    truth = emjax.random_moe_params(model, jax.random.key(7), 2, gate_norm=2.0, expert_norm=3.0, sigma=0.5)
+    replicates, n = 150, 400
+
+    def one(key):
+        x, y = emjax.sample(model, truth, key, n)
+        fitted = emjax.fit(model, emjax.em(), truth, x, y, 200, tol=1e-12).params
+        return moe_flatten(model, fitted), moe_flatten(model, emjax.standard_errors(model, fitted, x, y))
+
+    estimates, errors = jax.vmap(one)(jax.random.split(jax.random.key(8), replicates))
+    spread = jnp.std(estimates, axis=0)
+    ratio = jnp.mean(errors, axis=0) / spread
+    assert bool(jnp.all((ratio > 0.75) & (ratio < 1.33))), ratio
+    covered = jnp.abs(estimates - moe_flatten(model, truth)[None, :]) <= 1.96 * errors
+    assert 0.88 < float(jnp.mean(covered)) < 0.99
+
+
+def test_aic_and_bic_formulas(moe_kind):
+    model, truth, x, y = make_moe_problem(moe_kind, seed=44, n=100)
+    n, k = 100, model.num_free_parameters(3)
+    assert emjax.num_parameters(model, truth) == k
+    loss = emjax.neg_log_likelihood(model, truth, x, y)
+    np.testing.assert_allclose(emjax.aic(model, truth, x, y), 2 * n * loss + 2 * k, rtol=1e-12)
+    np.testing.assert_allclose(emjax.bic(model, truth, x, y), 2 * n * loss + k * np.log(n), rtol=1e-12)
+    sym = emjax.SymParams(w=jnp.zeros(3), beta=jnp.ones(3))
+    assert emjax.num_parameters(emjax.SymMoLinE(), sym) == 6
+
+
+def test_bic_chooses_the_number_of_experts():
+    truth_model = emjax.MoLinE(3)
+    truth = emjax.random_moe_params(truth_model, jax.random.key(3), 2, gate_norm=3.0, expert_norm=3.0, sigma=0.3)
+    x, y = emjax.sample(truth_model, truth, jax.random.key(4), 600)
+    scores = {}
+    for k in (2, 3, 4):
+        model = emjax.MoLinE(k)
+        result = emjax.fit_restarts(model, emjax.em(), jax.random.key(5), x, y, num_restarts=4, num_steps=300)
+        scores[k] = float(emjax.bic(model, result.params, x, y))
+    assert min(scores, key=scores.get) == 3, scores
