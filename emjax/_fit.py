@@ -36,7 +36,8 @@ class FitResult(eqx.Module):
         status: a :class:`emjax.Status` code (int32): ``ok``, ``max_steps`` (a tolerance was
             asked for and not met), ``nonfinite`` or ``degenerate`` (K-expert models: at the final
             iterate an expert holds under one sample of responsibility mass, its weighted design is
-            numerically singular, or its σ sits on the variance floor; the values are finite).
+            numerically singular, its σ sits on the variance floor, or a classifier/count expert
+            fits its own data perfectly, so that its coefficients diverge; the values are finite).
         converged: True when a tolerance was given and met with finite values (never for a NaN).
         state: the solver's final state.
         params_history: with ``keep_history=True``, every iterate, leading axis num_steps + 1,

@@ -257,7 +257,8 @@ def missing_information(model, params, x, y) -> Array:
 
     PSD by construction: a mean of covariances."""
     vector = flatten(model, params)
-    scores = jax.jacobian(_flat(model, lambda p: log_weights(model, p, x, y), params))(vector)  # (n, K, P)
+    # Forward mode: P passes of cost O(nK) each, where reverse mode would hold n*K cotangents of size n.
+    scores = jax.jacfwd(_flat(model, lambda p: log_weights(model, p, x, y), params))(vector)  # (n, K, P)
     gamma = e_step(model, params, x, y)[0]
     centred = scores - jnp.einsum("nk,nkp->np", gamma, scores)[:, None, :]
     return jnp.einsum("nk,nkp,nkq->pq", gamma, centred, centred) / x.shape[0]
@@ -299,9 +300,15 @@ def expert_mass(model, params, x, y) -> Array:
     return jnp.sum(gamma, axis=0)
 
 
+SEPARATION_LOG_PROB = -1e-3
+
+
 def is_degenerate(model, params, x, y) -> Array:
     """True when some expert has under one sample of responsibility mass, its weighted design is
-    numerically singular, or its σ has hit the variance floor."""
+    numerically singular, its σ has hit the variance floor, or (families without a scale) it
+    predicts its own responsibility-weighted data almost perfectly, mean log-probability above
+    -1e-3: the data it owns are separable, its M-step has no finite answer and its coefficients
+    grow without bound."""
     gamma, _ = e_step(model, params, x, y)
     mass = jnp.sum(gamma, axis=0)
     grams = jnp.einsum("nk,ni,nj->kij", gamma, x, x)
@@ -310,4 +317,7 @@ def is_degenerate(model, params, x, y) -> Array:
     flags = (mass < 1) | singular
     if params.sigma is not None:
         flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
+    else:
+        fit = jnp.sum(gamma * expert_log_probs(model, params, x, y), axis=0) / jnp.maximum(mass, 1)
+        flags = flags | (fit > SEPARATION_LOG_PROB)
     return jnp.any(flags)
