@@ -18,3 +18,9 @@ def test_readme_example_runs():
     code = re.search(r"## A short example\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
     code = code.replace("n=5000", "n=500").replace("num_steps=50", "num_steps=10")
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_readme_k_expert_example_runs():
+    code = re.search(r"## K-expert mixtures\n\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = code.replace("2000)", "300)").replace("num_restarts=10, num_steps=500", "num_restarts=2, num_steps=20")
+    exec(compile(code, "README.md", "exec"), {})
