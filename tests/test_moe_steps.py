@@ -164,3 +164,38 @@ def test_gradient_em_with_one_inner_step_is_gradient_descent(moe_kind):
     for a, b in zip(_leaves(emjax.gradient_em_step(model, params, x, y, 0.03, 1)),
                     _leaves(emjax.gradient_descent_step(model, params, x, y, 0.03)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+class BernoulliExpert(emjax.AbstractExpertFamily):
+    """A user-written family: logistic regression with one coefficient vector, four methods only."""
+
+    def statistic(self, y):
+        return y[:, None]
+
+    def natural(self, coef, scale, x):
+        return (x @ coef)[:, None]
+
+    def log_partition(self, natural):
+        return jax.nn.softplus(natural[:, 0])
+
+    def sample(self, key, coef, scale, x):
+        return jax.random.bernoulli(key, jax.nn.sigmoid(x @ coef)).astype(x.dtype)
+
+
+def test_a_new_expert_family_needs_only_the_interface():
+    """A four-method Bernoulli family is the two-class softmax expert with its pinned column 0."""
+    custom = emjax.MixtureOfExperts(expert=BernoulliExpert(), num_experts=3)
+    builtin = emjax.MoLogE(3, num_classes=2)
+    truth = emjax.random_moe_params(custom, jax.random.key(0), 3)
+    x, y = emjax.sample(custom, truth, jax.random.key(1), 200)
+
+    def as_softmax(p):
+        return emjax.MoEParams(gate=p.gate, experts=jnp.stack([jnp.zeros_like(p.experts), p.experts], axis=-1))
+
+    start = emjax.init_params(custom, jax.random.key(2), x, y)
+    np.testing.assert_allclose(emjax.neg_log_likelihood(custom, start, x, y),
+                               emjax.neg_log_likelihood(builtin, as_softmax(start), x, y), rtol=1e-12)
+    custom_step = emjax.em_step(custom, start, x, y)
+    builtin_step = emjax.em_step(builtin, as_softmax(start), x, y)
+    np.testing.assert_allclose(as_softmax(custom_step).experts, builtin_step.experts, atol=1e-8)
+    np.testing.assert_allclose(custom_step.gate, builtin_step.gate, atol=1e-8)
