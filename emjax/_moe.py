@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._linalg import solve_psd
 from ._minimize import masked_newton
 from .models import MixtureOfExperts, MoEParams
 from .models.experts import VARIANCE_FLOOR
@@ -269,26 +268,31 @@ def observed_information(model, params, x, y) -> Array:
     return complete_information(model, params, x, y) - missing_information(model, params, x, y)
 
 
-def mim_eigenvalues(model, params, x, y) -> Array:
-    r"""Eigenvalues of $I_c^{-1} I_{miss}$ via the symmetric $G^{-1} I_{miss} G^{-\top}$, $I_c = G G^\top$.
-
-    $G$ comes from an eigendecomposition of $I_c$ with eigenvalues floored at round-off level, so the
-    answer stays finite where $I_c$ is singular or (away from a fixed point, for Gaussian scales)
-    indefinite."""
-    complete = complete_information(model, params, x, y)
-    missing = missing_information(model, params, x, y)
+def _complete_inverse_root(complete: Array, missing: Array) -> Array:
+    r"""$G^{-\top}$ with $I_c = G G^\top$ from an eigendecomposition whose eigenvalues are floored at
+    round-off level, so everything built on it stays finite where $I_c$ is singular or (away from
+    a fixed point, for Gaussian scales) indefinite; at a fixed point it is the exact inverse root."""
     values, vectors = jnp.linalg.eigh((complete + complete.T) / 2)
     finfo = jnp.finfo(complete.dtype)
     floor = finfo.eps * (jnp.max(jnp.abs(values)) + jnp.trace(missing)) + finfo.tiny
-    inverse_root = vectors / jnp.sqrt(jnp.maximum(values, floor))[None, :]
+    return vectors / jnp.sqrt(jnp.maximum(values, floor))[None, :]
+
+
+def mim_eigenvalues(model, params, x, y) -> Array:
+    r"""Eigenvalues of $I_c^{-1} I_{miss}$ via the symmetric $G^{-1} I_{miss} G^{-\top}$, $I_c = G G^\top$."""
+    complete = complete_information(model, params, x, y)
+    missing = missing_information(model, params, x, y)
+    inverse_root = _complete_inverse_root(complete, missing)
     symmetric = inverse_root.T @ missing @ inverse_root
     return jnp.linalg.eigvalsh((symmetric + symmetric.T) / 2)
 
 
 def missing_information_matrix(model, params, x, y) -> Array:
-    """$M = I_c^{-1} I_{miss}$ (a symmetric-positive solve with a round-off jitter)."""
+    r"""$M = I_c^{-1} I_{miss} = G^{-\top} G^{-1} I_{miss}$, with the same floored factor as :func:`mim_eigenvalues`."""
     complete = complete_information(model, params, x, y)
-    return solve_psd((complete + complete.T) / 2, missing_information(model, params, x, y))
+    missing = missing_information(model, params, x, y)
+    inverse_root = _complete_inverse_root(complete, missing)
+    return inverse_root @ (inverse_root.T @ missing)
 
 
 # ----------------------------------------------------------------------------- diagnostics
@@ -309,7 +313,9 @@ def is_degenerate(model, params, x, y) -> Array:
     predicts its own responsibility-weighted data almost perfectly, mean log-probability above
     -1e-3: the data it owns are separable, its M-step has no finite answer and its coefficients
     grow without bound."""
-    gamma, _ = e_step(model, params, x, y)
+    expert = expert_log_probs(model, params, x, y)
+    weights = gate_log_probs(params, x) + expert
+    gamma = jnp.exp(weights - jax.nn.logsumexp(weights, axis=-1, keepdims=True))
     mass = jnp.sum(gamma, axis=0)
     grams = jnp.einsum("nk,ni,nj->kij", gamma, x, x)
     eigenvalues = jnp.linalg.eigvalsh(grams)
@@ -318,6 +324,6 @@ def is_degenerate(model, params, x, y) -> Array:
     if params.sigma is not None:
         flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
     else:
-        fit = jnp.sum(gamma * expert_log_probs(model, params, x, y), axis=0) / jnp.maximum(mass, 1)
+        fit = jnp.sum(gamma * expert, axis=0) / jnp.maximum(mass, 1)
         flags = flags | (fit > SEPARATION_LOG_PROB)
     return jnp.any(flags)
