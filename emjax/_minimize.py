@@ -20,16 +20,12 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from ._linalg import newton_shift, solve_psd
-from ._newton import MAX_NEWTON_STEPS, newton_tolerance
-
-_ARMIJO = 1e-4
-_MAX_HALVINGS = 40
+from ._newton import MAX_NEWTON_STEPS, armijo_step, newton_tolerance
 
 
 def _newton(objective, u0: Array, free: Array, max_steps: int) -> Array:
     dtype = u0.dtype
     tol = newton_tolerance(dtype)
-    eps = jnp.finfo(dtype).eps
     gradient_fn = jax.grad(objective)
     hessian_fn = jax.hessian(objective)
     fixed_diagonal = jnp.diag(1 - free)
@@ -43,22 +39,7 @@ def _newton(objective, u0: Array, free: Array, max_steps: int) -> Array:
         grad = free * gradient_fn(u)
         hess = hessian_fn(u) * free[:, None] * free[None, :] + fixed_diagonal
         direction = -solve_psd(hess, grad, newton_shift(dtype))
-        f0 = objective(u)
-        slope = grad @ direction
-        slack = 16 * eps * (jnp.abs(f0) + 1)  # near the optimum f changes by less than its last bits
-
-        def reject(search):
-            alpha, f_alpha, halvings = search
-            accept = f_alpha <= f0 + _ARMIJO * alpha * slope + slack  # False for NaN
-            return (~accept) & (halvings < _MAX_HALVINGS)
-
-        def halve(search):
-            alpha, _, halvings = search
-            alpha = alpha / 2
-            return alpha, objective(u + alpha * direction), halvings + 1
-
-        alpha, f_alpha, _ = lax.while_loop(reject, halve, (jnp.ones((), dtype), objective(u + direction), 0))
-        step = jnp.where(jnp.isfinite(f_alpha), alpha * direction, jnp.zeros_like(direction))
+        step = armijo_step(objective, u, direction, objective(u), grad @ direction)
         return u + step, jnp.max(jnp.abs(step), initial=0), k + 1
 
     u, _, _ = lax.while_loop(keep_going, newton_step, (u0, jnp.asarray(jnp.inf, dtype), 0))

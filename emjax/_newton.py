@@ -37,11 +37,32 @@ def _objective(x: Array, targets: Array, u: Array) -> Array:
     return jnp.mean(jax.nn.softplus(z) - targets * z)
 
 
+def armijo_step(objective, u: Array, direction: Array, f0: Array, slope: Array) -> Array:
+    """The damped step ``alpha * direction``: halve alpha from 1 until Armijo's condition holds.
+
+    Returns a zero step if no finite trial point is found (so a Newton loop never steps to NaN).
+    """
+    eps = jnp.finfo(u.dtype).eps
+    slack = 16 * eps * (jnp.abs(f0) + 1)  # round-off: near the optimum f changes by less than its last bits
+
+    def reject(search):
+        alpha, f_alpha, halvings = search
+        accept = f_alpha <= f0 + _ARMIJO * alpha * slope + slack  # False for NaN
+        return (~accept) & (halvings < _MAX_HALVINGS)
+
+    def halve(search):
+        alpha, _, halvings = search
+        alpha = alpha / 2
+        return alpha, objective(u + alpha * direction), halvings + 1
+
+    alpha, f_alpha, _ = lax.while_loop(reject, halve, (jnp.ones((), u.dtype), objective(u + direction), 0))
+    return jnp.where(jnp.isfinite(f_alpha), alpha * direction, jnp.zeros_like(direction))
+
+
 def _newton_solve(x: Array, targets: Array, u0: Array, max_steps: int) -> Array:
     n = x.shape[0]
     dtype = x.dtype
     tol = newton_tolerance(dtype)
-    eps = jnp.finfo(dtype).eps
 
     def keep_going(state):
         _, step_norm, k = state
@@ -57,26 +78,7 @@ def _newton_solve(x: Array, targets: Array, u0: Array, max_steps: int) -> Array:
         # it changes the direction, never the fixed point (grad = 0).
         direction = -solve_psd(hess, grad)
         f0 = jnp.mean(jax.nn.softplus(z) - targets * z)
-        slope = grad @ direction
-        # Round-off slack: near the optimum f changes by less than its last bits.
-        slack = 16 * eps * (jnp.abs(f0) + 1)
-
-        def reject(search):
-            alpha, f_alpha, halvings = search
-            accept = f_alpha <= f0 + _ARMIJO * alpha * slope + slack  # False for NaN
-            return (~accept) & (halvings < _MAX_HALVINGS)
-
-        def halve(search):
-            alpha, _, halvings = search
-            alpha = alpha / 2
-            return alpha, _objective(x, targets, u + alpha * direction), halvings + 1
-
-        one = jnp.ones((), dtype)
-        alpha, f_alpha, _ = lax.while_loop(
-            reject, halve, (one, _objective(x, targets, u + direction), 0)
-        )
-        ok = jnp.isfinite(f_alpha)
-        step = jnp.where(ok, alpha * direction, jnp.zeros_like(direction))
+        step = armijo_step(lambda v: _objective(x, targets, v), u, direction, f0, grad @ direction)
         return u + step, jnp.max(jnp.abs(step)), k + 1
 
     init = (u0, jnp.asarray(jnp.inf, dtype), 0)
