@@ -94,8 +94,7 @@ def unflatten(model: MixtureOfExperts, vector: Array, like: MoEParams) -> MoEPar
 
 def _per_expert(fn, params: MoEParams, *args):
     """Apply ``fn(coef_k, scale_k, *args)`` to every expert; results stacked on a trailing K axis."""
-    out = jax.vmap(fn, in_axes=(0, 0) + (None,) * len(args), out_axes=-1)(params.experts, params.sigma, *args)
-    return out
+    return jax.vmap(fn, in_axes=(0, 0) + (None,) * len(args), out_axes=-1)(params.experts, params.sigma, *args)
 
 
 def gate_log_probs(params: MoEParams, x: Array) -> Array:
@@ -112,11 +111,15 @@ def log_weights(model, params, x, y) -> Array:
     return gate_log_probs(params, x) + expert_log_probs(model, params, x, y)
 
 
-def e_step(model, params, x, y) -> tuple[Array, Array]:
-    """Responsibilities (n, K) and per-sample log-likelihoods (n,), from one log-space pass."""
-    weights = log_weights(model, params, x, y)
+def normalise(weights: Array) -> tuple[Array, Array]:
+    """Responsibilities (n, K) and per-sample log-likelihoods (n,) from log-weights (n, K)."""
     total = jax.nn.logsumexp(weights, axis=-1)
     return jnp.exp(weights - total[:, None]), total
+
+
+def e_step(model, params, x, y) -> tuple[Array, Array]:
+    """Responsibilities (n, K) and per-sample log-likelihoods (n,), from one log-space pass."""
+    return normalise(log_weights(model, params, x, y))
 
 
 def loss(model, params, x, y) -> Array:
@@ -165,21 +168,21 @@ def solve_targets(model, params: MoEParams, x, weights: Array, stats: Array, fre
     return select(free, new, params)
 
 
-def posterior_targets(model, params, x, y):
-    r"""E-step targets of EM: $a = \gamma$, $t_k = \gamma_k T(y)$."""
-    gamma, _ = e_step(model, params, x, y)
-    statistic = model.expert.statistic(y)
-    return gamma, statistic[:, :, None] * gamma[:, None, :]
+def posterior_statistics(model, gamma: Array, y: Array) -> Array:
+    r"""Posterior expert statistics $t_k = \gamma_k T(y)$, shape (n, S, K)."""
+    return model.expert.statistic(y)[:, :, None] * gamma[:, None, :]
 
 
 def em_step(model, params, x, y, free) -> MoEParams:
-    weights, stats = posterior_targets(model, params, x, y)
-    return solve_targets(model, params, x, weights, stats, free)
+    gamma, _ = e_step(model, params, x, y)
+    return solve_targets(model, params, x, gamma, posterior_statistics(model, gamma, y), free)
 
 
 def mirror_descent_step(model, params, x, y, step_size, free) -> MoEParams:
-    gamma, stats_post = posterior_targets(model, params, x, y)
-    prior = jnp.exp(gate_log_probs(params, x))
+    log_gate = gate_log_probs(params, x)
+    gamma, _ = normalise(log_gate + expert_log_probs(model, params, x, y))
+    stats_post = posterior_statistics(model, gamma, y)
+    prior = jnp.exp(log_gate)
     prior_stats = _per_expert(model.expert.mean_statistic, params, x) * prior[:, None, :]
     weights = prior + step_size * (gamma - prior)
     stats = prior_stats + step_size * (stats_post - prior_stats)
@@ -298,12 +301,6 @@ def missing_information_matrix(model, params, x, y) -> Array:
 # ----------------------------------------------------------------------------- diagnostics
 
 
-def expert_mass(model, params, x, y) -> Array:
-    r"""$\sum_n\gamma_{nk}$, shape (K,)."""
-    gamma, _ = e_step(model, params, x, y)
-    return jnp.sum(gamma, axis=0)
-
-
 SEPARATION_LOG_PROB = -1e-3
 
 
@@ -314,8 +311,7 @@ def is_degenerate(model, params, x, y) -> Array:
     -1e-3: the data it owns are separable, its M-step has no finite answer and its coefficients
     grow without bound."""
     expert = expert_log_probs(model, params, x, y)
-    weights = gate_log_probs(params, x) + expert
-    gamma = jnp.exp(weights - jax.nn.logsumexp(weights, axis=-1, keepdims=True))
+    gamma, _ = normalise(gate_log_probs(params, x) + expert)
     mass = jnp.sum(gamma, axis=0)
     grams = jnp.einsum("nk,ni,nj->kij", gamma, x, x)
     eigenvalues = jnp.linalg.eigvalsh(grams)
