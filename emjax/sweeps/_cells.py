@@ -216,3 +216,33 @@ class ConvergenceCell(eqx.Module):
         stacked["loss_truth"] = neg_log_likelihood(self.model, truth, x, y)
         stacked["rate_truth"] = em_rate(self.model, truth, x, y)
         return stacked
+
+
+class RateCell(eqx.Module):
+    r"""$\lambda_{\max}(M(\theta^*))$ on a fresh data set of ``n`` samples: ``cell(key, snr, gate_norm=None)``.
+
+    Cheap (no fitting), so it can use a large n to approach the population value (MATH.md §6 tables).
+    Returns ``{"rate": scalar}``.
+    """
+
+    model: object
+    n: int = eqx.field(static=True)
+    d: int = eqx.field(static=True)
+    gate_norm: float = eqx.field(static=True, default=2.0)
+    noise: float = eqx.field(static=True, default=1.0)
+    orthogonal: bool = eqx.field(static=True, default=False)
+    dtype: str | None = eqx.field(static=True, default=None)
+
+    def describe(self) -> dict:
+        return {"cell": "emjax.sweeps.RateCell", "model": repr(self.model), "n": self.n, "d": self.d,
+                "gate_norm": self.gate_norm, "noise": self.noise, "orthogonal": self.orthogonal, "dtype": self.dtype}
+
+    def __call__(self, key: Array, snr, gate_norm=None, seed=None) -> dict:
+        del seed
+        dtype = jnp.zeros((), float).dtype if self.dtype is None else jnp.dtype(self.dtype)
+        gate_norm = self.gate_norm if gate_norm is None else gate_norm
+        key_truth, key_data = jax.random.split(key)
+        truth = draw_truth(self.model, key_truth, self.d, jnp.asarray(snr, dtype), jnp.asarray(gate_norm, dtype),
+                           noise=self.noise, orthogonal=self.orthogonal, dtype=dtype)
+        x, y = sample(self.model, truth, key_data, self.n)
+        return {"rate": em_rate(self.model, truth, x, y)}

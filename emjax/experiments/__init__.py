@@ -1,0 +1,8 @@
+"""The paper's experiments as functions: settings, sweeps, CSV summaries and figures (``emjax reproduce``)."""
+
+from ._synthetic import EXPERIMENTS as EXPERIMENTS
+from ._synthetic import FigureSettings as FigureSettings
+from ._synthetic import MimSettings as MimSettings
+from ._synthetic import reproduce as reproduce
+from ._synthetic import run_figures as run_figures
+from ._synthetic import run_mim as run_mim
