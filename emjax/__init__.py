@@ -8,6 +8,7 @@ Every public function is pure in (model, params, data) and works under ``jit``, 
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import sweeps as sweeps
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
 from ._inference import aic as aic
@@ -65,6 +66,9 @@ from .models import SoftmaxExpert as SoftmaxExpert
 from .models import SymMoLinE as SymMoLinE
 from .models import SymMoLogE as SymMoLogE
 from .models import SymParams as SymParams
+from .sweeps import ConfigurationMismatch as ConfigurationMismatch
+from .sweeps import SweepResult as SweepResult
+from .sweeps import sweep as sweep
 
 try:
     __version__ = version("emjax")
@@ -129,4 +133,8 @@ __all__ = [
     "safe_step_size",
     "sample",
     "standard_errors",
+    "sweep",
+    "sweeps",
+    "SweepResult",
+    "ConfigurationMismatch",
 ]

@@ -2,6 +2,7 @@
 
 from ._cells import METHOD_LABELS as METHOD_LABELS
 from ._cells import METHODS as METHODS
+from ._cells import STEPPED as STEPPED
 from ._cells import ConvergenceCell as ConvergenceCell
 from ._cells import RateCell as RateCell
 from ._cells import draw_truth as draw_truth

@@ -130,6 +130,19 @@ def _check_positive(value, name):
         raise ValueError(f"{name} must be a positive Python int or None; got {value!r}")
 
 
+def _check_signature(cell, argument_names) -> None:
+    try:
+        signature = inspect.signature(cell)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    try:
+        signature.bind(None, **dict.fromkeys(argument_names))
+    except TypeError as error:
+        raise ValueError(
+            f"cell cannot be called as cell(key, {', '.join(f'{n}=...' for n in argument_names)}): {error}"
+        ) from None
+
+
 def _cell_program(cell, num_key_axes: int, batch_size: int | None, mesh: Mesh | None):
     """The jitted program that runs one chunk: (cell arrays, key, key indices, values) -> outputs."""
     dynamic, static = eqx.partition(cell, eqx.is_array)
@@ -150,7 +163,7 @@ def _cell_program(cell, num_key_axes: int, batch_size: int | None, mesh: Mesh | 
 
     if mesh is not None:
         run_cells = jax.shard_map(run_cells, mesh=mesh, in_specs=(P(), P(), P(CELL_AXIS), P(CELL_AXIS)),
-                                  out_specs=P(CELL_AXIS))
+                                  out_specs=P(CELL_AXIS), check_vma=False)
     return dynamic, jax.jit(run_cells)
 
 
@@ -239,20 +252,25 @@ def sweep(
     size = math.ceil(size / len(devices)) * len(devices)
     num_chunks = math.ceil(grid.num_cells / size)
 
-    one_cell = grid.cell_values(np.zeros(1, np.int64))
-    try:
-        shapes = jax.eval_shape(
-            lambda k, v: cell(k, **v), key, jax.tree_util.tree_map(lambda leaf: leaf[0], one_cell)
-        )
-    except TypeError as error:
-        raise ValueError(
-            f"cell could not be called as cell(key, {', '.join(f'{n}=...' for n in argument_names)}): {error}"
-        ) from error
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    if not leaves or not all(isinstance(leaf, jax.ShapeDtypeStruct) for _, leaf in leaves):
+    dynamic, program = _cell_program(cell, len(key_positions), batch_size, mesh)
+
+    def inputs(chunk):
+        flat = np.arange(chunk * size, (chunk + 1) * size)
+        flat = np.minimum(flat, grid.num_cells - 1)  # pad the last chunk with copies of the last cell
+        key_index = _place(grid.indices(flat)[:, key_positions], mesh, True)
+        values = jax.tree_util.tree_map(lambda a: _place(a, mesh, True), grid.cell_values(flat))
+        return key_index, values
+
+    _check_signature(cell, argument_names)
+    tic = time.perf_counter()
+    lowered = program.lower(dynamic, key, *inputs(0))  # one trace gives the outputs; compiled only if needed
+    trace_seconds = time.perf_counter() - tic
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(lowered.out_info)
+    if not leaves:
         raise ValueError("cell must return a non-empty pytree of arrays")
     outputs = [
-        {"name": f"out{i}", "path": jax.tree_util.keystr(path), "shape": list(leaf.shape), "dtype": str(leaf.dtype)}
+        {"name": f"out{i}", "path": jax.tree_util.keystr(path), "shape": list(leaf.shape[1:]),
+         "dtype": str(leaf.dtype)}
         for i, (path, leaf) in enumerate(leaves)
     ]
 
@@ -298,29 +316,14 @@ def sweep(
 
     compile_seconds = run_seconds = 0.0
     if pending:
-        dynamic, program = _cell_program(cell, len(key_positions), batch_size, mesh)
-
-        def inputs(chunk):
-            flat = np.arange(chunk * size, (chunk + 1) * size)
-            flat = np.minimum(flat, grid.num_cells - 1)  # pad the last chunk with copies of the last cell
-            key_index = grid.indices(flat)[:, key_positions]
-            values = grid.cell_values(flat)
-            return (key_index, values)
-
-        first_index, first_values = inputs(pending[0])
         tic = time.perf_counter()
-        compiled = program.lower(
-            dynamic, key, _place(first_index, mesh, True),
-            jax.tree_util.tree_map(lambda a: _place(a, mesh, True), first_values),
-        ).compile()
-        compile_seconds = time.perf_counter() - tic
+        compiled = lowered.compile()
+        compile_seconds = trace_seconds + time.perf_counter() - tic
         bar.restart_clock()
         for chunk in pending:
             start, stop = chunk * size, min((chunk + 1) * size, grid.num_cells)
-            key_index, values = inputs(chunk)
             tic = time.perf_counter()
-            host = _to_host(compiled(dynamic, key, _place(key_index, mesh, True),
-                                     jax.tree_util.tree_map(lambda a: _place(a, mesh, True), values)))
+            host = _to_host(compiled(dynamic, key, *inputs(chunk)))
             run_seconds += time.perf_counter() - tic
             host_leaves = jax.tree_util.tree_leaves(host)
             arrays = {o["name"]: np.asarray(leaf[: stop - start]) for o, leaf in zip(outputs, host_leaves, strict=True)}
