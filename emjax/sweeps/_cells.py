@@ -102,8 +102,9 @@ def parameter_errors(history, truth):
     lead = history.gate.shape[:-2]
     flat = jax.tree_util.tree_map(lambda leaf: leaf.reshape((-1,) + leaf.shape[len(lead):]), history)
     matched = jax.vmap(lambda estimate: match_experts(estimate, truth))(flat)
-    gate_error = jnp.linalg.norm((matched.gate - truth.gate).reshape(matched.gate.shape[0], -1), axis=-1)
-    expert_error = jnp.linalg.norm((matched.experts - truth.experts).reshape(matched.gate.shape[0], -1), axis=-1)
+    count = matched.gate.shape[0]
+    gate_error = jnp.linalg.norm((matched.gate - truth.gate[None]).reshape(count, -1), axis=-1)
+    expert_error = jnp.linalg.norm((matched.experts - truth.experts[None]).reshape(count, -1), axis=-1)
     gate_error = gate_error / jnp.linalg.norm(truth.gate)
     expert_error = expert_error / jnp.linalg.norm(truth.experts)
     return gate_error.reshape(lead), expert_error.reshape(lead)
