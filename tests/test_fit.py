@@ -1,6 +1,7 @@
 """The compiled loop and the solvers: traces, invariances (jit, vmap), compile counts, status."""
 
 import chex
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,6 +145,16 @@ def test_solver_hyperparameters_are_traced():
     np.testing.assert_allclose(losses[2], emjax.fit(model, emjax.em(), start, x, y, 5).losses[-1], rtol=1e-10)
 
 
+@eqx.filter_jit
+def _fit_ten_steps(model, solver, start, x, y):
+    return emjax.fit(model, solver, start, x, y, 10)
+
+
+@eqx.filter_jit
+def _apply(fn, model, params, x, y):
+    return fn(model, params, x, y)
+
+
 @pytest.mark.parametrize(("w_norm", "snr"), [(1.0, 1e-2), (1.0, 1e3), (1e3, 1.0), (1e3, 1e3)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_extreme_but_valid_problems_never_produce_nan(kind, w_norm, snr, dtype):
@@ -152,13 +163,13 @@ def test_extreme_but_valid_problems_never_produce_nan(kind, w_norm, snr, dtype):
     model, truth, x, y = make_problem(kind, n=300, d=3, seed=50, norms=(w_norm, snr), dtype=dtype)
     start = emjax.perturb(jax.random.key(8), truth, 0.5)
     for solver in _solvers(model, x).values():
-        result = jax.jit(lambda s, p: emjax.fit(model, s, p, x, y, 10))(solver, start)
+        result = _fit_ten_steps(model, solver, start, x, y)  # one compilation per solver type across scales
         assert int(result.status) == emjax.Status.ok, solver
         assert np.all(np.isfinite(np.asarray(result.losses))), solver
     fitted = emjax.fit(model, emjax.em(), start, x, y, 10).params
     for point in (truth, start, fitted):
         for fn in (emjax.missing_information_matrix, emjax.em_rate, emjax.observed_information):
-            value = jax.jit(lambda p, fn=fn: fn(model, p, x, y))(point)
+            value = _apply(fn, model, point, x, y)
             assert np.all(np.isfinite(np.asarray(value))), (fn.__name__, point)
 
 

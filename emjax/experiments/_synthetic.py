@@ -85,6 +85,12 @@ def _steps_floor(dtype) -> float:
     return 1e-9 if jnp.finfo(dtype).bits >= 64 else 1e-4
 
 
+def _timing(results) -> str:
+    compile_s = sum(r.compile_seconds for r in results)
+    run_s = sum(r.run_seconds for r in results)
+    return f"{len(results)} sweeps: compile {compile_s:.1f} s, run {run_s:.1f} s"
+
+
 def run_figures(settings: FigureSettings, folder: Path, *, progress=None, batch_size=None) -> dict:
     """Tune the baselines, run the Figure 1-2 sweep; return the traces and the tuned steps."""
     cell = ConvergenceCell(SymMoLinE(sigma=1.0), settings.methods, settings.num_steps, settings.n, settings.d,
@@ -99,7 +105,7 @@ def run_figures(settings: FigureSettings, folder: Path, *, progress=None, batch_
                    config={"settings": dataclasses.asdict(settings)},
                    chunk_size=max(1, settings.num_instances // 2), **options)
     outputs = jax.tree_util.tree_map(lambda leaf: leaf[0], result.outputs)  # drop the one-point SNR axis
-    return {"outputs": outputs, "tuned": tuned, "steps": steps, "sweep": result}
+    return {"outputs": outputs, "tuned": tuned, "steps": steps, "sweeps": [tuned.sweep, result]}
 
 
 def run_mim(settings: MimSettings, folder: Path, *, progress=None, batch_size=None) -> dict:
@@ -126,7 +132,8 @@ def run_mim(settings: MimSettings, folder: Path, *, progress=None, batch_size=No
             seed, key_axes=("seed",), out=folder / f"mim-fits-{name}",
             config={"settings": dataclasses.asdict(settings)}, chunk_size=settings.num_instances * 2, **options,
         )
-        out[name] = {"rates": rates.outputs["rate"], "fits": fits.outputs, "tuned": tuned, "gate_norm": gate_norm}
+        out[name] = {"rates": rates.outputs["rate"], "fits": fits.outputs, "tuned": tuned, "gate_norm": gate_norm,
+                     "sweeps": [rates, tuned.sweep, fits]}
     return out
 
 
@@ -213,6 +220,7 @@ def reproduce(experiments=EXPERIMENTS, out="emjax-results", *, quick: bool = Fal
             f"{settings.num_instances} instances x {settings.num_steps} iterations")
         run = run_figures(settings, folder, progress=progress, batch_size=batch_size)
         log("  tuned steps: " + ", ".join(f"{METHOD_LABELS[m]} {float(s):g}" for m, s in run["steps"].items()))
+        log("  " + _timing(run["sweeps"]))
         written += summarise_figures(run, settings, out)
         if "figure1" in experiments:
             written.append(plot_figure1(run["outputs"], settings, out / "figure1.png"))
@@ -223,6 +231,7 @@ def reproduce(experiments=EXPERIMENTS, out="emjax-results", *, quick: bool = Fal
         log(f"mim: SNR {list(settings.snrs)}, ||w*|| {list(settings.gate_norms)}; fits n={settings.n}, "
             f"{settings.num_instances} instances x {settings.num_steps} iterations")
         run = run_mim(settings, folder, progress=progress, batch_size=batch_size)
+        log("  " + _timing([s for r in run.values() for s in r["sweeps"]]))
         floor = _steps_floor(dtype)
         written += summarise_mim(run, settings, out, floor)
         written.append(plot_mim(run, settings, out / "mim.png", floor))

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._status import Status
 from ._cells import STEPPED, ConvergenceCell
-from ._sweep import sweep
+from ._sweep import SweepResult, sweep
 
 #: The documented candidate grids (all of one length, so they zip into one sweep axis).
 STEP_GRIDS = {
@@ -41,12 +41,14 @@ class TunedSteps:
         candidates: ``{method: array (num_candidates,)}``, the grid that was searched.
         scores: ``{method: array (num_snrs, num_candidates)}``, lower is better (inf: diverged).
         snrs: the SNR grid.
+        sweep: the tuning sweep's :class:`emjax.SweepResult` (its traces, timings and folder).
     """
 
     step_sizes: dict
     candidates: dict
     scores: dict
     snrs: np.ndarray
+    sweep: SweepResult
 
 
 def tune_step_sizes(cell: ConvergenceCell, snrs, key, *, num_instances: int = 5, grids: dict | None = None,
@@ -97,4 +99,4 @@ def tune_step_sizes(cell: ConvergenceCell, snrs, key, *, num_instances: int = 5,
         scores[method] = gaps[:, :, i]
         chosen[method] = np.asarray(grids[method])[np.argmin(gaps[:, :, i], axis=1)]
     return TunedSteps(step_sizes=chosen, candidates={m: np.asarray(g) for m, g in grids.items()}, scores=scores,
-                      snrs=snrs)
+                      snrs=snrs, sweep=result)
