@@ -11,7 +11,18 @@ CONTRACT = {
     # issue 3
     "MoLinE", "MoLogE", "MoPoE", "MoEParams", "init_params", "fit_restarts", "standard_errors", "aic", "bic",
     "Status",
+    # issue 4
+    "sweep", "SweepResult", "ConfigurationMismatch", "sweeps",
 }
+
+SWEEPS_CONTRACT = {"sweep", "ConvergenceCell", "RateCell", "tune_step_sizes", "STEP_GRIDS", "METHODS",
+                   "SweepResult", "ConfigurationMismatch"}
+
+
+def test_sweeps_names_are_exported():
+    for name in SWEEPS_CONTRACT:
+        assert hasattr(emjax.sweeps, name), name
+    assert emjax.sweeps.sweep is emjax.sweep
 
 
 def test_status_codes():

@@ -9,7 +9,8 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_opens_with_the_two_setup_commands():
     text = README.read_text()
     first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).strip().splitlines()
-    assert first_block == ['pip install -e . && emjax demo', 'pip install -e ".[test]" && python -m pytest -q']
+    assert first_block == ['pip install -e . && emjax reproduce all --quick',
+                           'pip install -e ".[test]" && python -m pytest -q']
     ci = (README.parent / ".ci" / "run").read_text()
     assert first_block[1] in ci
 
@@ -24,3 +25,11 @@ def test_readme_k_expert_example_runs():
     code = re.search(r"## K-expert mixtures\n\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     code = code.replace("2000)", "300)").replace("num_restarts=10, num_steps=500", "num_restarts=2, num_steps=20")
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_readme_sweep_example_runs(tmp_path, monkeypatch):
+    code = re.search(r"## Sweeps.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = code.replace("2000)", "200)").replace("np.arange(20)", "np.arange(3)").replace(", 50)", ", 10)")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "my-sweep" / "sweep.json").exists()
