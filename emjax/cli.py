@@ -90,7 +90,8 @@ def _sweep(args: argparse.Namespace) -> int:
         model = models.SymMoLinE(sigma=1.0) if args.model == "SymMoLinE" else models.SymMoLogE()
     else:
         model = getattr(models, args.model)(args.experts)
-    cell = ConvergenceCell(model, methods, args.steps, args.n, args.d, gate_norm=args.gate_norm)
+    cell = ConvergenceCell(model, methods, args.steps, args.n, args.d, gate_norm=args.gate_norm,
+                           with_rates=not args.no_rates)
     options = {"progress": False if args.no_progress else None, "batch_size": args.batch_size,
                "chunk_size": args.chunk_size}
     need = [m for m in methods if m in STEPPED and m not in steps]
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--d", type=int, default=10, help="features (default 10)")
     grid.add_argument("--gate-norm", type=float, default=2.0, help="||w*|| or gate row norm (default 2)")
     grid.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    grid.add_argument("--no-rates", action="store_true",
+                      help="skip lambda_max(M) (the K-expert MIM needs memory growing fast in n)")
     grid.add_argument("--chunk-size", type=int, default=None, help="cells per compiled call and per file")
     grid.add_argument("--out", default=None, help="output folder (resumable); none: keep in memory")
     _common_sweep_flags(grid)

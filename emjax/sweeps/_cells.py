@@ -129,6 +129,9 @@ class ConvergenceCell(eqx.Module):
             override it per cell. noise: σ of MoLinE experts (SymMoLinE uses its own ``sigma``).
         start_error: relative error of the start in each block. orthogonal: draw w* ⟂ β*.
         dtype: floating dtype of the instance (default: JAX's default float).
+        with_rates: compute λ_max(M) at the truth and at every final iterate (default True). For
+            K-expert models the MIM is built by autodiff with memory growing fast in n; set False
+            to skip it (the rates are then NaN).
 
     Calling: ``cell(key, snr, gate_norm=None, step_sizes=None, seed=None)``; ``seed`` is only an
     instance label (the sweep derives the key from it).
@@ -154,6 +157,7 @@ class ConvergenceCell(eqx.Module):
     start_error: float = eqx.field(static=True, default=1.0)
     orthogonal: bool = eqx.field(static=True, default=False)
     dtype: str | None = eqx.field(static=True, default=None)
+    with_rates: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         methods = tuple(self.methods)
@@ -179,7 +183,7 @@ class ConvergenceCell(eqx.Module):
             "num_steps": self.num_steps, "n": self.n, "d": self.d,
             "step_sizes": {m: np.asarray(s).tolist() for m, s in sorted(steps.items())},
             "gate_norm": self.gate_norm, "noise": self.noise, "start_error": self.start_error,
-            "orthogonal": self.orthogonal, "dtype": self.dtype,
+            "orthogonal": self.orthogonal, "dtype": self.dtype, "with_rates": self.with_rates,
         }
 
     def __call__(self, key: Array, snr, gate_norm=None, step_sizes=None, seed=None) -> dict:
@@ -210,13 +214,18 @@ class ConvergenceCell(eqx.Module):
                 "gate_error": gate_error,
                 "expert_error": expert_error,
                 "step_length": jnp.linalg.norm(jnp.diff(flat_history, axis=0), axis=-1) / scale,
-                "rate_final": em_rate(self.model, result.params, x, y),
+                "rate_final": self._rate(result.params, x, y),
                 "status": result.status,
             })
         stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *records)
         stacked["loss_truth"] = neg_log_likelihood(self.model, truth, x, y)
-        stacked["rate_truth"] = em_rate(self.model, truth, x, y)
+        stacked["rate_truth"] = self._rate(truth, x, y)
         return stacked
+
+    def _rate(self, params, x, y):
+        if self.with_rates:
+            return em_rate(self.model, params, x, y)
+        return jnp.full((), jnp.nan, x.dtype)
 
 
 class RateCell(eqx.Module):
