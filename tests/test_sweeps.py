@@ -127,14 +127,17 @@ def test_four_host_devices_give_the_single_device_result(tmp_path):
     code = ("import jax; jax.config.update('jax_enable_x64', True); import numpy as np, emjax, tests.sweep_cells as c; "
             "r = emjax.sweep(c.em_cell, c.GRID, 2, chunk_size=8, progress=False); "
             "assert r.num_devices == 4 and len(jax.devices()) == 4, r.num_devices; "
-            f"np.savez({str(tmp_path / 'four.npz')!r}, **r.outputs)")
+            "g = emjax.sweep(c.em_cell, c.GRID, 2, chunk_size=8, batch_size=1, progress=False); "
+            f"np.savez({str(tmp_path / 'four.npz')!r}, **r.outputs); "
+            f"np.savez({str(tmp_path / 'grouped.npz')!r}, **g.outputs)")
     process = _python(code, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     single = emjax.sweep(em_cell, GRID, 2, chunk_size=8, progress=False)
     assert single.num_devices == 1
-    with np.load(tmp_path / "four.npz") as four:
+    with np.load(tmp_path / "four.npz") as four, np.load(tmp_path / "grouped.npz") as grouped:
         chex.assert_trees_all_close(dict(four), single.outputs, rtol=1e-12, atol=1e-13)
+        chex.assert_trees_all_close(dict(grouped), single.outputs, rtol=1e-12, atol=1e-13)
 
 
 def test_bad_inputs_get_clear_errors():
