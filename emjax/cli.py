@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace as dataclasses_replace
 from pathlib import Path
@@ -28,6 +29,22 @@ def _demo(args: argparse.Namespace) -> int:
                        checkpoints=checkpoints)
     print(format_demo(results))
     return 0
+
+
+CPU_POOL_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def _avoid_cpu_pool_wedge() -> None:
+    """Turn off XLA's multi-threaded Eigen on CPU unless the user chose XLA_FLAGS themselves.
+
+    XLA's CPU runtime can wedge its Eigen thread pool while materialising large vmapped programs
+    (the process then waits forever at 0% CPU; seen here once in a 162-cell chunk of the MIM sweep;
+    reported upstream, e.g. PyAutoLabs/PyAutoFit#1530). The sweeps' matrices are small, so the
+    intra-op threads buy little. Must run before JAX initialises its backends.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {CPU_POOL_FLAG}".strip()
 
 
 def _setup_jax(args: argparse.Namespace):
@@ -182,6 +199,7 @@ def _common_sweep_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _avoid_cpu_pool_wedge()
     parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("n", "d", "steps", "seeds", "experts", "tuning_instances", "batch_size", "chunk_size"):

@@ -130,7 +130,8 @@ def test_four_host_devices_give_the_single_device_result(tmp_path):
             "g = emjax.sweep(c.em_cell, c.GRID, 2, chunk_size=8, batch_size=1, progress=False); "
             f"np.savez({str(tmp_path / 'four.npz')!r}, **r.outputs); "
             f"np.savez({str(tmp_path / 'grouped.npz')!r}, **g.outputs)")
-    process = _python(code, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    process = _python(code, XLA_FLAGS=flags.strip())
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     single = emjax.sweep(em_cell, GRID, 2, chunk_size=8, progress=False)
