@@ -61,14 +61,17 @@ touching emjax: (a2) ``emjax.sweep`` over two CPU devices
 error), and (p) ``proto_fit``: the same EM iterates with x stored feature-major once per fit, X^T X
 factored once per fit, the loss taken from the E-step's projections, x.u and f carried through the
 Newton loop, and no line search when the Newton step is already below the tolerance (the loop stops
-after it); checked against ``emjax.fit`` on the verification cell.
+after it); checked against ``emjax.fit`` on the verification cell. "batch_size=1 seq" runs it with
+``batch_size=1`` turned into a plain ``lax.map`` (a scan over cells) instead of
+``lax.map(..., batch_size=1)``, which vmaps groups of one cell and so turns every ``lax.cond`` into a
+select that evaluates both branches.
 
 How to run
 ----------
 From the repository root with emjax installed (``pip install -e .``)::
 
-    python benchmarks/sweep_throughput.py            # the full run (about 10 minutes on 2 cores)
-    python benchmarks/sweep_throughput.py --quick    # 40 cells, fewer variants (about 1-2 minutes)
+    python benchmarks/sweep_throughput.py            # the full run (about 7 minutes on 2 idle cores)
+    python benchmarks/sweep_throughput.py --quick    # 40 cells, no prototypes/profile/scaling (about 50 s)
     python benchmarks/sweep_throughput.py --help     # --seeds, --n, --d, --steps, --batch-sizes, --json, ...
 
 The machine is shared and noisy: compare the ratios printed by one run, not seconds across runs.
@@ -173,11 +176,27 @@ def patch_shard_map_check_vma(jax):
     jax.shard_map = shard_map
 
 
+def patch_sequential_map(jax):
+    """Prototype for emjax.sweep: batch_size=1 as a plain lax.map (a scan), not lax.map(batch_size=1).
+
+    lax.map(f, xs, batch_size=1) runs vmap(f) on groups of one cell: every lax.cond inside becomes a
+    select that evaluates both branches, and every while_loop carries batched predicates."""
+    original = jax.lax.map
+
+    def sequential_map(f, xs, *, batch_size=None):
+        return original(f, xs) if batch_size == 1 else original(f, xs, batch_size=batch_size)
+
+    jax.lax.map = sequential_map
+
+
 def worker_sweep(spec):
     """(a): one emjax.sweep call; prints compile and run seconds."""
     jax = setup_jax(spec["dtype"], spec.get("devices", 1))
     sweep = get_sweep()
     import numpy as np
+
+    if spec.get("sequential_map"):
+        patch_sequential_map(jax)
 
     base = rss_mb()
     cell = make_cell(spec["n"], spec["d"], spec["steps"], spec.get("kind", "emjax"))
@@ -232,7 +251,6 @@ def worker_loop(spec):
         return x, y, emjax.perturb(k_start, truth)
 
     root = jax.random.key(0)
-    cells = [(i, j) for i in range(len(spec["snrs"])) for j in range(spec["seeds"])]
 
     def one(i, j):
         key = jax.random.fold_in(jax.random.fold_in(root, i), j)
@@ -243,11 +261,10 @@ def worker_loop(spec):
     tic = time.perf_counter()
     one(0, 0)
     compile_s = time.perf_counter() - tic
-    tic = time.perf_counter()
-    last = [one(i, j)[0][-1] for i, j in cells]
-    run_s = time.perf_counter() - tic
-    return {"base_mb": base, "cells": len(cells), "compile_s": compile_s, "run_s": run_s,
-            "cells_per_s": len(cells) / run_s, "final_loss_mean": float(np.nanmean(last)), "peak_mb": rss_mb()}
+    done, run_s = timed_loop(spec, one)
+    last = [losses[-1] for losses, _, _ in done]
+    return {"base_mb": base, "cells": len(done), "compile_s": compile_s, "run_s": run_s,
+            "cells_per_s": len(done) / run_s, "final_loss_mean": float(np.nanmean(last)), "peak_mb": rss_mb()}
 
 
 def proto_fit(x, y, w0, b0, sigma, num_steps: int, max_newton: int = MAX_NEWTON):
@@ -512,7 +529,19 @@ def torch_fit(torch, x, y, w, beta, sigma, steps):
 
 
 def loop_cells(spec):
-    return [(i, j) for i in range(len(spec["snrs"])) for j in range(spec["seeds"])]
+    """(SNR index, seed index), seed by seed, so a loop cut short by its time budget has whole SNR rounds."""
+    return [(i, j) for j in range(spec["seeds"]) for i in range(len(spec["snrs"]))]
+
+
+def timed_loop(spec, one):
+    """Run ``one(i, j)`` over the cells; stop after a whole SNR round once ``budget_s`` has passed."""
+    done = []
+    tic = time.perf_counter()
+    for index, (i, j) in enumerate(loop_cells(spec)):
+        done.append(one(i, j))
+        if (index + 1) % len(spec["snrs"]) == 0 and time.perf_counter() - tic > spec.get("budget_s", math.inf):
+            break
+    return done, time.perf_counter() - tic
 
 
 def worker_numpy(spec):
@@ -521,47 +550,44 @@ def worker_numpy(spec):
     base = rss_mb()
     dtype = np.dtype(spec["dtype"]).type
     counts = [0, 0, 0]  # Newton iterations, Armijo evaluations, EM steps
-    tic = time.perf_counter()
-    last = []
-    for i, j in loop_cells(spec):
+
+    def one(i, j):
         rng = np.random.default_rng([i, j])
         x, y, w0, b0 = np_draw(rng, spec["snrs"][i], spec["n"], spec["d"], dtype)
-        _, _, losses = np_fit(x, y, w0, b0, SIGMA, spec["steps"], counts)
-        last.append(losses[-1])
-    run_s = time.perf_counter() - tic
+        return np_fit(x, y, w0, b0, SIGMA, spec["steps"], counts)[2][-1]
+
+    last, run_s = timed_loop(spec, one)
     cells = len(last)
     return {"base_mb": base, "cells": cells, "run_s": run_s, "cells_per_s": cells / run_s,
             "final_loss_mean": float(np.nanmean(last)), "newton_per_step": counts[0] / counts[2],
             "armijo_per_step": counts[1] / counts[2], "peak_mb": rss_mb()}
 
 
-def import_torch():
+def import_torch(threads=None):
     try:
         import torch
     except Exception as error:  # noqa: BLE001 - any import failure means: skip (d)
         return None, f"{type(error).__name__}: {error}"
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     return torch, None
 
 
 def worker_torch(spec):
     import numpy as np
 
-    torch, why = import_torch()
+    torch, why = import_torch(spec.get("threads"))
     if torch is None:
         return {"skipped": why}
     base = rss_mb()
     dtype = np.dtype(spec["dtype"]).type
-    tdtype = getattr(torch, spec["dtype"])
-    tic = time.perf_counter()
-    last = []
+
+    def one(i, j):
+        rng = np.random.default_rng([i, j])
+        x, y, w0, b0 = (torch.from_numpy(a) for a in np_draw(rng, spec["snrs"][i], spec["n"], spec["d"], dtype))
+        return float(torch_fit(torch, x, y, w0, b0, SIGMA, spec["steps"])[2][-1])
+
     with torch.inference_mode():
-        for i, j in loop_cells(spec):
-            rng = np.random.default_rng([i, j])
-            x, y, w0, b0 = (torch.from_numpy(a) for a in np_draw(rng, spec["snrs"][i], spec["n"], spec["d"], dtype))
-            _, _, losses = torch_fit(torch, x, y, w0, b0, SIGMA, spec["steps"])
-            last.append(float(losses[-1]))
-    run_s = time.perf_counter() - tic
+        last, run_s = timed_loop(spec, one)
     cells = len(last)
     return {"base_mb": base, "cells": cells, "run_s": run_s, "cells_per_s": cells / run_s,
             "final_loss_mean": float(np.nanmean(last)), "threads": torch.get_num_threads(),
@@ -643,8 +669,8 @@ def worker_profile(spec):
     fitted = emjax.fit(model, emjax.em(), start, x, y, steps).params
     out = {}
     step = jax.jit(lambda p, x, y: emjax.em_step(model, p, x, y))
-    out["em_step jit call, at start"] = _time_min(lambda: jax.block_until_ready(step(start, x, y)), 30) * 1e6
-    out["em_step jit call, at the fitted point"] = _time_min(lambda: jax.block_until_ready(step(fitted, x, y)), 30) * 1e6
+    for label, p in (("at start", start), ("at the fitted point", fitted)):
+        out[f"em_step jit call, {label}"] = _time_min(lambda p=p: jax.block_until_ready(step(p, x, y)), 30) * 1e6
 
     xn, yn = np.asarray(x), np.asarray(y)
     for label, p in (("at start", start), ("at the fitted point", fitted)):
@@ -657,8 +683,8 @@ def worker_profile(spec):
     proto = jax.jit(proto_fit, static_argnums=(5,))
     out["prototype fit, per EM step"] = _time_min(
         lambda: jax.block_until_ready(proto(x, y, start.w, start.beta, SIGMA, steps)), 5) / steps * 1e6
-    out["NumPy fit, per EM step"] = _time_min(
-        lambda: np_fit(xn, yn, np.asarray(start.w), np.asarray(start.beta), SIGMA, steps, [0, 0, 0]), 3) / steps * 1e6
+    w0, b0 = np.asarray(start.w), np.asarray(start.beta)
+    out["NumPy fit, per EM step"] = _time_min(lambda: np_fit(xn, yn, w0, b0, SIGMA, steps, [0, 0, 0]), 3) / steps * 1e6
 
     # In-loop costs of the pieces (R repetitions inside one compiled fori_loop: no dispatch).
     reps = 500
@@ -667,26 +693,31 @@ def worker_profile(spec):
     t = jax.nn.sigmoid(x @ fitted.w)
 
     def in_loop(body):
-        f = jax.jit(lambda u: lax.fori_loop(0, reps, lambda i, u: body(u), u))
+        # x, xt and t are arguments, not constants: XLA may give a constant any layout it likes
+        f = jax.jit(lambda u, x, xt, t: lax.fori_loop(0, reps, lambda i, u: body(u, x, xt, t), u))
         u0 = fitted.w
-        return _time_min(lambda: jax.block_until_ready(f(u0)), 5) / reps * 1e6
+        return _time_min(lambda: jax.block_until_ready(f(u0, x, xt, t)), 5) / reps * 1e6
 
     small = 1e-7
-    out["loop: em_step (emjax) at the fitted point"] = in_loop(
-        lambda u: emjax.em_step(model, emjax.SymParams(w=u, beta=fitted.beta), x, y).w)
-    out["loop: loss (emjax loss_raw)"] = in_loop(
-        lambda u: u + small * loss_raw(model, emjax.SymParams(w=u, beta=fitted.beta), x, y))
-    out["loop: Newton solve (emjax), warm at the optimum"] = in_loop(lambda u: soft_logistic_regression(x, t, u))
-    out["loop: X^T X (recomputed every EM step today)"] = in_loop(lambda u: u + small * ((x + small * u[0]).T @ x)[0])
-    out["loop: Hessian (x*w).T @ x, (n, d) layout (today)"] = in_loop(
-        lambda u: u + small * ((x * (t + u[0])[:, None]).T @ x)[0])
-    out["loop: Hessian (xt*w) @ xt.T, (d, n) layout"] = in_loop(lambda u: u + small * ((xt * (t + u[0])) @ xt.T)[0])
-    out["loop: X^T v, (n, d) layout (today)"] = in_loop(lambda u: u + small * (x.T @ (t + u[0])))
-    out["loop: X^T v, (d, n) layout"] = in_loop(lambda u: u + small * (xt @ (t + u[0])))
-    out["loop: x @ u, (n, d) layout (today)"] = in_loop(lambda u: u + small * (x @ u)[:d])
-    out["loop: x @ u, (d, n) layout"] = in_loop(lambda u: u + small * (u @ xt)[:d])
-    out["loop: softplus of n values (+ mean)"] = in_loop(lambda u: u + small * jnp.mean(jax.nn.softplus(t * u[0])))
-    out["loop: sigmoid of n values (+ mean)"] = in_loop(lambda u: u + small * jnp.mean(jax.nn.sigmoid(t * u[0])))
+    pieces = [
+        ("em_step (emjax) at the fitted point",
+         lambda u, x, xt, t: emjax.em_step(model, emjax.SymParams(w=u, beta=fitted.beta), x, y).w),
+        ("loss (emjax loss_raw)",
+         lambda u, x, xt, t: u + small * loss_raw(model, emjax.SymParams(w=u, beta=fitted.beta), x, y)),
+        ("Newton solve (emjax), warm at the optimum", lambda u, x, xt, t: soft_logistic_regression(x, t, u)),
+        ("X^T X (recomputed every EM step today)", lambda u, x, xt, t: u + small * ((x + small * u[0]).T @ x)[0]),
+        ("Hessian (x*w).T @ x, (n, d) layout (today)",
+         lambda u, x, xt, t: u + small * ((x * (t + u[0])[:, None]).T @ x)[0]),
+        ("Hessian (xt*w) @ xt.T, (d, n) layout", lambda u, x, xt, t: u + small * ((xt * (t + u[0])) @ xt.T)[0]),
+        ("X^T v, (n, d) layout (today)", lambda u, x, xt, t: u + small * (x.T @ (t + u[0]))),
+        ("X^T v, (d, n) layout", lambda u, x, xt, t: u + small * (xt @ (t + u[0]))),
+        ("x @ u, (n, d) layout (today)", lambda u, x, xt, t: u + small * (x @ u)[:d]),
+        ("x @ u, (d, n) layout", lambda u, x, xt, t: u + small * (u @ xt)[:d]),
+        ("softplus of n values (+ mean)", lambda u, x, xt, t: u + small * jnp.mean(jax.nn.softplus(t * u[0]))),
+        ("sigmoid of n values (+ mean)", lambda u, x, xt, t: u + small * jnp.mean(jax.nn.sigmoid(t * u[0]))),
+    ]
+    for label, body in pieces:
+        out[f"loop: {label}"] = in_loop(body)
     return {"micro_s": out, "d": d}
 
 
@@ -699,23 +730,22 @@ def worker_machine(spec):
 
     out = {"cores": os.cpu_count()}
     size = 2048
+    n, d, reps = spec["n"], spec["d"], 500
+    dot = jax.jit(lambda m: m @ m)
+    hessians = jax.jit(lambda u, xt, wt: lax.fori_loop(
+        0, reps, lambda i, u: u + 1e-7 * ((xt * (wt + u[0])) @ xt.T)[0], u))
     for name in ("float32", "float64"):
         a = np.random.default_rng(0).standard_normal((size, size)).astype(name)
-        t_np = _time_min(lambda a=a: a @ a, 3)
         aj = jnp.asarray(a)
-        dot = jax.jit(lambda m: m @ m)
-        t_jnp = _time_min(lambda aj=aj: jax.block_until_ready(dot(aj)), 3)
         flops = 2 * size**3
-        out[f"matmul_gflops_numpy_{name}"] = flops / t_np / 1e9
-        out[f"matmul_gflops_jax_{name}"] = flops / t_jnp / 1e9
+        out[f"matmul_gflops_numpy_{name}"] = flops / _time_min(lambda a=a: a @ a, 3) / 1e9
+        out[f"matmul_gflops_jax_{name}"] = flops / _time_min(lambda aj=aj: jax.block_until_ready(dot(aj)), 3) / 1e9
         # the Hessian's own shape, the best layout, no dispatch
-        n, d, reps = spec["n"], spec["d"], 500
         xt = jnp.asarray(np.random.default_rng(1).standard_normal((d, n)).astype(name))
         wt = jnp.asarray(np.random.default_rng(2).random(n).astype(name))
-        body = jax.jit(lambda u: lax.fori_loop(0, reps, lambda i, u: u + 1e-7 * ((xt * (wt + u[0])) @ xt.T)[0], u))
         u0 = jnp.zeros(d, name)
-        t_h = _time_min(lambda: jax.block_until_ready(body(u0)), 3) / reps
-        out[f"hessian_shape_gflops_jax_{name}"] = 2 * n * d * d / t_h / 1e9
+        seconds = _time_min(lambda u0=u0, xt=xt, wt=wt: jax.block_until_ready(hessians(u0, xt, wt)), 3) / reps
+        out[f"hessian_shape_gflops_jax_{name}"] = 2 * n * d * d / seconds / 1e9
     # bandwidth: DRAM (2 x 128 MB, one core) and L2-resident (2 x 512 KB, one core), via BLAS dot
     big = np.random.default_rng(3).standard_normal(16 * 2**20)  # 128 MB float64
     big2 = big[::-1].copy()
@@ -800,18 +830,26 @@ def table(headers, rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="5 seeds (40 cells), fewer variants: about 1-2 minutes")
+    parser.add_argument("--quick", action="store_true",
+                        help="5 seeds (40 cells), no prototypes, profile or scaling: about 50 s")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per SNR (default 50, --quick 5)")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--d", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--batch-sizes", default=None,
-                        help="comma-separated, 'none' = vmap the whole chunk (default none,1,4,16,64; --quick none,1,8)")
+                        help="comma-separated, 'none' = vmap the whole chunk (default none,1,4,16,64; --quick none,4)")
     parser.add_argument("--loop-seeds", type=int, default=None,
                         help="seeds per SNR for the loops (b), (c), (d) (default: the same as --seeds)")
-    parser.add_argument("--no-prototypes", action="store_true", help="skip the two-device run and proto_fit")
+    parser.add_argument("--loop-budget", type=float, default=None,
+                        help="seconds after which a loop (b, c, d) stops at the end of an SNR round "
+                             "(default 60, --quick 10); cells/s is over the cells it did")
+    parser.add_argument("--no-prototypes", action="store_true",
+                        help="skip the two-device runs and proto_fit (skipped by --quick)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the where-the-time-goes table")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    parser.add_argument("--scaling-dtype", default=None,
+                        help="dtype of the scaling table (default: the first of --dtypes)")
     parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -824,9 +862,14 @@ def main(argv=None):
 
     seeds = args.seeds or (5 if args.quick else 50)
     loop_seeds = args.loop_seeds or seeds
-    batch_text = args.batch_sizes or ("none,1,8" if args.quick else "none,1,4,16,64")
+    batch_text = args.batch_sizes or ("none,4" if args.quick else "none,1,4,16,64")
+    budget = args.loop_budget if args.loop_budget is not None else (10.0 if args.quick else 60.0)
+    prototypes = not (args.no_prototypes or args.quick)
+    profile = not (args.no_profile or args.quick)
+    scaling = not (args.no_scaling or args.quick)
     batch_sizes = [None if b.strip().lower() == "none" else int(b) for b in batch_text.split(",")]
     dtypes = [s.strip() for s in args.dtypes.split(",")]
+    scaling_dtype = args.scaling_dtype or dtypes[0]
     common = {"n": args.n, "d": args.d, "steps": args.steps, "snrs": list(SNRS)}
     report = {"args": vars(args), "seeds": seeds, "loop_seeds": loop_seeds, "dtypes": {}}
     start_time = time.perf_counter()
@@ -842,16 +885,18 @@ def main(argv=None):
         say(f"machine measurement failed: {machine['error']}")
         machine = {}
     else:
-        say(f"machine: {machine['cores']} cores; matmul 2048^2 GFLOP/s float32 numpy {machine['matmul_gflops_numpy_float32']:.0f} "
-            f"/ jax {machine['matmul_gflops_jax_float32']:.0f}, float64 numpy {machine['matmul_gflops_numpy_float64']:.0f} "
-            f"/ jax {machine['matmul_gflops_jax_float64']:.0f}; Hessian shape ({args.d}x{args.n})({args.n}x{args.d}) "
-            f"jax float32 {machine['hessian_shape_gflops_jax_float32']:.1f}, float64 {machine['hessian_shape_gflops_jax_float64']:.1f}; "
-            f"read GB/s one core: L2-resident {machine['l2_read_gbs_one_core']:.0f}, DRAM {machine['dram_read_gbs_one_core']:.0f}")
+        m = machine
+        say(f"machine: {m['cores']} cores; matmul 2048^2 GFLOP/s float32 numpy {m['matmul_gflops_numpy_float32']:.0f}"
+            f" / jax {m['matmul_gflops_jax_float32']:.0f}, float64 numpy {m['matmul_gflops_numpy_float64']:.0f}"
+            f" / jax {m['matmul_gflops_jax_float64']:.0f}; Hessian shape ({args.d}x{args.n})({args.n}x{args.d})"
+            f" jax float32 {m['hessian_shape_gflops_jax_float32']:.1f},"
+            f" float64 {m['hessian_shape_gflops_jax_float64']:.1f};"
+            f" read GB/s one core: L2-resident {m['l2_read_gbs_one_core']:.0f}, DRAM {m['dram_read_gbs_one_core']:.0f}")
 
     for dtype in dtypes:
         say(f"\n=== {dtype} ===")
         base = {**common, "dtype": dtype, "seeds": seeds}
-        loop_base = {**base, "seeds": loop_seeds}
+        loop_base = {**base, "seeds": loop_seeds, "budget_s": budget}
         res = {"a": {}, "a2": {}, "p": {}}
         res["verify"] = run_worker({"task": "verify", **base})
         say(f"verification cell (SNR 2, seed 0), max |difference| to emjax.fit: {json.dumps(res['verify'])}")
@@ -868,28 +913,39 @@ def main(argv=None):
         res["c"] = run_worker({"task": "numpy", **loop_base})
         say(f"(c) NumPy loop: {json.dumps(res['c'])}")
         res["d"] = run_worker({"task": "torch", **loop_base})
-        say(f"(d) PyTorch loop: {json.dumps(res['d'])}")
-        if not args.no_prototypes:
-            proto_sizes = sorted({1, 4} if args.quick else {1, 4, 16}, key=lambda v: v)
-            for b in proto_sizes:
-                r = run_worker({"task": "sweep", **base, "batch_size": b, "kind": "proto"})
-                res["p"][str(b)] = r
-                say(f"(p) emjax.sweep of proto_fit, batch_size={b}: {json.dumps(r)}")
+        if "skipped" in res["d"]:
+            say(f"(d) PyTorch loop skipped: torch is not importable ({res['d']['skipped']}); install it with "
+                "pip install torch --index-url https://download.pytorch.org/whl/cpu")
+            res["d1"] = res["d"]
+        else:
+            say(f"(d) PyTorch loop, threads = cores: {json.dumps(res['d'])}")
+            res["d1"] = run_worker({"task": "torch", **loop_base, "threads": 1})
+            say(f"(d1) PyTorch loop, 1 thread: {json.dumps(res['d1'])}")
+        if prototypes:
+            # label -> (batch_size, plain lax.map for batch_size 1)
+            variants = {"1": (1, False), "1 seq": (1, True), "4": (4, False), "16": (16, False)}
+            for label, (b, sequential) in variants.items():
+                r = run_worker({"task": "sweep", **base, "batch_size": b, "kind": "proto",
+                                "sequential_map": sequential})
+                res["p"][label] = r
+                say(f"(p) emjax.sweep of proto_fit, batch_size={label}: {json.dumps(r)}")
             okp = {k: v for k, v in res["p"].items() if "cells_per_s" in v}
             best_p = max(okp, key=lambda k: okp[k]["cells_per_s"]) if okp else None
             res["best_proto_batch_size"] = best_p
-            for kind, b in (("emjax", best_int), ("proto", None if best_p is None else int(best_p))):
-                r = run_worker({"task": "sweep", **base, "batch_size": b, "kind": kind, "devices": 2})
-                res["a2"][kind] = {**r, "batch_size": b}
-                say(f"(a2) two CPU devices, {kind}, batch_size={b}: {json.dumps(r)}")
-        res["profile"] = run_worker({"task": "profile", **base})
-        if not args.no_scaling:
-            if args.quick:
-                configs = [(2, args.n, args.d), (5, args.n, args.d), (5, args.n // 4, args.d), (5, args.n, args.d // 2)]
-            else:
-                configs = [(6, args.n, args.d), (12, args.n, args.d), (50, args.n, args.d),
-                           (12, args.n // 4, args.d), (12, args.n * 4, args.d),
-                           (12, args.n, max(1, args.d // 2)), (12, args.n, args.d * 4)]
+            emjax_variant = (best_int, False)
+            proto_variant = variants.get(best_p, (1, True))
+            for kind, (b, sequential) in (("emjax", emjax_variant), ("proto", proto_variant)):
+                r = run_worker({"task": "sweep", **base, "batch_size": b, "kind": kind, "devices": 2,
+                                "sequential_map": sequential})
+                label = f"{b}{' seq' if sequential else ''}"
+                res["a2"][kind] = {**r, "batch_size": label}
+                say(f"(a2) two CPU devices, {kind}, batch_size={label}: {json.dumps(r)}")
+        if profile:
+            res["profile"] = run_worker({"task": "profile", **base})
+        if scaling and dtype == scaling_dtype:
+            configs = [(6, args.n, args.d), (12, args.n, args.d), (50, args.n, args.d),
+                       (12, args.n // 4, args.d), (12, args.n * 4, args.d),
+                       (12, args.n, max(1, args.d // 2)), (12, args.n, args.d * 4)]
             res["scaling"] = run_worker({"task": "scaling", **base, "configs": configs, "batch_size": best_int})
         report["dtypes"][dtype] = res
 
@@ -902,9 +958,12 @@ def main(argv=None):
         for b, r in res["a"].items():
             rows.append([dtype, f"(a) emjax.sweep batch_size={b}", r.get("cells_per_s"), r.get("compile_s"),
                          r.get("run_s"), r.get("peak_mb"), r.get("base_mb"), r.get("error", "")[:80]])
-        for label, key in (("(b) loop of emjax.fit", "b"), ("(c) NumPy loop", "c"), ("(d) PyTorch loop", "d")):
+        for label, key in (("(b) loop of emjax.fit", "b"), ("(c) NumPy loop", "c"),
+                           ("(d) PyTorch loop, threads = cores", "d"), ("(d1) PyTorch loop, 1 thread", "d1")):
             r = res[key]
             note = r.get("skipped") or r.get("error", "")
+            if "cells" in r:
+                note = f"{r['cells']} cells; " + note
             rows.append([dtype, label, r.get("cells_per_s"), r.get("compile_s"), r.get("run_s"), r.get("peak_mb"),
                          r.get("base_mb"), note[:80]])
         for b, r in res["p"].items():
@@ -927,7 +986,9 @@ def main(argv=None):
         def ratio(x, y):
             return x / y if x and y else None
 
-        c, dd, bb = (res[k].get("cells_per_s") for k in ("c", "d", "b"))
+        c, bb = res["c"].get("cells_per_s"), res["b"].get("cells_per_s")
+        torch_rates = [res[k].get("cells_per_s") for k in ("d", "d1") if res[k].get("cells_per_s")]
+        dd = max(torch_rates) if torch_rates else None  # the faster PyTorch configuration
         newton, armijo = res["c"].get("newton_per_step"), res["c"].get("armijo_per_step")
         floor_cps = flops = data_bytes = None
         if newton is not None and machine:
@@ -948,7 +1009,7 @@ def main(argv=None):
         rows.append([dtype, a, str(res["best_batch_size"]), s["a_over_c"], s["a_over_d"], s["a_over_b"],
                      newton, armijo, flops and flops / 1e6, data_bytes and data_bytes / 1e6, floor_cps,
                      s["floor_over_a"], s["proto_over_c"], s["proto_2dev_over_c"], s["floor_over_best_prototype"]])
-    say(table(["dtype", "(a) cells/s", "best batch", "(a)/(c)", "(a)/(d)", "(a)/(b)", "Newton it/step",
+    say(table(["dtype", "(a) cells/s", "best batch", "(a)/(c)", "(a)/(best d)", "(a)/(b)", "Newton it/step",
                "Armijo ev/step", "MFLOP/step", "MB/step", "floor cells/s", "floor/(a)", "(p)/(c)",
                "(p, 2 dev)/(c)", "floor/best prototype"], rows))
     say("targets (issue 4): (a)/(c) >= 15, (a)/(d) >= 20, floor/(a) <= 3")
