@@ -31,20 +31,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-CPU_POOL_FLAG = "--xla_cpu_multi_thread_eigen=false"
+def _configure_cpu() -> None:
+    """One CPU device per core, unless the user set the device count in XLA_FLAGS.
 
-
-def _avoid_cpu_pool_wedge() -> None:
-    """Turn off XLA's multi-threaded Eigen on CPU unless the user chose XLA_FLAGS themselves.
-
-    XLA's CPU runtime can wedge its Eigen thread pool while materialising large vmapped programs
-    (the process then waits forever at 0% CPU; seen here once in a 162-cell chunk of the MIM sweep;
-    reported upstream, e.g. PyAutoLabs/PyAutoFit#1530). The sweeps' matrices are small, so the
-    intra-op threads buy little. Must run before JAX initialises its backends.
+    A sweep's chunk is split over devices, and a CPU device runs its program on one core, so one
+    device per core is what lets ``emjax reproduce``/``emjax sweep`` use every core (results do
+    not depend on the device count). Library code never does this: call ``emjax.sweep`` from a
+    script started with ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` for the same.
+    Must run before JAX initialises its backends.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_multi_thread_eigen" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {CPU_POOL_FLAG}".strip()
+    if "xla_force_host_platform_device_count" not in flags:
+        flags = f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}"
+    os.environ["XLA_FLAGS"] = flags.strip()
 
 
 def _setup_jax(args: argparse.Namespace):
@@ -66,9 +65,15 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(f"emjax reproduce {args.experiment}{' --quick' if args.quick else ''} -> {args.out} "
           f"({'float32' if args.float32 else 'float64'}, devices {jax.devices()})", flush=True)
     files = reproduce(experiments, args.out, quick=args.quick, progress=False if args.no_progress else None,
-                      batch_size=args.batch_size)
+                      batch_size=_batch_size(args))
     print("wrote " + ", ".join(str(path) for path in files))
     return 0
+
+
+def _batch_size(args: argparse.Namespace):
+    if args.batch_size is None:
+        return "auto"
+    return None if args.batch_size == 0 else args.batch_size
 
 
 MODEL_NAMES = ("SymMoLinE", "SymMoLogE", "MoLinE", "MoLogE", "MoPoE")
@@ -109,7 +114,7 @@ def _sweep(args: argparse.Namespace) -> int:
         model = getattr(models, args.model)(args.experts)
     cell = ConvergenceCell(model, methods, args.steps, args.n, args.d, gate_norm=args.gate_norm,
                            with_rates=not args.no_rates)
-    options = {"progress": False if args.no_progress else None, "batch_size": args.batch_size,
+    options = {"progress": False if args.no_progress else None, "batch_size": _batch_size(args),
                "chunk_size": args.chunk_size}
     need = [m for m in methods if m in STEPPED and m not in steps]
     snr_axis = {"snr": np.asarray(snrs)}
@@ -192,17 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _common_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="cells per lax.map group on each device (default: vmap every cell of a chunk)")
+                        help="cells per lax.map group on each device; 0 vmaps a device's whole share "
+                             "(default: 1 on CPU, whole share on GPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (multi-host; see emjax.sweep)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    _avoid_cpu_pool_wedge()
+    _configure_cpu()
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("n", "d", "steps", "seeds", "experts", "tuning_instances", "batch_size", "chunk_size"):
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 0:
+        parser.error("--batch-size must be >= 0")
+    for name in ("n", "d", "steps", "seeds", "experts", "tuning_instances", "chunk_size"):
         value = getattr(args, name, 1)
         if value is not None and value < 1:
             parser.error(f"--{name} must be a positive integer")

@@ -3,13 +3,8 @@
 import gc
 import os
 
-# The CLI's guard against XLA's CPU thread-pool wedge (see emjax.cli._avoid_cpu_pool_wedge), set
-# before any JAX backend starts; subprocesses started by tests inherit it.
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -31,3 +26,9 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _restore_xla_flags(monkeypatch):
+    """``emjax.cli.main`` adds to XLA_FLAGS for its own process; keep in-process calls from leaking it."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))

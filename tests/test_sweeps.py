@@ -45,10 +45,11 @@ def test_sweep_compiles_once_and_equals_a_loop_over_cells():
 
 
 def test_chunked_batched_and_unchunked_sweeps_agree():
-    whole = emjax.sweep(em_cell, GRID, 3, progress=False)
+    whole = emjax.sweep(em_cell, GRID, 3, batch_size=None, progress=False)  # one vmap over all 15 cells
     chunked = emjax.sweep(em_cell, GRID, 3, chunk_size=2, progress=False)
     grouped = emjax.sweep(em_cell, GRID, 3, chunk_size=6, batch_size=4, progress=False)
     assert whole.computed_chunks == 1 and chunked.computed_chunks == 8
+    assert whole.configuration["batch_size"] is None and grouped.configuration["batch_size"] == 3
     chex.assert_trees_all_close(whole.outputs, chunked.outputs, rtol=1e-12, atol=1e-13)
     chex.assert_trees_all_close(whole.outputs, grouped.outputs, rtol=1e-12, atol=1e-13)
 

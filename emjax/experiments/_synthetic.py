@@ -91,7 +91,7 @@ def _timing(results) -> str:
     return f"{len(results)} sweeps: compile {compile_s:.1f} s, run {run_s:.1f} s"
 
 
-def run_figures(settings: FigureSettings, folder: Path, *, progress=None, batch_size=None) -> dict:
+def run_figures(settings: FigureSettings, folder: Path, *, progress=None, batch_size="auto") -> dict:
     """Tune the baselines, run the Figure 1-2 sweep; return the traces and the tuned steps."""
     cell = ConvergenceCell(SymMoLinE(sigma=1.0), settings.methods, settings.num_steps, settings.n, settings.d,
                            gate_norm=settings.gate_norm)
@@ -108,7 +108,7 @@ def run_figures(settings: FigureSettings, folder: Path, *, progress=None, batch_
     return {"outputs": outputs, "tuned": tuned, "steps": steps, "sweeps": [tuned.sweep, result]}
 
 
-def run_mim(settings: MimSettings, folder: Path, *, progress=None, batch_size=None) -> dict:
+def run_mim(settings: MimSettings, folder: Path, *, progress=None, batch_size="auto") -> dict:
     """λ_max(M(θ*)) over SNR × ‖w*‖, and tuned fits over SNR, for both symmetric models."""
     options = {"progress": progress, "batch_size": batch_size}
     snrs = np.asarray(settings.snrs)
@@ -199,7 +199,7 @@ def summarise_mim(run: dict, settings: MimSettings, out: Path, floor: float) -> 
 
 
 def reproduce(experiments=EXPERIMENTS, out="emjax-results", *, quick: bool = False, progress=None,
-              batch_size=None, log=print) -> list[Path]:
+              batch_size="auto", log=print) -> list[Path]:
     """Run ``experiments`` (a subset of :data:`EXPERIMENTS`), write PNGs and CSVs to ``out``; return the files.
 
     Sweeps are kept under ``out/sweeps/{quick,full}/`` so an interrupted run resumes where it stopped.

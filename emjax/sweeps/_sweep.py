@@ -46,6 +46,13 @@ from ._store import FORMAT, SweepStore
 
 CELL_AXIS = "cells"
 DEFAULT_CHUNK_SIZE = 1024
+#: ``batch_size="auto"`` on CPU devices: a plain ``lax.map`` over cells. Under one wide ``vmap`` every
+#: op streams all cells' data and every inner Newton loop runs as long as the slowest cell (1.5-2.1x
+#: slower in ``benchmarks/sweep_throughput.py``); groups of 64 were at most 1.25x faster than 1 in
+#: float32 and tied in float64, but vmapped groups reach jaxlib 0.10's batched CPU LAPACK path
+#: (Cholesky/triangular solves), which intermittently deadlocks its thread pool on 2 cores.
+#: Single cells never do, and compile in half the time.
+CPU_BATCH_SIZE = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +137,17 @@ def _check_positive(value, name):
         raise ValueError(f"{name} must be a positive Python int or None; got {value!r}")
 
 
+def _group_size(batch_size: int | None, share: int) -> int | None:
+    """The ``lax.map`` group actually used on a device's ``share`` of cells.
+
+    None (one ``vmap``) when the share fits in one group; otherwise the largest divisor of the
+    share not above ``batch_size``, so that no remainder group needs a second compiled body.
+    """
+    if batch_size is None or share <= batch_size:
+        return None
+    return max(g for g in range(1, batch_size + 1) if share % g == 0)
+
+
 def _check_signature(cell, argument_names) -> None:
     try:
         signature = inspect.signature(cell)
@@ -159,6 +177,8 @@ def _cell_program(cell, num_key_axes: int, batch_size: int | None, mesh: Mesh | 
 
         if batch_size is None:
             return jax.vmap(one)((key_index, values))
+        if batch_size == 1:  # a plain loop: vmapping groups of one would turn every lax.cond into a select
+            return lax.map(one, (key_index, values))
         return lax.map(one, (key_index, values), batch_size=batch_size)
 
     if mesh is not None:
@@ -189,7 +209,7 @@ def sweep(
     *,
     out: str | Path | None = None,
     chunk_size: int | None = None,
-    batch_size: int | None = None,
+    batch_size: int | str | None = "auto",
     key_axes: Sequence[str] | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool | None = None,
@@ -211,7 +231,9 @@ def sweep(
             up to a multiple of the device count. Memory is bounded by one chunk.
         batch_size: with an int, each device runs ``lax.map`` over groups of this many cells,
             ``vmap`` inside (cache-sized work on a CPU); None vmaps the device's whole share (the
-            right choice on a GPU). Results are the same up to floating-point reassociation.
+            right choice on a GPU). ``"auto"`` (default) picks :data:`CPU_BATCH_SIZE` on CPU
+            devices and None on accelerators. Results are the same up to floating-point
+            reassociation.
         key_axes: the axes that select a cell's key (default all; see the module notes).
         devices: devices to split the cell axis over (default all of ``jax.devices()``).
         progress: a bar over chunks on stderr: None shows it on a terminal, True always, False never.
@@ -240,17 +262,20 @@ def sweep(
         raise ValueError(f"key_axes {unknown} are not grid axes {list(grid.names)}")
     key_positions = [grid.names.index(name) for name in key_axes]
     _check_positive(chunk_size, "chunk_size")
+    devices = list(jax.devices() if devices is None else devices)
+    if batch_size == "auto":
+        batch_size = CPU_BATCH_SIZE if devices[0].platform == "cpu" else None
     _check_positive(batch_size, "batch_size")
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"progress must be None, True or False; got {progress!r}")
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"config must be a JSON-ready dict; got {type(config).__name__}")
 
-    devices = list(jax.devices() if devices is None else devices)
     mesh = Mesh(np.array(devices), (CELL_AXIS,)) if len(devices) > 1 else None
     size = min(grid.num_cells, DEFAULT_CHUNK_SIZE) if chunk_size is None else chunk_size
     size = math.ceil(size / len(devices)) * len(devices)
     num_chunks = math.ceil(grid.num_cells / size)
+    batch_size = _group_size(batch_size, size // len(devices))
 
     dynamic, program = _cell_program(cell, len(key_positions), batch_size, mesh)
 
