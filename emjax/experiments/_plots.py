@@ -41,6 +41,17 @@ def _bands(axis, values, methods, iterations, positive=False):
         axis.fill_between(iterations, lo, hi, color=colour, alpha=0.2, linewidth=0)
 
 
+def _finish_trace_figure(figure, axes, name: str, settings, path: Path) -> Path:
+    """Iteration axes, legends, the settings in the title; write the PNG."""
+    for axis in axes[0]:
+        axis.set_xlabel("iteration t")
+        axis.legend()
+    figure.suptitle(f"{name}: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr:g}, "
+                    f"{settings.num_instances} instances (mean, 10-90% band)")
+    figure.savefig(path, dpi=110)
+    return path
+
+
 def plot_figure1(outputs, settings, path: Path) -> Path:
     """L(θ_t) − L(θ*) (symlog) and L(θ_t) − L(θ_T) (log): mean line, 10-90% band over instances."""
     figure, axes = _figure(11, 4)
@@ -54,13 +65,7 @@ def plot_figure1(outputs, settings, path: Path) -> Path:
     _bands(axes[0, 1], gap_final, settings.methods, t[:-1], positive=True)
     axes[0, 1].set_yscale("log")
     axes[0, 1].set_title(r"$L(\theta_t) - L(\theta_T)$")
-    for axis in axes[0]:
-        axis.set_xlabel("iteration t")
-        axis.legend()
-    figure.suptitle(f"Figure 1: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr:g}, "
-                    f"{settings.num_instances} instances (mean, 10-90% band)")
-    figure.savefig(path, dpi=110)
-    return path
+    return _finish_trace_figure(figure, axes, "Figure 1", settings, path)
 
 
 def plot_figure2(outputs, settings, path: Path) -> Path:
@@ -73,12 +78,7 @@ def plot_figure2(outputs, settings, path: Path) -> Path:
     axes[0, 1].set_title(r"$\|w_t - w^*\| / \|w^*\|$")
     for axis in axes[0]:
         axis.set_yscale("log")
-        axis.set_xlabel("iteration t")
-        axis.legend()
-    figure.suptitle(f"Figure 2: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr:g}, "
-                    f"{settings.num_instances} instances (mean, 10-90% band)")
-    figure.savefig(path, dpi=110)
-    return path
+    return _finish_trace_figure(figure, axes, "Figure 2", settings, path)
 
 
 def plot_mim(run: dict, settings, path: Path, floor: float) -> Path:
