@@ -33,7 +33,7 @@ from .._fit import fit
 from .._information import em_rate
 from .._init import match_experts, random_moe_params
 from .._likelihood import neg_log_likelihood, sample
-from .._metrics import perturb, random_params, relative_errors
+from .._metrics import _direction, perturb, random_params, relative_errors
 from .._solvers import em, from_optax, gradient_descent, gradient_em, mirror_descent
 from ..models import MixtureOfExperts, MoEParams, SymMoLinE, SymParams
 
@@ -56,15 +56,11 @@ STEPPED = ("md", "gradient_em", "gd", "adam")
 
 def expert_norm_for(model, snr, noise):
     """‖β*‖ for an SNR: SNR·σ for Gaussian experts (SymMoLinE, MoLinE), SNR otherwise (MATH.md §6)."""
-    gaussian = isinstance(model, SymMoLinE) or (isinstance(model, MixtureOfExperts) and model.expert.has_scale)
     if isinstance(model, SymMoLinE):
         return snr * model.sigma
-    return snr * noise if gaussian else snr
-
-
-def _unit(key, d, dtype):
-    v = jax.random.normal(key, (d,), dtype)
-    return v / jnp.linalg.norm(v)
+    if isinstance(model, MixtureOfExperts) and model.expert.has_scale:
+        return snr * noise
+    return snr
 
 
 def draw_truth(model, key: Array, d: int, snr, gate_norm, *, noise=1.0, orthogonal=False, dtype=None):
@@ -76,9 +72,19 @@ def draw_truth(model, key: Array, d: int, snr, gate_norm, *, noise=1.0, orthogon
     if orthogonal:
         beta_dir = truth.beta / jnp.linalg.norm(truth.beta)
         w = truth.w - jnp.dot(truth.w, beta_dir) * beta_dir
-        w = jnp.where(jnp.linalg.norm(w) > 0, w, _unit(key, d, truth.w.dtype))
+        w = jnp.where(jnp.linalg.norm(w) > 0, w, _direction(key, d, truth.w.dtype))
         truth = SymParams(w=jnp.asarray(gate_norm, truth.w.dtype) * w / jnp.linalg.norm(w), beta=truth.beta)
     return truth
+
+
+def _draw_instance(cell, key_truth: Array, key_data: Array, snr, gate_norm):
+    """(θ*, x, y, dtype) of one instance of ``cell`` (a ConvergenceCell or RateCell) at this SNR."""
+    dtype = jnp.zeros((), float).dtype if cell.dtype is None else jnp.dtype(cell.dtype)
+    gate_norm = cell.gate_norm if gate_norm is None else gate_norm
+    truth = draw_truth(cell.model, key_truth, cell.d, jnp.asarray(snr, dtype), jnp.asarray(gate_norm, dtype),
+                       noise=cell.noise, orthogonal=cell.orthogonal, dtype=dtype)
+    x, y = sample(cell.model, truth, key_data, cell.n)
+    return truth, x, y, dtype
 
 
 def perturb_start(key: Array, truth, relative_error=1.0):
@@ -188,18 +194,13 @@ class ConvergenceCell(eqx.Module):
 
     def __call__(self, key: Array, snr, gate_norm=None, step_sizes=None, seed=None) -> dict:
         del seed
-        dtype = jnp.zeros((), float).dtype if self.dtype is None else jnp.dtype(self.dtype)
-        gate_norm = self.gate_norm if gate_norm is None else gate_norm
         steps = dict({} if self.step_sizes is None else self.step_sizes)
         steps.update({} if step_sizes is None else step_sizes)
         missing = [m for m in self.methods if m in STEPPED and m not in steps]
         if missing:
             raise ValueError(f"methods {missing} need a step size (step_sizes={{...}})")
         key_truth, key_data, key_start = jax.random.split(key, 3)
-        snr = jnp.asarray(snr, dtype)
-        truth = draw_truth(self.model, key_truth, self.d, snr, jnp.asarray(gate_norm, dtype), noise=self.noise,
-                           orthogonal=self.orthogonal, dtype=dtype)
-        x, y = sample(self.model, truth, key_data, self.n)
+        truth, x, y, dtype = _draw_instance(self, key_truth, key_data, snr, gate_norm)
         start = perturb_start(key_start, truth, self.start_error)
         scale = jnp.linalg.norm(_flat(truth))
 
@@ -249,10 +250,5 @@ class RateCell(eqx.Module):
 
     def __call__(self, key: Array, snr, gate_norm=None, seed=None) -> dict:
         del seed
-        dtype = jnp.zeros((), float).dtype if self.dtype is None else jnp.dtype(self.dtype)
-        gate_norm = self.gate_norm if gate_norm is None else gate_norm
-        key_truth, key_data = jax.random.split(key)
-        truth = draw_truth(self.model, key_truth, self.d, jnp.asarray(snr, dtype), jnp.asarray(gate_norm, dtype),
-                           noise=self.noise, orthogonal=self.orthogonal, dtype=dtype)
-        x, y = sample(self.model, truth, key_data, self.n)
+        truth, x, y, _ = _draw_instance(self, *jax.random.split(key), snr, gate_norm)
         return {"rate": em_rate(self.model, truth, x, y)}

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._status import Status
 from ._cells import STEPPED, ConvergenceCell
-from ._sweep import SweepResult, sweep
+from ._sweep import SweepResult, _as_key, sweep
 
 #: The documented candidate grids (all of one length, so they zip into one sweep axis).
 STEP_GRIDS = {
@@ -79,7 +79,7 @@ def tune_step_sizes(cell: ConvergenceCell, snrs, key, *, num_instances: int = 5,
     if not isinstance(num_instances, int) or num_instances < 1:
         raise ValueError(f"num_instances must be a positive int; got {num_instances!r}")
     tuning_cell = dataclasses.replace(cell, methods=methods)
-    key = jax.random.fold_in(jax.random.key(key) if isinstance(key, int) else key, TUNING_STREAM)
+    key = jax.random.fold_in(_as_key(key), TUNING_STREAM)
     snrs = np.atleast_1d(np.asarray(snrs))
     result = sweep(
         tuning_cell,
