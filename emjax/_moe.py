@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._minimize import masked_newton
 from .models import MixtureOfExperts, MoEParams
 from .models.experts import VARIANCE_FLOOR
 
@@ -150,7 +149,7 @@ def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array) -> Array
         fit = jnp.mean(row_mass * jax.nn.logsumexp(logits, axis=-1) - jnp.sum(targets * logits, axis=-1))
         return fit + 0.5 * model.ridge * jnp.sum(jnp.square(jnp.where(free, w, 0)))
 
-    return masked_newton(objective, gate, free)
+    return model.minimize(objective, gate, free)
 
 
 def solve_targets(model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams) -> MoEParams:
@@ -159,7 +158,7 @@ def solve_targets(model, params: MoEParams, x, weights: Array, stats: Array, fre
     free_sigma = free.sigma if free.sigma is not None else jnp.zeros(model.num_experts, bool)
 
     def expert_update(coef, scale, w, t, free_coef, free_scale):
-        return model.expert.m_step(x, w, t, coef, scale, free_coef, free_scale, model.ridge)
+        return model.expert.m_step(x, w, t, coef, scale, free_coef, free_scale, model.ridge, model.minimize)
 
     coef, scale = jax.vmap(expert_update, in_axes=(0, 0, 1, 2, 0, 0))(
         params.experts, params.sigma, weights, stats, free.experts, free_sigma
@@ -189,9 +188,23 @@ def mirror_descent_step(model, params, x, y, step_size, free) -> MoEParams:
     return solve_targets(model, params, x, weights, stats, free)
 
 
+def ridge_penalty(model, params: MoEParams, free: MoEParams) -> Array:
+    r"""$\tfrac{\lambda}{2}(\|W_F\|^2 + \|B_F\|^2)$ over the free gate and expert entries (σ excluded)."""
+    return 0.5 * model.ridge * (jnp.sum(jnp.square(jnp.where(free.gate, params.gate, 0)))
+                                + jnp.sum(jnp.square(jnp.where(free.experts, params.experts, 0))))
+
+
+def penalised(model, objective):
+    """``objective`` plus the model's ridge (a no-op, not even a zero term, when the ridge is 0)."""
+    if not model.ridge:
+        return objective
+    return lambda params, free: objective(params, free) + ridge_penalty(model, params, free)
+
+
 def loss_gradient(model, params, x, y, free) -> MoEParams:
-    r"""$\nabla L$ by autodiff, zero on fixed entries."""
-    grads = jax.grad(lambda p: loss(model, p, x, y))(params)
+    r"""$\nabla (L + \text{ridge})$ by autodiff, zero on fixed entries: the objective every M-step minimises."""
+    objective = penalised(model, lambda p, f: loss(model, p, x, y))
+    grads = jax.grad(lambda p: objective(p, free))(params)
     return jax.tree_util.tree_map(lambda g, f: jnp.where(f, g, 0), grads, free)
 
 
@@ -203,9 +216,10 @@ def surrogate(model, params: MoEParams, x, y, gamma: Array) -> Array:
 def gradient_em_step(model, params, x, y, inner_steps, free, step_tree) -> MoEParams:
     gamma, _ = e_step(model, params, x, y)
     gamma = jax.lax.stop_gradient(gamma)
+    objective = penalised(model, lambda p, f: surrogate(model, p, x, y, gamma))
 
     def inner(_, u):
-        grads = jax.grad(lambda p: surrogate(model, p, x, y, gamma))(u)
+        grads = jax.grad(lambda p: objective(p, free))(u)
         return jax.tree_util.tree_map(lambda p, g, f, eta: jnp.where(f, p - eta * g, p), u, grads, free, step_tree)
 
     return jax.lax.fori_loop(0, inner_steps, inner, params)
@@ -309,10 +323,16 @@ def is_degenerate(model, params, x, y) -> Array:
     numerically singular, its σ has hit the variance floor, or (families without a scale) it
     predicts its own responsibility-weighted data almost perfectly, mean log-probability above
     -1e-3: the data it owns are separable, its M-step has no finite answer and its coefficients
-    grow without bound."""
+    grow without bound. With a ridge every M-step has a unique bounded answer, so only the mass
+    (and σ floor) tests apply; that also skips the O(n K d^2) weighted Gram matrices on wide data."""
     expert = expert_log_probs(model, params, x, y)
     gamma, _ = normalise(gate_log_probs(params, x) + expert)
     mass = jnp.sum(gamma, axis=0)
+    if model.ridge:
+        flags = mass < 1
+        if params.sigma is not None:
+            flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
+        return jnp.any(flags)
     grams = jnp.einsum("nk,ni,nj->kij", gamma, x, x)
     eigenvalues = jnp.linalg.eigvalsh(grams)
     singular = eigenvalues[:, 0] <= 100 * x.shape[1] * jnp.finfo(x.dtype).eps * eigenvalues[:, -1]

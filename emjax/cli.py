@@ -61,11 +61,15 @@ def _reproduce(args: argparse.Namespace) -> int:
     jax = _setup_jax(args)
     from .experiments import EXPERIMENTS, reproduce
 
-    experiments = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
-    print(f"emjax reproduce {args.experiment}{' --quick' if args.quick else ''} -> {args.out} "
-          f"({'float32' if args.float32 else 'float64'}, devices {jax.devices()})", flush=True)
+    names = args.experiment
+    experiments = EXPERIMENTS if "all" in names else tuple(dict.fromkeys(names))
+    if args.data == "fmnist" and args.path is None and "table2" in experiments:
+        raise SystemExit("emjax reproduce: error: --data fmnist needs --path DIR (the folder holding the four "
+                         "Fashion-MNIST IDX files; nothing is downloaded)")
+    print(f"emjax reproduce {' '.join(names)}{' --quick' if args.quick else ''} -> {args.out} "
+          f"({'float32' if args.float32 else 'float64'}; Table 2 in float32; devices {jax.devices()})", flush=True)
     files = reproduce(experiments, args.out, quick=args.quick, progress=False if args.no_progress else None,
-                      batch_size=_batch_size(args))
+                      batch_size=_batch_size(args), data=args.data, path=args.path)
     print("wrote " + ", ".join(str(path) for path in files))
     return 0
 
@@ -163,9 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--x64", action="store_true", help="compute in float64")
     demo.set_defaults(func=_demo)
 
-    reproduce = commands.add_parser("reproduce", help="the paper's synthetic figures: PNGs and CSVs")
-    reproduce.add_argument("experiment", choices=("figure1", "figure2", "mim", "all"))
-    reproduce.add_argument("--quick", action="store_true", help="reduced sizes (about a minute on 2 cores)")
+    reproduce = commands.add_parser("reproduce", help="the paper's figures and Table 2: PNGs, CSVs, Markdown")
+    reproduce.add_argument("experiment", nargs="+", choices=("figure1", "figure2", "mim", "table2", "all"),
+                           help="one or more experiments, or all")
+    reproduce.add_argument("--quick", action="store_true", help="reduced sizes (about a minute each on 2 cores)")
+    reproduce.add_argument("--data", choices=("digits", "fmnist"), default="digits",
+                           help="Table 2's data: scikit-learn's digits (default) or Fashion-MNIST from --path")
+    reproduce.add_argument("--path", default=None,
+                           help="folder with the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
     reproduce.add_argument("--out", default="emjax-results", help="output folder (default emjax-results)")
     _common_sweep_flags(reproduce)
     reproduce.set_defaults(func=_reproduce)

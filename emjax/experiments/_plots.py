@@ -121,3 +121,22 @@ def plot_mim(run: dict, settings, path: Path, floor: float) -> Path:
         right.legend(fontsize=7)
     figure.savefig(path, dpi=110)
     return path
+
+
+def plot_table2(run: dict, settings, path: Path) -> Path:
+    """Test accuracy and test cross-entropy against iterations (mean line, 10-90% band over instances)."""
+    outputs, data = run["outputs"], run["data"]
+    figure, axes = _figure(11, 4)
+    t = np.arange(settings.num_iterations + 1)
+    _bands(axes[0, 0], outputs["test_accuracy"], settings.methods, t)
+    axes[0, 0].set_title("test accuracy")
+    _bands(axes[0, 1], outputs["test_loss"], settings.methods, t)
+    axes[0, 1].set_yscale("log")
+    axes[0, 1].set_title("test cross-entropy L")
+    for axis in axes[0]:
+        axis.set_xlabel("iteration t")
+        axis.legend()
+    figure.suptitle(f"Table 2 setting: 2-expert MoLogE on Random-Invert {data.name} (n_train={data.x_train.shape[0]}), "
+                    f"{settings.num_instances} instances (mean, 10-90% band)")
+    figure.savefig(path, dpi=110)
+    return path

@@ -18,7 +18,8 @@ and the weighted M-step, which minimises (mean over n, ridge λ)
 $$f(\theta_k) = \mathrm{mean}_n\,[a_n A(\phi(x_n;\theta_k)) - \langle\phi(x_n;\theta_k), t_n\rangle]
    + \tfrac{\lambda}{2}\|\mathrm{coef}\|^2$$
 
-by masked damped Newton (weights $a_n$ and weighted statistics $t_n$ come from the E-step, or are
+by masked damped Newton, or L-BFGS for large experts (``minimize``, chosen by the model's
+``m_step_method``; weights $a_n$ and weighted statistics $t_n$ come from the E-step, or are
 blended for mirror descent, MATH.md §4.6). A family may override any default with a closed form,
 as :class:`GaussianExpert` does for weighted least squares. :class:`PoissonExpert` is written
 only through the four required methods.
@@ -35,7 +36,7 @@ import numpy as np
 from jax import Array
 
 from .._linalg import newton_shift, solve_psd
-from .._minimize import masked_newton
+from .._minimize import masked_minimize
 from .._validation import is_concrete
 
 VARIANCE_FLOOR = 1e-8
@@ -91,7 +92,7 @@ class AbstractExpertFamily(eqx.Module):
         natural = self.natural(coef, scale, x)
         return jax.grad(lambda phi: jnp.sum(self.log_partition(phi)))(natural)
 
-    def m_step(self, x, weights, stats, coef, scale, free_coef, free_scale, ridge):
+    def m_step(self, x, weights, stats, coef, scale, free_coef, free_scale, ridge, minimize=masked_minimize):
         """Minimise the weighted expected complete-data loss over (coef, scale) (see module docstring).
 
         Args:
@@ -99,6 +100,8 @@ class AbstractExpertFamily(eqx.Module):
             coef, scale: the current values (the warm start; frozen entries keep them).
             free_coef, free_scale: boolean masks of what may change.
             ridge: λ >= 0.
+            minimize: ``minimize(objective, init, free) -> minimiser``, the masked inner solver
+                (default :func:`emjax._minimize.masked_minimize`, Newton or L-BFGS by size).
 
         Returns:
             ``(coef, scale)``.
@@ -109,7 +112,7 @@ class AbstractExpertFamily(eqx.Module):
             fit = jnp.mean(weights * self.log_partition(natural) - jnp.sum(natural * stats, axis=-1))
             return fit + 0.5 * ridge * jnp.sum(jnp.square(c))
 
-        return masked_newton(objective, coef, free_coef), scale
+        return minimize(objective, coef, free_coef), scale
 
 
 class GaussianExpert(AbstractExpertFamily):
@@ -149,7 +152,7 @@ class GaussianExpert(AbstractExpertFamily):
     def initial_scale(self, y):
         return jnp.std(y) + jnp.sqrt(jnp.asarray(VARIANCE_FLOOR, y.dtype))
 
-    def m_step(self, x, weights, stats, coef, scale, free_coef, free_scale, ridge):
+    def m_step(self, x, weights, stats, coef, scale, free_coef, free_scale, ridge, minimize=None):
         n, d = x.shape
         gram = (x * weights[:, None]).T @ x / n + ridge * jnp.eye(d, dtype=x.dtype)
         free = free_coef.astype(x.dtype)

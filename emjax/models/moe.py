@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from .._minimize import METHODS, masked_minimize
 from .experts import AbstractExpertFamily, GaussianExpert, PoissonExpert, SoftmaxExpert
 
 
@@ -75,20 +76,42 @@ class MixtureOfExperts(eqx.Module):
     Args:
         expert: the expert family (e.g. ``GaussianExpert()``).
         num_experts: K >= 2.
-        ridge: λ >= 0; adds $\tfrac{\lambda}{2}\|\cdot\|^2$ to the gate and expert M-step objectives
-            (free entries only). Default 0: the exact EM of the likelihood. A small ridge keeps the
-            parameters of an expert that has lost all its data bounded.
+        ridge: λ >= 0; the model's objective becomes $L + \tfrac{\lambda}{2}(\|W\|^2 + \|B\|^2)$ over
+            the free gate and expert entries (σ excluded). Every solver minimises it: the EM and
+            mirror-descent M-steps, gradient EM's surrogate steps, gradient descent and optax
+            solvers (EM for a penalised likelihood is still monotone, in the penalised objective).
+            :func:`emjax.neg_log_likelihood` and fit traces report L itself. Default 0: the exact
+            EM of the likelihood. A small ridge keeps the parameters of an expert that has lost
+            all its data, or whose data are separable, bounded.
+        m_step_method: the inner solver of the gate and of iterative expert M-steps: ``"newton"``
+            (dense, damped), ``"lbfgs"``, or ``"auto"`` (default: Newton for sub-problems of at most
+            256 entries, L-BFGS above; see :mod:`emjax._minimize`). Closed-form M-steps (linear
+            experts) ignore it.
+        m_step_max_steps: bound on inner steps per sub-problem (default 50 Newton / 100 L-BFGS
+            steps). With a small bound an L-BFGS M-step is a generalized EM step: it decreases
+            the surrogate without minimising it, so L still never increases.
     """
 
     expert: AbstractExpertFamily
     num_experts: int = eqx.field(static=True)
     ridge: float = eqx.field(static=True, default=0.0)
+    m_step_method: str = eqx.field(static=True, default="auto")
+    m_step_max_steps: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if not isinstance(self.num_experts, int) or isinstance(self.num_experts, bool) or self.num_experts < 2:
             raise ValueError(f"num_experts must be a Python int >= 2; got {self.num_experts!r}")
         if not (isinstance(self.ridge, (int, float)) and np.isfinite(self.ridge) and self.ridge >= 0):
             raise ValueError(f"ridge must be a finite number >= 0; got {self.ridge!r}")
+        if self.m_step_method not in METHODS:
+            raise ValueError(f"m_step_method must be one of {METHODS}; got {self.m_step_method!r}")
+        steps = self.m_step_max_steps
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+            raise ValueError(f"m_step_max_steps must be None or a Python int >= 1; got {steps!r}")
+
+    def minimize(self, objective, init, free):
+        """The model's masked inner solver (see ``m_step_method``), as used by every M-step."""
+        return masked_minimize(objective, init, free, self.m_step_method, self.m_step_max_steps)
 
     def pinned(self, d: int) -> MoEParams:
         """Boolean masks (numpy) of the entries fixed by convention: gate row 0, pinned expert entries."""
@@ -126,23 +149,30 @@ class MoLinE(MixtureOfExperts):
         ((3, 2), (3,))
     """
 
-    def __init__(self, num_experts: int, ridge: float = 0.0):
+    def __init__(self, num_experts: int, ridge: float = 0.0, m_step_method: str = "auto",
+                 m_step_max_steps: int | None = None):
         self.expert = GaussianExpert()
         self.num_experts = num_experts
         self.ridge = ridge
+        self.m_step_method = m_step_method
+        self.m_step_max_steps = m_step_max_steps
 
 
 class MoLogE(MixtureOfExperts):
     r"""Mixture of K softmax-classifier experts, $P(y=c\mid x, z=k) = \mathrm{softmax}_c(x B_k)$.
 
     Parameters: ``MoEParams(gate=(K, d), experts=(K, d, C))`` with column 0 of each $B_k$ pinned.
-    Labels are integers in {0, ..., C-1}. The M-step is a weighted multinomial Newton solve.
+    Labels are integers in {0, ..., C-1}. The M-step is a weighted multinomial regression, solved by
+    Newton while $d\cdot C \le 256$ and by L-BFGS above (``m_step_method``, ``m_step_max_steps``).
     """
 
-    def __init__(self, num_experts: int, num_classes: int = 2, ridge: float = 0.0):
+    def __init__(self, num_experts: int, num_classes: int = 2, ridge: float = 0.0, m_step_method: str = "auto",
+                 m_step_max_steps: int | None = None):
         self.expert = SoftmaxExpert(num_classes=_check_classes(num_classes))
         self.num_experts = num_experts
         self.ridge = ridge
+        self.m_step_method = m_step_method
+        self.m_step_max_steps = m_step_max_steps
 
 
 class MoPoE(MixtureOfExperts):
@@ -152,7 +182,10 @@ class MoPoE(MixtureOfExperts):
     interface (:class:`~emjax.models.experts.PoissonExpert`).
     """
 
-    def __init__(self, num_experts: int, ridge: float = 0.0):
+    def __init__(self, num_experts: int, ridge: float = 0.0, m_step_method: str = "auto",
+                 m_step_max_steps: int | None = None):
         self.expert = PoissonExpert()
         self.num_experts = num_experts
         self.ridge = ridge
+        self.m_step_method = m_step_method
+        self.m_step_max_steps = m_step_max_steps

@@ -1,0 +1,314 @@
+r"""The paper's Table 2: a 2-expert MoLogE on "Random Invert" images, EM against gradient baselines.
+
+Setting (MATH.md §8; choices the paper leaves open are marked *emjax*):
+
+* **Data.** Digits (default: scikit-learn's 8×8 digits, fixed stratified split 1,347 / 450) or
+  Fashion-MNIST (``--data fmnist --path DIR``: the four IDX files, 60,000 / 10,000). Pixels in
+  [0, 1]; every train and test image is inverted, x ← 1 − x, with probability ½ (*emjax*: drawn
+  afresh per instance); a constant-1 feature is appended (d = 65 or 785).
+* **Model.** :class:`emjax.MoLogE` with K = 2 (gate sigmoid(x·w)) and 10-class softmax experts,
+  ridge λ = 1e-4 on all free coefficients (*emjax*: the digits training set is small enough for a
+  10-class expert to separate its share of it, where the unpenalised M-step has no finite answer;
+  every method minimises the same penalised objective).
+* **M-step** (*emjax*): a 10-class expert has 650 (digits) or 7,850 (Fashion-MNIST) coefficients, so
+  the gate and the experts are fitted by warm-started L-BFGS, at most ``lbfgs_steps`` = 20 steps
+  per sub-problem and EM iteration (a generalized EM step: the surrogate decreases, L never
+  increases). Dense Newton would need 650-7,850 Hessian-vector products per step.
+* **Initialisation** (*emjax*): every free coefficient N(0, 0.01²), so training starts at
+  cross-entropy ≈ ln 10 and accuracy ≈ 0.1 as in the paper's curves.
+* **Methods**, 100 iterations each from the same start: EM, gradient EM (3 inner steps), gradient
+  descent and Adam. Step sizes: the best of :data:`emjax.sweeps.STEP_GRIDS` on separate tuning
+  instances (``fold_in(key, TUNING_STREAM)``), scored by the mean log-gap of the training
+  objective to the best value any candidate reached.
+* **An instance** is one draw of the inversion flags (train and test) and of the initialisation;
+  25 instances, each one cell of an :func:`emjax.sweep` (vmapped over the instances of a chunk,
+  chunks split over devices, resumable on disk).
+* **Metrics** on the test split: accuracy of $\hat y = \arg\max_c \sum_k \pi_k(x)\,\mathrm{softmax}_c(x B_k)$
+  and cross-entropy L; also how well the gate recovers the hidden inversion flag (agreement of
+  $\arg\max_k \pi_k(x)$ with the flag, up to the label swap) and the share of test images routed to
+  each expert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from .._fit import fit
+from .._status import Status
+from ..datasets import ImageDataset, add_intercept, digits, fashion_mnist, random_invert
+from ..models import MoEParams, MoLogE
+from ..sweeps import METHOD_LABELS, METHODS, STEP_GRIDS, STEPPED, sweep
+from ..sweeps._tuning import TUNING_STREAM
+from ._summaries import write_csv
+
+DATA_SETS = ("digits", "fmnist")
+
+#: The paper's Table 2 (Fashion-MNIST, 25 instances, 100 iterations; MATH.md §8), for comparison.
+PAPER_TABLE2 = {"em": (0.785, 0.827), "gradient_em": (0.660, 1.29), "gd": (0.624, 1.30)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Table2Settings:
+    """Table 2 settings (see the module notes for the choices)."""
+
+    data: str = "digits"
+    path: str | None = None
+    num_instances: int = 25
+    num_iterations: int = 100
+    methods: tuple = ("em", "gradient_em", "gd", "adam")
+    ridge: float = 1e-4
+    lbfgs_steps: int = 20
+    init_scale: float = 0.01
+    invert_p: float = 0.5
+    n_train: int | None = None
+    n_test: int | None = None
+    tuning_instances: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.data not in DATA_SETS:
+            raise ValueError(f"data must be one of {DATA_SETS}; got {self.data!r}")
+        if self.data == "fmnist" and self.path is None:
+            raise ValueError("data='fmnist' needs path: the folder holding the four Fashion-MNIST IDX files")
+
+    @classmethod
+    def quick(cls, data: str = "digits", path: str | None = None) -> Table2Settings:
+        """About a minute on 2 cores: fewer instances; Fashion-MNIST also subsampled (6,000 / 1,000)."""
+        if data == "fmnist":
+            return cls(data=data, path=path, num_instances=2, tuning_instances=1, n_train=6000, n_test=1000)
+        return cls(data=data, path=path, num_instances=6, tuning_instances=2)
+
+    def load(self) -> ImageDataset:
+        """The data set, subsampled to ``n_train`` / ``n_test`` when given."""
+        data = digits() if self.data == "digits" else fashion_mnist(self.path)
+        if self.n_train is not None or self.n_test is not None:
+            data = data.subsample(self.n_train, self.n_test, seed=self.seed)
+        return data
+
+
+def _fingerprint(*arrays) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def predictive_log_probs(params: MoEParams, x: Array) -> Array:
+    r"""$\log \sum_k \pi_k(x_n)\,\mathrm{softmax}(x_n B_k)$, shape (n, C)."""
+    log_gate = jax.nn.log_softmax(x @ params.gate.T, axis=-1)
+    log_experts = jax.nn.log_softmax(jnp.einsum("nd,kdc->nkc", x, params.experts), axis=-1)
+    return jax.nn.logsumexp(log_gate[:, :, None] + log_experts, axis=1)
+
+
+def test_metrics(params: MoEParams, x: Array, labels: Array) -> tuple[Array, Array]:
+    """(accuracy, cross-entropy) of the mixture's predictive distribution."""
+    log_probs = predictive_log_probs(params, x)
+    accuracy = jnp.mean(jnp.argmax(log_probs, axis=-1) == labels)
+    cross_entropy = -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+    return accuracy, cross_entropy
+
+
+def flag_agreement(params: MoEParams, x: Array, flags: Array) -> tuple[Array, Array]:
+    """(agreement of the gate's top expert with the inversion flag up to the swap, share routed to expert 1)."""
+    top = jnp.argmax(x @ params.gate.T, axis=-1) == 1
+    agreement = jnp.mean(top == flags)
+    return jnp.maximum(agreement, 1 - agreement), jnp.mean(top)
+
+
+class Table2Cell(eqx.Module):
+    r"""One Table 2 instance: ``cell(key, step_sizes=None, instance=None) -> dict of traces``.
+
+    The data (without inversion or intercept) are array fields, so :func:`emjax.sweep` passes them
+    to the compiled program as arguments instead of baking them in as constants.
+
+    Outputs (M methods, T iterations): ``train_loss`` (M, T+1), ``test_accuracy`` (M, T+1),
+    ``test_loss`` (M, T+1), ``flag_agreement`` (M,), ``expert1_share`` (M,), ``status`` (M,).
+    """
+
+    x_train: Array
+    y_train: Array
+    x_test: Array
+    y_test: Array
+    step_sizes: dict
+    methods: tuple = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+    num_iterations: int = eqx.field(static=True)
+    ridge: float = eqx.field(static=True)
+    lbfgs_steps: int = eqx.field(static=True)
+    init_scale: float = eqx.field(static=True)
+    invert_p: float = eqx.field(static=True)
+    data_name: str = eqx.field(static=True)
+    fingerprint: str = eqx.field(static=True)
+
+    @classmethod
+    def from_settings(cls, settings: Table2Settings, data: ImageDataset, step_sizes: dict | None = None,
+                      methods: tuple | None = None) -> Table2Cell:
+        methods = tuple(settings.methods if methods is None else methods)
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
+        steps = {m: jnp.asarray(1.0, jnp.float32) for m in methods if m in STEPPED}
+        steps.update({m: jnp.asarray(s, jnp.float32) for m, s in (step_sizes or {}).items() if m in steps})
+        return cls(
+            x_train=jnp.asarray(data.x_train), y_train=jnp.asarray(data.y_train),
+            x_test=jnp.asarray(data.x_test), y_test=jnp.asarray(data.y_test), step_sizes=steps,
+            methods=methods, num_classes=data.num_classes, num_iterations=settings.num_iterations,
+            ridge=settings.ridge, lbfgs_steps=settings.lbfgs_steps, init_scale=settings.init_scale,
+            invert_p=settings.invert_p, data_name=data.name,
+            fingerprint=_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test),
+        )
+
+    @property
+    def model(self) -> MoLogE:
+        # L-BFGS for every sub-problem, also the gate's 2 x 65: it keeps the program free of batched
+        # LAPACK calls, which vmapped on a CPU can deadlock in jaxlib 0.10 (see emjax.sweeps).
+        return MoLogE(2, self.num_classes, ridge=self.ridge, m_step_method="lbfgs",
+                      m_step_max_steps=self.lbfgs_steps)
+
+    def describe(self) -> dict:
+        """JSON record of the cell (what a resumed sweep compares); the data enter by fingerprint."""
+        return {"name": "emjax.experiments.Table2Cell", "data": self.data_name, "fingerprint": self.fingerprint,
+                "n_train": int(self.x_train.shape[0]), "n_test": int(self.x_test.shape[0]),
+                "methods": list(self.methods), "num_iterations": self.num_iterations, "ridge": self.ridge,
+                "lbfgs_steps": self.lbfgs_steps, "init_scale": self.init_scale, "invert_p": self.invert_p,
+                "step_sizes": {m: float(s) for m, s in self.step_sizes.items()}}
+
+    def initial_params(self, key: Array, d: int) -> MoEParams:
+        """Small random start, N(0, init_scale²) on every free entry (pinned gate row and class column 0)."""
+        key_gate, key_experts = jax.random.split(key)
+        dtype = self.x_train.dtype
+        gate = self.init_scale * jax.random.normal(key_gate, (2, d), dtype)
+        experts = self.init_scale * jax.random.normal(key_experts, (2, d, self.num_classes), dtype)
+        return MoEParams(gate=gate.at[0].set(0), experts=experts.at[:, :, 0].set(0))
+
+    def __call__(self, key, step_sizes=None, instance=None) -> dict:
+        del instance  # a label only: the sweep derives the key from it
+        steps = dict(self.step_sizes) if step_sizes is None else {**self.step_sizes, **step_sizes}
+        key_train, key_test, key_init = jax.random.split(key, 3)
+        x_train, _ = random_invert(key_train, self.x_train, self.invert_p)
+        x_test, test_flags = random_invert(key_test, self.x_test, self.invert_p)
+        x_train, x_test = add_intercept(x_train), add_intercept(x_test)
+        y_train = self.y_train.astype(x_train.dtype)
+        start = self.initial_params(key_init, x_train.shape[1])
+        model = self.model
+        outputs = {name: [] for name in ("train_loss", "test_accuracy", "test_loss", "flag_agreement",
+                                         "expert1_share", "status")}
+        for method in self.methods:
+            solver = METHODS[method](steps.get(method, 1.0))
+            result = fit(model, solver, start, x_train, y_train, self.num_iterations, keep_history=True)
+            accuracy, loss = jax.vmap(lambda p: test_metrics(p, x_test, self.y_test))(result.params_history)
+            agreement, share = flag_agreement(result.params, x_test, test_flags)
+            for name, value in (("train_loss", result.losses), ("test_accuracy", accuracy), ("test_loss", loss),
+                                ("flag_agreement", agreement), ("expert1_share", share),
+                                ("status", result.status)):
+                outputs[name].append(value)
+        return {name: jnp.stack(values) for name, values in outputs.items()}
+
+
+def _tuning_scores(losses: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """(candidate, method) scores from losses (candidate, instance, method, T+1): mean log-gap to the best."""
+    finite = np.all(np.isfinite(losses), axis=-1) & (status != Status.nonfinite)
+    best = np.nanmin(np.where(np.isfinite(losses), losses, np.inf), axis=(0, 3), keepdims=True)
+    gaps = np.log10(np.maximum(losses - best, 0) + 1e-12).mean(axis=-1)
+    return np.where(finite, gaps, np.inf).mean(axis=1)
+
+
+def run_table2(settings: Table2Settings, folder: Path, *, progress=None, batch_size=None, log=print) -> dict:
+    """Tune the baselines' steps, then run every instance; returns outputs, steps and sweep results."""
+    data = settings.load()
+    log(f"table 2: {data!r}, {settings.num_instances} instances x {settings.num_iterations} iterations, "
+        f"ridge {settings.ridge:g}, L-BFGS {settings.lbfgs_steps} steps per M-step sub-problem")
+    key = jax.random.key(settings.seed)
+    stepped = tuple(m for m in settings.methods if m in STEPPED)
+    steps, tuning = {}, None
+    if stepped:
+        grids = {m: np.asarray(STEP_GRIDS[m], np.float32) for m in stepped}
+        tuning_cell = Table2Cell.from_settings(settings, data, methods=stepped)
+        tuning = sweep(tuning_cell, {"candidate": {"step_sizes": grids},
+                                     "instance": np.arange(settings.tuning_instances)},
+                       jax.random.fold_in(key, TUNING_STREAM), key_axes=("instance",),
+                       out=folder / "tuning", batch_size=batch_size, progress=progress)
+        scores = _tuning_scores(tuning.outputs["train_loss"], tuning.outputs["status"])
+        steps = {m: float(grids[m][np.argmin(scores[:, i])]) for i, m in enumerate(stepped)}
+        log("  tuned steps: " + ", ".join(f"{METHOD_LABELS[m]} {s:g}" for m, s in steps.items()))
+    cell = Table2Cell.from_settings(settings, data, step_sizes=steps)
+    result = sweep(cell, {"instance": np.arange(settings.num_instances)}, key, out=folder / "runs",
+                   batch_size=batch_size, progress=progress)
+    log(f"  compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s "
+        f"({result.computed_chunks} chunks computed, {result.loaded_chunks} loaded)")
+    return {"outputs": result.outputs, "steps": steps, "data": data, "sweeps": [s for s in (tuning, result) if s]}
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def table2_rows(run: dict, settings: Table2Settings) -> list[dict]:
+    """One summary row per method: final test accuracy, cross-entropy, flag recovery (mean and std)."""
+    outputs = run["outputs"]
+    rows = []
+    for i, method in enumerate(settings.methods):
+        accuracy = _mean_std(outputs["test_accuracy"][:, i, -1])
+        loss = _mean_std(outputs["test_loss"][:, i, -1])
+        flags = _mean_std(outputs["flag_agreement"][:, i])
+        rows.append({"method": method, "label": METHOD_LABELS[method], "step": run["steps"].get(method),
+                     "accuracy": accuracy, "cross_entropy": loss, "flag_agreement": flags,
+                     "train_loss": _mean_std(outputs["train_loss"][:, i, -1]),
+                     "expert1_share": _mean_std(outputs["expert1_share"][:, i])})
+    return rows
+
+
+def _markdown(rows: list[dict], settings: Table2Settings, data: ImageDataset) -> str:
+    lines = [
+        f"# Table 2 on Random-Invert {data.name}: 2-expert MoLogE, {settings.num_instances} instances, "
+        f"{settings.num_iterations} iterations",
+        "",
+        f"n_train = {data.x_train.shape[0]}, n_test = {data.x_test.shape[0]}, d = {data.x_train.shape[1] + 1} "
+        f"(with intercept), ridge {settings.ridge:g}, L-BFGS {settings.lbfgs_steps} steps per M-step sub-problem; "
+        "mean ± std over instances, on the test split.",
+        "",
+        "| method | step | test accuracy | test cross-entropy | gate recovers the inversion flag | train L |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        step = "–" if row["step"] is None else f"{row['step']:g}"
+        lines.append(
+            f"| {row['label']} | {step} | {100 * row['accuracy'][0]:.1f}% ± {100 * row['accuracy'][1]:.1f} | "
+            f"{row['cross_entropy'][0]:.3f} ± {row['cross_entropy'][1]:.3f} | "
+            f"{100 * row['flag_agreement'][0]:.1f}% ± {100 * row['flag_agreement'][1]:.1f} | "
+            f"{row['train_loss'][0]:.3f} |")
+    lines += ["", "The paper (Fashion-MNIST): " + ", ".join(
+        f"{METHOD_LABELS[m]} {100 * a:.1f}% / {ce:.3g}" for m, (a, ce) in PAPER_TABLE2.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def summarise_table2(run: dict, settings: Table2Settings, out: Path) -> list[Path]:
+    """Write ``table2.md``, ``table2.csv`` (final metrics) and ``table2_trajectory.csv`` (per iteration)."""
+    rows = table2_rows(run, settings)
+    data = run["data"]
+    markdown = out / "table2.md"
+    markdown.write_text(_markdown(rows, settings, data))
+    summary = out / "table2.csv"
+    write_csv(summary, ["method", "step", "accuracy_mean", "accuracy_std", "cross_entropy_mean", "cross_entropy_std",
+                        "flag_agreement_mean", "flag_agreement_std", "train_loss_mean", "expert1_share_mean"],
+              [[r["method"], "" if r["step"] is None else r["step"], *r["accuracy"], *r["cross_entropy"],
+                *r["flag_agreement"], r["train_loss"][0], r["expert1_share"][0]] for r in rows])
+    trajectory = out / "table2_trajectory.csv"
+    outputs = run["outputs"]
+    trajectory_rows = []
+    for i, method in enumerate(settings.methods):
+        for t in range(settings.num_iterations + 1):
+            trajectory_rows.append([method, t, *_mean_std(outputs["test_accuracy"][:, i, t]),
+                                    *_mean_std(outputs["test_loss"][:, i, t]),
+                                    float(np.mean(outputs["train_loss"][:, i, t]))])
+    write_csv(trajectory, ["method", "iteration", "accuracy_mean", "accuracy_std", "cross_entropy_mean",
+                           "cross_entropy_std", "train_loss_mean"], trajectory_rows)
+    return [markdown, summary, trajectory]
