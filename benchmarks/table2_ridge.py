@@ -56,8 +56,9 @@ def main() -> None:
         out = emjax.sweep(cell, {"instance": np.arange(args.instances)}, 0, progress=False).outputs
         seconds = time.perf_counter() - tic
         loss, accuracy = out["test_loss"][:, 0, -1], out["test_accuracy"][:, 0, -1]
-        print(f"| {ridge:g} | {steps} | {scale:g} | {loss.mean():.3f} ± {loss.std():.3f} | {100 * accuracy.mean():.1f}% ± "
-              f"{100 * accuracy.std():.1f} | {100 * out['flag_agreement'][:, 0].mean():.1f}% | "
+        print(f"| {ridge:g} | {steps} | {scale:g} | {loss.mean():.3f} ± {loss.std():.3f} | "
+              f"{100 * accuracy.mean():.1f}% ± {100 * accuracy.std():.1f} | "
+              f"{100 * out['flag_agreement'][:, 0].mean():.1f}% | "
               f"{out['train_loss'][:, 0, -1].mean():.3f} | {seconds:.0f} |", flush=True)
 
 
