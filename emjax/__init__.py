@@ -8,6 +8,7 @@ Every public function is pure in (model, params, data) and works under ``jit``, 
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import datasets as datasets
 from . import sweeps as sweeps
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
@@ -134,6 +135,7 @@ __all__ = [
     "sample",
     "standard_errors",
     "sweep",
+    "datasets",
     "sweeps",
     "SweepResult",
     "ConfigurationMismatch",

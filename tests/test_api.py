@@ -13,7 +13,11 @@ CONTRACT = {
     "Status",
     # issue 4
     "sweep", "SweepResult", "ConfigurationMismatch", "sweeps",
+    # issue 5
+    "datasets",
 }
+
+DATASETS_CONTRACT = {"digits", "fashion_mnist", "random_invert", "read_idx", "add_intercept", "ImageDataset"}
 
 SWEEPS_CONTRACT = {"sweep", "ConvergenceCell", "RateCell", "tune_step_sizes", "STEP_GRIDS", "METHODS",
                    "SweepResult", "ConfigurationMismatch"}
@@ -23,6 +27,12 @@ def test_sweeps_names_are_exported():
     for name in SWEEPS_CONTRACT:
         assert hasattr(emjax.sweeps, name), name
     assert emjax.sweeps.sweep is emjax.sweep
+
+
+def test_datasets_names_are_exported():
+    for name in DATASETS_CONTRACT:
+        assert hasattr(emjax.datasets, name), name
+        assert getattr(emjax.datasets, name).__doc__, name
 
 
 def test_status_codes():
