@@ -9,6 +9,7 @@ Every public function is pure in (model, params, data) and works under ``jit``, 
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets as datasets
+from . import deep as deep
 from . import sweeps as sweeps
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
@@ -136,6 +137,7 @@ __all__ = [
     "standard_errors",
     "sweep",
     "datasets",
+    "deep",
     "sweeps",
     "SweepResult",
     "ConfigurationMismatch",

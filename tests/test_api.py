@@ -14,10 +14,12 @@ CONTRACT = {
     # issue 4
     "sweep", "SweepResult", "ConfigurationMismatch", "sweeps",
     # issue 5
-    "datasets",
+    "datasets", "deep",
 }
 
 DATASETS_CONTRACT = {"digits", "fashion_mnist", "random_invert", "read_idx", "add_intercept", "ImageDataset"}
+DEEP_CONTRACT = {"DeepMoE", "fit_em", "fit_end_to_end", "top_k_mask", "load_statistics", "neg_log_likelihood",
+                 "surrogate", "responsibilities", "synthetic_nonlinear_moe"}
 
 SWEEPS_CONTRACT = {"sweep", "ConvergenceCell", "RateCell", "tune_step_sizes", "STEP_GRIDS", "METHODS",
                    "SweepResult", "ConfigurationMismatch"}
@@ -29,10 +31,11 @@ def test_sweeps_names_are_exported():
     assert emjax.sweeps.sweep is emjax.sweep
 
 
-def test_datasets_names_are_exported():
-    for name in DATASETS_CONTRACT:
-        assert hasattr(emjax.datasets, name), name
-        assert getattr(emjax.datasets, name).__doc__, name
+def test_datasets_and_deep_names_are_exported():
+    for module, names in ((emjax.datasets, DATASETS_CONTRACT), (emjax.deep, DEEP_CONTRACT)):
+        for name in names:
+            assert hasattr(module, name), name
+            assert getattr(module, name).__doc__, name
 
 
 def test_status_codes():

@@ -33,3 +33,11 @@ def test_readme_sweep_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "my-sweep" / "sweep.json").exists()
+
+
+def test_readme_datasets_and_deep_examples_run():
+    text = README.read_text()
+    for heading in ("## Data sets", "## Deep and sparse mixtures of experts"):
+        code = re.search(re.escape(heading) + r"\n\n.*?```python\n(.*?)```", text, re.S).group(1)
+        code = code.replace("num_em_steps=100", "num_em_steps=10")
+        exec(compile(code, "README.md", "exec"), {})
