@@ -83,7 +83,7 @@ def test_em_step_with_lbfgs_equals_em_step_with_newton():
 
 
 def test_capped_lbfgs_em_is_a_generalized_em_that_never_increases_the_objective():
-    _, _, x, y = make_moe_problem("log", seed=4, n=120)
+    _, _, x, y = make_moe_problem("log", seed=4, n=100)
     for ridge in (0.0, 0.05):  # L itself, and L + ridge
         model = emjax.MoLogE(3, num_classes=3, ridge=ridge, m_step_method="lbfgs", m_step_max_steps=2)
         start = emjax.init_params(model, jax.random.key(4), x, y)
