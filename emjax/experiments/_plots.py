@@ -41,15 +41,19 @@ def _bands(axis, values, methods, iterations, positive=False):
         axis.fill_between(iterations, lo, hi, color=colour, alpha=0.2, linewidth=0)
 
 
-def _finish_trace_figure(figure, axes, name: str, settings, path: Path) -> Path:
-    """Iteration axes, legends, the settings in the title; write the PNG."""
+def _finish_trace_figure(figure, axes, title: str, path: Path) -> Path:
+    """Iteration axes, legends and the title; write the PNG."""
     for axis in axes[0]:
         axis.set_xlabel("iteration t")
         axis.legend()
-    figure.suptitle(f"{name}: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr:g}, "
-                    f"{settings.num_instances} instances (mean, 10-90% band)")
+    figure.suptitle(title)
     figure.savefig(path, dpi=110)
     return path
+
+
+def _synthetic_title(name: str, settings) -> str:
+    return (f"{name}: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr:g}, "
+            f"{settings.num_instances} instances (mean, 10-90% band)")
 
 
 def plot_figure1(outputs, settings, path: Path) -> Path:
@@ -65,7 +69,7 @@ def plot_figure1(outputs, settings, path: Path) -> Path:
     _bands(axes[0, 1], gap_final, settings.methods, t[:-1], positive=True)
     axes[0, 1].set_yscale("log")
     axes[0, 1].set_title(r"$L(\theta_t) - L(\theta_T)$")
-    return _finish_trace_figure(figure, axes, "Figure 1", settings, path)
+    return _finish_trace_figure(figure, axes, _synthetic_title("Figure 1", settings), path)
 
 
 def plot_figure2(outputs, settings, path: Path) -> Path:
@@ -78,7 +82,7 @@ def plot_figure2(outputs, settings, path: Path) -> Path:
     axes[0, 1].set_title(r"$\|w_t - w^*\| / \|w^*\|$")
     for axis in axes[0]:
         axis.set_yscale("log")
-    return _finish_trace_figure(figure, axes, "Figure 2", settings, path)
+    return _finish_trace_figure(figure, axes, _synthetic_title("Figure 2", settings), path)
 
 
 def plot_mim(run: dict, settings, path: Path, floor: float) -> Path:
@@ -133,10 +137,6 @@ def plot_table2(run: dict, settings, path: Path) -> Path:
     _bands(axes[0, 1], outputs["test_loss"], settings.methods, t)
     axes[0, 1].set_yscale("log")
     axes[0, 1].set_title("test cross-entropy L")
-    for axis in axes[0]:
-        axis.set_xlabel("iteration t")
-        axis.legend()
-    figure.suptitle(f"Table 2 setting: 2-expert MoLogE on Random-Invert {data.name} (n_train={data.x_train.shape[0]}), "
-                    f"{settings.num_instances} instances (mean, 10-90% band)")
-    figure.savefig(path, dpi=110)
-    return path
+    title = (f"Table 2 setting: 2-expert MoLogE on Random-Invert {data.name} (n_train={data.x_train.shape[0]}), "
+             f"{settings.num_instances} instances (mean, 10-90% band)")
+    return _finish_trace_figure(figure, axes, title, path)

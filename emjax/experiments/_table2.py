@@ -46,11 +46,10 @@ import numpy as np
 from jax import Array
 
 from .._fit import fit
-from .._status import Status
 from ..datasets import ImageDataset, add_intercept, digits, fashion_mnist, random_invert
 from ..models import MoEParams, MoLogE
 from ..sweeps import METHOD_LABELS, METHODS, STEPPED, sweep
-from ..sweeps._tuning import TUNING_STREAM
+from ..sweeps._tuning import TUNING_STREAM, candidate_scores
 from ._summaries import write_csv
 
 DATA_SETS = ("digits", "fmnist")
@@ -229,14 +228,6 @@ class Table2Cell(eqx.Module):
         return {name: jnp.stack(values) for name, values in outputs.items()}
 
 
-def _tuning_scores(losses: np.ndarray, status: np.ndarray) -> np.ndarray:
-    """(candidate, method) scores from losses (candidate, instance, method, T+1): mean log-gap to the best."""
-    finite = np.all(np.isfinite(losses), axis=-1) & (status != Status.nonfinite)
-    best = np.nanmin(np.where(np.isfinite(losses), losses, np.inf), axis=(0, 3), keepdims=True)
-    gaps = np.log10(np.maximum(losses - best, 0) + 1e-12).mean(axis=-1)
-    return np.where(finite, gaps, np.inf).mean(axis=1)
-
-
 def run_table2(settings: Table2Settings, folder: Path, *, progress=None, batch_size="auto", log=print) -> dict:
     """Tune the baselines' steps, then run every instance; returns outputs, steps and sweep results."""
     data = settings.load()
@@ -253,7 +244,7 @@ def run_table2(settings: Table2Settings, folder: Path, *, progress=None, batch_s
                                      "instance": np.arange(settings.tuning_instances)},
                        jax.random.fold_in(key, TUNING_STREAM), key_axes=("instance",),
                        out=folder / "tuning", batch_size=batch_size, progress=progress)
-        scores = _tuning_scores(tuning.outputs["train_loss"], tuning.outputs["status"])
+        scores = candidate_scores(tuning.outputs["train_loss"], tuning.outputs["status"])
         steps.update({m: float(grids[m][np.argmin(scores[:, i])]) for i, m in enumerate(stepped)})
         log("  tuned steps: " + ", ".join(f"{METHOD_LABELS[m]} {s:g}" for m, s in steps.items()))
     cell = Table2Cell.from_settings(settings, data, step_sizes=steps)

@@ -51,6 +51,24 @@ class TunedSteps:
     sweep: SweepResult
 
 
+def candidate_scores(losses: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """The tuning score (module notes) of every candidate and method, lower is better.
+
+    Args:
+        losses: shape (..., candidate, instance, method, T + 1), every run's loss trace.
+        status: shape (..., candidate, instance, method), every run's :class:`emjax.Status`.
+
+    Returns:
+        Shape (..., candidate, method): the mean over instances and iterations of
+        log10(L_t - L_ref + 1e-12), L_ref the lowest loss any candidate reached on that instance
+        and method; +inf for a candidate with a non-finite run.
+    """
+    finite = np.all(np.isfinite(losses), axis=-1) & (status != Status.nonfinite)
+    best = np.nanmin(np.where(np.isfinite(losses), losses, np.inf), axis=(-4, -1), keepdims=True)
+    gaps = np.log10(np.maximum(losses - best, 0) + 1e-12).mean(axis=-1)
+    return np.where(finite, gaps, np.inf).mean(axis=-2)
+
+
 def tune_step_sizes(cell: ConvergenceCell, snrs, key, *, num_instances: int = 5, grids: dict | None = None,
                     **sweep_options) -> TunedSteps:
     r"""Choose each stepped method's step size per SNR, on instances that the reported sweep never sees.
@@ -89,11 +107,7 @@ def tune_step_sizes(cell: ConvergenceCell, snrs, key, *, num_instances: int = 5,
         key_axes=("snr", "seed"),
         **sweep_options,
     )
-    losses = result.outputs["loss"]  # (snr, candidate, seed, method, T + 1)
-    finite = np.all(np.isfinite(losses), axis=-1) & (result.outputs["status"] != Status.nonfinite)
-    best = np.nanmin(np.where(np.isfinite(losses), losses, np.inf), axis=(1, 4), keepdims=True)
-    gaps = np.log10(np.maximum(losses - best, 0) + 1e-12).mean(axis=-1)
-    gaps = np.where(finite, gaps, np.inf).mean(axis=2)  # (snr, candidate, method)
+    gaps = candidate_scores(result.outputs["loss"], result.outputs["status"])  # (snr, candidate, method)
     chosen, scores = {}, {}
     for i, method in enumerate(methods):
         scores[method] = gaps[:, :, i]
