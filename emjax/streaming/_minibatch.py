@@ -1,0 +1,325 @@
+r"""Mini-batch (stochastic) EM over a stream of batches, with an optional exact full-batch polish.
+
+**The step** (MATH.md §4.4-§4.6). On batch $B_t$ with step $\eta_t$, one mini-batch EM step is the
+(projected) mirror-descent step on that batch,
+
+$$\nabla A_{B_t}(\theta_{t+1}) = (1-\eta_t)\,\nabla A_{B_t}(\theta_t) + \eta_t\,\bar s_{B_t}(\theta_t),$$
+
+i.e. the M-step fitted to *blended* expected sufficient statistics: a running average, with weight
+$\eta_t$, of the batch's posterior statistics and the statistics the current model expects.
+It is stochastic mirror descent on $L$ with the KL regulariser: $\nabla L_{B}$ is an unbiased
+estimate of $\nabla L$, so with Robbins-Monro steps (:class:`RobbinsMonro`) the iterates settle at a
+stationary point of the full-data loss, the fixed point of full-batch EM. $\eta_t = 1$ is EM on
+the batch; on the whole data set, this is :func:`emjax.mirror_descent_step` itself.
+
+**The polish** (optional). The mini-batch iterate sits within the batch noise of the fixed point;
+``polish_steps`` full passes of Lange's EM-gradient step (:mod:`emjax.streaming._passes`) then
+converge to it at EM's own rate, one pass over the stream per step, with a backtracking check
+that the full-data loss never increases (as for EM).
+
+This module's loop runs in Python over host batches (the data never sits on the device at once);
+each step is one compiled call, so a new batch of the same shape reuses the compilation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import check_trainable, check_types, validate
+from .._likelihood import as_arrays
+from .._solvers import tree_all_finite
+from .._status import Status
+from .._likelihood import neg_log_likelihood
+from .._steps import free_mask, mirror_descent_step
+from ._passes import flat_mask, flat_ridge, flatten, full_pass, newton_direction, unflatten
+from ._schedule import RobbinsMonro, as_schedule, checked_step
+
+
+class StreamResult(eqx.Module):
+    """What :func:`fit_stream` returns.
+
+    Attributes:
+        params: the final parameters (the last finite iterate).
+        status: an :class:`emjax.Status` code: ``ok``; ``max_steps`` (a polish was asked for and
+            did not reach ``polish_tol``); ``nonfinite`` (a step gave NaN or Inf and was not applied).
+        num_batches: mini-batch steps applied.
+        num_rows: rows those steps saw (epochs × n when every epoch completes).
+        batch_losses: L on each mini-batch just before its step (NumPy, float64).
+        step_sizes: the η of each mini-batch step.
+        polish_losses: the full-data L at the start of the polish and after each polish step
+            (empty without a polish); it never increases.
+        polish_step_norms: max |Δθ| of each polish step.
+        converged: True when the polish met ``polish_tol``.
+        seconds: wall time of the mini-batch phase and of the polish.
+    """
+
+    params: object
+    status: int
+    num_batches: int
+    num_rows: int
+    batch_losses: np.ndarray
+    step_sizes: np.ndarray
+    polish_losses: np.ndarray
+    polish_step_norms: np.ndarray
+    converged: bool
+    seconds: tuple[float, float]
+
+
+@eqx.filter_jit
+def _stochastic_step(model, params, x, y, step_size, trainable):
+    loss = neg_log_likelihood(model, params, x, y)
+    new = mirror_descent_step(model, params, x, y, step_size, trainable)
+    return new, loss, tree_all_finite(new) & jnp.isfinite(loss)
+
+
+def _is_one_shot(batches) -> bool:
+    try:
+        return iter(batches) is batches
+    except TypeError as error:
+        raise ValueError(f"batches must be an iterable of (x, y) pairs; got {type(batches).__name__}") from error
+
+
+def _check_count(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a Python int >= 0; got {value!r}")
+    return value
+
+
+def _batch_checker(model, params):
+    def check(x, y):
+        if not (isinstance(x, (np.ndarray, jax.Array)) and isinstance(y, (np.ndarray, jax.Array))):
+            raise ValueError(f"each batch must be a pair (x, y) of arrays; got ({type(x).__name__}, {type(y).__name__})")
+        validate(model, params, x, y)
+
+    return check
+
+
+def _split(pair):
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise ValueError(f"each batch must be a pair (x, y); got {type(pair).__name__}")
+    return pair
+
+
+class _Checkpoint:
+    """Progress saved to a folder (parameters with equinox, counters and traces as JSON/NPZ).
+
+    Writes go to temporary names first and are renamed into place, so an interruption at any
+    moment leaves either the previous checkpoint or the new one, never a torn file."""
+
+    def __init__(self, folder, fingerprint: str):
+        self.folder, self.fingerprint = os.fspath(folder), fingerprint
+        self.params_path = os.path.join(self.folder, "params.eqx")
+        self.state_path = os.path.join(self.folder, "state.json")
+        self.trace_path = os.path.join(self.folder, "trace.npz")
+
+    def load(self, like):
+        if not os.path.exists(self.state_path):
+            return None
+        with open(self.state_path) as handle:
+            state = json.load(handle)
+        if state.get("fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"checkpoint {self.folder} was written for a different run ({state.get('fingerprint')}); "
+                f"this run is {self.fingerprint}. Use another folder or delete it.")
+        params = eqx.tree_deserialise_leaves(self.params_path, like)
+        with np.load(self.trace_path) as traces:
+            state["traces"] = {name: list(traces[name]) for name in traces.files}
+        return params, state
+
+    def save(self, params, state: dict, traces: dict) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        eqx.tree_serialise_leaves(self.params_path + ".tmp", params)
+        np.savez(self.trace_path + ".tmp.npz", **{name: np.asarray(value, np.float64) for name, value in traces.items()})
+        with open(self.state_path + ".tmp", "w") as handle:
+            json.dump(dict(state, fingerprint=self.fingerprint), handle)
+        os.replace(self.params_path + ".tmp", self.params_path)
+        os.replace(self.trace_path + ".tmp.npz", self.trace_path)
+        os.replace(self.state_path + ".tmp", self.state_path)
+
+
+def _fingerprint(model, params, num_epochs, schedule, polish_steps) -> str:
+    shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
+    return f"{model!r}|{shapes}|epochs={num_epochs}|{schedule!r}|polish={polish_steps}"
+
+
+def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, polish_steps: int = 0,
+               polish_tol: float = 1e-8, trainable=None, progress: bool | int = False,
+               checkpoint=None, checkpoint_every: int = 100) -> StreamResult:
+    r"""Mini-batch EM over a stream of (x, y) batches, then an optional full-batch polish.
+
+    Args:
+        model: any emjax model. params: the initial parameters.
+        batches: an iterable of ``(x, y)`` pairs (x of shape (b, d), y of shape (b,)):
+            :class:`ArrayBatches`, :class:`NpyBatches`, a list, or a one-shot generator (then
+            ``num_epochs`` must be 1 and ``polish_steps`` 0, since those walk the data again).
+        num_epochs: passes of mini-batch EM over the batches (0: polish only).
+        step_size: $\eta_t$ for mini-batch step t: a number in (0, 1] (constant) or a callable
+            ``t -> eta`` such as :class:`RobbinsMonro` (the default, $\eta_t = (1+t)^{-0.6}$).
+        polish_steps: bound on full-data EM-gradient passes after the mini-batch phase (0: none).
+        polish_tol: the polish stops once a step changes no parameter by more than this.
+        trainable: optional mask as in :func:`emjax.em_step` (frozen entries never change).
+        progress: print a line every 100 mini-batches (``True``) or every k (an int), and one
+            per polish pass.
+        checkpoint: optional folder. Progress is saved there every ``checkpoint_every``
+            mini-batches, after each epoch and after each polish step; calling ``fit_stream``
+            again with the same folder and arguments resumes where the last save left off (the
+            batches already used in the current epoch are skipped).
+        checkpoint_every: mini-batches between saves.
+
+    Returns:
+        A :class:`StreamResult`. Memory use is one batch plus the parameters, whatever n.
+
+    Example:
+        >>> import jax, emjax
+        >>> from emjax.streaming import ArrayBatches, fit_stream
+        >>> model = emjax.MoLinE(2)
+        >>> truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
+        >>> x, y = emjax.sample(model, truth, jax.random.key(1), 4000)
+        >>> start = emjax.init_params(model, jax.random.key(2), x, y)
+        >>> result = fit_stream(model, start, ArrayBatches(x, y, 500), num_epochs=2, polish_steps=20)
+        >>> result.num_batches, bool(result.polish_losses[-1] <= result.polish_losses[0])
+        (16, True)
+    """
+    check_types(model, params)
+    num_epochs = _check_count(num_epochs, "num_epochs")
+    polish_steps = _check_count(polish_steps, "polish_steps")
+    checkpoint_every = _check_count(checkpoint_every, "checkpoint_every") or 1
+    if not (isinstance(polish_tol, (int, float)) and np.isfinite(polish_tol) and polish_tol >= 0):
+        raise ValueError(f"polish_tol must be a finite number >= 0; got {polish_tol!r}")
+    schedule = RobbinsMonro() if step_size is None else as_schedule(step_size)
+    every = 100 if progress is True else (progress or 0)
+    if not isinstance(every, int) or every < 0:
+        raise ValueError(f"progress must be a bool or a Python int >= 1; got {progress!r}")
+    if _is_one_shot(batches) and (num_epochs > 1 or polish_steps > 0):
+        raise ValueError("a one-shot iterator can be walked once: pass a re-iterable source (ArrayBatches, "
+                         "NpyBatches, a list) for several epochs or a polish")
+    check_batch = _batch_checker(model, params)
+
+    store = None if checkpoint is None else _Checkpoint(
+        checkpoint, _fingerprint(model, params, num_epochs, schedule, polish_steps))
+    traces = {"batch_losses": [], "step_sizes": [], "polish_losses": [], "polish_step_norms": []}
+    state = {"epoch": 0, "batch": 0, "step": 0, "rows": 0, "status": int(Status.ok), "polish_done": 0,
+             "converged": False}
+    resumed = store.load(params) if store is not None else None
+    if resumed is not None:
+        params, saved = resumed
+        traces.update(saved.pop("traces"))
+        state.update({key: saved[key] for key in state})
+        if progress:
+            print(f"emjax.fit_stream: resumed from {checkpoint} at epoch {state['epoch']}, batch {state['batch']}",
+                  flush=True)
+
+    def save():
+        if store is not None:
+            store.save(params, state, traces)
+
+    started = time.perf_counter()
+    free = None
+    while state["epoch"] < num_epochs and state["status"] == Status.ok:
+        for index, pair in enumerate(batches):
+            if index < state["batch"]:
+                continue  # used before the interruption this run resumes from
+            x, y = _split(pair)
+            check_batch(x, y)
+            if free is None:
+                check_trainable(model, params, trainable)
+                free = free_mask(model, as_arrays(params, x)[0], trainable)
+            eta = checked_step(schedule, state["step"])
+            new, loss, finite = _stochastic_step(model, params, x, y, jnp.asarray(eta), free)
+            if not bool(finite):
+                state["status"] = int(Status.nonfinite)
+                break
+            params = new
+            traces["batch_losses"].append(float(loss))
+            traces["step_sizes"].append(eta)
+            state["step"] += 1
+            state["batch"] = index + 1
+            state["rows"] += int(np.shape(x)[0])
+            if every and state["step"] % every == 0:
+                print(f"emjax.fit_stream: epoch {state['epoch'] + 1}/{num_epochs}, batch {index + 1}, "
+                      f"eta {eta:.3g}, batch loss {float(loss):.8g}", flush=True)
+            if state["step"] % checkpoint_every == 0:
+                save()
+        if state["status"] != Status.ok:
+            break
+        state["epoch"] += 1
+        state["batch"] = 0
+        save()
+    stochastic_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if polish_steps and state["status"] == Status.ok and state["polish_done"] < polish_steps:
+        params = _polish(model, params, batches, polish_steps, polish_tol, trainable, check_batch, state, traces,
+                         save, bool(progress))
+    polish_seconds = time.perf_counter() - started
+    save()
+    return StreamResult(
+        params=params,
+        status=int(state["status"]),
+        num_batches=int(state["step"]),
+        num_rows=int(state["rows"]),
+        batch_losses=np.asarray(traces["batch_losses"], np.float64),
+        step_sizes=np.asarray(traces["step_sizes"], np.float64),
+        polish_losses=np.asarray(traces["polish_losses"], np.float64),
+        polish_step_norms=np.asarray(traces["polish_step_norms"], np.float64),
+        converged=bool(state["converged"]),
+        seconds=(stochastic_seconds, polish_seconds),
+    )
+
+
+_MAX_HALVINGS = 30
+
+
+def _polish(model, params, batches, polish_steps, polish_tol, trainable, check_batch, state, traces, save,
+            verbose):
+    """EM-gradient passes (see :mod:`emjax.streaming._passes`), each accepted only if L does not increase."""
+    first = next(iter(batches))
+    check_batch(*_split(first))
+    params = as_arrays(params, first[0])[0]
+    check_trainable(model, params, trainable)
+    free = flat_mask(model, params, free_mask(model, params, trainable))
+    ridge = flat_ridge(model, params)
+    vector = np.asarray(flatten(model, params), np.float64)
+    slack = 16 * np.finfo(np.asarray(first[0]).dtype if np.asarray(first[0]).dtype.kind == "f" else np.float64).eps
+    sums = full_pass(model, params, batches, check_batch)
+    if not traces["polish_losses"]:
+        traces["polish_losses"].append(sums.loss)
+    state["status"] = int(Status.max_steps)
+    while state["polish_done"] < polish_steps:
+        direction = newton_direction(sums, vector, ridge, free)
+        current = sums.loss + 0.5 * float(np.sum(ridge * vector**2))
+        alpha, accepted = 1.0, False
+        for _ in range(_MAX_HALVINGS):
+            candidate_vector = vector - alpha * direction
+            candidate = unflatten(model, candidate_vector, params)
+            candidate_sums = full_pass(model, candidate, batches, check_batch)  # L, ∇L and I_c in one pass
+            loss = candidate_sums.loss + 0.5 * float(np.sum(ridge * candidate_vector**2))
+            if np.isfinite(loss) and np.all(np.isfinite(candidate_sums.gradient)) and \
+                    loss <= current + slack * (abs(current) + 1):
+                accepted = True
+                break
+            alpha /= 2
+        step_norm = float(np.max(np.abs(alpha * direction), initial=0.0))
+        state["polish_done"] += 1
+        if not accepted:  # no decrease along a shrinking Newton step: at the fixed point to round-off
+            state["status"] = int(Status.ok) if step_norm <= polish_tol else int(Status.nonfinite)
+            state["converged"] = step_norm <= polish_tol
+            break
+        vector, params, sums = candidate_vector, candidate, candidate_sums
+        traces["polish_losses"].append(sums.loss)
+        traces["polish_step_norms"].append(step_norm)
+        if verbose:
+            print(f"emjax.fit_stream: polish pass {state['polish_done']}/{polish_steps}, loss {sums.loss:.12g}, "
+                  f"max |step| {step_norm:.3g}", flush=True)
+        save()
+        if step_norm <= polish_tol:
+            state["status"], state["converged"] = int(Status.ok), True
+            break
+    return params

@@ -1,0 +1,135 @@
+r"""Full-data quantities summed over a stream of batches: the loss, its gradient and the complete information.
+
+Every mean over samples is a sum of per-batch sums, so one pass over the batches gives the
+full-data $L(\theta)$, $\nabla L(\theta)$ and $I_c(\theta) = \nabla^2 A(\theta)$ (the Hessian of
+the EM surrogate, MATH.md §5.6) exactly, in memory independent of n. One pass is enough for a
+Newton step on the surrogate, $\theta^+ = \theta - I_c(\theta)^{-1}\nabla L(\theta)$: Lange's (1995)
+*EM gradient* algorithm, the EM iteration with its M-step replaced by one Newton step. Its
+Jacobian at a fixed point is $I - I_c^{-1}\nabla^2 L = I_c^{-1} I_{miss}$, EM's own (MATH.md §5), so it
+converges to the same fixed point at the same local rate as full-batch EM, one pass per step.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _moe
+from .._checks import is_mixture, validate
+from .._information import complete_information
+from .._likelihood import as_arrays, loss_raw
+from .._mirror import neg_log_likelihood_grad
+from ..models import MoEParams, SymParams
+
+
+def flatten(model, params) -> jax.Array:
+    """The free parameters as one vector, in the documented order (symmetric: w then β)."""
+    if is_mixture(model):
+        return _moe.flatten(model, params)
+    return jnp.concatenate([jnp.ravel(params.w), jnp.ravel(params.beta)])
+
+
+def unflatten(model, vector, like):
+    """Inverse of :func:`flatten`; pinned entries come from ``like``."""
+    vector = jnp.asarray(vector, like.gate.dtype if is_mixture(model) else like.w.dtype)
+    if is_mixture(model):
+        return _moe.unflatten(model, vector, like)
+    d = like.w.shape[0]
+    return SymParams(w=vector[:d], beta=vector[d:])
+
+
+def flat_mask(model, params, free) -> np.ndarray:
+    """``free`` (what may change, as from ``emjax._steps.free_mask``) flattened like the parameters."""
+    if is_mixture(model):
+        return np.asarray(_moe.flatten(model, free), bool)
+    d = params.w.shape[0]
+    return np.concatenate([np.broadcast_to(np.asarray(free.w), d), np.broadcast_to(np.asarray(free.beta), d)])
+
+
+def flat_ridge(model, params) -> np.ndarray:
+    """λ on every penalised entry of the flat vector (free gate and expert entries; never σ)."""
+    ridge = float(getattr(model, "ridge", 0.0))
+    if not is_mixture(model):
+        return np.zeros(2 * params.w.shape[0])
+    penalised = MoEParams(gate=np.full(params.gate.shape, ridge), experts=np.full(params.experts.shape, ridge),
+                          sigma=None if params.sigma is None else np.zeros(params.sigma.shape))
+    return np.asarray(_moe.flatten(model, penalised))
+
+
+@eqx.filter_jit
+def batch_sums(model, params, x, y):
+    """Sums over one batch of the per-sample loss, its flat gradient and the complete information."""
+    params, x, y = as_arrays(params, x, y)
+    count = x.shape[0]
+    loss = loss_raw(model, params, x, y)
+    gradient = flatten(model, neg_log_likelihood_grad(model, params, x, y))
+    information = complete_information(model, params, x, y) if is_mixture(model) else complete_information(
+        model, params, x)
+    return count * loss, count * gradient, count * information
+
+
+@eqx.filter_jit
+def batch_loss_sum(model, params, x, y):
+    """The sum over one batch of the per-sample negative log-likelihood."""
+    params, x, y = as_arrays(params, x, y)
+    return x.shape[0] * loss_raw(model, params, x, y)
+
+
+class PassSums(eqx.Module):
+    """Full-data mean loss, flat gradient and complete information from one pass (float64 NumPy)."""
+
+    loss: float
+    gradient: np.ndarray
+    information: np.ndarray
+    num_rows: int
+
+
+def full_pass(model, params, batches, validate_batch=None) -> PassSums:
+    """One pass over ``batches`` accumulating :func:`batch_sums` in float64 (exact up to round-off).
+
+    Args:
+        model, params: any emjax model and its parameters.
+        batches: an iterable of ``(x, y)`` pairs.
+        validate_batch: ``check(x, y)`` run on each batch (default: the public functions' checks).
+
+    Returns:
+        :class:`PassSums` with the full-data mean loss, flat gradient (free entries, documented
+        order) and complete information, identical up to round-off to the in-memory
+        :func:`emjax.neg_log_likelihood`, :func:`emjax.neg_log_likelihood_grad` and
+        :func:`emjax.complete_information` on the concatenated data.
+    """
+    if validate_batch is None:
+        def validate_batch(x, y):
+            validate(model, params, x, y)
+    total_loss, gradient, information, rows = 0.0, None, None, 0
+    for x, y in batches:
+        validate_batch(x, y)
+        loss, grad, info = (np.asarray(a, np.float64) for a in batch_sums(model, params, x, y))
+        total_loss += float(loss)
+        gradient = grad if gradient is None else gradient + grad
+        information = info if information is None else information + info
+        rows += int(np.shape(x)[0])
+    if rows == 0:
+        raise ValueError("the batch source yielded no batches")
+    return PassSums(loss=total_loss / rows, gradient=gradient / rows, information=information / rows, num_rows=rows)
+
+
+def newton_direction(sums: PassSums, vector: np.ndarray, ridge: np.ndarray, free: np.ndarray) -> np.ndarray:
+    r"""$(I_c + \lambda)^{-1}(\nabla L + \lambda\theta)$ on the free entries (zero elsewhere).
+
+    Eigenvalues are replaced by their absolute values, floored at round-off level, so the solve
+    stays defined (and a descent direction) where $I_c$ is singular or, away from a fixed point
+    for Gaussian scales, indefinite; at a well-posed fixed point it is the exact Newton step."""
+    gradient = np.where(free, sums.gradient + ridge * vector, 0.0)
+    hessian = sums.information + np.diag(ridge)
+    hessian = (hessian + hessian.T) / 2
+    index = np.flatnonzero(free)
+    block = hessian[np.ix_(index, index)]
+    values, vectors = np.linalg.eigh(block)
+    floor = np.finfo(np.float64).eps * max(float(np.max(np.abs(values), initial=0.0)), 1.0) * 1e3
+    shifted = np.maximum(np.abs(values), floor)
+    direction = np.zeros_like(vector)
+    direction[index] = vectors @ ((vectors.T @ gradient[index]) / shifted)
+    return direction
