@@ -13,9 +13,10 @@ stationary point of the full-data loss, the fixed point of full-batch EM. $\eta_
 the batch; on the whole data set, this is :func:`emjax.mirror_descent_step` itself.
 
 **The polish** (optional). The mini-batch iterate sits within the batch noise of the fixed point;
-``polish_steps`` full passes of Lange's EM-gradient step (:mod:`emjax.streaming._passes`) then
-converge to it at EM's own rate, one pass over the stream per step, with a backtracking check
-that the full-data loss never increases (as for EM).
+``polish_steps`` full-data steps then converge to it, one pass over the stream per step, with a
+backtracking check that the full-data loss never increases (as for EM): Newton on L with
+$\nabla^2 L = I_c - I_{miss}$ (quadratic convergence, the default), or Lange's EM-gradient step,
+whose local rate is EM's own (:mod:`emjax.streaming._passes`).
 
 This module's loop runs in Python over host batches (the data never sits on the device at once);
 each step is one compiled call, so a new batch of the same shape reuses the compilation.
@@ -144,13 +145,13 @@ class _Checkpoint:
         os.replace(self.state_path + ".tmp", self.state_path)
 
 
-def _fingerprint(model, params, num_epochs, schedule, polish_steps) -> str:
+def _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method) -> str:
     shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
-    return f"{model!r}|{shapes}|epochs={num_epochs}|{schedule!r}|polish={polish_steps}"
+    return f"{model!r}|{shapes}|epochs={num_epochs}|{schedule!r}|polish={polish_steps} {polish_method}"
 
 
 def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, polish_steps: int = 0,
-               polish_tol: float = 1e-8, trainable=None, progress: bool | int = False,
+               polish_tol: float = 1e-8, polish_method: str = "newton", trainable=None, progress: bool | int = False,
                checkpoint=None, checkpoint_every: int = 100) -> StreamResult:
     r"""Mini-batch EM over a stream of (x, y) batches, then an optional full-batch polish.
 
@@ -161,9 +162,12 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
             ``num_epochs`` must be 1 and ``polish_steps`` 0, since those walk the data again).
         num_epochs: passes of mini-batch EM over the batches (0: polish only).
         step_size: $\eta_t$ for mini-batch step t: a number in (0, 1] (constant) or a callable
-            ``t -> eta`` such as :class:`RobbinsMonro` (the default, $\eta_t = (1+t)^{-0.6}$).
+            ``t -> eta`` such as :class:`RobbinsMonro` (the default, $\eta_t = (1+t/10)^{-0.6}$).
         polish_steps: bound on full-data EM-gradient passes after the mini-batch phase (0: none).
         polish_tol: the polish stops once a step changes no parameter by more than this.
+        polish_method: ``"newton"`` (Newton on L, $\nabla^2 L = I_c - I_{miss}$; a few passes) or
+            ``"em_gradient"`` (one Newton step on the EM surrogate per pass; EM's own local rate).
+            Both stop at the full-batch EM fixed point.
         trainable: optional mask as in :func:`emjax.em_step` (frozen entries never change).
         progress: print a line every 100 mini-batches (``True``) or every k (an int), and one
             per polish pass.
@@ -193,6 +197,8 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
     checkpoint_every = _check_count(checkpoint_every, "checkpoint_every") or 1
     if not (isinstance(polish_tol, (int, float)) and np.isfinite(polish_tol) and polish_tol >= 0):
         raise ValueError(f"polish_tol must be a finite number >= 0; got {polish_tol!r}")
+    if polish_method not in POLISH_METHODS:
+        raise ValueError(f"polish_method must be one of {POLISH_METHODS}; got {polish_method!r}")
     schedule = RobbinsMonro() if step_size is None else as_schedule(step_size)
     every = 100 if progress is True else (progress or 0)
     if not isinstance(every, int) or every < 0:
@@ -203,7 +209,7 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
     check_batch = _batch_checker(model, params)
 
     store = None if checkpoint is None else _Checkpoint(
-        checkpoint, _fingerprint(model, params, num_epochs, schedule, polish_steps))
+        checkpoint, _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method))
     traces = {"batch_losses": [], "step_sizes": [], "polish_losses": [], "polish_step_norms": []}
     state = {"epoch": 0, "batch": 0, "step": 0, "rows": 0, "status": int(Status.ok), "polish_done": 0,
              "converged": False}
@@ -256,8 +262,8 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
 
     started = time.perf_counter()
     if polish_steps and state["status"] == Status.ok and state["polish_done"] < polish_steps:
-        params = _polish(model, params, batches, polish_steps, polish_tol, trainable, check_batch, state, traces,
-                         save, bool(progress))
+        params = _polish(model, params, batches, polish_steps, polish_tol, polish_method == "newton", trainable,
+                         check_batch, state, traces, save, bool(progress))
     polish_seconds = time.perf_counter() - started
     save()
     return StreamResult(
@@ -275,11 +281,12 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
 
 
 _MAX_HALVINGS = 30
+POLISH_METHODS = ("newton", "em_gradient")
 
 
-def _polish(model, params, batches, polish_steps, polish_tol, trainable, check_batch, state, traces, save,
+def _polish(model, params, batches, polish_steps, polish_tol, newton, trainable, check_batch, state, traces, save,
             verbose):
-    """EM-gradient passes (see :mod:`emjax.streaming._passes`), each accepted only if L does not increase."""
+    """Newton or EM-gradient passes (see :mod:`emjax.streaming._passes`), accepted only if L does not increase."""
     first = next(iter(batches))
     check_batch(*_split(first))
     params = as_arrays(params, first[0])[0]
@@ -288,7 +295,7 @@ def _polish(model, params, batches, polish_steps, polish_tol, trainable, check_b
     ridge = flat_ridge(model, params)
     vector = np.asarray(flatten(model, params), np.float64)
     slack = 16 * np.finfo(np.asarray(first[0]).dtype if np.asarray(first[0]).dtype.kind == "f" else np.float64).eps
-    sums = full_pass(model, params, batches, check_batch)
+    sums = full_pass(model, params, batches, check_batch, newton)
     if not traces["polish_losses"]:
         traces["polish_losses"].append(sums.loss)
     state["status"] = int(Status.max_steps)
@@ -299,7 +306,7 @@ def _polish(model, params, batches, polish_steps, polish_tol, trainable, check_b
         for _ in range(_MAX_HALVINGS):
             candidate_vector = vector - alpha * direction
             candidate = unflatten(model, candidate_vector, params)
-            candidate_sums = full_pass(model, candidate, batches, check_batch)  # L, ∇L and I_c in one pass
+            candidate_sums = full_pass(model, candidate, batches, check_batch, newton)  # L, ∇L and I_c in one pass
             loss = candidate_sums.loss + 0.5 * float(np.sum(ridge * candidate_vector**2))
             if np.isfinite(loss) and np.all(np.isfinite(candidate_sums.gradient)) and \
                     loss <= current + slack * (abs(current) + 1):

@@ -1,12 +1,16 @@
-r"""Full-data quantities summed over a stream of batches: the loss, its gradient and the complete information.
+r"""Full-data quantities summed over a stream of batches: the loss, its gradient and information matrices.
 
 Every mean over samples is a sum of per-batch sums, so one pass over the batches gives the
-full-data $L(\theta)$, $\nabla L(\theta)$ and $I_c(\theta) = \nabla^2 A(\theta)$ (the Hessian of
-the EM surrogate, MATH.md §5.6) exactly, in memory independent of n. One pass is enough for a
-Newton step on the surrogate, $\theta^+ = \theta - I_c(\theta)^{-1}\nabla L(\theta)$: Lange's (1995)
-*EM gradient* algorithm, the EM iteration with its M-step replaced by one Newton step. Its
-Jacobian at a fixed point is $I - I_c^{-1}\nabla^2 L = I_c^{-1} I_{miss}$, EM's own (MATH.md §5), so it
-converges to the same fixed point at the same local rate as full-batch EM, one pass per step.
+full-data $L(\theta)$, $\nabla L(\theta)$, $I_c(\theta)$ (the Hessian of the EM surrogate, MATH.md
+§5.6) and $I_{miss}(\theta)$ exactly, in memory independent of n. One pass is enough for either
+full-batch polish step of :func:`emjax.streaming.fit_stream`:
+
+* ``"em_gradient"``: $\theta^+ = \theta - I_c(\theta)^{-1}\nabla L(\theta)$, Lange's (1995) *EM gradient*
+  algorithm, the EM iteration with its M-step replaced by one Newton step on the surrogate. Its
+  Jacobian at a fixed point is $I - I_c^{-1}\nabla^2 L = I_c^{-1} I_{miss}$, EM's own (MATH.md §5): the
+  same fixed point at the same local rate as full-batch EM.
+* ``"newton"``: $\theta^+ = \theta - (I_c - I_{miss})^{-1}\nabla L(\theta)$, Newton on L itself
+  (Louis' identity $\nabla^2 L = I_c - I_{miss}$): the same fixed point, reached quadratically.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 
 from .. import _moe
 from .._checks import is_mixture, validate
-from .._information import complete_information
+from .._information import complete_information, missing_information
 from .._likelihood import as_arrays, loss_raw
 from .._mirror import neg_log_likelihood_grad
 from ..models import MoEParams, SymParams
@@ -59,15 +63,16 @@ def flat_ridge(model, params) -> np.ndarray:
 
 
 @eqx.filter_jit
-def batch_sums(model, params, x, y):
-    """Sums over one batch of the per-sample loss, its flat gradient and the complete information."""
+def batch_sums(model, params, x, y, with_missing: bool = False):
+    """Sums over one batch of the per-sample loss, its flat gradient, $I_c$ and (optionally) $I_{miss}$."""
     params, x, y = as_arrays(params, x, y)
     count = x.shape[0]
     loss = loss_raw(model, params, x, y)
     gradient = flatten(model, neg_log_likelihood_grad(model, params, x, y))
     information = complete_information(model, params, x, y) if is_mixture(model) else complete_information(
         model, params, x)
-    return count * loss, count * gradient, count * information
+    missing = missing_information(model, params, x, y) if with_missing else jnp.zeros_like(information)
+    return count * loss, count * gradient, count * information, count * missing
 
 
 @eqx.filter_jit
@@ -78,58 +83,69 @@ def batch_loss_sum(model, params, x, y):
 
 
 class PassSums(eqx.Module):
-    """Full-data mean loss, flat gradient and complete information from one pass (float64 NumPy)."""
+    """Full-data mean loss, flat gradient, complete and missing information from one pass (float64 NumPy).
+
+    ``missing`` is zero unless the pass was asked for it."""
 
     loss: float
     gradient: np.ndarray
     information: np.ndarray
+    missing: np.ndarray
     num_rows: int
 
 
-def full_pass(model, params, batches, validate_batch=None) -> PassSums:
+def full_pass(model, params, batches, validate_batch=None, with_missing: bool = False) -> PassSums:
     """One pass over ``batches`` accumulating :func:`batch_sums` in float64 (exact up to round-off).
 
     Args:
         model, params: any emjax model and its parameters.
         batches: an iterable of ``(x, y)`` pairs.
         validate_batch: ``check(x, y)`` run on each batch (default: the public functions' checks).
+        with_missing: also sum $I_{miss}$ (:func:`emjax.missing_information`), for Newton on L.
 
     Returns:
         :class:`PassSums` with the full-data mean loss, flat gradient (free entries, documented
         order) and complete information, identical up to round-off to the in-memory
         :func:`emjax.neg_log_likelihood`, :func:`emjax.neg_log_likelihood_grad` and
-        :func:`emjax.complete_information` on the concatenated data.
+        :func:`emjax.complete_information` (and :func:`emjax.missing_information`) on the
+        concatenated data.
     """
     if validate_batch is None:
         def validate_batch(x, y):
             validate(model, params, x, y)
-    total_loss, gradient, information, rows = 0.0, None, None, 0
+    totals, rows = None, 0
     for x, y in batches:
         validate_batch(x, y)
-        loss, grad, info = (np.asarray(a, np.float64) for a in batch_sums(model, params, x, y))
-        total_loss += float(loss)
-        gradient = grad if gradient is None else gradient + grad
-        information = info if information is None else information + info
+        sums = [np.asarray(a, np.float64) for a in batch_sums(model, params, x, y, bool(with_missing))]
+        totals = sums if totals is None else [total + part for total, part in zip(totals, sums)]
         rows += int(np.shape(x)[0])
     if rows == 0:
         raise ValueError("the batch source yielded no batches")
-    return PassSums(loss=total_loss / rows, gradient=gradient / rows, information=information / rows, num_rows=rows)
+    loss, gradient, information, missing = (total / rows for total in totals)
+    return PassSums(loss=float(loss), gradient=gradient, information=information, missing=missing, num_rows=rows)
 
 
 def newton_direction(sums: PassSums, vector: np.ndarray, ridge: np.ndarray, free: np.ndarray) -> np.ndarray:
-    r"""$(I_c + \lambda)^{-1}(\nabla L + \lambda\theta)$ on the free entries (zero elsewhere).
+    r"""$(I_c - I_{miss} + \lambda)^{-1}(\nabla L + \lambda\theta)$ on the free entries (zero elsewhere), where
+    that Hessian of $L$ is positive definite; the EM-gradient step's $(I_c + \lambda)^{-1}$ otherwise.
 
-    Eigenvalues are replaced by their absolute values, floored at round-off level, so the solve
-    stays defined (and a descent direction) where $I_c$ is singular or, away from a fixed point
-    for Gaussian scales, indefinite; at a well-posed fixed point it is the exact Newton step."""
-    gradient = np.where(free, sums.gradient + ridge * vector, 0.0)
-    hessian = sums.information + np.diag(ridge)
-    hessian = (hessian + hessian.T) / 2
+    With ``sums.missing`` zero this is always the EM-gradient step. Away from a local minimum (where
+    $\nabla^2 L$ is indefinite) Newton on L could head for a saddle; the EM-gradient step, a descent
+    step on EM's path, is used there instead. Eigenvalues are floored at round-off level, so the
+    solve stays defined where $I_c$ is singular.
+    """
     index = np.flatnonzero(free)
-    block = hessian[np.ix_(index, index)]
-    values, vectors = np.linalg.eigh(block)
-    floor = np.finfo(np.float64).eps * max(float(np.max(np.abs(values), initial=0.0)), 1.0) * 1e3
-    shifted = np.maximum(np.abs(values), floor)
+    gradient = np.where(free, sums.gradient + ridge * vector, 0.0)[index]
+
+    def eigen(matrix):
+        block = matrix[np.ix_(index, index)]
+        return np.linalg.eigh((block + block.T) / 2)
+
+    complete = sums.information + np.diag(ridge)
+    values, vectors = eigen(complete - sums.missing)
+    if np.any(sums.missing) and values.size and values[0] <= 0:
+        values, vectors = eigen(complete)
+    floor = np.finfo(np.float64).eps * 1e3 * max(float(np.max(np.abs(values), initial=0.0)), 1.0)
     direction = np.zeros_like(vector)
-    direction[index] = vectors @ ((vectors.T @ gradient[index]) / shifted)
+    direction[index] = vectors @ ((vectors.T @ gradient) / np.maximum(np.abs(values), floor))
     return direction

@@ -17,7 +17,8 @@ class RobbinsMonro:
     Args:
         initial: $\eta_0 \in (0, 1]$ (1 makes the first mini-batch step an EM step on that batch).
         decay: $\kappa \in [0, 1]$ (default 0.6, Cappé and Moulines' choice for online EM).
-        delay: $\tau > 0$, the number of steps over which the step stays near $\eta_0$.
+        delay: $\tau > 0$, the number of steps over which the step stays near $\eta_0$ (default
+            10: the first steps, far from the fixed point, move almost as far as EM steps).
 
     Example:
         >>> schedule = RobbinsMonro(initial=1.0, decay=1.0, delay=1.0)
@@ -25,7 +26,7 @@ class RobbinsMonro:
         [1.0, 0.5, 0.3333333333333333]
     """
 
-    def __init__(self, initial: float = 1.0, decay: float = 0.6, delay: float = 1.0):
+    def __init__(self, initial: float = 1.0, decay: float = 0.6, delay: float = 10.0):
         if not (isinstance(initial, (int, float)) and 0 < initial <= 1):
             raise ValueError(f"initial must be a number in (0, 1] (mirror-descent steps above 1 are not monotone); "
                              f"got {initial!r}")
