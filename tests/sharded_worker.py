@@ -1,0 +1,100 @@
+"""Run in a subprocess by tests/test_parallel.py, with several (forced) host devices or as one of several processes.
+
+    python tests/sharded_worker.py devices          # 4 forced host devices in one process
+    python tests/sharded_worker.py process ADDR N I # process I of N joined at ADDR (2 host devices each)
+
+Prints one line ``RESULT {json}``.
+"""
+
+import json
+import os
+import re
+import sys
+
+MODE = sys.argv[1]
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + ("4" if MODE == "devices" else "2")
+
+import numpy as np  # noqa: E402
+
+import emjax.parallel as parallel  # noqa: E402
+
+if MODE == "process":
+    parallel.initialize(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+import emjax  # noqa: E402
+
+
+def flat(params):
+    return np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree_util.tree_leaves(params)])
+
+
+def problem(model, n=4000, d=3):
+    if isinstance(model, emjax.MixtureOfExperts):
+        truth = emjax.random_moe_params(model, jax.random.key(0), d=d)
+        x, y = emjax.sample(model, truth, jax.random.key(1), n)
+        start = emjax.init_params(model, jax.random.key(2), x, y)
+    else:
+        truth = emjax.random_params(jax.random.key(0), d, 3.0, 3.0)
+        x, y = emjax.sample(model, truth, jax.random.key(1), n)
+        start = emjax.SymParams(w=0.1 * np.ones(d), beta=np.ones(d))
+    return np.asarray(x), np.asarray(y), start
+
+
+def devices():
+    out = {"devices": jax.device_count()}
+    mesh = parallel.data_mesh()
+    for name, model in (("moline", emjax.MoLinE(3)), ("symlog", emjax.SymMoLogE()), ("mologe", emjax.MoLogE(2, 3))):
+        x, y, start = problem(model)
+        single = emjax.fit(model, emjax.em(), start, x, y, 15)
+        xs, ys = parallel.shard_rows(mesh, x, y)
+        sharded = emjax.fit(model, emjax.em(), start, xs, ys, 15)
+        out[name] = {
+            "params": float(np.max(np.abs(flat(single.params) - flat(sharded.params)))),
+            "losses": float(np.max(np.abs(np.asarray(single.losses) - np.asarray(sharded.losses)))),
+            "x_spec": str(xs.sharding.spec),
+        }
+    # What the compiled EM step does with the rows: local sums and all-reduces, never a gather of x.
+    model = emjax.MoLinE(3)
+    x, y, start = problem(model)
+    xs, ys = parallel.shard_rows(mesh, x, y)
+    text = jax.jit(lambda p, a, b: emjax.em_step(model, p, a, b)).lower(start, xs, ys).compile().as_text()
+    out["all_reduce"] = len(re.findall(r"all-reduce(?:-start)?\(", text))
+    out["all_gather"] = len(re.findall(r"all-gather(?:-start)?\(", text))
+    # Two cells of two data devices each: four starts, two per cell.
+    cells_mesh = parallel.data_mesh(num_cells=2)
+    starts = jax.vmap(lambda key: emjax.random_moe_params(model, key, d=3))(jax.random.split(jax.random.key(7), 4))
+    grid = parallel.fit_cells(model, emjax.em(), starts, x, y, 10, cells_mesh)
+    loop = [emjax.fit(model, emjax.em(), jax.tree_util.tree_map(lambda a, i=i: a[i], starts), x, y, 10)
+            for i in range(4)]
+    out["cells"] = float(max(np.max(np.abs(flat(jax.tree_util.tree_map(lambda a, i=i: a[i], grid.params))
+                                         - flat(r.params))) for i, r in enumerate(loop)))
+    try:
+        parallel.shard_rows(mesh, x[:-1], y[:-1])
+        out["uneven"] = "accepted"
+    except ValueError as error:
+        out["uneven"] = str(error)
+    return out
+
+
+def process():
+    from jax.experimental import multihost_utils
+
+    model = emjax.MoLinE(3)
+    x, y, start = problem(model)
+    index, count = jax.process_index(), jax.process_count()
+    rows = slice(index * len(y) // count, (index + 1) * len(y) // count)
+    xs, ys = parallel.shard_rows(parallel.data_mesh(), x[rows], y[rows])
+    sharded = emjax.fit(model, emjax.em(), start, xs, ys, 15)
+    losses = np.asarray(multihost_utils.process_allgather(sharded.losses, tiled=True))
+    params = flat(multihost_utils.process_allgather(sharded.params, tiled=True))
+    single = emjax.fit(model, emjax.em(), start, x, y, 15)  # every row, on this process's first device
+    return {"processes": count, "devices": jax.device_count(),
+            "losses": float(np.max(np.abs(losses - np.asarray(single.losses)))),
+            "params": float(np.max(np.abs(params - flat(single.params))))}
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(devices() if MODE == "devices" else process()), flush=True)
