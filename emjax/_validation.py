@@ -17,8 +17,12 @@ import numpy as np
 
 
 def is_concrete(value) -> bool:
-    """True when ``value`` holds data that can be read now (not an abstract tracer)."""
-    return not isinstance(value, jax.core.Tracer)
+    """True when ``value`` holds data this process can read now: not an abstract tracer, and not a
+    global array spanning other processes' devices (each process validates its own rows when it
+    places them, in :func:`emjax.parallel.shard_rows`)."""
+    if isinstance(value, jax.core.Tracer):
+        return False
+    return getattr(value, "is_fully_addressable", True)
 
 
 def shape_of(value, name: str) -> tuple[int, ...]:
