@@ -145,13 +145,14 @@ class _Checkpoint:
         os.replace(self.state_path + ".tmp", self.state_path)
 
 
-def _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method) -> str:
+def _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows) -> str:
     shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
-    return f"{model!r}|{shapes}|epochs={num_epochs}|{schedule!r}|polish={polish_steps} {polish_method}"
+    return f"{model!r}|{shapes}|epochs={num_epochs}|{schedule!r}|polish={polish_steps} {polish_method} {curvature_rows}"
 
 
 def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, polish_steps: int = 0,
-               polish_tol: float = 1e-8, polish_method: str = "newton", trainable=None, progress: bool | int = False,
+               polish_tol: float = 1e-8, polish_method: str = "newton", curvature_rows: int | None = 100_000,
+               trainable=None, progress: bool | int = False,
                checkpoint=None, checkpoint_every: int = 100) -> StreamResult:
     r"""Mini-batch EM over a stream of (x, y) batches, then an optional full-batch polish.
 
@@ -168,6 +169,9 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
         polish_method: ``"newton"`` (Newton on L, $\nabla^2 L = I_c - I_{miss}$; a few passes) or
             ``"em_gradient"`` (one Newton step on the EM surrogate per pass; EM's own local rate).
             Both stop at the full-batch EM fixed point.
+        curvature_rows: rows (from the start of each pass) over which the polish's information
+            matrices are averaged; the loss and gradient always use every row, so the polish
+            still stops exactly at the full-batch fixed point (default 100,000; None: all rows).
         trainable: optional mask as in :func:`emjax.em_step` (frozen entries never change).
         progress: print a line every 100 mini-batches (``True``) or every k (an int), and one
             per polish pass.
@@ -197,6 +201,9 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
     checkpoint_every = _check_count(checkpoint_every, "checkpoint_every") or 1
     if not (isinstance(polish_tol, (int, float)) and np.isfinite(polish_tol) and polish_tol >= 0):
         raise ValueError(f"polish_tol must be a finite number >= 0; got {polish_tol!r}")
+    if curvature_rows is not None and (not isinstance(curvature_rows, int) or isinstance(curvature_rows, bool)
+                                       or curvature_rows < 1):
+        raise ValueError(f"curvature_rows must be None or a Python int >= 1; got {curvature_rows!r}")
     if polish_method not in POLISH_METHODS:
         raise ValueError(f"polish_method must be one of {POLISH_METHODS}; got {polish_method!r}")
     schedule = RobbinsMonro() if step_size is None else as_schedule(step_size)
@@ -209,7 +216,7 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
     check_batch = _batch_checker(model, params)
 
     store = None if checkpoint is None else _Checkpoint(
-        checkpoint, _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method))
+        checkpoint, _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows))
     traces = {"batch_losses": [], "step_sizes": [], "polish_losses": [], "polish_step_norms": []}
     state = {"epoch": 0, "batch": 0, "step": 0, "rows": 0, "status": int(Status.ok), "polish_done": 0,
              "converged": False}
@@ -262,8 +269,8 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
 
     started = time.perf_counter()
     if polish_steps and state["status"] == Status.ok and state["polish_done"] < polish_steps:
-        params = _polish(model, params, batches, polish_steps, polish_tol, polish_method == "newton", trainable,
-                         check_batch, state, traces, save, bool(progress))
+        params = _polish(model, params, batches, polish_steps, polish_tol, polish_method == "newton", curvature_rows,
+                         trainable, check_batch, state, traces, save, bool(progress))
     polish_seconds = time.perf_counter() - started
     save()
     return StreamResult(
@@ -284,8 +291,8 @@ _MAX_HALVINGS = 30
 POLISH_METHODS = ("newton", "em_gradient")
 
 
-def _polish(model, params, batches, polish_steps, polish_tol, newton, trainable, check_batch, state, traces, save,
-            verbose):
+def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_rows, trainable, check_batch, state,
+            traces, save, verbose):
     """Newton or EM-gradient passes (see :mod:`emjax.streaming._passes`), accepted only if L does not increase."""
     first = next(iter(batches))
     check_batch(*_split(first))
@@ -295,7 +302,7 @@ def _polish(model, params, batches, polish_steps, polish_tol, newton, trainable,
     ridge = flat_ridge(model, params)
     vector = np.asarray(flatten(model, params), np.float64)
     slack = 16 * np.finfo(np.asarray(first[0]).dtype if np.asarray(first[0]).dtype.kind == "f" else np.float64).eps
-    sums = full_pass(model, params, batches, check_batch, newton)
+    sums = full_pass(model, params, batches, check_batch, newton, curvature_rows)
     if not traces["polish_losses"]:
         traces["polish_losses"].append(sums.loss)
     state["status"] = int(Status.max_steps)
@@ -306,7 +313,7 @@ def _polish(model, params, batches, polish_steps, polish_tol, newton, trainable,
         for _ in range(_MAX_HALVINGS):
             candidate_vector = vector - alpha * direction
             candidate = unflatten(model, candidate_vector, params)
-            candidate_sums = full_pass(model, candidate, batches, check_batch, newton)  # L, ∇L and I_c in one pass
+            candidate_sums = full_pass(model, candidate, batches, check_batch, newton, curvature_rows)
             loss = candidate_sums.loss + 0.5 * float(np.sum(ridge * candidate_vector**2))
             if np.isfinite(loss) and np.all(np.isfinite(candidate_sums.gradient)) and \
                     loss <= current + slack * (abs(current) + 1):
