@@ -10,6 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets as datasets
 from . import deep as deep
+from . import parallel as parallel
+from . import streaming as streaming
 from . import sweeps as sweeps
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
@@ -139,6 +141,8 @@ __all__ = [
     "datasets",
     "deep",
     "sweeps",
+    "streaming",
+    "parallel",
     "SweepResult",
     "ConfigurationMismatch",
 ]

@@ -21,6 +21,10 @@ DATASETS_CONTRACT = {"digits", "fashion_mnist", "random_invert", "read_idx", "ad
 DEEP_CONTRACT = {"DeepMoE", "fit_em", "fit_end_to_end", "top_k_mask", "load_statistics", "neg_log_likelihood",
                  "surrogate", "responsibilities", "synthetic_nonlinear_moe"}
 
+STREAMING_CONTRACT = {"fit_stream", "ArrayBatches", "NpyBatches", "RobbinsMonro", "StreamResult", "full_pass",
+                      "PassSums"}
+PARALLEL_CONTRACT = {"data_mesh", "shard_rows", "shard_cells", "fit_cells", "initialize"}
+
 SWEEPS_CONTRACT = {"sweep", "ConvergenceCell", "RateCell", "tune_step_sizes", "STEP_GRIDS", "METHODS",
                    "SweepResult", "ConfigurationMismatch"}
 
@@ -32,7 +36,8 @@ def test_sweeps_names_are_exported():
 
 
 def test_datasets_and_deep_names_are_exported():
-    for module, names in ((emjax.datasets, DATASETS_CONTRACT), (emjax.deep, DEEP_CONTRACT)):
+    for module, names in ((emjax.datasets, DATASETS_CONTRACT), (emjax.deep, DEEP_CONTRACT),
+                          (emjax.streaming, STREAMING_CONTRACT), (emjax.parallel, PARALLEL_CONTRACT)):
         for name in names:
             assert hasattr(module, name), name
             assert getattr(module, name).__doc__, name

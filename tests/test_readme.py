@@ -41,3 +41,15 @@ def test_readme_datasets_and_deep_examples_run():
         code = re.search(re.escape(heading) + r"\n\n.*?```python\n(.*?)```", text, re.S).group(1)
         code = code.replace("num_em_steps=100", "num_em_steps=10")
         exec(compile(code, "README.md", "exec"), {})
+
+
+def test_readme_streaming_and_parallel_examples_run(tmp_path, monkeypatch):
+    text = README.read_text()
+    monkeypatch.chdir(tmp_path)
+    code = re.search(r"## Mini-batch EM over streamed data\n\n.*?```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace("200_000)", "12_000)").replace("batch_size=20_000", "batch_size=4_000")
+    code = code.replace("polish_steps=20", "polish_steps=2")
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "stream-checkpoint" / "state.json").exists()
+    code = re.search(r"## Data-parallel EM: devices and hosts\n\n.*?```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(code.replace("40_000)", "4_000)").replace("num_steps=50", "num_steps=5"), "README.md", "exec"), {})
