@@ -108,7 +108,7 @@ def reference_fit(args, folder: str) -> dict:
     x = np.load(os.path.join(folder, f"x_{args.rows}.npy"))
     y = np.load(os.path.join(folder, f"y_{args.rows}.npy"))
     started = time.perf_counter()
-    result = emjax.fit(model, emjax.em(), start, x, y, args.reference_steps, tol=0.0, atol=1e-15)
+    result = emjax.fit(model, emjax.em(), start, x, y, args.reference_steps, tol=1e-14, progress=5)
     seconds = time.perf_counter() - started
     losses = np.asarray(result.losses)
     flat = lambda p: np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(p)]).tolist()  # noqa: E731
@@ -153,7 +153,7 @@ def main(argv=None) -> None:
     parser.add_argument("--delay", type=float, default=10.0)
     parser.add_argument("--polish-steps", type=int, default=20)
     parser.add_argument("--polish-tol", type=float, default=1e-7)
-    parser.add_argument("--reference-steps", type=int, default=300)
+    parser.add_argument("--reference-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", default=None, help="folder for the .npy files (default: a temporary one)")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
@@ -180,7 +180,8 @@ def main(argv=None) -> None:
         "--dir", folder]
 
     def run(job, extra=(), stdin=None):
-        done = subprocess.run(base + ["--job", job, *extra], input=stdin, capture_output=True, text=True, check=True)
+        done = subprocess.run(base + ["--job", job, *extra], input=stdin, stdout=subprocess.PIPE, text=True,
+                              check=True)
         line = [entry for entry in done.stdout.splitlines() if entry.startswith("RESULT ")][-1]
         return json.loads(line[len("RESULT "):])
 
