@@ -15,6 +15,7 @@ from ._validation import (
     check_finite,
     check_labels,
     check_params,
+    check_real,
     check_step_size,
     is_concrete,
     shape_of,
@@ -66,6 +67,7 @@ def check_mixture_params(model: MixtureOfExperts, params: MoEParams, d: int, nam
                 f"{name}.{field} must have shape {shape} (K={k}, d={d} from x) for {type(model).__name__}; "
                 f"got shape {shape_of(value, f'{name}.{field}')}"
             )
+        check_real(value, f"{name}.{field}")
         check_finite(value, f"{name}.{field}")
     if params.sigma is not None and is_concrete(params.sigma) and not np.all(np.asarray(params.sigma) > 0):
         raise ValueError(f"{name}.sigma must be positive; got {np.asarray(params.sigma)}")
@@ -105,8 +107,30 @@ def validate_pair(model, params, ref, x, **_) -> None:
 def validate_with_step(model, params, x, y, step_size, **kwargs) -> None:
     """Checks for one-step updates that take a step size."""
     validate(model, params, x, y)
-    check_step_size(step_size)
+    check_step_tree(model, params, step_size)
     check_trainable(model, params, kwargs.get("trainable"))
+
+
+def check_step_tree(model, params, step_size, name: str = "step_size") -> None:
+    """A step size: a positive scalar, or one per block, a pytree of the type of ``params`` with a
+    scalar for every block that ``params`` has (and None where ``params`` has None)."""
+    if isinstance(step_size, (SymParams, MoEParams)):
+        expected = MoEParams if is_mixture(model) else SymParams
+        if not isinstance(step_size, expected):
+            raise ValueError(
+                f"{name} must be a positive number or an emjax.{expected.__name__} of them (one per block) for "
+                f"{type(model).__name__}; got {type(step_size).__name__}"
+            )
+        fields = ("gate", "experts", "sigma") if is_mixture(model) else ("w", "beta")
+        for field in fields:
+            step, value = getattr(step_size, field), getattr(params, field)
+            if (step is None) != (value is None):
+                wanted, has = ("None", "None") if value is None else ("a positive number", "set")
+                raise ValueError(f"{name}.{field} must be {wanted} (params.{field} is {has})")
+            if step is not None:
+                check_step_size(step, f"{name}.{field}", per_block=False)
+        return
+    check_step_size(step_size, name, per_block=False)
 
 
 def check_trainable(model, params, trainable, name: str = "trainable") -> None:

@@ -15,12 +15,12 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from . import _moe
-from ._checks import check_trainable, is_mixture, validate
+from ._checks import check_step_tree, check_trainable, is_mixture, validate
 from ._likelihood import as_arrays, loss_raw
-from ._solvers import AbstractSolver, tree_all_finite
+from ._solvers import AbstractSolver, GradientDescent, GradientEM, tree_all_finite
 from ._status import Status
 from ._steps import free_mask
-from ._validation import check_tolerance
+from ._validation import check_int, check_tolerance
 from .models import MoEParams, SymParams
 
 
@@ -86,6 +86,13 @@ def _maybe_report(progress_every, done, num_steps, loss):
         )
 
 
+def _healthy_start(params, x, y, loss0):
+    """Whether a run may start: finite data, initial parameters and loss. Concrete inputs were checked
+    in Python already; this catches traced ones (inside a user's ``jit``), which would otherwise
+    leave a zero-step run, or a loss that stays finite at an infinite parameter, reported ``ok``."""
+    return jnp.isfinite(loss0) & tree_all_finite((params, x, y))
+
+
 def _advance(model, solver, params, state, x, y, healthy):
     """One solver step, accepted only if the run is healthy and the new iterate and loss are finite."""
     new_params, new_state = solver.update(model, params, state, x, y)
@@ -107,7 +114,7 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
         carry = (params, state, accept, applied + accept.astype(jnp.int32))
         return carry, (loss, params if keep_history else None)
 
-    healthy0 = jnp.isfinite(loss0)
+    healthy0 = _healthy_start(params, x, y, loss0)
     init = (params, state0, healthy0, jnp.zeros((), jnp.int32))
     (params, state, healthy, applied), (losses, history) = lax.scan(
         step, init, jnp.arange(num_steps, dtype=jnp.int32)
@@ -133,7 +140,7 @@ def _fit_until(model, solver, params, x, y, max_steps: int, rtol, atol, keep_his
         history = jax.tree_util.tree_map(
             lambda leaf: jnp.full((max_steps + 1,) + leaf.shape, jnp.nan, leaf.dtype).at[0].set(leaf), params
         )
-    status0 = jnp.where(jnp.isfinite(loss0), Status.max_steps, Status.nonfinite).astype(jnp.int32)
+    status0 = jnp.where(_healthy_start(params, x, y, loss0), Status.max_steps, Status.nonfinite).astype(jnp.int32)
     init = (jnp.zeros((), jnp.int32), params, solver.init(params), loss0, losses, history, status0,
             jnp.asarray(False))
 
@@ -197,7 +204,13 @@ def fit(
 
     Returns:
         A :class:`FitResult`. A step that produces a non-finite loss or parameter is not applied:
-        the run keeps its last finite iterate and reports ``Status.nonfinite``.
+        the run keeps its last finite iterate and reports ``Status.nonfinite``. Non-finite data or
+        initial parameters (concrete ones raise ``ValueError``; traced ones, inside a user's ``jit``,
+        cannot be checked in Python) give ``Status.nonfinite`` with no step applied.
+
+    Raises:
+        ValueError: on invalid arguments (shapes, dtypes, non-finite or out-of-range values, labels
+            the model cannot produce, a bad solver, step size, tolerance or ``num_steps``).
 
     Example:
         >>> import jax, jax.numpy as jnp, emjax
@@ -211,12 +224,13 @@ def fit(
     """
     check_fit_arguments(model, solver, params, x, y, num_steps)
     progress_every = progress_interval(progress)
+    check_tolerance(atol, "atol")
+    if tol is not None:
+        check_tolerance(tol, "tol")
     params, x, y = as_arrays(params, x, y)
     solver = with_full_mask(model, solver, params)
     if tol is None:
         return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)
-    check_tolerance(tol, "tol")
-    check_tolerance(atol, "atol")
     rtol, atol = jnp.asarray(tol, x.dtype), jnp.asarray(atol, x.dtype)
     return _fit_until(model, solver, params, x, y, num_steps, rtol, atol, bool(keep_history), progress_every)
 
@@ -224,14 +238,15 @@ def fit(
 def check_fit_arguments(model, solver, params, x, y, num_steps) -> None:
     """Boundary checks shared by :func:`fit` and :func:`emjax.fit_restarts`."""
     validate(model, params, x, y)
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
-        raise ValueError(f"num_steps must be a Python int >= 0; got {num_steps!r}")
+    check_int(num_steps, "num_steps", 0)
     if not isinstance(solver, AbstractSolver):
         raise ValueError(
             "solver must be an emjax solver (em(), mirror_descent(eta), gradient_em(eta, m), "
             f"gradient_descent(eta), from_optax(tx)); got {type(solver).__name__}"
         )
     check_trainable(model, params, solver.trainable, "solver.trainable")
+    if isinstance(solver, (GradientDescent, GradientEM)):
+        check_step_tree(model, params, solver.step_size, "solver.step_size")
 
 
 def with_full_mask(model, solver: AbstractSolver, params) -> AbstractSolver:

@@ -15,7 +15,7 @@ import numpy as np
 from jax import Array
 
 from . import _moe
-from ._checks import check_trainable, is_mixture, validate
+from ._checks import check_trainable, check_types, is_mixture, validate
 from ._information import observed_information
 from ._likelihood import neg_log_likelihood
 from ._validation import is_concrete
@@ -79,6 +79,8 @@ def standard_errors(model, params, x, y, trainable=None):
 
 def num_parameters(model, params, trainable=None) -> int:
     """Number of estimated parameters: free (not pinned) and trainable."""
+    check_types(model, params)
+    check_trainable(model, params, trainable)
     return int(np.sum(_estimated(model, params, trainable)))
 
 

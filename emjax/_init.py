@@ -15,7 +15,7 @@ from jax import Array
 
 from . import _moe
 from ._checks import check_types, is_mixture, validate
-from ._validation import check_features, check_labels, public
+from ._validation import check_features, check_int, check_key, check_labels, check_scale, public
 from .models import MixtureOfExperts, MoEParams, SymMoLinE, SymParams
 
 _LLOYD_STEPS = 3
@@ -23,6 +23,7 @@ _SOFTEN = 0.5  # initial responsibilities: half on the assigned expert, half spr
 
 
 def _validate_init(model, key, x, y, **_) -> None:
+    check_key(key)
     n, d = check_features(x)
     check_labels(y, n)
     placeholder = _placeholder(model, d)
@@ -138,6 +139,13 @@ def random_moe_params(model: MixtureOfExperts, key: Array, d: int, gate_norm=2.0
     """
     if not isinstance(model, MixtureOfExperts):
         raise ValueError(f"model must be a K-expert model (MoLinE, MoLogE, MoPoE); got {model!r}")
+    check_key(key)
+    check_int(d, "d", 1)
+    check_scale(gate_norm, "gate_norm", positive=False)
+    check_scale(expert_norm, "expert_norm", positive=False)
+    check_scale(sigma, "sigma", positive=True)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}")
     dtype = jnp.zeros((), float).dtype if dtype is None else dtype
     k = model.num_experts
     key_gate, key_expert = jax.random.split(key)
@@ -153,6 +161,20 @@ def random_moe_params(model: MixtureOfExperts, key: Array, d: int, gate_norm=2.0
     return MoEParams(gate=gate, experts=experts, sigma=scale)
 
 
+def _check_matchable(estimate, truth) -> None:
+    """Both arguments are MoEParams of one shape (the same K, d and, for classifiers, C)."""
+    for name, value in (("estimate", estimate), ("truth", truth)):
+        if not isinstance(value, MoEParams):
+            raise ValueError(f"{name} must be an emjax.MoEParams (K-expert parameters); got {type(value).__name__}")
+    for field in ("gate", "experts", "sigma"):
+        a, b = getattr(estimate, field), getattr(truth, field)
+        if (a is None) != (b is None) or (a is not None and jnp.shape(a) != jnp.shape(b)):
+            raise ValueError(
+                f"estimate.{field} and truth.{field} must have the same shape; got "
+                f"{None if a is None else jnp.shape(a)} and {None if b is None else jnp.shape(b)}"
+            )
+
+
 def match_experts(estimate: MoEParams, truth: MoEParams) -> MoEParams:
     r"""Relabel the experts of ``estimate`` to match ``truth`` (the label permutation of a mixture).
 
@@ -160,6 +182,7 @@ def match_experts(estimate: MoEParams, truth: MoEParams) -> MoEParams:
     meant for K up to about 7), permutes gate rows, experts and σ, and shifts the gate so that
     row 0 is 0 again (the same model). Works under ``jit``.
     """
+    _check_matchable(estimate, truth)
     k = estimate.num_experts
     permutations = np.array(list(itertools.permutations(range(k))))
     flat_est = estimate.experts.reshape(k, -1)

@@ -16,7 +16,7 @@ from jax import Array
 
 from . import _moe
 from ._checks import check_any_params, check_types, is_mixture, validate
-from ._validation import public, shape_of
+from ._validation import check_key, public, shape_of
 from .models import AbstractSymmetricModel, MoEParams, SymParams
 
 
@@ -50,11 +50,12 @@ def posterior_logit(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Arra
 
 def _check_sample(model, params, key, n, **_) -> None:
     check_types(model, params)
+    check_key(key)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive Python int (it fixes array shapes); got {n!r}")
     first = params.gate if is_mixture(model) else params.w
-    if len(shape_of(first, "params")) < 1:
-        raise ValueError(f"params must carry the feature dimension d; got shape {jnp.shape(first)}")
+    if len(shape_of(first, "params")) < 1 or shape_of(first, "params")[-1] < 1:
+        raise ValueError(f"params must carry the feature dimension d >= 1; got shape {jnp.shape(first)}")
     check_any_params(model, params, shape_of(first, "params")[-1])
 
 

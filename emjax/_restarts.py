@@ -11,7 +11,7 @@ from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, progres
 from ._init import _placeholder, init_params
 from ._likelihood import as_arrays
 from ._status import Status
-from ._validation import check_features, check_tolerance
+from ._validation import check_features, check_key, check_tolerance
 
 
 def final_losses(result: FitResult) -> Array:
@@ -22,7 +22,7 @@ def final_losses(result: FitResult) -> Array:
 @eqx.filter_jit
 def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size) -> FitResult:
     def one(key):
-        start = init_params(model, key, x, y)
+        start = init_params.unguarded(model, key, x, y)  # non-finite data: Status.nonfinite, not an error
         start, _, _ = as_arrays(start, x, y)
         if rtol is None:
             return _fit_scan(model, solver, start, x, y, num_steps, False, progress_every)
@@ -83,17 +83,19 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
         raise ValueError(f"num_restarts must be a Python int >= 1; got {num_restarts!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"batch_size must be None or a Python int >= 1; got {batch_size!r}")
+    check_key(key)
     _, d = check_features(x)
     placeholder = _placeholder(model, d)
     check_fit_arguments(model, solver, placeholder, x, y, num_steps)
     progress_every = progress_interval(progress)
+    check_tolerance(atol, "atol")
+    if tol is not None:
+        check_tolerance(tol, "tol")
     dtype = jnp.result_type(jnp.asarray(x).dtype, jnp.float32)
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     keys = jax.random.split(key, num_restarts)
     solver = with_full_mask(model, solver, as_arrays(placeholder, x, y)[0])
     if tol is None:
         return _restarts(model, solver, keys, x, y, num_steps, None, None, progress_every, batch_size)
-    check_tolerance(tol, "tol")
-    check_tolerance(atol, "atol")
     return _restarts(model, solver, keys, x, y, num_steps, jnp.asarray(tol, dtype), jnp.asarray(atol, dtype),
                      progress_every, batch_size)

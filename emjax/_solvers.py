@@ -3,7 +3,8 @@ r"""Composable solvers: optax-shaped, pure ``init``/``update`` pairs that :func:
 A solver is an ``equinox.Module`` whose hyperparameters (step sizes) are array leaves, so they are
 traced under ``jit`` and can be swept with ``vmap`` without recompiling; shapes and counts
 (``inner_steps``) are static. ``update(model, params, state, x, y) -> (params, state)`` performs
-one iteration; a user may call it in a loop of their own, or hand the solver to ``fit``.
+one iteration; a user may call it in a loop of their own, or hand the solver to ``fit``. ``update``
+does not guard traced data against NaN (``fit`` reports it as ``Status.nonfinite`` instead).
 
 Example:
     >>> import jax, jax.numpy as jnp, optax, emjax
@@ -54,9 +55,11 @@ class AbstractSolver(eqx.Module):
         """One iteration: returns ``(new_params, new_state)``."""
 
 
-def _as_step(step_size):
-    check_step_size(step_size)
-    if isinstance(step_size, (SymParams, MoEParams)):
+def _as_step(step_size, per_block: bool = True):
+    if per_block and not isinstance(step_size, (SymParams, MoEParams)):
+        per_block = False  # a scalar; a list or another container gets the scalar's error message
+    check_step_size(step_size, per_block=per_block)
+    if per_block:
         return jax.tree_util.tree_map(jnp.asarray, step_size)
     return jnp.asarray(step_size)
 
@@ -75,7 +78,7 @@ class EM(AbstractSolver):
     """Exact EM: :func:`emjax.em_step` (mirror descent with unit step)."""
 
     def update(self, model, params, state, x, y):
-        return em_step(model, params, x, y, self.trainable), state
+        return em_step.unguarded(model, params, x, y, self.trainable), state
 
 
 class MirrorDescent(AbstractSolver):
@@ -84,7 +87,7 @@ class MirrorDescent(AbstractSolver):
     step_size: Array = None
 
     def update(self, model, params, state, x, y):
-        return mirror_descent_step(model, params, x, y, self.step_size, self.trainable), state
+        return mirror_descent_step.unguarded(model, params, x, y, self.step_size, self.trainable), state
 
 
 class GradientDescent(AbstractSolver):
@@ -93,7 +96,7 @@ class GradientDescent(AbstractSolver):
     step_size: Array | SymParams | MoEParams = None
 
     def update(self, model, params, state, x, y):
-        return gradient_descent_step(model, params, x, y, self.step_size, self.trainable), state
+        return gradient_descent_step.unguarded(model, params, x, y, self.step_size, self.trainable), state
 
 
 class GradientEM(AbstractSolver):
@@ -103,7 +106,8 @@ class GradientEM(AbstractSolver):
     inner_steps: int = eqx.field(static=True, default=3)
 
     def update(self, model, params, state, x, y):
-        return gradient_em_step(model, params, x, y, self.step_size, self.inner_steps, self.trainable), state
+        return (gradient_em_step.unguarded(model, params, x, y, self.step_size, self.inner_steps, self.trainable),
+                state)
 
 
 class OptaxSolver(AbstractSolver):
@@ -135,7 +139,7 @@ def em(trainable=None) -> EM:
 
 def mirror_descent(step_size, trainable=None) -> MirrorDescent:
     """Mirror descent with mirror map A; ``step_size=1`` is EM, η in (0, 1] never increases L."""
-    return MirrorDescent(step_size=_as_step(step_size), trainable=_as_mask(trainable))
+    return MirrorDescent(step_size=_as_step(step_size, per_block=False), trainable=_as_mask(trainable))
 
 
 def gradient_descent(step_size, trainable=None) -> GradientDescent:

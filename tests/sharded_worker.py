@@ -11,20 +11,10 @@ import os
 import re
 import sys
 
-MODE = sys.argv[1]
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + ("4" if MODE == "devices" else "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import emjax.parallel as parallel  # noqa: E402
-
-if MODE == "process":
-    parallel.initialize(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-
-import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
-import emjax  # noqa: E402
+# Nothing below runs on import (pytest collects this file for doctests): the worker starts in __main__,
+# which sets XLA_FLAGS before JAX is imported.
 
 
 def flat(params):
@@ -97,4 +87,15 @@ def process():
 
 
 if __name__ == "__main__":
+    MODE = sys.argv[1]
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + ("4" if MODE == "devices" else "2")
+    import emjax.parallel as parallel
+
+    if MODE == "process":
+        parallel.initialize(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import emjax
+
     print("RESULT " + json.dumps(devices() if MODE == "devices" else process()), flush=True)

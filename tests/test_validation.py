@@ -116,3 +116,298 @@ def test_wrong_types_raise_value_errors_that_say_what_was_expected():
         emjax.bregman_divergence(LIN, P, emjax.SymParams(w=jnp.zeros(3), beta=jnp.zeros(3)), X)
     with pytest.raises(ValueError, match=r"ref must be an emjax.SymParams"):
         emjax.bregman_divergence(LIN, P, None, X)
+
+
+# --------------------------------------------------------------------------- issue 6: a table of invalid inputs
+# Every row is (id, call, argument): ``call()`` must raise ValueError and the message must name ``argument``.
+# Decisions the table pins: integer features and parameters are converted to the working float dtype
+# (test_integer_and_boolean_inputs_that_are_converted); bool or complex features, complex or string labels and
+# Python lists are refused; tol = 0 and num_steps = 0 are valid (an exact-stop rule, a zero-step run).
+
+KEY = jax.random.key(0)
+ML, MG, MP = emjax.MoLinE(2), emjax.MoLogE(2, 3), emjax.MoPoE(2)
+PL = emjax.random_moe_params(ML, KEY, 2)
+PG = emjax.random_moe_params(MG, KEY, 2)
+PP = emjax.random_moe_params(MP, KEY, 2)
+# (model, params, labels) for every model; labels valid for each.
+ALL_MODELS = {
+    "SymMoLinE": (LIN, P, Y), "SymMoLogE": (LOG, P, Y), "MoLinE": (ML, PL, Y), "MoLogE": (MG, PG, Y),
+    "MoPoE": (MP, PP, Y),
+}
+ONE_STEP = {
+    "neg_log_likelihood": emjax.neg_log_likelihood, "responsibilities": emjax.responsibilities,
+    "em_step": emjax.em_step, "missing_information": emjax.missing_information,
+    "neg_log_likelihood_grad": emjax.neg_log_likelihood_grad,
+    "mirror_descent_step": lambda m, p, x, y: emjax.mirror_descent_step(m, p, x, y, 0.5),
+    "gradient_descent_step": lambda m, p, x, y: emjax.gradient_descent_step(m, p, x, y, 0.5),
+    "gradient_em_step": lambda m, p, x, y: emjax.gradient_em_step(m, p, x, y, 0.5, 2),
+    "fit": lambda m, p, x, y: emjax.fit(m, emjax.em(), p, x, y, 2),
+    "init_params": lambda m, p, x, y: emjax.init_params(m, KEY, x, y),
+    "fit_restarts": lambda m, p, x, y: emjax.fit_restarts(m, emjax.em(), KEY, x, y, 2, 2),
+}
+# (id, x, y, argument): bad data, the same for every model and every function of data.
+BAD_DATA = [
+    ("x rank 1", jnp.ones(4), Y, "x"),
+    ("x rank 3", jnp.ones((4, 2, 1)), Y, "x"),
+    ("x no rows", jnp.ones((0, 2)), jnp.ones(0), "x"),
+    ("x no columns", jnp.ones((4, 0)), Y, "x"),
+    ("x bool", X > 0, Y, "x"),
+    ("x complex", X.astype(jnp.complex64), Y, "x"),
+    ("x object", np.array([[None, 1.0]] * 4, dtype=object), Y, "x"),
+    ("x list", X.tolist(), Y, "x"),
+    ("x NaN", X.at[0, 0].set(jnp.nan), Y, "x"),
+    ("x Inf", X.at[1, 1].set(-jnp.inf), Y, "x"),
+    ("y rank 2", X, jnp.ones((4, 1)), "y"),
+    ("y rank 0", X, jnp.array(1.0), "y"),
+    ("y too short", X, jnp.ones(3), "y"),
+    ("y complex", X, Y.astype(jnp.complex64), "y"),
+    ("y strings", X, np.array(["0", "1", "1", "0"]), "y"),
+    ("y list", X, Y.tolist(), "y"),
+    ("y NaN", X, Y.at[2].set(jnp.nan), "y"),
+    ("y Inf", X, Y.at[2].set(jnp.inf), "y"),
+]
+
+
+@pytest.mark.parametrize("fn_name", sorted(ONE_STEP))
+@pytest.mark.parametrize("model_name", sorted(ALL_MODELS))
+@pytest.mark.parametrize(("case", "x", "y", "argument"), BAD_DATA, ids=[row[0] for row in BAD_DATA])
+def test_bad_data_raises_a_value_error_naming_the_argument(case, x, y, argument, model_name, fn_name):
+    model, params, _ = ALL_MODELS[model_name]
+    with pytest.raises(ValueError) as info:
+        ONE_STEP[fn_name](model, params, x, y)
+    assert str(info.value).startswith(f"{argument} must"), str(info.value)
+
+
+def _moe(params, **changes):
+    fields = {"gate": params.gate, "experts": params.experts, "sigma": params.sigma, **changes}
+    return emjax.MoEParams(**fields)
+
+
+def _sym(**changes):
+    return emjax.SymParams(**{"w": P.w, "beta": P.beta, **changes})
+
+
+NLL = emjax.neg_log_likelihood
+# (id, call, argument, match): the message must name the argument and say what was expected.
+INVALID = [
+    # parameters: type, shape (d, K, C), dtype, finiteness, sign
+    ("params type", lambda: NLL(LIN, (P.w, P.beta), X, Y), "params", "emjax.SymParams"),
+    ("params MoE for symmetric", lambda: NLL(LIN, PL, X, Y), "params", "emjax.SymParams"),
+    ("params symmetric for MoE", lambda: NLL(ML, P, X, Y), "params", "emjax.MoEParams"),
+    ("params.w wrong d", lambda: NLL(LIN, _sym(w=jnp.zeros(3), beta=jnp.zeros(3)), X, Y), "params.w", r"\(2,\)"),
+    ("params.w complex", lambda: NLL(LIN, _sym(w=P.w.astype(complex)), X, Y), "params.w", "real numbers"),
+    ("params.beta bool", lambda: NLL(LOG, _sym(beta=P.beta > 0), X, Y), "params.beta", "real numbers"),
+    ("params.beta NaN", lambda: NLL(LOG, _sym(beta=P.beta.at[0].set(jnp.nan)), X, Y), "params.beta", "finite"),
+    ("params.gate wrong K", lambda: NLL(emjax.MoLinE(3), PL, X, Y), "params.gate", r"\(3, 2\)"),
+    ("params.gate wrong d", lambda: NLL(ML, _moe(PL, gate=jnp.zeros((2, 3))), X, Y), "params.gate", r"\(2, 2\)"),
+    ("params.gate rank 1", lambda: NLL(ML, _moe(PL, gate=jnp.zeros(2)), X, Y), "params.gate", "shape"),
+    ("params.experts wrong C", lambda: NLL(emjax.MoLogE(2, 4), PG, X, Y), "params.experts", r"\(2, 2, 4\)"),
+    ("params.experts complex", lambda: NLL(MP, _moe(PP, experts=PP.experts.astype(complex)), X, Y),
+     "params.experts", "real numbers"),
+    ("params.experts Inf", lambda: NLL(MG, _moe(PG, experts=PG.experts.at[0, 0, 1].set(jnp.inf)), X, Y),
+     "params.experts", "finite"),
+    ("params.sigma missing", lambda: NLL(ML, _moe(PL, sigma=None), X, Y), "params.sigma", "shape"),
+    ("params.sigma for MoLogE", lambda: NLL(MG, _moe(PG, sigma=jnp.ones(2)), X, Y), "params.sigma", "None"),
+    ("params.sigma zero", lambda: NLL(ML, _moe(PL, sigma=jnp.array([1.0, 0.0])), X, Y), "params.sigma", "positive"),
+    ("params.sigma negative", lambda: NLL(ML, _moe(PL, sigma=-PL.sigma), X, Y), "params.sigma", "positive"),
+    ("params.sigma NaN", lambda: NLL(ML, _moe(PL, sigma=PL.sigma.at[1].set(jnp.nan)), X, Y), "params.sigma",
+     "finite"),
+    ("ref type", lambda: emjax.bregman_divergence(ML, PL, P, X), "ref", "emjax.MoEParams"),
+    ("ref.sigma negative", lambda: emjax.bregman_divergence(ML, PL, _moe(PL, sigma=-PL.sigma), X), "ref.sigma",
+     "positive"),
+    ("model type", lambda: NLL("SymMoLinE", P, X, Y), "model", "emjax model"),
+    # labels outside what the model can produce
+    ("SymMoLogE label 2", lambda: NLL(LOG, P, X, Y.at[0].set(2.0)), "y", r"\{0, 1\}"),
+    ("SymMoLogE label 0.5", lambda: NLL(LOG, P, X, Y.at[0].set(0.5)), "y", r"\{0, 1\}"),
+    ("SymMoLogE label -1", lambda: emjax.fit(LOG, emjax.em(), P, X, Y.at[0].set(-1.0), 2), "y", r"\{0, 1\}"),
+    ("MoLogE label C", lambda: NLL(MG, PG, X, Y.at[0].set(3.0)), "y", r"\{0, ..., 2\}"),
+    ("MoLogE label -1", lambda: emjax.em_step(MG, PG, X, Y.at[0].set(-1.0)), "y", r"\{0, ..., 2\}"),
+    ("MoLogE label 1.5", lambda: emjax.init_params(MG, KEY, X, Y.at[0].set(1.5)), "y", r"\{0, ..., 2\}"),
+    ("MoPoE negative count", lambda: NLL(MP, PP, X, Y.at[0].set(-1.0)), "y", "counts"),
+    ("MoPoE fractional count", lambda: emjax.fit(MP, emjax.em(), PP, X, Y.at[0].set(0.5), 2), "y", "counts"),
+    # models: K, C, σ, ridge, inner solver
+    ("K = 1", lambda: emjax.MoLinE(1), "num_experts", ">= 2"),
+    ("K = 0", lambda: emjax.MoPoE(0), "num_experts", ">= 2"),
+    ("K = -1", lambda: emjax.MoLogE(-1, 3), "num_experts", ">= 2"),
+    ("K float", lambda: emjax.MoLinE(2.0), "num_experts", "Python int"),
+    ("K bool", lambda: emjax.MoLinE(True), "num_experts", "Python int"),
+    ("C = 1", lambda: emjax.MoLogE(2, 1), "num_classes", ">= 2"),
+    ("sigma zero", lambda: emjax.SymMoLinE(0.0), "sigma", "positive"),
+    ("sigma negative", lambda: emjax.SymMoLinE(-1.0), "sigma", "positive"),
+    ("sigma NaN", lambda: emjax.SymMoLinE(float("nan")), "sigma", "positive"),
+    ("sigma bool", lambda: emjax.SymMoLinE(True), "sigma", "real number"),
+    ("sigma complex", lambda: emjax.SymMoLinE(1 + 1j), "sigma", "real numbers"),
+    ("sigma string", lambda: emjax.SymMoLinE("1"), "sigma", "real numbers"),
+    ("sigma vector", lambda: emjax.SymMoLinE(jnp.ones(2)), "sigma", "scalar"),
+    ("ridge negative", lambda: emjax.MoLinE(2, ridge=-1e-3), "ridge", ">= 0"),
+    ("ridge NaN", lambda: emjax.MoLinE(2, ridge=float("nan")), "ridge", ">= 0"),
+    ("ridge bool", lambda: emjax.MoLinE(2, ridge=True), "ridge", "finite number"),
+    ("m_step_max_steps 0", lambda: emjax.MoLogE(2, 3, m_step_max_steps=0), "m_step_max_steps", ">= 1"),
+    ("m_step_method", lambda: emjax.MoLogE(2, 3, m_step_method="bfgs"), "m_step_method", "one of"),
+    # step sizes: steps, solver factories, per-block steps
+    ("step zero", lambda: emjax.mirror_descent_step(LIN, P, X, Y, 0.0), "step_size", "positive"),
+    ("step negative", lambda: emjax.gradient_descent_step(ML, PL, X, Y, -0.1), "step_size", "positive"),
+    ("step NaN", lambda: emjax.gradient_em_step(MP, PP, X, Y, float("nan")), "step_size", "positive"),
+    ("step Inf", lambda: emjax.gradient_em(float("inf")), "step_size", "positive"),
+    ("step bool", lambda: emjax.gradient_descent(True), "step_size", "real number"),
+    ("step complex", lambda: emjax.mirror_descent(0.5 + 0j), "step_size", "real numbers"),
+    ("step string", lambda: emjax.gradient_descent_step(LIN, P, X, Y, "0.1"), "step_size", "real numbers"),
+    ("step None", lambda: emjax.mirror_descent(None), "step_size", "real number"),
+    ("step vector", lambda: emjax.mirror_descent_step(LOG, P, X, Y, jnp.ones(2)), "step_size", "scalar"),
+    ("mirror step per block", lambda: emjax.mirror_descent(_sym(w=0.1, beta=0.1)), "step_size", "real numbers"),
+    ("block step negative", lambda: emjax.gradient_descent_step(LIN, P, X, Y, _sym(w=0.1, beta=-0.1)),
+     "step_size.beta", "positive"),
+    ("block step wrong type", lambda: emjax.gradient_descent_step(ML, PL, X, Y, _sym(w=0.1, beta=0.1)),
+     "step_size", "emjax.MoEParams"),
+    ("block step missing sigma", lambda: emjax.gradient_em_step(ML, PL, X, Y, emjax.MoEParams(gate=0.1, experts=0.1)),
+     "step_size.sigma", "positive number"),
+    ("block step extra sigma", lambda: emjax.gradient_descent_step(
+        MG, PG, X, Y, emjax.MoEParams(gate=0.1, experts=0.1, sigma=0.1)), "step_size.sigma", "None"),
+    ("solver block step wrong type", lambda: emjax.fit(ML, emjax.gradient_descent(_sym(w=0.1, beta=0.1)), PL, X, Y, 2),
+     "solver.step_size", "emjax.MoEParams"),
+    # loop lengths, tolerances, counts
+    ("num_steps negative", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, -1), "num_steps", ">= 0"),
+    ("num_steps float", lambda: emjax.fit(ML, emjax.em(), PL, X, Y, 2.0), "num_steps", "Python int"),
+    ("num_steps bool", lambda: emjax.fit(ML, emjax.em(), PL, X, Y, True), "num_steps", "Python int"),
+    ("restarts num_steps", lambda: emjax.fit_restarts(ML, emjax.em(), KEY, X, Y, 2, -3), "num_steps", ">= 0"),
+    ("inner_steps 0", lambda: emjax.gradient_em(0.1, 0), "inner_steps", ">= 1"),
+    ("inner_steps float", lambda: emjax.gradient_em_step(LIN, P, X, Y, 0.1, 2.0), "inner_steps", "Python int"),
+    ("num_restarts 0", lambda: emjax.fit_restarts(ML, emjax.em(), KEY, X, Y, 0), "num_restarts", ">= 1"),
+    ("batch_size 0", lambda: emjax.fit_restarts(ML, emjax.em(), KEY, X, Y, 2, batch_size=0), "batch_size", ">= 1"),
+    ("progress 0", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, 2, progress=0), "progress", ">= 1"),
+    ("tol negative", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, 2, tol=-1e-6), "tol", ">= 0"),
+    ("tol NaN", lambda: emjax.fit(MG, emjax.em(), PG, X, Y, 2, tol=float("nan")), "tol", ">= 0"),
+    ("tol string", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, 2, tol="1e-6"), "tol", "real numbers"),
+    ("tol vector", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, 2, tol=jnp.ones(2)), "tol", "scalar"),
+    ("atol negative", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, 2, tol=1e-6, atol=-1.0), "atol", ">= 0"),
+    ("atol negative without tol", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, 2, atol=-1.0), "atol", ">= 0"),
+    ("restarts atol", lambda: emjax.fit_restarts(ML, emjax.em(), KEY, X, Y, 2, atol=-1.0), "atol", ">= 0"),
+    ("sample n 0", lambda: emjax.sample(LIN, P, KEY, 0), "n", "positive Python int"),
+    ("sample d 0", lambda: emjax.sample(LIN, emjax.SymParams(w=jnp.zeros(0), beta=jnp.zeros(0)), KEY, 3),
+     "params", "d >= 1"),
+    # solvers and masks
+    ("solver type", lambda: emjax.fit(LIN, "em", P, X, Y, 2), "solver", "emjax solver"),
+    ("optax type", lambda: emjax.from_optax(lambda g: g), "transformation", "optax.GradientTransformation"),
+    ("trainable type", lambda: emjax.em(trainable=True), "trainable", "emjax.SymParams or emjax.MoEParams"),
+    ("trainable dtype", lambda: emjax.em_step(LIN, P, X, Y, trainable=_sym(w=1.0, beta=True)), "trainable.w",
+     "booleans"),
+    ("solver.trainable type", lambda: emjax.fit(ML, emjax.em(trainable=_sym(w=True, beta=False)), PL, X, Y, 2),
+     "solver.trainable", "emjax.MoEParams"),
+    # keys
+    ("sample key", lambda: emjax.sample(LIN, P, 0, 5), "key", "jax.random key"),
+    ("init_params key", lambda: emjax.init_params(ML, 0, X, Y), "key", "jax.random key"),
+    ("fit_restarts key", lambda: emjax.fit_restarts(ML, emjax.em(), "0", X, Y, 2), "key", "jax.random key"),
+    ("random_params key", lambda: emjax.random_params(np.zeros(2), 2), "key", "jax.random key"),
+    ("key batch", lambda: emjax.random_moe_params(ML, jax.random.split(KEY, 2), 2), "key", "single"),
+    # generators of ground truths and starts: dimensions, norms and scales
+    ("random_params d 0", lambda: emjax.random_params(KEY, 0), "d", ">= 1"),
+    ("random_params w_norm", lambda: emjax.random_params(KEY, 2, w_norm=-1.0), "w_norm", ">= 0"),
+    ("random_params beta_norm", lambda: emjax.random_params(KEY, 2, beta_norm=float("inf")), "beta_norm", ">= 0"),
+    ("random_moe_params d", lambda: emjax.random_moe_params(ML, KEY, 2.5), "d", "Python int"),
+    ("random_moe_params gate_norm", lambda: emjax.random_moe_params(ML, KEY, 2, gate_norm=-2.0), "gate_norm",
+     ">= 0"),
+    ("random_moe_params expert_norm", lambda: emjax.random_moe_params(MG, KEY, 2, expert_norm=float("nan")),
+     "expert_norm", ">= 0"),
+    ("random_moe_params sigma 0", lambda: emjax.random_moe_params(ML, KEY, 2, sigma=0.0), "sigma", "> 0"),
+    ("random_moe_params sigma < 0", lambda: emjax.random_moe_params(ML, KEY, 2, sigma=-0.5), "sigma", "> 0"),
+    ("random_moe_params dtype", lambda: emjax.random_moe_params(ML, KEY, 2, dtype=jnp.int32), "dtype", "floating"),
+    ("random_moe_params model", lambda: emjax.random_moe_params(LIN, KEY, 2), "model", "K-expert"),
+    ("perturb relative_error", lambda: emjax.perturb(KEY, P, -0.5), "relative_error", ">= 0"),
+    ("perturb params", lambda: emjax.perturb(KEY, PL), "params", "emjax.SymParams"),
+    ("relative_errors", lambda: emjax.relative_errors(PL, PL), "estimate", "emjax.SymParams"),
+    ("match_experts K", lambda: emjax.match_experts(PL, emjax.random_moe_params(emjax.MoLinE(3), KEY, 2)),
+     "estimate.gate", "same shape"),
+    ("match_experts type", lambda: emjax.match_experts(P, PL), "estimate", "emjax.MoEParams"),
+    ("num_parameters params", lambda: emjax.num_parameters(LIN, "params"), "params", "emjax.SymParams"),
+]
+
+
+@pytest.mark.parametrize(("case", "call", "argument", "match"), INVALID, ids=[row[0] for row in INVALID])
+def test_invalid_input_raises_a_value_error_naming_the_argument(case, call, argument, match):
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert str(info.value).startswith(f"{argument} ") or f" {argument} " in str(info.value), str(info.value)
+
+
+def test_integer_and_boolean_inputs_that_are_converted():
+    # Integer features and parameters are converted to the working float dtype; binary labels may be bools
+    # and class labels or counts integers. The results equal those of the float inputs.
+    xi = jnp.array([[1, 0], [0, 1], [2, 1], [1, 3]], jnp.int32)
+    expected = emjax.neg_log_likelihood(LOG, P, xi.astype(jnp.float64), Y)
+    assert float(emjax.neg_log_likelihood(LOG, P, xi, Y > 0)) == pytest.approx(float(expected), rel=1e-12)
+    integer_params = emjax.SymParams(w=jnp.array([1, 0]), beta=jnp.array([0, 2]))
+    assert emjax.em_step(LIN, integer_params, X, Y).w.dtype == jnp.float64
+    counts = jnp.array([0, 3, 1, 7], jnp.int32)
+    assert float(emjax.neg_log_likelihood(MP, PP, X, counts)) == pytest.approx(
+        float(emjax.neg_log_likelihood(MP, PP, X, counts.astype(jnp.float64))), rel=1e-12)
+    assert emjax.fit(LIN, emjax.em(), P, X, Y, 0, tol=0.0).losses.shape == (1,)  # zero steps and tol = 0 are valid
+
+
+# --------------------------------------------------------------------------- non-finite data under jit
+# A public function of (model, params, data) inside a user's jit cannot see values in Python: its data pass
+# through equinox.error_if, which raises at run time. The loops (fit, fit_restarts) never raise on values:
+# they report Status.nonfinite, apply no step and return the initial parameters.
+
+JITTED = {
+    "neg_log_likelihood": lambda m, p, x, y: emjax.neg_log_likelihood(m, p, x, y),
+    "responsibilities": lambda m, p, x, y: emjax.responsibilities(m, p, x, y),
+    "em_step": lambda m, p, x, y: emjax.em_step(m, p, x, y),
+    "mirror_descent_step": lambda m, p, x, y: emjax.mirror_descent_step(m, p, x, y, 0.5),
+    "gradient_em_step": lambda m, p, x, y: emjax.gradient_em_step(m, p, x, y, 0.5),
+    "missing_information": lambda m, p, x, y: emjax.missing_information(m, p, x, y),
+    "mirror_map": lambda m, p, x, y: emjax.mirror_map(m, p, x),
+    "init_params": lambda m, p, x, y: emjax.init_params(m, KEY, x, y),
+}
+
+
+# The guard lives in the one decorator every public function goes through; every function runs on the cheap
+# symmetric model, a few on K-expert ones.
+JIT_CASES = [("SymMoLinE", name) for name in sorted(JITTED)] + [
+    ("MoLogE", "neg_log_likelihood"), ("MoLogE", "gradient_em_step"), ("MoLinE", "em_step"),
+    ("MoPoE", "responsibilities"),
+]
+
+
+@pytest.mark.parametrize(("model_name", "fn_name"), JIT_CASES)
+def test_nonfinite_data_under_jit_raise_at_run_time(model_name, fn_name):
+    model, params, y = ALL_MODELS[model_name]
+    fn = jax.jit(lambda x, y: JITTED[fn_name](model, params, x, y))
+    finite = fn(X, y)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(finite))
+    with pytest.raises(Exception, match="x must be finite"):
+        jax.block_until_ready(fn(X.at[1, 0].set(jnp.nan), y))
+    if fn_name != "mirror_map":  # a function of x only
+        with pytest.raises(Exception, match="y must be finite"):
+            jax.block_until_ready(fn(X, y.at[2].set(jnp.inf)))
+
+
+@pytest.mark.parametrize("model_name", ["SymMoLogE", "MoLinE"])
+def test_nonfinite_data_under_jit_give_nonfinite_status(model_name):
+    model, params, y = ALL_MODELS[model_name]
+    for tol in (None, 1e-6):
+        run = jax.jit(lambda x, y, tol=tol: emjax.fit(model, emjax.em(), params, x, y, 3, tol=tol))
+        ok = run(X, y)
+        assert int(ok.status) != emjax.Status.nonfinite and int(ok.num_steps) >= 1
+        for bad_x, bad_y in ((X.at[0, 1].set(jnp.nan), y), (X, y.at[3].set(-jnp.inf))):
+            result = run(bad_x, bad_y)
+            assert int(result.status) == emjax.Status.nonfinite and int(result.num_steps) == 0
+            assert not bool(result.converged)
+            for leaf, start in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(params),
+                                   strict=True):
+                assert bool(jnp.all(leaf == start))
+
+
+def test_nonfinite_data_under_jit_give_nonfinite_status_in_restarts():
+    restarts = jax.jit(lambda x, y: emjax.fit_restarts(LOG, emjax.em(), KEY, x, y, 2, 3, batch_size=1))
+    assert int(restarts(X, Y).status) in (emjax.Status.ok, emjax.Status.max_steps)
+    assert int(restarts(X.at[2, 0].set(jnp.inf), Y).status) == emjax.Status.nonfinite
+
+
+def test_nonfinite_parameters_under_jit_are_never_reported_healthy():
+    # With |x.w| = inf the SymMoLogE loss stays finite (log-sigmoid saturates); a zero-step run used to report ok.
+    run = jax.jit(lambda w, beta: emjax.fit(LOG, emjax.em(), emjax.SymParams(w=w, beta=beta), X, Y, 0))
+    assert int(run(P.w, P.beta).status) == emjax.Status.ok
+    result = run(jnp.array([jnp.inf, 0.0]), P.beta)
+    assert bool(jnp.isfinite(result.losses[0])) and int(result.status) == emjax.Status.nonfinite
+    until = jax.jit(lambda w: emjax.fit(ML, emjax.em(), _moe(PL, gate=w), X, Y, 0, tol=1e-6))
+    assert int(until(PL.gate.at[1, 0].set(jnp.nan)).status) == emjax.Status.nonfinite

@@ -101,7 +101,8 @@ class MixtureOfExperts(eqx.Module):
     def __check_init__(self):
         if not isinstance(self.num_experts, int) or isinstance(self.num_experts, bool) or self.num_experts < 2:
             raise ValueError(f"num_experts must be a Python int >= 2; got {self.num_experts!r}")
-        if not (isinstance(self.ridge, (int, float)) and np.isfinite(self.ridge) and self.ridge >= 0):
+        ridge_is_number = isinstance(self.ridge, (int, float)) and not isinstance(self.ridge, bool)
+        if not (ridge_is_number and np.isfinite(self.ridge) and self.ridge >= 0):
             raise ValueError(f"ridge must be a finite number >= 0; got {self.ridge!r}")
         if self.m_step_method not in METHODS:
             raise ValueError(f"m_step_method must be one of {METHODS}; got {self.m_step_method!r}")

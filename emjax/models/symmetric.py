@@ -17,7 +17,7 @@ from jax import Array
 
 from .._linalg import solve_psd
 from .._newton import soft_logistic_regression
-from .._validation import is_concrete
+from .._validation import check_real_scalar, is_concrete
 from ._base import AbstractSymmetricModel
 
 
@@ -52,8 +52,7 @@ class SymMoLinE(AbstractSymmetricModel):
     sigma: Array
 
     def __init__(self, sigma=1.0):
-        if jnp.shape(sigma) != ():
-            raise ValueError(f"sigma must be a scalar; got shape {jnp.shape(sigma)}")
+        check_real_scalar(sigma, "sigma")
         if is_concrete(sigma):
             value = float(np.asarray(sigma))
             if not (math.isfinite(value) and value > 0):
