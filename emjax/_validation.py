@@ -187,7 +187,10 @@ def guard_finite(value, name: str):
     if not jnp.issubdtype(jnp.result_type(value), jnp.inexact):
         return value
     message = f"{name} must be finite; it contains NaN or infinite values"
-    return eqx.error_if(value, ~jnp.all(jnp.isfinite(value)), message)
+    # The check rides on a scalar zero added to ``value``: equinox's error branch on the whole
+    # array would make XLA gather row-sharded data onto every device.
+    zero = eqx.error_if(jnp.zeros((), jnp.result_type(value)), ~jnp.all(jnp.isfinite(value)), message)
+    return value + zero
 
 
 DATA = ("x", "y")
