@@ -19,17 +19,31 @@ Both are wrapped in :func:`jax.lax.custom_root` with the optimality condition
 $g_F(u) = 0,\ u_{\bar F} = u^{(0)}_{\bar F}$, so derivatives are those of the solution map, not of
 the unrolled iterations (MATH.md §5.5-§5.6); the L-BFGS path solves the tangent system matrix-free
 by conjugate gradients.
+
+**Linear predictors.** Every built-in Newton M-step minimises $f(U) = \mathrm{mean}_n\,\ell_n(x_n U)
++ \tfrac{\lambda}{2}\|U\|^2$ with $U$ of shape (d, m) and a loss of each row's m scores. For these
+:func:`linear_newton` takes the same Newton steps without differentiating through x: the per-sample
+m x m Hessians of $\ell_n$ come in closed form (softmax, Poisson) or from autodiff in score space,
+and the gradient and all the $X^\top\mathrm{diag}(h_{ij})X$ blocks of the free columns from one
+blocked product (:func:`emjax._newton.gradient_and_hessian`); the line search moves along
+$x\cdot$direction, computed once, so a trial costs O(n m), not a pass over x. The dense autodiff
+Hessian of :func:`masked_newton` (m d Hessian-vector products, each through x) costs 5-20x more per
+EM iteration at n = 1e5 (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array, lax
+from jax.scipy.linalg import cho_factor, cho_solve
 
-from ._linalg import newton_shift, solve_psd
-from ._newton import MAX_NEWTON_STEPS, armijo_step, newton_tolerance
+from ._linalg import add_jitter, newton_shift, solve_psd
+from ._newton import MAX_NEWTON_STEPS, armijo_search, armijo_step, gradient_and_hessian, newton_tolerance
 
 NEWTON_MAX_SIZE = 256
 """``method="auto"`` uses dense Newton up to this many entries and L-BFGS above: a dense Hessian
@@ -182,6 +196,120 @@ def _masked_solve(objective, init: Array, free, loop, tangent_solve, max_steps: 
         return loop(flat_objective, u0, lax.stop_gradient(free_flat), max_steps)
 
     return lax.custom_root(optimality, lax.stop_gradient(start), solve, tangent_solve).reshape(shape)
+
+
+def linear_newton(loss, x: Array, init: Array, free, columns, penalty, ridge: float,
+                  max_steps: int = MAX_NEWTON_STEPS, scores: Array | None = None, derivatives=None) -> Array:
+    r"""Masked damped Newton for $f(U) = \mathrm{mean}_n\,\ell_n(x_n U) + \mathrm{penalty}(U)$, U of shape (d, m).
+
+    The same iterates as ``masked_newton(f, init, free)`` (round-off aside): the same Newton
+    directions, Levenberg shift, Armijo line search and stopping rule, and the same implicit
+    derivatives (:func:`jax.lax.custom_root` on the masked gradient of f). Only the work differs
+    (module docstring).
+
+    Args:
+        loss: ``loss(z)`` of scores z (n, m) returns the per-sample losses (n,); row n's loss may
+            depend only on row n of z.
+        x: features (n, d).
+        init: the warm start U, shape (d, m).
+        free: boolean (d, m) mask of the entries to optimise; the rest keep ``init``.
+        columns: static tuple of the columns of U that hold free entries: every entry of the other
+            columns must be fixed (e.g. a pinned gate row or class column). Only these columns'
+            Hessian blocks are formed.
+        penalty: ``penalty(U)``, a scalar whose gradient on the free entries is ``ridge * U`` and
+            whose Hessian there is ``ridge * I`` (a ridge over any superset of the free entries).
+        ridge: λ >= 0, a Python float.
+        max_steps: bound on Newton steps.
+        scores: optionally ``x @ init`` when the caller has it (an E-step does); saves one pass over x.
+        derivatives: optionally ``derivatives(z) -> (g, h)`` in closed form: g (n, m) the gradient of
+            ``sum(loss(z))`` and ``h(i, j)`` (n,) its second derivatives in columns i and j. Default:
+            autodiff of ``loss`` in score space.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> x = jax.random.normal(jax.random.key(0), (50, 2))
+        >>> t = jax.nn.one_hot(jnp.arange(50) % 3, 3)
+        >>> loss = lambda z: jax.nn.logsumexp(z, axis=-1) - jnp.sum(t * z, axis=-1)
+        >>> free = jnp.ones((2, 3), bool).at[:, 0].set(False)
+        >>> u = linear_newton(loss, x, jnp.zeros((2, 3)), free, (1, 2), lambda u: 0.0, 0.0)
+        >>> objective = lambda u: jnp.mean(loss(x @ u))
+        >>> bool(jnp.allclose(u, masked_newton(objective, jnp.zeros((2, 3)), free), atol=1e-8))
+        True
+    """
+
+    def objective(u):
+        return jnp.mean(loss(x @ u)) + penalty(u)
+
+    if derivatives is None:
+        derivatives = functools.partial(_score_derivatives, loss)
+    loop = functools.partial(_linear_newton_loop, loss, derivatives, x, init.shape, tuple(int(c) for c in columns),
+                             penalty, ridge, None if scores is None else lax.stop_gradient(scores))
+    return _masked_solve(objective, init, free, loop, _dense_tangent_solve, max_steps)
+
+
+def _score_derivatives(loss, z):
+    """Gradient (n, m) of ``sum(loss(z))`` and its per-sample second derivatives ``h(i, j)`` by autodiff."""
+    gradient, hvp = jax.linearize(jax.grad(lambda z: jnp.sum(loss(z))), z)
+    columns = {}
+
+    def second(i, j):
+        if j not in columns:  # one Hessian-vector product per column, over all samples at once
+            columns[j] = hvp(jnp.zeros_like(z).at[:, j].set(1))
+        return columns[j][:, i]
+
+    return gradient, second
+
+
+def _linear_newton_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _objective, u0, free,
+                        max_steps):
+    """The Newton loop of :func:`linear_newton` on the flattened U (as :func:`_masked_solve` calls it)."""
+    n, d = x.shape
+    dtype = u0.dtype
+    tol = newton_tolerance(dtype)
+    shift = newton_shift(dtype)
+    cols = np.asarray(columns)
+    width = len(columns)
+    pairs = [(i, j) for i in range(width) for j in range(i, width)]
+    free_cols = free.reshape(shape)[:, cols].reshape(-1)  # the solved entries, ordered (feature, column)
+    fixed_diagonal = jnp.diag(1 - free_cols)
+    # masked_newton solves with the whole masked Hessian, whose Levenberg shift is relative to its mean
+    # diagonal: that includes a unit diagonal entry for each entry of the fixed columns.
+    outside = u0.size - d * width
+
+    def value(u, z):
+        return jnp.mean(loss(z)) + penalty(u)
+
+    def keep_going(state):
+        _, _, _, step_norm, k = state
+        return (k < max_steps) & (step_norm >= tol)
+
+    def newton_step(state):
+        u, z, f0, _, k = state
+        score_grad, second = derivatives(z)
+        curvatures = jnp.stack([second(columns[i], columns[j]) for i, j in pairs], axis=1)
+        xg, blocks = gradient_and_hessian(x, score_grad[:, cols], curvatures)
+        grad = free_cols * (xg / n + ridge * u[:, cols]).reshape(-1)
+        block = {}
+        for p, (i, j) in enumerate(pairs):
+            block[i, j] = block[j, i] = blocks[p]  # X^T diag(h_ij) X is symmetric
+        hess = jnp.stack([jnp.stack([block[i, j] for j in range(width)]) for i in range(width)])
+        hess = hess.transpose(2, 0, 3, 1).reshape(d * width, d * width) / n + ridge * jnp.eye(d * width, dtype=dtype)
+        hess = hess * free_cols[:, None] * free_cols[None, :] + fixed_diagonal
+        scale = (jnp.trace(hess) + outside) / u0.size
+        solved = -cho_solve(cho_factor(add_jitter(hess, scale, shift), lower=True), grad)
+        direction = jnp.zeros(shape, dtype).at[:, cols].set(solved.reshape(d, width))
+        along = jnp.zeros_like(z).at[:, cols].set(x @ direction[:, cols])
+        alpha, f_alpha = armijo_search(lambda a: value(u + a * direction, z + a * along), f0, grad @ solved, dtype)
+        finite = jnp.isfinite(f_alpha)
+        step = jnp.where(finite, alpha * direction, jnp.zeros_like(direction))
+        z = jnp.where(finite, z + alpha * along, z)
+        return u + step, z, jnp.where(finite, f_alpha, f0), jnp.max(jnp.abs(step), initial=0), k + 1
+
+    u0 = u0.reshape(shape)
+    z0 = x @ u0 if scores is None else scores
+    init = (u0, z0, value(u0, z0), jnp.asarray(jnp.inf, dtype), 0)
+    u, *_ = lax.while_loop(keep_going, newton_step, init)
+    return u.reshape(-1)
 
 
 def masked_newton(objective, init: Array, free, max_steps: int = MAX_NEWTON_STEPS) -> Array:

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._minimize import masked_minimize, resolve_method
+from ._minimize import MAX_NEWTON_STEPS, linear_newton, masked_minimize, resolve_method
 from .models import MixtureOfExperts, MoEParams
-from .models.experts import VARIANCE_FLOOR, AbstractExpertFamily
+from .models.experts import VARIANCE_FLOOR, AbstractExpertFamily, PoissonExpert, SoftmaxExpert
 
 # ----------------------------------------------------------------------------- dtypes and masks
 
@@ -140,15 +140,37 @@ def sample(model: MixtureOfExperts, params: MoEParams, key: Array, n: int):
 # ----------------------------------------------------------------------------- M-steps
 
 
-def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array) -> Array:
-    r"""Soft-target multinomial logistic regression, $\min_W -\mathrm{mean}_n\sum_k t_{nk}\log\pi_k(x_n)$."""
+def _linear_newton_steps(model, size: int) -> int | None:
+    """Newton's step bound when the model's M-step sub-problem of ``size`` entries is a default Newton
+    solve (so :func:`~emjax._minimize.linear_newton` may run it); None otherwise."""
+    if type(model).minimize is not MixtureOfExperts.minimize or resolve_method(model.m_step_method, size) != "newton":
+        return None
+    return MAX_NEWTON_STEPS if model.m_step_max_steps is None else model.m_step_max_steps
+
+
+def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array, logits: Array | None = None) -> Array:
+    r"""Soft-target multinomial logistic regression, $\min_W -\mathrm{mean}_n\sum_k t_{nk}\log\pi_k(x_n)$.
+
+    ``logits``, if given, is ``x @ gate.T`` (the E-step has it), which saves the Newton solver a pass over x.
+    """
     # The targets sum to the same total per row, so sum_k t_k log pi_k = t.xW - sum_k t_k LSE.
     row_mass = jnp.sum(targets, axis=-1)
 
+    def penalty(w):
+        return 0.5 * model.ridge * jnp.sum(jnp.square(jnp.where(free, w, 0)))
+
+    def loss(logits):
+        return row_mass * jax.nn.logsumexp(logits, axis=-1) - jnp.sum(targets * logits, axis=-1)
+
+    steps = _linear_newton_steps(model, gate.size)
+    if steps is not None:
+        # The same Newton solve on W^T (d, K): the scores x W^T are linear in it (_minimize.linear_newton).
+        rows = tuple(k for k in range(gate.shape[0]) if not np.all(_static_pinned(model, gate.shape[1]).gate[k]))
+        return linear_newton(loss, x, gate.T, free.T, rows, lambda u: penalty(u.T), model.ridge, steps,
+                             logits, softmax_derivatives(row_mass, targets)).T
+
     def objective(w):
-        logits = x @ w.T
-        fit = jnp.mean(row_mass * jax.nn.logsumexp(logits, axis=-1) - jnp.sum(targets * logits, axis=-1))
-        return fit + 0.5 * model.ridge * jnp.sum(jnp.square(jnp.where(free, w, 0)))
+        return jnp.mean(loss(x @ w.T)) + penalty(w)
 
     return model.minimize(objective, gate, free)
 
@@ -176,11 +198,84 @@ def _solve_experts_jointly(model, params: MoEParams, x, weights: Array, stats: A
     return masked_minimize(objective, params.experts, free.experts, "lbfgs", model.m_step_max_steps)
 
 
-def solve_targets(model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams) -> MoEParams:
-    """Fit the gate to ``weights`` (n, K) and expert k to ``weights[:, k]``, ``stats[:, k]`` (n, S, K)."""
-    gate = fit_gate(model, x, weights, params.gate, free.gate)
+def softmax_derivatives(weights: Array, targets: Array):
+    r"""Score-space derivatives of $a_n\,\mathrm{logsumexp}(z_n) - \langle t_n, z_n\rangle$ in closed form:
+    gradient $a p - t$ and second derivatives $a\,p_i(\delta_{ij} - p_j)$, $p = \mathrm{softmax}(z)$
+    (for :func:`~emjax._minimize.linear_newton`; autodiff would spend two passes more per Newton step)."""
+
+    def derivatives(z):
+        p = jax.nn.softmax(z, axis=-1)
+        return weights[:, None] * p - targets, lambda i, j: weights * p[:, i] * (float(i == j) - p[:, j])
+
+    return derivatives
+
+
+def _exp_derivatives(weights: Array, targets: Array):
+    r"""Score-space derivatives of $a_n e^{z_n} - t_n z_n$ (Poisson experts): $a e^z - t$ and $a e^z$."""
+
+    def derivatives(z):
+        rate = weights[:, None] * jnp.exp(z)
+        return rate - targets, lambda i, j: rate[:, 0]
+
+    return derivatives
+
+
+def _closed_form_derivatives(family):
+    """The closed-form score derivatives of a built-in family's M-step loss, or None (autodiff)."""
+    if type(family).log_partition is SoftmaxExpert.log_partition:
+        return softmax_derivatives
+    if type(family).log_partition is PoissonExpert.log_partition:
+        return _exp_derivatives
+    return None
+
+
+def _linear_experts(model, params: MoEParams) -> int | None:
+    """Newton's step bound when every expert's M-step can run as a linear-predictor Newton solve:
+    the family keeps the generic M-step and declares ``linear_natural``; None otherwise."""
+    family = type(model.expert)
+    generic = family.m_step is AbstractExpertFamily.m_step and (
+        family.m_step_objective is AbstractExpertFamily.m_step_objective)
+    if not (generic and model.expert.linear_natural):
+        return None
+    return _linear_newton_steps(model, params.experts[0].size)
+
+
+def _solve_linear_experts(model, x, weights, stats, coefs, free, steps: int) -> Array:
+    r"""The generic expert M-step, $\min \mathrm{mean}_n[a_n A(x_n U) - \langle x_n U, t_n\rangle] +
+    \tfrac{\lambda}{2}\|U\|^2$, by :func:`~emjax._minimize.linear_newton` for every expert (vmapped)."""
+    family = model.expert
+    d = x.shape[1]
+    shape = coefs.shape[1:]
+    pinned = np.asarray(family.pinned(d)).reshape(d, -1)
+    columns = tuple(c for c in range(pinned.shape[1]) if not np.all(pinned[:, c]))
+
+    def solve(coef, w, t, free_coef):
+        def loss(z):
+            return w * family.log_partition(z) - jnp.sum(z * t, axis=-1)
+
+        def penalty(u):
+            return 0.5 * model.ridge * jnp.sum(jnp.square(u))
+
+        closed_form = _closed_form_derivatives(family)
+        u = linear_newton(loss, x, coef.reshape(d, -1), free_coef.reshape(d, -1), columns, penalty, model.ridge, steps,
+                          derivatives=None if closed_form is None else closed_form(w, t))
+        return u.reshape(shape)
+
+    return jax.vmap(solve, in_axes=(0, 1, 2, 0))(coefs, weights, stats, free.experts)
+
+
+def solve_targets(model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams,
+                  logits: Array | None = None) -> MoEParams:
+    """Fit the gate to ``weights`` (n, K) and expert k to ``weights[:, k]``, ``stats[:, k]`` (n, S, K).
+
+    ``logits``, if given, is the E-step's ``x @ params.gate.T``."""
+    gate = fit_gate(model, x, weights, params.gate, free.gate, logits)
     if _joint_expert_solve(model, params):
         coef = _solve_experts_jointly(model, params, x, weights, stats, free)
+        return select(free, MoEParams(gate=gate, experts=coef, sigma=params.sigma), params)
+    steps = _linear_experts(model, params)
+    if steps is not None:
+        coef = _solve_linear_experts(model, x, weights, stats, params.experts, free, steps)
         return select(free, MoEParams(gate=gate, experts=coef, sigma=params.sigma), params)
     free_sigma = free.sigma if free.sigma is not None else jnp.zeros(model.num_experts, bool)
 
@@ -200,19 +295,21 @@ def posterior_statistics(model, gamma: Array, y: Array) -> Array:
 
 
 def em_step(model, params, x, y, free) -> MoEParams:
-    gamma, _ = e_step(model, params, x, y)
-    return solve_targets(model, params, x, gamma, posterior_statistics(model, gamma, y), free)
+    logits = x @ params.gate.T
+    gamma, _ = normalise(jax.nn.log_softmax(logits, axis=-1) + expert_log_probs(model, params, x, y))
+    return solve_targets(model, params, x, gamma, posterior_statistics(model, gamma, y), free, logits)
 
 
 def mirror_descent_step(model, params, x, y, step_size, free) -> MoEParams:
-    log_gate = gate_log_probs(params, x)
+    logits = x @ params.gate.T
+    log_gate = jax.nn.log_softmax(logits, axis=-1)
     gamma, _ = normalise(log_gate + expert_log_probs(model, params, x, y))
     stats_post = posterior_statistics(model, gamma, y)
     prior = jnp.exp(log_gate)
     prior_stats = _per_expert(model.expert.mean_statistic, params, x) * prior[:, None, :]
     weights = prior + step_size * (gamma - prior)
     stats = prior_stats + step_size * (stats_post - prior_stats)
-    return solve_targets(model, params, x, weights, stats, free)
+    return solve_targets(model, params, x, weights, stats, free, logits)
 
 
 def ridge_penalty(model, params: MoEParams, free: MoEParams) -> Array:

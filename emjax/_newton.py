@@ -32,17 +32,13 @@ def newton_tolerance(dtype) -> float:
     return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-5
 
 
-def _objective(x: Array, targets: Array, u: Array) -> Array:
-    z = x @ u
-    return jnp.mean(jax.nn.softplus(z) - targets * z)
+def armijo_search(phi, f0: Array, slope: Array, dtype) -> tuple[Array, Array]:
+    """Backtracking along a line: halve alpha from 1 until ``phi(alpha) <= f0 + c alpha slope`` (+ slack).
 
-
-def armijo_step(objective, u: Array, direction: Array, f0: Array, slope: Array) -> Array:
-    """The damped step ``alpha * direction``: halve alpha from 1 until Armijo's condition holds.
-
-    Returns a zero step if no finite trial point is found (so a Newton loop never steps to NaN).
+    Returns ``(alpha, phi(alpha))`` of the accepted trial, or of the last one after 40 halvings; the
+    value is not finite when no finite trial was found (callers then take no step).
     """
-    eps = jnp.finfo(u.dtype).eps
+    eps = jnp.finfo(dtype).eps
     slack = 16 * eps * (jnp.abs(f0) + 1)  # round-off: near the optimum f changes by less than its last bits
 
     def reject(search):
@@ -53,41 +49,103 @@ def armijo_step(objective, u: Array, direction: Array, f0: Array, slope: Array) 
     def halve(search):
         alpha, _, halvings = search
         alpha = alpha / 2
-        return alpha, objective(u + alpha * direction), halvings + 1
+        return alpha, phi(alpha), halvings + 1
 
-    alpha, f_alpha, _ = lax.while_loop(reject, halve, (jnp.ones((), u.dtype), objective(u + direction), 0))
+    one = jnp.ones((), dtype)
+    alpha, f_alpha, _ = lax.while_loop(reject, halve, (one, phi(one), 0))
+    return alpha, f_alpha
+
+
+def armijo_step(objective, u: Array, direction: Array, f0: Array, slope: Array) -> Array:
+    """The damped step ``alpha * direction``: halve alpha from 1 until Armijo's condition holds.
+
+    Returns a zero step if no finite trial point is found (so a Newton loop never steps to NaN).
+    """
+    alpha, f_alpha = armijo_search(lambda a: objective(u + a * direction), f0, slope, u.dtype)
     return jnp.where(jnp.isfinite(f_alpha), alpha * direction, jnp.zeros_like(direction))
 
 
-def _newton_solve(x: Array, targets: Array, u0: Array, max_steps: int) -> Array:
+BLOCK_ROWS = 1024
+"""Rows per block of :func:`gradient_and_hessian` on a CPU (benchmarks/RESULTS.md: 512-2048 are all close)."""
+
+
+def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array) -> tuple[Array, Array]:
+    r"""$X^\top G$ and the blocks $X^\top \mathrm{diag}(c_p) X$ from one matrix product (sums, not means).
+
+    Args:
+        x: (n, d). gradients: (n, m), the columns of $G$. curvatures: (n, P), one weight column per block.
+
+    Returns:
+        ``(X^T G, blocks)`` of shapes (d, m) and (P, d, d).
+
+    The product is $[x c_1, \dots, x c_P, G]^\top x$: x is read once for the gradient and all P
+    Hessian blocks. On a CPU it runs over blocks of :data:`BLOCK_ROWS` rows, so the scaled copies
+    of x live in cache and never travel to memory; XLA's single (n, d)-by-(n, d) product reaches
+    0.5-14 GFLOP/s at these shapes, the blocked loop 2-6x more (``benchmarks/RESULTS.md``). A
+    matrix-vector product in x's (n, d) layout, ``x.T @ g``, is slow for the same reason.
+    """
+    n, d = x.shape
+    blocks = curvatures.shape[1]
+
+    def product(rows, g, c):
+        scaled = (rows[:, None, :] * c[:, :, None]).reshape(rows.shape[0], blocks * d)
+        return jnp.concatenate([scaled, g], axis=1).T @ rows
+
+    if jax.default_backend() != "cpu" or n <= BLOCK_ROWS:
+        total = product(x, gradients, curvatures)
+    else:
+        count = n // BLOCK_ROWS
+
+        def accumulate(i, total):
+            def rows(a):
+                return lax.dynamic_slice_in_dim(a, i * BLOCK_ROWS, BLOCK_ROWS)
+
+            return total + product(rows(x), rows(gradients), rows(curvatures))
+
+        tail = count * BLOCK_ROWS
+        total = product(x[tail:], gradients[tail:], curvatures[tail:])
+        total = lax.fori_loop(0, count, accumulate, total)
+    return total[blocks * d:].T, total[: blocks * d].reshape(blocks, d, d)
+
+
+def _newton_solve(x: Array, targets: Array, u0: Array, max_steps: int, z0: Array | None = None) -> Array:
+    # Carries z = x.u and f(u) from one iteration to the next: the line search moves along
+    # x.direction, computed once, so a trial costs O(n), not a pass over x, and the accepted trial's
+    # z is the next iteration's. The gradient and Hessian come from one product (gradient_and_hessian).
     n = x.shape[0]
     dtype = x.dtype
     tol = newton_tolerance(dtype)
 
+    def losses(z):
+        return jax.nn.softplus(z) - targets * z
+
     def keep_going(state):
-        _, step_norm, k = state
+        _, _, _, step_norm, k = state
         return (k < max_steps) & (step_norm >= tol)
 
     def newton_step(state):
-        u, _, k = state
-        z = x @ u
+        u, z, f0, _, k = state
         p = jax.nn.sigmoid(z)
-        grad = x.T @ (p - targets) / n
-        hess = (x * (p * (1 - p))[:, None]).T @ x / n
+        grad, hess = gradient_and_hessian(x, (p - targets)[:, None], (p * (1 - p))[:, None])
+        grad, hess = grad[:, 0] / n, hess[0] / n
         # solve_psd's jitter keeps the step defined when every sample saturates (|x.u| huge);
         # it changes the direction, never the fixed point (grad = 0).
         direction = -solve_psd(hess, grad)
-        f0 = jnp.mean(jax.nn.softplus(z) - targets * z)
-        step = armijo_step(lambda v: _objective(x, targets, v), u, direction, f0, grad @ direction)
-        return u + step, jnp.max(jnp.abs(step)), k + 1
+        along = x @ direction
+        alpha, f_alpha = armijo_search(lambda a: jnp.mean(losses(z + a * along)), f0, grad @ direction, dtype)
+        finite = jnp.isfinite(f_alpha)
+        step = jnp.where(finite, alpha * direction, jnp.zeros_like(direction))
+        z = jnp.where(finite, z + alpha * along, z)
+        return u + step, z, jnp.where(finite, f_alpha, f0), jnp.max(jnp.abs(step)), k + 1
 
-    init = (u0, jnp.asarray(jnp.inf, dtype), 0)
-    u, _, _ = lax.while_loop(keep_going, newton_step, init)
+    z0 = x @ u0 if z0 is None else z0
+    init = (u0, z0, jnp.mean(losses(z0)), jnp.asarray(jnp.inf, dtype), 0)
+    u, *_ = lax.while_loop(keep_going, newton_step, init)
     return u
 
 
 def soft_logistic_regression(
-    x: Array, targets: Array, init: Array, max_steps: int = MAX_NEWTON_STEPS
+    x: Array, targets: Array, init: Array, max_steps: int = MAX_NEWTON_STEPS, *, scores: Array | None = None
 ) -> Array:
     r"""Minimise $\mathrm{mean}_n[\mathrm{softplus}(x_n\cdot u) - t_n x_n\cdot u]$ over $u$.
 
@@ -96,6 +154,8 @@ def soft_logistic_regression(
         targets: soft labels $t$, shape (n,), normally in (0, 1).
         init: warm start, shape (d,). It does not change the answer, only the work.
         max_steps: bound on Newton steps.
+        scores: optionally ``x @ init``, when the caller has it already (an E-step does): it saves
+            one pass over x. Derivatives never flow through it.
 
     Returns:
         The minimiser, shape (d,). Derivatives with respect to ``x`` and ``targets`` are exact
@@ -114,7 +174,7 @@ def soft_logistic_regression(
         return x.T @ (jax.nn.sigmoid(x @ u) - targets) / n
 
     def solve(_, u0):
-        return _newton_solve(x, targets, u0, max_steps)
+        return _newton_solve(x, targets, u0, max_steps, None if scores is None else lax.stop_gradient(scores))
 
     def tangent_solve(linear_gradient, rhs):
         return jnp.linalg.solve(jax.jacobian(linear_gradient)(rhs), rhs)

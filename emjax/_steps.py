@@ -47,10 +47,12 @@ def keep_frozen(free, new, old):
     return jax.tree_util.tree_map(jnp.where, free, new, old)
 
 
-def _solve_targets(model, params: SymParams, x: Array, gate_targets, expert_targets) -> SymParams:
-    """Solve ``grad A(theta+) = (mean t_gate x, mean t_expert x)``, warm-started at params."""
+def _solve_targets(model, params: SymParams, x: Array, gate_targets, expert_targets, xw: Array) -> SymParams:
+    """Solve ``grad A(theta+) = (mean t_gate x, mean t_expert x)``, warm-started at params.
+
+    ``xw = x @ params.w`` comes from the E-step, so the gate's Newton solve starts without a pass over x."""
     return SymParams(
-        w=soft_logistic_regression(x, gate_targets, params.w),
+        w=soft_logistic_regression(x, gate_targets, params.w, scores=xw),
         beta=model.expert_solve(x, expert_targets, params.beta),
     )
 
@@ -93,7 +95,7 @@ def em_step(model, params, x, y, trainable=None):
         return _moe.em_step(model, params, x, y, free)
     xw, xb = projections(params, x)
     logit = posterior_logit(model, xw, xb, y)
-    new = _solve_targets(model, params, x, jax.nn.sigmoid(logit), model.expert_posterior_statistic(logit, y))
+    new = _solve_targets(model, params, x, jax.nn.sigmoid(logit), model.expert_posterior_statistic(logit, y), xw)
     return keep_frozen(free, new, params)
 
 
@@ -124,7 +126,7 @@ def mirror_descent_step(model, params, x, y, step_size, trainable=None):
     prior_gate, prior_expert = jax.nn.sigmoid(xw), model.expert_mean(xb)
     gate_targets = prior_gate - eta * (prior_gate - jax.nn.sigmoid(logit))
     expert_targets = prior_expert - eta * (prior_expert - model.expert_posterior_statistic(logit, y))
-    return keep_frozen(free, _solve_targets(model, params, x, gate_targets, expert_targets), params)
+    return keep_frozen(free, _solve_targets(model, params, x, gate_targets, expert_targets, xw), params)
 
 
 def _per_block(step_size, params):

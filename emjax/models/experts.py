@@ -37,6 +37,7 @@ from jax import Array
 
 from .._linalg import newton_shift, solve_psd
 from .._minimize import masked_minimize
+from .._newton import gradient_and_hessian
 from .._validation import is_concrete
 
 VARIANCE_FLOOR = 1e-8
@@ -46,6 +47,9 @@ class AbstractExpertFamily(eqx.Module):
     r"""An exponential-family expert $p(y\mid x,\theta_k)$; see the module docstring for the contract."""
 
     has_scale = False  # True when each expert also carries a positive scale (MoEParams.sigma)
+    # True when natural(coef, scale, x) == x @ coef.reshape(d, -1): the generic M-step then runs as a
+    # linear-predictor Newton solve (emjax._minimize.linear_newton), same iterates, far less work.
+    linear_natural = False
 
     def coef_shape(self, d: int) -> tuple[int, ...]:
         """Shape of one expert's coefficients (default ``(d,)``)."""
@@ -156,18 +160,25 @@ class GaussianExpert(AbstractExpertFamily):
 
     def m_step(self, x, weights, stats, coef, scale, free_coef, free_scale, ridge, minimize=None):
         n, d = x.shape
-        gram = (x * weights[:, None]).T @ x / n + ridge * jnp.eye(d, dtype=x.dtype)
         free = free_coef.astype(x.dtype)
+
+        def residual_products(beta, curvatures):
+            # X^T (residual) and, with curvatures (n, 1), the weighted Gram matrix, from one read of x
+            return gradient_and_hessian(x, (stats[:, 0] - weights * (x @ beta))[:, None], curvatures)
+
+        first, gram = residual_products(coef, weights[:, None])
+        gram = gram[0] / n + ridge * jnp.eye(d, dtype=x.dtype)
         masked_gram = gram * free[:, None] * free[None, :] + jnp.diag(1 - free)
 
-        def newton(beta):
+        def newton(beta, product):
             # Newton on a quadratic; frozen coordinates have a zero step, so they stay put. The
             # Levenberg shift keeps null directions of a singular design still; a second step
             # (iterative refinement) removes its O(sqrt(eps)) effect on well-posed problems.
-            gradient = x.T @ (stats[:, 0] - weights * (x @ beta)) / n - ridge * beta
+            gradient = product[:, 0] / n - ridge * beta
             return beta + free * solve_psd(masked_gram, free * gradient, newton_shift(x.dtype))
 
-        new_coef = newton(newton(coef))
+        refined = newton(coef, first)
+        new_coef = newton(refined, residual_products(refined, jnp.zeros((n, 0), x.dtype))[0])
         mass = jnp.sum(weights)
         safe_mass = jnp.where(mass > 0, mass, 1)
         # Residual sum of squares split into a mean and a within-sample variance part, both >= 0:
@@ -189,6 +200,7 @@ class SoftmaxExpert(AbstractExpertFamily):
     """
 
     num_classes: int = eqx.field(static=True)
+    linear_natural = True
 
     def coef_shape(self, d):
         return (d, self.num_classes)
@@ -233,6 +245,8 @@ class PoissonExpert(AbstractExpertFamily):
     $T(y) = y$, $\phi = x\cdot\beta_k$, $A(\phi) = e^\phi$, $\log h(y) = -\log y!$. Written only through
     the generic interface: its M-step is the default masked Newton.
     """
+
+    linear_natural = True
 
     def statistic(self, y):
         return y[:, None]
