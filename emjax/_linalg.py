@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
-from jax import Array
+from jax import Array, lax
 from jax.scipy.linalg import cho_factor, cho_solve
 
 
@@ -31,9 +31,20 @@ def solve_psd(matrix: Array, rhs: Array, relative: float | None = None) -> Array
     matrix, while its null-space components are arbitrary (round-off over the jitter). Add an
     explicit ridge where a unique answer is needed. ``relative`` replaces eps as the size of the
     shift relative to the mean diagonal.
+
+    On an exactly singular matrix (two identical feature columns) the factorisation's own round-off
+    can exceed a shift of eps and leave a negative pivot; the solve is then redone with a shift of
+    sqrt(eps) (only then: a well-conditioned solve is unchanged), so the answer is always finite
+    for a finite PSD matrix and right-hand side.
     """
-    factor = cho_factor(add_jitter(matrix, jnp.trace(matrix) / matrix.shape[0], relative), lower=True)
-    return cho_solve(factor, rhs)
+    scale = jnp.trace(matrix) / matrix.shape[0]
+
+    def solve(shift):
+        return cho_solve(cho_factor(add_jitter(matrix, scale, shift), lower=True), rhs)
+
+    first = solve(relative)
+    safer = newton_shift(matrix.dtype) if relative is None else jnp.maximum(newton_shift(matrix.dtype), relative)
+    return lax.cond(jnp.all(jnp.isfinite(first)), lambda: first, lambda: solve(safer))
 
 
 def newton_shift(dtype) -> float:
