@@ -27,8 +27,8 @@ m x m Hessians of $\ell_n$ come in closed form (softmax, Poisson) or from autodi
 and the gradient and all the $X^\top\mathrm{diag}(h_{ij})X$ blocks of the free columns from one
 blocked product (:func:`emjax._newton.gradient_and_hessian`); the line search moves along
 $x\cdot$direction, computed once, so a trial costs O(n m), not a pass over x. The dense autodiff
-Hessian of :func:`masked_newton` (m d Hessian-vector products, each through x) costs 5-20x more per
-EM iteration at n = 1e5 (``benchmarks/RESULTS.md``).
+Hessian of :func:`masked_newton` (m d Hessian-vector products, each through x) made EM iterations of
+MoLinE(3) and MoLogE(2, 3) up to 12x slower at n = 1e5, d = 32 (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def armijo_step(objective, u: Array, direction: Array, f0: Array, slope: Array) 
 
 
 BLOCK_ROWS = 1024
-"""Rows per block of :func:`gradient_and_hessian` on a CPU (benchmarks/RESULTS.md: 512-2048 are all close)."""
+"""Rows per block of :func:`gradient_and_hessian` on a single CPU device (a few hundred KB of scaled rows: cache-sized)."""
 
 
 def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array) -> tuple[Array, Array]:
@@ -79,10 +79,10 @@ def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array) -> tuple
         ``(X^T G, blocks)`` of shapes (d, m) and (P, d, d).
 
     The product is $[x c_1, \dots, x c_P, G]^\top x$: x is read once for the gradient and all P
-    Hessian blocks. On a CPU it runs over blocks of :data:`BLOCK_ROWS` rows, so the scaled copies
-    of x live in cache and never travel to memory; XLA's single (n, d)-by-(n, d) product reaches
-    0.5-14 GFLOP/s at these shapes, the blocked loop 2-6x more (``benchmarks/RESULTS.md``). A
-    matrix-vector product in x's (n, d) layout, ``x.T @ g``, is slow for the same reason.
+    Hessian blocks. On a single CPU device it runs over blocks of :data:`BLOCK_ROWS` rows, so the scaled copies
+    of x live in cache and never travel to memory: XLA's single tall-and-skinny (n, d)-by-(n, d)
+    product runs far below its square-matmul rate at these shapes. A matrix-vector product in x's
+    (n, d) layout, ``x.T @ g``, is slow for the same reason.
     """
     n, d = x.shape
     blocks = curvatures.shape[1]
@@ -91,7 +91,9 @@ def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array) -> tuple
         scaled = (rows[:, None, :] * c[:, :, None]).reshape(rows.shape[0], blocks * d)
         return jnp.concatenate([scaled, g], axis=1).T @ rows
 
-    if jax.default_backend() != "cpu" or n <= BLOCK_ROWS:
+    # Blocks only on a lone CPU device: slicing blocks out of rows sharded over several devices would
+    # make XLA move rows between them (collective permutes) instead of summing each shard in place.
+    if jax.default_backend() != "cpu" or jax.device_count() > 1 or n <= BLOCK_ROWS:
         total = product(x, gradients, curvatures)
     else:
         count = n // BLOCK_ROWS

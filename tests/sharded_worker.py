@@ -53,6 +53,7 @@ def devices():
     text = jax.jit(lambda p, a, b: emjax.em_step(model, p, a, b)).lower(start, xs, ys).compile().as_text()
     out["all_reduce"] = len(re.findall(r"all-reduce(?:-start)?\(", text))
     out["all_gather"] = len(re.findall(r"all-gather(?:-start)?\(", text))
+    out["collective_permute"] = len(re.findall(r"collective-permute(?:-start)?\(", text))
     # Two cells of two data devices each: four starts, two per cell.
     cells_mesh = parallel.data_mesh(num_cells=2)
     starts = jax.vmap(lambda key: emjax.random_moe_params(model, key, d=3))(jax.random.split(jax.random.key(7), 4))
