@@ -111,8 +111,7 @@ def test_em_and_mirror_steps_equal_those_of_the_autodiff_m_step(kind):
     # One gate entry frozen, so the fast path meets a partly free row.
     trainable = emjax.MoEParams(gate=trainable.gate.at[1, 0].set(False), experts=trainable.experts,
                                 sigma=trainable.sigma)
-    for step in (lambda m: emjax.em_step(m, params, x, y),
-                 lambda m: emjax.mirror_descent_step(m, params, x, y, 0.7),
+    for step in (lambda m: emjax.mirror_descent_step(m, params, x, y, 0.7),
                  lambda m: emjax.em_step(m, params, x, y, trainable=trainable)):
         got, want = step(fast), step(slow)
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
