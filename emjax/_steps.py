@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from . import _moe
-from ._checks import check_trainable, is_mixture, validate, validate_with_step
+from ._checks import check_trainable, is_mixture, validate, validate_with_scalar_step, validate_with_step
 from ._likelihood import as_arrays, posterior_logit, projections
 from ._mirror import loss_gradient_raw, mirror_gradient_raw, posterior_statistics_raw
 from ._newton import soft_logistic_regression
@@ -99,7 +99,7 @@ def em_step(model, params, x, y, trainable=None):
     return keep_frozen(free, new, params)
 
 
-@public(validate_with_step, traced=("step_size",))
+@public(validate_with_scalar_step, traced=("step_size",))
 def mirror_descent_step(model, params, x, y, step_size, trainable=None):
     r"""One mirror-descent step with mirror map A: $\nabla A(\theta^+) = \nabla A(\theta) - \eta\nabla L(\theta)$.
 
@@ -208,6 +208,12 @@ def safe_step_size(model: AbstractSymmetricModel, x) -> Array:
     $\nabla^2 L \preceq \nabla^2 A$ and each diagonal block of $\nabla^2 A$ is $\preceq c\,X^\top X/n$, with
     $c = \max(1/4, 1/\sigma^2)$ for SymMoLinE and $c = 1/4$ for SymMoLogE (MATH.md §7).
     """
+    if not isinstance(model, AbstractSymmetricModel):
+        raise ValueError(
+            f"safe_step_size bounds the curvature of the symmetric models (SymMoLinE, SymMoLogE); got "
+            f"{type(model).__name__}. For K-expert models tune the step (emjax.sweeps.tune_step_sizes), "
+            "or use EM, which needs none."
+        )
     check_features(x)
     x = jnp.asarray(x, jnp.result_type(jnp.asarray(x).dtype, jnp.float32))
     top = jnp.linalg.eigvalsh(x.T @ x / x.shape[0])[-1]

@@ -89,7 +89,8 @@ def process():
 
 if __name__ == "__main__":
     MODE = sys.argv[1]
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + ("4" if MODE == "devices" else "2")
+    count = "--xla_force_host_platform_device_count=" + ("4" if MODE == "devices" else "2")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + count).strip()
     import emjax.parallel as parallel
 
     if MODE == "process":

@@ -411,3 +411,13 @@ def test_nonfinite_parameters_under_jit_are_never_reported_healthy():
     assert bool(jnp.isfinite(result.losses[0])) and int(result.status) == emjax.Status.nonfinite
     until = jax.jit(lambda w: emjax.fit(ML, emjax.em(), _moe(PL, gate=w), X, Y, 0, tol=1e-6))
     assert int(until(PL.gate.at[1, 0].set(jnp.nan)).status) == emjax.Status.nonfinite
+
+
+def test_mirror_step_needs_one_step_size_and_safe_step_size_is_for_symmetric_models():
+    for model, params, y, tree in ((LOG, P, Y, emjax.SymParams(w=0.5, beta=0.5)),
+                                   (ML, PL, Y, emjax.MoEParams(gate=0.5, experts=0.5, sigma=0.5))):
+        with pytest.raises(ValueError, match="step_size of a mirror-descent step must be one positive number"):
+            emjax.mirror_descent_step(model, params, X, y, tree)
+    with pytest.raises(ValueError, match="safe_step_size bounds the curvature of the symmetric models"):
+        emjax.safe_step_size(ML, X)
+    assert float(emjax.safe_step_size(LOG, X)) > 0
