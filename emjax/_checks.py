@@ -113,14 +113,12 @@ def validate_with_step(model, params, x, y, step_size, **kwargs) -> None:
 
 def validate_with_scalar_step(model, params, x, y, step_size, **kwargs) -> None:
     """Checks for the mirror-descent step, whose η blends whole target statistics: one number."""
-    validate(model, params, x, y)
     if isinstance(step_size, (SymParams, MoEParams)):
         raise ValueError(
             "step_size of a mirror-descent step must be one positive number (η blends the prior and posterior "
             f"statistics of every block at once); got a {type(step_size).__name__} of step sizes"
         )
-    check_step_size(step_size, "step_size", per_block=False)
-    check_trainable(model, params, kwargs.get("trainable"))
+    validate_with_step(model, params, x, y, step_size, **kwargs)
 
 
 def check_step_tree(model, params, step_size, name: str = "step_size") -> None:
