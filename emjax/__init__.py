@@ -8,6 +8,7 @@ Every public function is pure in (model, params, data) and works under ``jit``, 
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _backend
 from . import datasets as datasets
 from . import deep as deep
 from . import parallel as parallel
@@ -73,6 +74,8 @@ from .models import SymParams as SymParams
 from .sweeps import ConfigurationMismatch as ConfigurationMismatch
 from .sweeps import SweepResult as SweepResult
 from .sweeps import sweep as sweep
+
+_backend.warn_if_miscompiling()
 
 try:
     __version__ = version("emjax")

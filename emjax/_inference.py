@@ -15,6 +15,7 @@ import numpy as np
 from jax import Array
 
 from . import _moe
+from ._dtypes import working_dtype
 from ._checks import check_trainable, check_types, is_mixture, validate
 from ._information import observed_information
 from ._likelihood import neg_log_likelihood
@@ -107,4 +108,4 @@ def bic(model, params, x, y, trainable=None) -> Array:
     check_trainable(model, params, trainable)
     n = jnp.shape(x)[0]
     k = num_parameters(model, params, trainable)
-    return 2 * n * neg_log_likelihood(model, params, x, y) + k * jnp.log(jnp.asarray(n, jnp.result_type(x, float)))
+    return 2 * n * neg_log_likelihood(model, params, x, y) + k * jnp.log(jnp.asarray(n, working_dtype(params, x, y)))

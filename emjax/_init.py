@@ -14,6 +14,7 @@ import numpy as np
 from jax import Array
 
 from . import _moe
+from ._dtypes import working_dtype
 from ._checks import check_types, is_mixture, validate
 from ._validation import check_features, check_int, check_key, check_labels, check_scale, public
 from .models import MixtureOfExperts, MoEParams, SymMoLinE, SymParams
@@ -31,12 +32,14 @@ def _validate_init(model, key, x, y, **_) -> None:
     validate(model, placeholder, x, y)
 
 
-def _placeholder(model, d: int):
+def _placeholder(model, d: int, dtype=None):
+    """Parameters of the right shapes (zeros, σ = 1) in ``dtype`` (default: JAX's default float)."""
     if is_mixture(model):
         k = model.num_experts
-        sigma = jnp.ones(k) if model.expert.has_scale else None
-        return MoEParams(gate=jnp.zeros((k, d)), experts=jnp.zeros((k,) + model.expert.coef_shape(d)), sigma=sigma)
-    return SymParams(w=jnp.zeros(d), beta=jnp.zeros(d))
+        sigma = jnp.ones(k, dtype) if model.expert.has_scale else None
+        return MoEParams(gate=jnp.zeros((k, d), dtype), experts=jnp.zeros((k,) + model.expert.coef_shape(d), dtype),
+                         sigma=sigma)
+    return SymParams(w=jnp.zeros(d, dtype), beta=jnp.zeros(d, dtype))
 
 
 def _standardise(columns: Array) -> Array:
@@ -116,7 +119,7 @@ def init_params(model, key: Array, x, y):
         >>> start.gate.shape, start.sigma.shape
         ((2, 3), (2,))
     """
-    dtype = jnp.result_type(jnp.asarray(x).dtype, jnp.float32)
+    dtype = working_dtype(x, y)
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     if is_mixture(model):
         return _init_mixture(model, key, x, y)

@@ -15,22 +15,16 @@ import jax.numpy as jnp
 from jax import Array
 
 from . import _moe
+from ._dtypes import working_dtype
 from ._checks import check_any_params, check_types, is_mixture, validate
 from ._validation import check_key, public, shape_of
 from .models import AbstractSymmetricModel, MoEParams, SymParams
 
 
-def working_dtype(params: SymParams, x) -> jnp.dtype:
-    """The floating dtype every computation runs in: that of x and the parameters together."""
-    return jnp.result_type(jnp.asarray(x).dtype, params.w.dtype, params.beta.dtype, jnp.float32)
-
-
 def as_arrays(params: SymParams | MoEParams, x, y=None):
-    """Cast parameters, features and labels to one floating dtype."""
-    if isinstance(params, MoEParams):
-        return _moe.as_arrays(params, x, y)
-    dtype = working_dtype(params, x)
-    params = SymParams(w=params.w.astype(dtype), beta=params.beta.astype(dtype))
+    """Cast parameters, features and labels to their working dtype (:mod:`emjax._dtypes`)."""
+    dtype = working_dtype(params, x, y)
+    params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), params)
     x = jnp.asarray(x, dtype)
     if y is None:
         return params, x
@@ -85,7 +79,7 @@ def sample(model, params, key: Array, n: int):
     """
     if is_mixture(model):
         return _moe.sample(model, params, key, n)
-    dtype = jnp.result_type(params.w.dtype, params.beta.dtype, jnp.float32)
+    dtype = working_dtype(params)
     key_x, key_z, key_y = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (n, params.w.shape[0]), dtype)
     xw = x @ params.w.astype(dtype)

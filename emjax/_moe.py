@@ -18,25 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ._dtypes import working_dtype
 from ._minimize import MAX_NEWTON_STEPS, linear_newton, masked_minimize, resolve_method
 from .models import MixtureOfExperts, MoEParams
 from .models.experts import VARIANCE_FLOOR, AbstractExpertFamily, PoissonExpert, SoftmaxExpert
 
 # ----------------------------------------------------------------------------- dtypes and masks
-
-
-def working_dtype(params: MoEParams, x) -> jnp.dtype:
-    leaves = [jnp.asarray(x).dtype, params.gate.dtype, params.experts.dtype, jnp.float32]
-    if params.sigma is not None:
-        leaves.append(params.sigma.dtype)
-    return jnp.result_type(*leaves)
-
-
-def as_arrays(params: MoEParams, x, y=None):
-    dtype = working_dtype(params, x)
-    params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), params)
-    x = jnp.asarray(x, dtype)
-    return (params, x) if y is None else (params, x, jnp.asarray(y, dtype))
 
 
 def free_mask(model: MixtureOfExperts, params: MoEParams, trainable=None) -> MoEParams:
@@ -127,7 +114,7 @@ def loss(model, params, x, y) -> Array:
 
 
 def sample(model: MixtureOfExperts, params: MoEParams, key: Array, n: int):
-    dtype = working_dtype(params, jnp.zeros((), jnp.float32))
+    dtype = working_dtype(params)
     params = jax.tree_util.tree_map(lambda leaf: leaf.astype(dtype), params)
     key_x, key_z, key_y = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (n, params.dim), dtype)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
+from ._batching import auto_batch_size
+from ._dtypes import working_dtype
 from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, progress_interval, with_full_mask
 from ._init import _placeholder, init_params
 from ._likelihood import as_arrays
 from ._status import Status
-from ._validation import check_features, check_key, check_tolerance
+from ._steps import free_mask, keep_frozen
+from ._validation import check_features, check_key, check_tolerance, is_concrete
 
 
 def final_losses(result: FitResult) -> Array:
@@ -20,10 +24,13 @@ def final_losses(result: FitResult) -> Array:
 
 
 @eqx.filter_jit
-def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size) -> FitResult:
+def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen,
+              fixed) -> FitResult:
     def one(key):
         start = init_params.unguarded(model, key, x, y)  # non-finite data: Status.nonfinite, not an error
         start, _, _ = as_arrays(start, x, y)
+        if fixed is not None:
+            start = keep_frozen(frozen, fixed, start)
         if rtol is None:
             return _fit_scan(model, solver, start, x, y, num_steps, False, progress_every)
         return _fit_until(model, solver, start, x, y, num_steps, rtol, atol, False, progress_every)
@@ -43,15 +50,17 @@ def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, 
                      chosen.state, None, losses, best.astype(jnp.int32))
 
 
-def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: int = 500, *, tol=1e-8,
-                 atol=0.0, progress: bool | int = False, batch_size: int | None = None) -> FitResult:
-    r"""Fit from ``num_restarts`` data-driven starts at once (``vmap``) and return the best.
+def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: int = 500, *, params=None,
+                 tol=1e-8, atol=0.0, progress: bool | int = False, batch_size: int | str | None = "auto") -> FitResult:
+    r"""Fit from ``num_restarts`` data-driven starts in one compiled program and return the best.
 
-    Each restart starts at :func:`emjax.init_params` with its own key and runs :func:`emjax.fit`
-    (with ``tol``: a bounded while-loop per lane; ``tol=None``: exactly ``num_steps`` steps). The
-    best restart is chosen on the device: the lowest final loss among runs whose status is ``ok``
-    or ``max_steps`` (a degenerate run can reach a spuriously low loss by collapsing a σ), or among
-    all runs when none is healthy.
+    Restart r starts at ``init_params(model, jax.random.split(key, num_restarts)[r], x, y)`` (with
+    the solver's frozen entries taken from ``params``) and runs :func:`emjax.fit` (with ``tol``: a
+    bounded while-loop per lane; ``tol=None``: exactly ``num_steps`` steps). A start depends on its
+    key and the data only, so the best restart can be re-run alone with :func:`emjax.fit` from
+    that start. The best restart is chosen on the device: the lowest final loss among runs whose
+    status is ``ok`` or ``max_steps`` (a degenerate run can reach a spuriously low loss by
+    collapsing a σ), or among all runs when none is healthy.
 
     Args:
         model, solver: as for :func:`emjax.fit`.
@@ -59,9 +68,14 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
         x, y: the data.
         num_restarts: a Python int >= 1.
         num_steps: the step bound of every restart.
+        params: required when the solver freezes entries (``trainable`` False where the model does
+            not pin them): the values those entries keep in every restart, e.g. 0 for a gate that
+            must ignore a column. ``init_params`` knows nothing of the restriction, so its values
+            there would silently fit a different model. Its other entries are not used.
         tol, atol: the stopping rule of :func:`emjax.fit` (``tol=None`` for fixed steps).
         progress: as for :func:`emjax.fit` (every lane reports).
-        batch_size: None (default) runs all restarts in one ``vmap``: best on a GPU. Under
+        batch_size: ``"auto"`` (default): 1 on a CPU, None on an accelerator
+            (:mod:`emjax._batching`). None runs all restarts in one ``vmap``: best on a GPU. Under
             ``vmap`` a while-loop runs until its slowest lane stops, so on a CPU a chunk size
             (``lax.map`` with ``batch_size``; 1 = one restart after another) lets fast restarts
             finish early. Results are the same either way (up to round-off).
@@ -81,21 +95,48 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
     """
     if not isinstance(num_restarts, int) or isinstance(num_restarts, bool) or num_restarts < 1:
         raise ValueError(f"num_restarts must be a Python int >= 1; got {num_restarts!r}")
+    if batch_size == "auto":
+        batch_size = auto_batch_size()
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"batch_size must be None or a Python int >= 1; got {batch_size!r}")
+        raise ValueError(f"batch_size must be \"auto\", None or a Python int >= 1; got {batch_size!r}")
     check_key(key)
     _, d = check_features(x)
-    placeholder = _placeholder(model, d)
-    check_fit_arguments(model, solver, placeholder, x, y, num_steps)
+    check_fit_arguments(model, solver, _placeholder(model, d) if params is None else params, x, y, num_steps)
+    dtype = working_dtype(x, y) if params is None else working_dtype(x, y, params)
+    placeholder = _placeholder(model, d, dtype)
     progress_every = progress_interval(progress)
     check_tolerance(atol, "atol")
     if tol is not None:
         check_tolerance(tol, "tol")
-    dtype = jnp.result_type(jnp.asarray(x).dtype, jnp.float32)
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     keys = jax.random.split(key, num_restarts)
-    solver = with_full_mask(model, solver, as_arrays(placeholder, x, y)[0])
+    freezes = solver.trainable is not None
+    solver = with_full_mask(model, solver, placeholder)
+    frozen = _frozen_entries(model, solver, placeholder)
+    if params is None:
+        if freezes:
+            _refuse_silent_freeze(frozen)
+        fixed = None
+    else:
+        fixed = as_arrays(params, x, y)[0]
     if tol is None:
-        return _restarts(model, solver, keys, x, y, num_steps, None, None, progress_every, batch_size)
+        return _restarts(model, solver, keys, x, y, num_steps, None, None, progress_every, batch_size, frozen, fixed)
     return _restarts(model, solver, keys, x, y, num_steps, jnp.asarray(tol, dtype), jnp.asarray(atol, dtype),
-                     progress_every, batch_size)
+                     progress_every, batch_size, frozen, fixed)
+
+
+def _frozen_entries(model, solver, placeholder):
+    """True where the solver freezes an entry that the model itself does not pin."""
+    unpinned = free_mask(model, placeholder, None)
+    return jax.tree_util.tree_map(lambda allowed, free: allowed & ~free, unpinned, solver.trainable)
+
+
+def _refuse_silent_freeze(frozen) -> None:
+    leaves = jax.tree_util.tree_leaves(frozen)
+    if all(is_concrete(leaf) for leaf in leaves) and not any(np.any(np.asarray(leaf)) for leaf in leaves):
+        return
+    raise ValueError(
+        "solver.trainable freezes entries, and restarts start at init_params, which knows nothing of the "
+        "restriction: pass params=... holding the values the frozen entries must keep (e.g. zeros for a gate "
+        "column the model must ignore); fit_restarts then sets them in every start"
+    )

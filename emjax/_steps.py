@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from . import _moe
+from ._dtypes import working_dtype
 from ._checks import check_trainable, is_mixture, validate, validate_with_scalar_step, validate_with_step
 from ._likelihood import as_arrays, posterior_logit, projections
 from ._mirror import loss_gradient_raw, mirror_gradient_raw, posterior_statistics_raw
@@ -215,7 +216,7 @@ def safe_step_size(model: AbstractSymmetricModel, x) -> Array:
             "or use EM, which needs none."
         )
     check_features(x)
-    x = jnp.asarray(x, jnp.result_type(jnp.asarray(x).dtype, jnp.float32))
+    x = jnp.asarray(x, working_dtype(x))
     top = jnp.linalg.eigvalsh(x.T @ x / x.shape[0])[-1]
     smoothness = jnp.maximum(0.25, jnp.asarray(model.expert_smoothness(), x.dtype))
     return 1 / (smoothness * top)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._dtypes import check_precision
+
 
 def is_concrete(value) -> bool:
     """True when ``value`` holds data this process can read now: not an abstract tracer, and not a
@@ -59,6 +61,7 @@ def check_real(value, name: str, allow_bool: bool = False) -> None:
     if not (real or (allow_bool and jnp.issubdtype(dtype, jnp.bool_))):
         kinds = "real numbers or booleans" if allow_bool else "real numbers (an integer or floating dtype)"
         raise ValueError(f"{name} must hold {kinds}; got dtype {dtype}")
+    check_precision(value, name)
 
 
 def check_int(value, name: str, minimum: int) -> None:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._dtypes import working_dtype
 from .._validation import check_features, check_labels, is_concrete
 from ._model import DeepMoE, expert_logits, gate_logits
 
@@ -77,7 +78,7 @@ def check_gamma(gamma, n: int, k: int) -> None:
 
 def as_working(model: DeepMoE, x, y=None):
     """x in the working dtype (that of x and the parameters, at least float32); y as int32."""
-    dtype = jnp.result_type(jnp.asarray(x).dtype, model.dtype, jnp.float32)
+    dtype = working_dtype(x, jax.ShapeDtypeStruct((), model.dtype))
     x = jnp.asarray(x, dtype)
     if y is None:
         return x

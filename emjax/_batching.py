@@ -1,0 +1,25 @@
+"""How batched runs (restarts, sweep cells) are laid out on a backend: one wide ``vmap`` or a loop.
+
+Under one wide ``vmap`` every op streams all lanes' data, and every while-loop inside (the fit's
+stopping rule, the M-step's Newton solves) runs until its slowest lane stops. On a GPU that is
+the right trade: lanes are parallel hardware. On CPU devices a plain ``lax.map`` over lanes wins:
+``benchmarks/sweep_throughput.py`` measured one wide ``vmap`` 1.5-2.1x slower than a loop, groups
+of 64 at most 1.25x faster than 1 in float32 and tied in float64; and vmapped groups reach
+jaxlib 0.10's batched CPU LAPACK path (Cholesky, triangular solves), which intermittently
+deadlocks its thread pool on 2 cores. Single lanes never do, and compile in half the time.
+(MoLinE(3), n = 2,000, 10 restarts: 4.6 s with one vmap, 1.4 s with a loop of single restarts.)
+"""
+
+from __future__ import annotations
+
+import jax
+
+#: Lanes per ``lax.map`` group on CPU devices when a batch size is ``"auto"``.
+CPU_BATCH_SIZE = 1
+
+
+def auto_batch_size(platform: str | None = None) -> int | None:
+    """The ``"auto"`` batch size on ``platform`` (default: JAX's default backend): ``CPU_BATCH_SIZE``
+    on a CPU, None (one ``vmap`` over all lanes) on an accelerator."""
+    platform = jax.default_backend() if platform is None else platform
+    return CPU_BATCH_SIZE if platform == "cpu" else None
