@@ -88,7 +88,10 @@ def _steps_floor(dtype) -> float:
 def _timing(results) -> str:
     compile_s = sum(r.compile_seconds for r in results)
     run_s = sum(r.run_seconds for r in results)
-    return f"{len(results)} sweeps: compile {compile_s:.1f} s, run {run_s:.1f} s"
+    computed = sum(r.computed_chunks for r in results)
+    loaded = sum(r.loaded_chunks for r in results)
+    return (f"{len(results)} sweeps: compile {compile_s:.1f} s, run {run_s:.1f} s "
+            f"({computed} chunks computed, {loaded} loaded)")
 
 
 def run_figures(settings: FigureSettings, folder: Path, *, progress=None, batch_size="auto") -> dict:

@@ -11,6 +11,10 @@ is atomic), so a process killed at any moment leaves finished chunks intact and 
 under a final name: at most the chunk in flight is lost. Re-running the same configuration loads the
 finished chunks and computes only the missing ones. A folder written by a different configuration
 is refused rather than mixed.
+
+The record is brought to its JSON form (:func:`to_json`) before it is written or compared, so a
+re-run compares exactly what was stored: tuples, NumPy scalars and dtypes in a configuration would
+otherwise differ from their own JSON round trip (a tuple is never equal to the list read back).
 """
 
 from __future__ import annotations
@@ -45,6 +49,34 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _json_default(value):
+    """The JSON-ready stand-in for the few non-JSON types a configuration may carry."""
+    if isinstance(value, np.generic):  # NumPy scalars: np.float32(0.5) -> 0.5
+        return value.item()
+    if isinstance(value, np.dtype):
+        return value.name
+    if isinstance(value, type) and isinstance(getattr(value, "dtype", None), np.dtype):
+        return value.dtype.name  # jnp.float32
+    if isinstance(value, type) and issubclass(value, np.generic):
+        return np.dtype(value).name  # np.float32
+    if hasattr(value, "__array__"):  # NumPy and JAX arrays
+        return np.asarray(value).tolist()
+    raise TypeError(f"sweep configuration values must be JSON-ready; got {type(value).__name__}: {value!r}")
+
+
+def to_json(value):
+    """``value`` as it reads back from ``sweep.json``: tuples become lists, NumPy values plain numbers.
+
+    Raises TypeError for a value JSON cannot hold, before anything is written.
+    """
+    return json.loads(_text(value))
+
+
+def _text(value) -> str:
+    # Compared as text, not as objects: NaN is not equal to itself, but its JSON text is.
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
 def _differences(old, new, prefix="") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         lines = []
@@ -57,7 +89,7 @@ def _differences(old, new, prefix="") -> list[str]:
             else:
                 lines.extend(_differences(old[key], new[key], where))
         return lines
-    return [] if old == new else [f"{prefix}: was {_short(old)}, now {_short(new)}"]
+    return [] if _text(old) == _text(new) else [f"{prefix}: was {_short(old)}, now {_short(new)}"]
 
 
 def _short(value, limit=80) -> str:
@@ -66,12 +98,16 @@ def _short(value, limit=80) -> str:
 
 
 class SweepStore:
-    """Reads and writes one sweep's folder."""
+    """Reads and writes one sweep's folder.
+
+    ``record`` is brought to its JSON form by :func:`to_json` (idempotent) on the way in, so
+    ``self.record`` is exactly what is written and what a re-run compares.
+    """
 
     def __init__(self, folder, record: dict, num_chunks: int):
         self.folder = Path(folder)
         self.chunks = self.folder / CHUNKS
-        self.record = record
+        self.record = to_json(record)
         self.num_chunks = num_chunks
 
     def open(self, writer: bool = True) -> None:
@@ -82,7 +118,7 @@ class SweepStore:
                 old = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as error:
                 raise ConfigurationMismatch(f"{path} exists but is not a readable sweep record ({error})") from None
-            if old.get("configuration") != self.record["configuration"]:
+            if _text(old.get("configuration")) != _text(self.record["configuration"]):
                 changes = _differences(old.get("configuration"), self.record["configuration"])
                 raise ConfigurationMismatch(
                     f"{self.folder} holds a sweep with a different configuration; refusing to mix results. "

@@ -40,19 +40,13 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .._batching import auto_batch_size
 from ._grid import Grid
 from ._progress import ChunkProgress
-from ._store import FORMAT, SweepStore
+from ._store import FORMAT, SweepStore, to_json
 
 CELL_AXIS = "cells"
 DEFAULT_CHUNK_SIZE = 1024
-#: ``batch_size="auto"`` on CPU devices: a plain ``lax.map`` over cells. Under one wide ``vmap`` every
-#: op streams all cells' data and every inner Newton loop runs as long as the slowest cell (1.5-2.1x
-#: slower in ``benchmarks/sweep_throughput.py``); groups of 64 were at most 1.25x faster than 1 in
-#: float32 and tied in float64, but vmapped groups reach jaxlib 0.10's batched CPU LAPACK path
-#: (Cholesky/triangular solves), which intermittently deadlocks its thread pool on 2 cores.
-#: Single cells never do, and compile in half the time.
-CPU_BATCH_SIZE = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +225,7 @@ def sweep(
             up to a multiple of the device count. Memory is bounded by one chunk.
         batch_size: with an int, each device runs ``lax.map`` over groups of this many cells,
             ``vmap`` inside (cache-sized work on a CPU); None vmaps the device's whole share (the
-            right choice on a GPU). ``"auto"`` (default) picks :data:`CPU_BATCH_SIZE` on CPU
+            right choice on a GPU). ``"auto"`` (default) picks :data:`emjax._batching.CPU_BATCH_SIZE` on CPU
             devices and None on accelerators. Results are the same up to floating-point
             reassociation.
         key_axes: the axes that select a cell's key (default all; see the module notes).
@@ -264,7 +258,7 @@ def sweep(
     _check_positive(chunk_size, "chunk_size")
     devices = list(jax.devices() if devices is None else devices)
     if batch_size == "auto":
-        batch_size = CPU_BATCH_SIZE if devices[0].platform == "cpu" else None
+        batch_size = auto_batch_size(devices[0].platform)
     _check_positive(batch_size, "batch_size")
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"progress must be None, True or False; got {progress!r}")
@@ -310,7 +304,7 @@ def sweep(
         "outputs": outputs,
         "user": config,
     }
-    record = {
+    record = to_json({  # the JSON form: what sweep.json holds, what a re-run compares, what we return
         "format": FORMAT,
         "configuration": configuration,
         "shape": list(grid.shape),
@@ -318,7 +312,7 @@ def sweep(
         "num_chunks": num_chunks,
         "versions": {name: _package_version(name) for name in ("emjax", "jax", "jaxlib", "numpy")},
         "devices": [str(device) for device in devices],
-    }
+    })
     store = None
     if out is not None:
         store = SweepStore(out, record, num_chunks)
@@ -363,7 +357,7 @@ def sweep(
         outputs=jax.tree_util.tree_unflatten(treedef, shaped),
         axes=dict(grid.values),
         shape=grid.shape,
-        configuration=configuration,
+        configuration=record["configuration"],
         folder=None if out is None else Path(out),
         computed_chunks=len(pending),
         loaded_chunks=loaded,
