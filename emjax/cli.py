@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
+from ._backend import WORKAROUND_FLAG, miscompiling_jaxlib
+
 
 def _demo(args: argparse.Namespace) -> int:
     import jax
@@ -38,11 +40,14 @@ def _configure_cpu() -> None:
     device per core is what lets ``emjax reproduce``/``emjax sweep`` use every core (results do
     not depend on the device count). Library code never does this: call ``emjax.sweep`` from a
     script started with ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` for the same.
-    Must run before JAX initialises its backends.
+    On a jaxlib known to miscompile emjax's programs (:mod:`emjax._backend`) it also disables the
+    faulty fusion for its own process. Must run before JAX initialises its backends.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         flags = f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}"
+    if miscompiling_jaxlib(xla_flags=flags) is not None:
+        flags = f"{flags} {WORKAROUND_FLAG}"
     os.environ["XLA_FLAGS"] = flags.strip()
 
 

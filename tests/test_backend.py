@@ -102,3 +102,16 @@ def test_warning_names_the_fix(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _backend.warn_if_miscompiling()
+
+
+def test_the_cli_disables_the_faulty_fusion_for_its_own_process(monkeypatch):
+    from emjax import cli
+
+    monkeypatch.setattr(_backend.jaxlib, "__version__", "0.10.2")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    cli._configure_cpu()
+    assert _backend.WORKAROUND_FLAG in cli.os.environ["XLA_FLAGS"].split()
+    monkeypatch.setattr(_backend.jaxlib, "__version__", "0.10.1")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    cli._configure_cpu()
+    assert "ynn" not in cli.os.environ["XLA_FLAGS"]
