@@ -115,3 +115,15 @@ def test_the_cli_disables_the_faulty_fusion_for_its_own_process(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     cli._configure_cpu()
     assert "ynn" not in cli.os.environ["XLA_FLAGS"]
+
+
+def test_issue_data_mini_batch_em_and_its_polish_reach_the_fixed_point():
+    # On jaxlib 0.10.2 mini-batch EM stalled near L = 2.2-2.6 and the polish ran out of passes.
+    from emjax.streaming import ArrayBatches, fit_stream
+
+    model = emjax.MoLinE(3)
+    x, y, _ = _issue_data()
+    start = emjax.init_params(model, jax.random.key(0), x, y)
+    result = fit_stream(model, start, ArrayBatches(x, y, 2000, key=jax.random.key(1)), num_epochs=3, polish_steps=8)
+    assert result.converged
+    assert float(emjax.neg_log_likelihood(model, result.params, x, y)) <= 1.1694

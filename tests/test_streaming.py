@@ -190,3 +190,18 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(moline_problem, tmp_path
     np.testing.assert_array_equal(resumed.batch_losses, uninterrupted.batch_losses)
     with pytest.raises(ValueError, match="different run"):
         fit_stream(model, start, source, num_epochs=3, checkpoint=tmp_path)
+
+
+def test_a_function_schedule_resumes_in_a_new_process():
+    # repr(lambda) holds a memory address, which the resuming process does not share: the fingerprint
+    # of a plain function is its name and first steps instead.
+    from emjax.streaming._minibatch import _schedule_fingerprint
+
+    def make():
+        return lambda t: 1.0 / (1.0 + t)
+
+    first, second = make(), make()
+    assert repr(first) != repr(second)
+    assert _schedule_fingerprint(first) == _schedule_fingerprint(second)
+    assert _schedule_fingerprint(lambda t: 0.5) != _schedule_fingerprint(first)
+    assert _schedule_fingerprint(emjax.streaming.RobbinsMonro()) == repr(emjax.streaming.RobbinsMonro())

@@ -147,7 +147,20 @@ class _Checkpoint:
 
 def _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows) -> str:
     shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
-    return f"{model!r}|{shapes}|epochs={num_epochs}|{schedule!r}|polish={polish_steps} {polish_method} {curvature_rows}"
+    return (f"{model!r}|{shapes}|epochs={num_epochs}|{_schedule_fingerprint(schedule)}|"
+            f"polish={polish_steps} {polish_method} {curvature_rows}")
+
+
+def _schedule_fingerprint(schedule) -> str:
+    """A description of the step-size schedule that is the same in every process.
+
+    A lambda's or plain function's repr holds its memory address, which differs in the process that
+    resumes; its name and first steps do not."""
+    text = repr(schedule)
+    if " at 0x" not in text:
+        return text
+    name = getattr(schedule, "__qualname__", type(schedule).__qualname__)
+    return f"{name}{[float(schedule(t)) for t in range(8)]}"
 
 
 def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, polish_steps: int = 0,
