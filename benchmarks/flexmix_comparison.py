@@ -324,7 +324,7 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)
     global BATCH_SIZE
     if args.batch_size == "auto":
-        BATCH_SIZE = 1 if jax.default_backend() == "cpu" else None
+        BATCH_SIZE = "auto"  # fit_restarts' default: 1 on a CPU, one vmap on an accelerator
     else:
         BATCH_SIZE = None if args.batch_size == "all" else int(args.batch_size)
 
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
     print(f"emjax {args.model} mixture of {args.K} experts vs flexmix stepFlexmix; d = {args.d} + intercept, "
           f"{NUM_RESTARTS} restarts, <= {args.steps} EM steps, tol {args.tol:g}, flexmix minprior {args.minprior:g}")
     print(f"CPU cores: {os.cpu_count()}; JAX devices: {jax.devices()}; float64; "
-          f"fit_restarts batch_size={BATCH_SIZE} ({'all restarts in one vmap' if BATCH_SIZE is None else 'chunks'})")
+          f"fit_restarts batch_size={BATCH_SIZE} ({'all restarts in one vmap' if BATCH_SIZE is None else 'per backend' if BATCH_SIZE == 'auto' else 'chunks'})")
 
     warmup = make_problem(model, WARMUP_SEED, args.n, args.d)
     _, cold_seconds = timed_emjax_fit(model, warmup, args.steps, args.tol)
