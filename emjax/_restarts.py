@@ -37,6 +37,8 @@ def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, 
 
     if batch_size is None:
         results = jax.vmap(one)(keys)
+    elif batch_size == 1:  # a plain loop: lax.map with batch_size=1 would vmap groups of one
+        results = jax.lax.map(one, keys)
     else:
         results = jax.lax.map(one, keys, batch_size=batch_size)
     losses = final_losses(results)
