@@ -331,8 +331,9 @@ def main(argv=None) -> int:
     model = make_model(args.model, args.K)
     print(f"emjax {args.model} mixture of {args.K} experts vs flexmix stepFlexmix; d = {args.d} + intercept, "
           f"{NUM_RESTARTS} restarts, <= {args.steps} EM steps, tol {args.tol:g}, flexmix minprior {args.minprior:g}")
+    layout = "all restarts in one vmap" if BATCH_SIZE is None else "per backend" if BATCH_SIZE == "auto" else "chunks"
     print(f"CPU cores: {os.cpu_count()}; JAX devices: {jax.devices()}; float64; "
-          f"fit_restarts batch_size={BATCH_SIZE} ({'all restarts in one vmap' if BATCH_SIZE is None else 'per backend' if BATCH_SIZE == 'auto' else 'chunks'})")
+          f"fit_restarts batch_size={BATCH_SIZE} ({layout})")
 
     warmup = make_problem(model, WARMUP_SEED, args.n, args.d)
     _, cold_seconds = timed_emjax_fit(model, warmup, args.steps, args.tol)

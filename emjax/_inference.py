@@ -15,8 +15,8 @@ import numpy as np
 from jax import Array
 
 from . import _moe
-from ._dtypes import working_dtype
 from ._checks import check_trainable, check_types, is_mixture, validate
+from ._dtypes import working_dtype
 from ._information import observed_information
 from ._likelihood import neg_log_likelihood
 from ._validation import is_concrete

@@ -14,8 +14,8 @@ import numpy as np
 from jax import Array
 
 from . import _moe
-from ._dtypes import working_dtype
 from ._checks import check_types, is_mixture, validate
+from ._dtypes import working_dtype
 from ._validation import check_features, check_int, check_key, check_labels, check_scale, public
 from .models import MixtureOfExperts, MoEParams, SymMoLinE, SymParams
 

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from . import _moe
-from ._dtypes import working_dtype
 from ._checks import check_any_params, check_types, is_mixture, validate
+from ._dtypes import working_dtype
 from ._validation import check_key, public, shape_of
 from .models import AbstractSymmetricModel, MoEParams, SymParams
 

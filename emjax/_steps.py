@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from . import _moe
-from ._dtypes import working_dtype
 from ._checks import check_trainable, is_mixture, validate, validate_with_scalar_step, validate_with_step
+from ._dtypes import working_dtype
 from ._likelihood import as_arrays, posterior_logit, projections
 from ._mirror import loss_gradient_raw, mirror_gradient_raw, posterior_statistics_raw
 from ._newton import soft_logistic_regression

@@ -56,8 +56,8 @@ def test_issue_script_sigma_is_the_same_on_every_path():
     x, y, _ = _issue_data()
     start = emjax.init_params(model, jax.random.key(0), x, y)
     direct = emjax.em_step(model, start, x, y)
-    batched = jax.vmap(lambda p: emjax.em_step(model, p, x, y))(jax.tree_util.tree_map(lambda l: l[None], start))
-    mapped = jax.lax.map(lambda p: emjax.em_step(model, p, x, y), jax.tree_util.tree_map(lambda l: l[None], start))
+    batched = jax.vmap(lambda p: emjax.em_step(model, p, x, y))(jax.tree_util.tree_map(lambda leaf: leaf[None], start))
+    mapped = jax.lax.map(lambda p: emjax.em_step(model, p, x, y), jax.tree_util.tree_map(lambda leaf: leaf[None], start))
     oracle = _sigma_oracle(model, start, direct, x, y)
     np.testing.assert_allclose(np.asarray(direct.sigma), oracle, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(batched.sigma[0]), oracle, rtol=1e-10)
@@ -83,7 +83,7 @@ def test_a_start_depends_on_its_key_and_data_only():
     alone = [emjax.init_params(model, k, x, y) for k in keys]
     mapped = jax.lax.map(lambda k: emjax.init_params(model, k, x, y), keys)
     for r, start in enumerate(alone):
-        for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(mapped)):
+        for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(mapped), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b[r]), rtol=1e-10, atol=1e-12)
 
 

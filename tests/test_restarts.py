@@ -49,7 +49,8 @@ def test_frozen_entries_keep_the_given_values_in_every_restart(batch_size):
     start = emjax.init_params(model, keys[int(result.best_restart)], x, y)
     start = _with_frozen(model, start, fixed, mask)
     alone = emjax.fit(model, solver, start, x, y, 200, tol=1e-8)
-    np.testing.assert_allclose(np.asarray(alone.params.experts), np.asarray(result.params.experts), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(alone.params.experts), np.asarray(result.params.experts),
+                               rtol=1e-8, atol=1e-10)
 
 
 def _with_frozen(model, start, fixed, mask):

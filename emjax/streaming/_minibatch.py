@@ -34,10 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_trainable, check_types, validate
-from .._likelihood import as_arrays
+from .._likelihood import as_arrays, neg_log_likelihood
 from .._solvers import tree_all_finite
 from .._status import Status
-from .._likelihood import neg_log_likelihood
 from .._steps import free_mask, mirror_descent_step
 from ._passes import flat_mask, flat_ridge, flatten, full_pass, newton_direction, unflatten
 from ._schedule import RobbinsMonro, as_schedule, checked_step
