@@ -18,6 +18,17 @@ import jax
 CPU_BATCH_SIZE = 1
 
 
+def map_lanes(fn, lanes, batch_size: int | None):
+    """``fn`` over the leading axis of the pytree ``lanes``: one ``vmap`` (None), a plain ``lax.map``
+    (1: vmapping groups of one would turn every ``lax.cond`` into a select), or ``lax.map`` over
+    vmapped groups of ``batch_size``."""
+    if batch_size is None:
+        return jax.vmap(fn)(lanes)
+    if batch_size == 1:
+        return jax.lax.map(fn, lanes)
+    return jax.lax.map(fn, lanes, batch_size=batch_size)
+
+
 def auto_batch_size(platform: str | None = None) -> int | None:
     """The ``"auto"`` batch size on ``platform`` (default: JAX's default backend): ``CPU_BATCH_SIZE``
     on a CPU, None (one ``vmap`` over all lanes) on an accelerator."""

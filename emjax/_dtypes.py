@@ -32,7 +32,7 @@ HALF_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 def default_float() -> np.dtype:
     """JAX's default floating dtype now: float64 under ``jax_enable_x64``, float32 otherwise."""
-    return jnp.zeros((), float).dtype
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def working_dtype(*values) -> np.dtype:
@@ -40,7 +40,7 @@ def working_dtype(*values) -> np.dtype:
     dtypes = [jnp.result_type(leaf) for value in values for leaf in jax.tree_util.tree_leaves(value)]
     floating = [dtype for dtype in dtypes if jnp.issubdtype(dtype, jnp.floating)]
     if not floating:
-        return jnp.dtype(default_float())
+        return default_float()
     return jnp.result_type(*floating, jnp.float32)
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._batching import auto_batch_size
+from ._batching import auto_batch_size, map_lanes
 from ._dtypes import working_dtype
 from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, progress_interval, with_full_mask
 from ._init import _placeholder, init_params
@@ -35,12 +35,7 @@ def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, 
             return _fit_scan(model, solver, start, x, y, num_steps, False, progress_every)
         return _fit_until(model, solver, start, x, y, num_steps, rtol, atol, False, progress_every)
 
-    if batch_size is None:
-        results = jax.vmap(one)(keys)
-    elif batch_size == 1:  # a plain loop: lax.map with batch_size=1 would vmap groups of one
-        results = jax.lax.map(one, keys)
-    else:
-        results = jax.lax.map(one, keys, batch_size=batch_size)
+    results = map_lanes(one, keys, batch_size)
     losses = final_losses(results)
     healthy = (results.status == Status.ok) | (results.status == Status.max_steps)
     # Prefer healthy runs: a degenerate one can have a spuriously high likelihood (a collapsed σ).
@@ -112,15 +107,14 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
         check_tolerance(tol, "tol")
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     keys = jax.random.split(key, num_restarts)
-    freezes = solver.trainable is not None
+    user_mask = solver.trainable
     solver = with_full_mask(model, solver, placeholder)
-    frozen = _frozen_entries(model, solver, placeholder)
     if params is None:
-        if freezes:
-            _refuse_silent_freeze(frozen)
-        fixed = None
+        if user_mask is not None:
+            _refuse_silent_freeze(_frozen_entries(model, solver, placeholder))
+        frozen = fixed = None
     else:
-        fixed = as_arrays(params, x, y)[0]
+        frozen, fixed = _frozen_entries(model, solver, placeholder), as_arrays(params, x, y)[0]
     if tol is None:
         return _restarts(model, solver, keys, x, y, num_steps, None, None, progress_every, batch_size, frozen, fixed)
     return _restarts(model, solver, keys, x, y, num_steps, jnp.asarray(tol, dtype), jnp.asarray(atol, dtype),

@@ -36,11 +36,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .._batching import auto_batch_size
+from .._batching import auto_batch_size, map_lanes
 from ._grid import Grid
 from ._progress import ChunkProgress
 from ._store import FORMAT, SweepStore, to_json
@@ -169,11 +168,7 @@ def _cell_program(cell, num_key_axes: int, batch_size: int | None, mesh: Mesh | 
                 cell_key = jax.random.fold_in(cell_key, index[axis])
             return function(cell_key, **kwargs)
 
-        if batch_size is None:
-            return jax.vmap(one)((key_index, values))
-        if batch_size == 1:  # a plain loop: vmapping groups of one would turn every lax.cond into a select
-            return lax.map(one, (key_index, values))
-        return lax.map(one, (key_index, values), batch_size=batch_size)
+        return map_lanes(one, (key_index, values), batch_size)
 
     if mesh is not None:
         run_cells = jax.shard_map(run_cells, mesh=mesh, in_specs=(P(), P(), P(CELL_AXIS), P(CELL_AXIS)),
