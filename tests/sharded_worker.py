@@ -36,8 +36,10 @@ def problem(model, n=4000, d=3):
 def devices():
     out = {"devices": jax.device_count()}
     mesh = parallel.data_mesh()
-    for name, model in (("moline", emjax.MoLinE(3)), ("symlog", emjax.SymMoLogE()), ("mologe", emjax.MoLogE(2, 3))):
-        x, y, start = problem(model)
+    # moline_20k: the row count and width at which jaxlib 0.10.2 miscompiled the σ update (issue 13).
+    for name, model, n, d in (("moline", emjax.MoLinE(3), 4000, 3), ("symlog", emjax.SymMoLogE(), 4000, 3),
+                              ("mologe", emjax.MoLogE(2, 3), 4000, 3), ("moline_20k", emjax.MoLinE(3), 20_000, 5)):
+        x, y, start = problem(model, n, d)
         single = emjax.fit(model, emjax.em(), start, x, y, 15)
         xs, ys = parallel.shard_rows(mesh, x, y)
         sharded = emjax.fit(model, emjax.em(), start, xs, ys, 15)
