@@ -7,8 +7,11 @@ parameter types, so a wrong type gets a ``ValueError`` that says what was expect
 
 from __future__ import annotations
 
+import dataclasses
+
+import equinox as eqx
+import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ._validation import (
     check_features,
@@ -20,88 +23,50 @@ from ._validation import (
     is_concrete,
     shape_of,
 )
-from .models import AbstractSymmetricModel, MixtureOfExperts, MoEParams, SymParams
+from .models import AbstractModel, SymParams
 
 
-def is_mixture(model) -> bool:
-    """True for the K-expert models (softmax gate), False for the symmetric two-expert ones."""
-    return isinstance(model, MixtureOfExperts)
-
-
-def check_types(model, params, name: str = "params") -> None:
-    """``model`` must be an emjax model and ``params`` its parameter type."""
-    if isinstance(model, MixtureOfExperts):
-        if not isinstance(params, MoEParams):
-            raise ValueError(
-                f"{name} must be an emjax.MoEParams(gate=..., experts=..., sigma=...) for "
-                f"{type(model).__name__}; got {type(params).__name__}"
-            )
-        return
-    if not isinstance(model, AbstractSymmetricModel):
+def check_model(model) -> None:
+    """``model`` must be an emjax model (an :class:`~emjax.models.AbstractModel`)."""
+    if not isinstance(model, AbstractModel):
         raise ValueError(
             "model must be an emjax model such as SymMoLinE(), SymMoLogE(), MoLinE(K), MoLogE(K, C) or "
             f"MoPoE(K); got {model!r}"
         )
-    if not isinstance(params, SymParams):
-        raise ValueError(f"{name} must be an emjax.SymParams(w=..., beta=...); got {type(params).__name__}")
 
 
-def check_mixture_params(model: MixtureOfExperts, params: MoEParams, d: int, name: str = "params") -> None:
-    """Shapes (K, d), (K, d[, C]), (K,) and finite values; σ > 0."""
-    k = model.num_experts
-    expected = {
-        "gate": (k, d),
-        "experts": (k,) + model.expert.coef_shape(d),
-        "sigma": (k,) if model.expert.has_scale else None,
-    }
-    for field, shape in expected.items():
-        value = getattr(params, field)
-        if shape is None:
-            if value is not None:
-                raise ValueError(f"{name}.{field} must be None for {type(model).__name__}; got an array")
-            continue
-        if value is None:
-            raise ValueError(f"{name}.{field} must have shape {shape} for {type(model).__name__}; got None")
-        if shape_of(value, f"{name}.{field}") != shape:
-            raise ValueError(
-                f"{name}.{field} must have shape {shape} (K={k}, d={d} from x) for {type(model).__name__}; "
-                f"got shape {shape_of(value, f'{name}.{field}')}"
-            )
-        check_real(value, f"{name}.{field}")
-        check_finite(value, f"{name}.{field}")
-    if params.sigma is not None and is_concrete(params.sigma) and not np.all(np.asarray(params.sigma) > 0):
-        raise ValueError(f"{name}.sigma must be positive; got {np.asarray(params.sigma)}")
+def feature_dimension(model, params, name: str = "params") -> int:
+    """d read off ``params`` (its first leaf's last axis), after checking the parameter type."""
+    check_model(model)
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(params)]
+    if not isinstance(params, eqx.Module) or not leaves:
+        model.check_params(params, 0, name)  # raises the model's own type message
+    shape = shape_of(leaves[0], name)
+    if len(shape) < 1 or shape[-1] < 1:
+        raise ValueError(f"{name} must carry the feature dimension d >= 1; got shape {shape}")
+    return shape[-1]
 
 
-def check_any_params(model, params, d: int, name: str = "params") -> None:
-    if is_mixture(model):
-        check_mixture_params(model, params, d, name)
-    else:
-        check_params(params, d, name)
-
-
-def check_response(model, y) -> None:
-    if is_mixture(model):
-        model.expert.check_labels(y)
-    else:
-        model.check_labels(y)
+def check_model_params(model, params, d: int | None = None, name: str = "params") -> None:
+    """``params`` fits ``model`` (its type, shapes for d features, finite values)."""
+    check_model(model)
+    model.check_params(params, feature_dimension(model, params, name) if d is None else d, name)
 
 
 def validate(model, params, x, y=None, **_) -> None:
     """All boundary checks for a public function of (model, params, x[, y])."""
-    check_types(model, params)
+    check_model(model)
     n, d = check_features(x)
-    check_any_params(model, params, d)
+    model.check_params(params, d)
     if y is not None:
         check_labels(y, n)
-        check_response(model, y)
+        model.check_labels(y)
 
 
 def validate_pair(model, params, ref, x, **_) -> None:
     """Checks for functions of two parameter points (e.g. a Bregman divergence)."""
     validate(model, params, x)
-    check_types(model, ref, "ref")
-    check_any_params(model, ref, check_features(x)[1], "ref")
+    model.check_params(ref, check_features(x)[1], "ref")
 
 
 def validate_with_step(model, params, x, y, step_size, **kwargs) -> None:
@@ -113,7 +78,7 @@ def validate_with_step(model, params, x, y, step_size, **kwargs) -> None:
 
 def validate_with_scalar_step(model, params, x, y, step_size, **kwargs) -> None:
     """Checks for the mirror-descent step, whose η blends whole target statistics: one number."""
-    if isinstance(step_size, (SymParams, MoEParams)):
+    if isinstance(step_size, eqx.Module):
         raise ValueError(
             "step_size of a mirror-descent step must be one positive number (η blends the prior and posterior "
             f"statistics of every block at once); got a {type(step_size).__name__} of step sizes"
@@ -124,15 +89,14 @@ def validate_with_scalar_step(model, params, x, y, step_size, **kwargs) -> None:
 def check_step_tree(model, params, step_size, name: str = "step_size") -> None:
     """A step size: a positive scalar, or one per block, a pytree of the type of ``params`` with a
     scalar for every block that ``params`` has (and None where ``params`` has None)."""
-    if isinstance(step_size, (SymParams, MoEParams)):
-        expected = MoEParams if is_mixture(model) else SymParams
+    if isinstance(step_size, eqx.Module):
+        expected = type(params)
         if not isinstance(step_size, expected):
             raise ValueError(
                 f"{name} must be a positive number or an emjax.{expected.__name__} of them (one per block) for "
                 f"{type(model).__name__}; got {type(step_size).__name__}"
             )
-        fields = ("gate", "experts", "sigma") if is_mixture(model) else ("w", "beta")
-        for field in fields:
+        for field in _fields(params):
             step, value = getattr(step_size, field), getattr(params, field)
             if (step is None) != (value is None):
                 wanted, has = ("None", "None") if value is None else ("a positive number", "set")
@@ -148,14 +112,14 @@ def check_trainable(model, params, trainable, name: str = "trainable") -> None:
     prefixes the parameter's ((), (K,), ... or the full shape; symmetric models: one bool per block)."""
     if trainable is None:
         return
-    expected = MoEParams if is_mixture(model) else SymParams
+    expected = type(params)
     if not isinstance(trainable, expected):
         raise ValueError(
             f"{name} must be an emjax.{expected.__name__} of booleans (True = may change); "
             f"got {type(trainable).__name__}"
         )
-    fields = ("gate", "experts", "sigma") if is_mixture(model) else ("w", "beta")
-    for field in fields:
+    per_block = isinstance(params, SymParams)  # symmetric blocks are trained or frozen whole
+    for field in _fields(params):
         mask, value = getattr(trainable, field), getattr(params, field)
         if mask is None:
             continue
@@ -164,7 +128,12 @@ def check_trainable(model, params, trainable, name: str = "trainable") -> None:
         mask_shape, shape = shape_of(mask, f"{name}.{field}"), shape_of(value, field)
         if not jnp.issubdtype(jnp.result_type(mask), jnp.bool_):
             raise ValueError(f"{name}.{field} must hold booleans; got dtype {jnp.result_type(mask)}")
-        allowed = shape[: len(mask_shape)] if is_mixture(model) else ()
+        allowed = () if per_block else shape[: len(mask_shape)]
         if mask_shape != allowed:
-            hint = f"() or {shape[:1]} or {shape}" if is_mixture(model) else "() (a whole block is trained or frozen)"
+            hint = "() (a whole block is trained or frozen)" if per_block else f"() or {shape[:1]} or {shape}"
             raise ValueError(f"{name}.{field} must have shape {hint}; got {mask_shape}")
+
+
+def _fields(params) -> tuple[str, ...]:
+    """The parameter blocks of a params Module, in declaration order."""
+    return tuple(field.name for field in dataclasses.fields(params))

@@ -14,12 +14,10 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from . import _moe
-from ._checks import check_step_tree, check_trainable, is_mixture, validate
-from ._likelihood import as_arrays, loss_raw
+from ._checks import check_step_tree, check_trainable, validate
+from ._likelihood import as_arrays
 from ._solvers import AbstractSolver, GradientDescent, GradientEM, tree_all_finite
 from ._status import Status
-from ._steps import free_mask
 from ._validation import check_int, check_tolerance
 from .models import MoEParams, SymParams
 
@@ -58,14 +56,13 @@ class FitResult(eqx.Module):
     best_restart: Array | None = None
 
 
-_loss = loss_raw
+def _loss(model, params, x, y):
+    return model.loss(params, x, y)
 
 
 def _final_status(model, params, x, y, status):
-    """Flag a degenerate final iterate (K-expert models); a non-finite run keeps its code."""
-    if not is_mixture(model):
-        return status
-    degenerate = _moe.is_degenerate(model, params, x, y) & (status != Status.nonfinite)
+    """Flag a degenerate final iterate (a model that lost an expert); a non-finite run keeps its code."""
+    degenerate = model.is_degenerate(params, x, y) & (status != Status.nonfinite)
     return jnp.where(degenerate, Status.degenerate, status).astype(jnp.int32)
 
 
@@ -254,7 +251,7 @@ def with_full_mask(model, solver: AbstractSolver, params) -> AbstractSolver:
 
     Every mask (None, per block, per expert, per entry) then has the same pytree structure, so a
     model and data shape compile once whatever is frozen."""
-    full = free_mask(model, params, solver.trainable)
+    full = model.free_mask(params, solver.trainable)
     return eqx.tree_at(lambda s: s.trainable, solver, full, is_leaf=lambda leaf: leaf is None)
 
 

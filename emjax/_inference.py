@@ -14,36 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from . import _moe
-from ._checks import check_trainable, check_types, is_mixture, validate
+from ._checks import check_model_params, check_trainable, validate
 from ._dtypes import working_dtype
 from ._information import observed_information
 from ._likelihood import neg_log_likelihood
 from ._validation import is_concrete
-from .models import SymParams
 
 
 def _estimated(model, params, trainable) -> np.ndarray:
     """Boolean vector over the flattened free parameters: True where the entry was estimated."""
-    if trainable is None:
-        size = 2 * params.w.shape[0] if not is_mixture(model) else model.num_free_parameters(params.dim)
-        return np.ones(size, bool)
-    if not all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(trainable)):
+    if trainable is not None and not all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(trainable)):
         raise ValueError("trainable must hold concrete booleans here (it decides which parameters are counted)")
-    if not is_mixture(model):
-        d = params.w.shape[0]
-        blocks = [np.full(d, bool(np.asarray(trainable.w if trainable.w is not None else True))),
-                  np.full(d, bool(np.asarray(trainable.beta if trainable.beta is not None else True)))]
-        return np.concatenate(blocks)
-    free = _moe.free_mask(model, params, trainable)
-    return np.asarray(_moe.flatten(model, jax.tree_util.tree_map(lambda f: f.astype(jnp.float32), free))) > 0
-
-
-def _unflatten_errors(model, params, vector):
-    if not is_mixture(model):
-        return SymParams.unflatten(vector)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return _moe.unflatten(model, vector, zeros)
+    return np.asarray(model.flat_free_mask(params, trainable))
 
 
 def standard_errors(model, params, x, y, trainable=None):
@@ -75,12 +57,12 @@ def standard_errors(model, params, x, y, trainable=None):
     variances = jnp.diag(covariance)
     errors = jnp.where(variances >= 0, jnp.sqrt(jnp.abs(variances)), jnp.nan)
     vector = jnp.zeros(estimated.shape[0], errors.dtype).at[index].set(errors)
-    return _unflatten_errors(model, params, vector)
+    return model.unflatten(vector, jax.tree_util.tree_map(jnp.zeros_like, params))
 
 
 def num_parameters(model, params, trainable=None) -> int:
     """Number of estimated parameters: free (not pinned) and trainable."""
-    check_types(model, params)
+    check_model_params(model, params)
     check_trainable(model, params, trainable)
     return int(np.sum(_estimated(model, params, trainable)))
 

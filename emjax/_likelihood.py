@@ -1,11 +1,7 @@
-r"""Sampling, the E-step and the loss (MATH.md §1-§2), all in log space.
+r"""Sampling, the E-step and the loss (docs/math.md §1-§2), all in log space, for every model.
 
-With $\Delta_n = \ell_{n1} - \ell_{n0}$ the posterior log-odds of $z=1$, the responsibilities are
-$r_n = \mathrm{sigmoid}(\Delta_n)$ and the loss is
-$L = -\mathrm{mean}_n\,\mathrm{logaddexp}(\log\mathrm{sigmoid}(x\cdot w) + l_1,\
-\log\mathrm{sigmoid}(-x\cdot w) + l_0)$.
-Nothing is exponentiated before it is normalised, so $|x\cdot w|$ and $|x\cdot\beta|$ of order
-$10^3$ give exact 0/1 responsibilities and a finite loss, never NaN.
+Each public function checks its arguments once, casts them to one working dtype
+(:mod:`emjax._dtypes`) and calls the model's method (:class:`emjax.models.AbstractModel`).
 """
 
 from __future__ import annotations
@@ -14,11 +10,10 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from . import _moe
-from ._checks import check_any_params, check_types, is_mixture, validate
+from ._checks import check_model_params, validate
 from ._dtypes import working_dtype
-from ._validation import check_key, public, shape_of
-from .models import AbstractSymmetricModel, MoEParams, SymParams
+from ._validation import check_key, public
+from .models import MoEParams, SymParams
 
 
 def as_arrays(params: SymParams | MoEParams, x, y=None):
@@ -31,26 +26,11 @@ def as_arrays(params: SymParams | MoEParams, x, y=None):
     return params, x, jnp.asarray(y, dtype)
 
 
-def projections(params: SymParams, x: Array) -> tuple[Array, Array]:
-    """Gate and expert scores ``(x.w, x.beta)``, one pass over x."""
-    scores = x @ jnp.stack([params.w, params.beta], axis=1)
-    return scores[:, 0], scores[:, 1]
-
-
-def posterior_logit(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Array) -> Array:
-    r"""$\Delta = \log P(z=1\mid x,y) - \log P(z=0\mid x,y) = x\cdot w + (l_1 - l_0)$."""
-    return xw + model.expert_log_ratio(xb, y)
-
-
 def _check_sample(model, params, key, n, **_) -> None:
-    check_types(model, params)
     check_key(key)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive Python int (it fixes array shapes); got {n!r}")
-    first = params.gate if is_mixture(model) else params.w
-    if len(shape_of(first, "params")) < 1 or shape_of(first, "params")[-1] < 1:
-        raise ValueError(f"params must carry the feature dimension d >= 1; got shape {jnp.shape(first)}")
-    check_any_params(model, params, shape_of(first, "params")[-1])
+    check_model_params(model, params)
 
 
 @public(_check_sample)
@@ -77,15 +57,7 @@ def sample(model, params, key: Array, n: int):
         >>> x.shape
         (7, 2)
     """
-    if is_mixture(model):
-        return _moe.sample(model, params, key, n)
-    dtype = working_dtype(params)
-    key_x, key_z, key_y = jax.random.split(key, 3)
-    x = jax.random.normal(key_x, (n, params.w.shape[0]), dtype)
-    xw = x @ params.w.astype(dtype)
-    xb = x @ params.beta.astype(dtype)
-    z = jax.random.bernoulli(key_z, jax.nn.sigmoid(xw))
-    return x, model.sample_labels(key_y, xb, z)
+    return model.sample(params, key, n)
 
 
 @public(validate)
@@ -106,18 +78,7 @@ def responsibilities(model, params, x, y) -> Array:
         >>> r.tolist()
         [[0.5, 0.5]]
     """
-    params, x, y = as_arrays(params, x, y)
-    if is_mixture(model):
-        return _moe.e_step(model, params, x, y)[0]
-    xw, xb = projections(params, x)
-    logit = posterior_logit(model, xw, xb, y)
-    return jnp.stack([jax.nn.sigmoid(-logit), jax.nn.sigmoid(logit)], axis=1)
-
-
-def log_likelihoods(model: AbstractSymmetricModel, xw: Array, xb: Array, y: Array) -> Array:
-    """Per-sample ``log p(y | x)`` from the scores (log space throughout)."""
-    l1, l0 = model.expert_log_likelihoods(xb, y)
-    return jnp.logaddexp(jax.nn.log_sigmoid(xw) + l1, jax.nn.log_sigmoid(-xw) + l0)
+    return model.e_step(*as_arrays(params, x, y))[0]
 
 
 @public(validate)
@@ -130,12 +91,4 @@ def neg_log_likelihood(model, params, x, y) -> Array:
         >>> round(float(emjax.neg_log_likelihood(emjax.SymMoLogE(), p, jnp.ones((2, 1)), jnp.array([0, 1]))), 6)
         0.693147
     """
-    return loss_raw(model, *as_arrays(params, x, y))
-
-
-def loss_raw(model, params, x: Array, y: Array) -> Array:
-    """L on arrays already cast to one dtype (no checks), for either kind of model."""
-    if is_mixture(model):
-        return _moe.loss(model, params, x, y)
-    xw, xb = projections(params, x)
-    return -jnp.mean(log_likelihoods(model, xw, xb, y))
+    return model.loss(*as_arrays(params, x, y))

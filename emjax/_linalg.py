@@ -21,7 +21,7 @@ def add_jitter(matrix: Array, scale: Array, relative: float | None = None) -> Ar
     return matrix + jitter * jnp.eye(size, dtype=matrix.dtype)
 
 
-def solve_psd(matrix: Array, rhs: Array, relative: float | None = None) -> Array:
+def solve_psd(matrix: Array, rhs: Array, relative: float | None = None, scale: Array | None = None) -> Array:
     """Solve ``matrix @ u = rhs`` for a symmetric PSD ``matrix`` by Cholesky, with a round-off jitter.
 
     A jitter of ``eps * trace / size`` (plus the smallest normal number) keeps the factor defined
@@ -30,14 +30,14 @@ def solve_psd(matrix: Array, rhs: Array, relative: float | None = None) -> Array
     solution is not unique: the answer is finite and solves the system on the range of the
     matrix, while its null-space components are arbitrary (round-off over the jitter). Add an
     explicit ridge where a unique answer is needed. ``relative`` replaces eps as the size of the
-    shift relative to the mean diagonal.
+    shift relative to ``scale`` (default: the mean diagonal).
 
     On an exactly singular matrix (two identical feature columns) the factorisation's own round-off
     can exceed a shift of eps and leave a negative pivot; the solve is then redone with a shift of
     sqrt(eps) (only then: a well-conditioned solve is unchanged), so the answer is always finite
     for a finite PSD matrix and right-hand side.
     """
-    scale = jnp.trace(matrix) / matrix.shape[0]
+    scale = jnp.trace(matrix) / matrix.shape[0] if scale is None else scale
 
     def solve(shift):
         return cho_solve(cho_factor(add_jitter(matrix, scale, shift), lower=True), rhs)

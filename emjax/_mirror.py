@@ -12,45 +12,11 @@ is linear in θ (MATH.md §4.1), so
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from jax import Array
 
-from . import _moe
-from ._checks import is_mixture, validate, validate_pair
-from ._likelihood import as_arrays, posterior_logit, projections
+from ._checks import validate, validate_pair
+from ._likelihood import as_arrays
 from ._validation import public
-from .models import AbstractSymmetricModel, SymParams, softplus_bregman
-
-
-def _mean_times_x(x: Array, coefficients: Array) -> Array:
-    return x.T @ coefficients / x.shape[0]
-
-
-def mirror_gradient_raw(model: AbstractSymmetricModel, params: SymParams, x: Array) -> SymParams:
-    xw, xb = projections(params, x)
-    return SymParams(
-        w=_mean_times_x(x, jax.nn.sigmoid(xw)), beta=_mean_times_x(x, model.expert_mean(xb))
-    )
-
-
-def posterior_statistics_raw(model, params: SymParams, x: Array, y: Array) -> SymParams:
-    xw, xb = projections(params, x)
-    logit = posterior_logit(model, xw, xb, y)
-    return SymParams(
-        w=_mean_times_x(x, jax.nn.sigmoid(logit)),
-        beta=_mean_times_x(x, model.expert_posterior_statistic(logit, y)),
-    )
-
-
-def loss_gradient_raw(model, params: SymParams, x: Array, y: Array) -> SymParams:
-    # One pass: the prior and posterior statistics share the scores x.w, x.beta.
-    xw, xb = projections(params, x)
-    logit = posterior_logit(model, xw, xb, y)
-    return SymParams(
-        w=_mean_times_x(x, jax.nn.sigmoid(xw) - jax.nn.sigmoid(logit)),
-        beta=_mean_times_x(x, model.expert_mean(xb) - model.expert_posterior_statistic(logit, y)),
-    )
 
 
 @public(validate)
@@ -67,36 +33,27 @@ def mirror_map(model, params, x) -> Array:
         >>> round(float(emjax.mirror_map(emjax.SymMoLinE(), p, jnp.ones((3, 1)))), 6)
         1.193147
     """
-    params, x = as_arrays(params, x)
-    if is_mixture(model):
-        return _moe.mirror_map(params, x)
-    xw, xb = projections(params, x)
-    return jnp.mean(jax.nn.softplus(xw) + model.expert_log_partition(xb))
+    return model.mirror_map(*as_arrays(params, x))
 
 
-def _validate_symmetric(model, params, x, y=None, **_) -> None:
-    if is_mixture(model):
-        raise ValueError(
-            "this function is defined for the symmetric models, whose natural parameters are linear in theta; "
-            "for K-expert models use neg_log_likelihood_grad, em_step or the information matrices"
-        )
-    validate(model, params, x, y)
+@public(validate)
+def mirror_map_grad(model, params, x):
+    r"""$\nabla A(\theta)$, shaped like ``params``: in closed form for the symmetric models (w part,
+    β part); by autodiff for K-expert models, whose mirror map depends on the gate only (so the
+    expert and σ parts are 0)."""
+    return model.mirror_map_grad(*as_arrays(params, x))
 
 
-@public(_validate_symmetric)
-def mirror_map_grad(model: AbstractSymmetricModel, params: SymParams, x) -> SymParams:
-    r"""$\nabla A(\theta)$ in closed form, as a :class:`SymParams` (w part, β part)."""
-    return mirror_gradient_raw(model, *as_arrays(params, x))
-
-
-@public(_validate_symmetric)
-def posterior_statistics(model: AbstractSymmetricModel, params: SymParams, x, y) -> SymParams:
+@public(validate)
+def posterior_statistics(model, params, x, y):
     r"""$\bar s(\theta) = \mathrm{mean}_n J_n^\top E_\theta[S\mid x_n, y_n]$ (MATH.md §4.3).
 
     The w part is $\mathrm{mean}\ r x$; the β part is $\mathrm{mean}\,(2r-1)y\,x/\sigma^2$ (SymMoLinE)
     or $\mathrm{mean}\ q x$ (SymMoLogE). The EM step solves $\nabla A(\theta^+) = \bar s(\theta_t)$.
+    For every model it equals $\nabla A(\theta) - \nabla L(\theta)$ (Fisher's identity), which is
+    how it is computed for K-expert models, shaped like ``params``.
     """
-    return posterior_statistics_raw(model, *as_arrays(params, x, y))
+    return model.posterior_statistics(*as_arrays(params, x, y))
 
 
 @public(validate)
@@ -105,10 +62,7 @@ def neg_log_likelihood_grad(model, params, x, y):
 
     K-expert models: by autodiff, every entry (pinned ones included), as a :class:`MoEParams`.
     """
-    params, x, y = as_arrays(params, x, y)
-    if is_mixture(model):
-        return jax.grad(_moe.loss, argnums=1)(model, params, x, y)
-    return loss_gradient_raw(model, params, x, y)
+    return model.loss_gradient(*as_arrays(params, x, y))
 
 
 @public(validate_pair)
@@ -132,8 +86,4 @@ def bregman_divergence(model, params, ref, x) -> Array:
     """
     params, x = as_arrays(params, x)
     ref, _ = as_arrays(ref, x)
-    if is_mixture(model):
-        return _moe.bregman_divergence(model, params, ref, x)
-    xw, xb = projections(params, x)
-    xw_ref, xb_ref = projections(ref, x)
-    return jnp.mean(softplus_bregman(xw, xw_ref) + model.expert_bregman(xb, xb_ref))
+    return model.bregman_divergence(params, ref, x)

@@ -1,50 +1,76 @@
-r"""Soft-label logistic regression by damped Newton, differentiable by the implicit function theorem.
+r"""The one Newton solver of emjax: masked, damped, warm-started, differentiable (docs/math.md §3.1).
 
-This is the shared M-step solver of MATH.md §3.1: given targets $t \in [0,1]^n$, minimise
+Every M-step sub-problem that Newton solves (the symmetric gate, the softmax gate, softmax and
+Poisson experts, any family's generic objective) minimises a smooth convex $f(u)$ over the entries
+of $u$ where a mask ``free`` is True; the other entries keep their starting values (bit-identical).
+One loop, :func:`damped_newton`, solves them all:
 
-$$f(u) = \mathrm{mean}_n\,[\mathrm{softplus}(x_n \cdot u) - t_n\, x_n \cdot u],$$
+* the direction solves $(H_{FF} + \mu I)\,\Delta_F = -g_F$ by Cholesky, with a Levenberg shift μ of
+  $\sqrt{\varepsilon}$ times the mean diagonal (:func:`emjax._linalg.newton_shift`): it keeps null
+  directions of a singular Hessian still and never moves the fixed point $g_F = 0$;
+* the step is damped by Armijo backtracking, :func:`armijo_search` (halve from 1 until
+  $f(u + \alpha\Delta) \le f(u) + c\,\alpha\,g^\top\Delta$, c = 1e-4, at most 40 halvings, with a
+  round-off slack), and no step is taken when no finite trial is found;
+* it stops when $\|\alpha\Delta\|_\infty$ falls below 1e-10 (float64) or 1e-5 (float32), or after
+  ``max_steps`` steps (default 50).
 
-whose stationarity condition is moment matching, $\mathrm{mean}\,\mathrm{sigmoid}(x\cdot u)\,x =
-\mathrm{mean}\, t\, x$. Newton steps are damped by Armijo backtracking (undamped Newton can
-diverge) and warm-started, and the loop stops when $\|\Delta u\|_\infty$ falls below a
-dtype-dependent tolerance or after ``max_steps`` steps.
+Problems differ only in how they supply the gradient and Hessian and how a trial point is
+evaluated: :func:`masked_newton` uses the dense autodiff Hessian of any objective;
+:func:`linear_newton` serves objectives of a linear predictor, $f(U) = \mathrm{mean}_n\,\ell_n(x_n U) +
+\text{penalty}(U)$, whose Hessian blocks $X^\top\mathrm{diag}(h_{ij})X$ come from one blocked product
+(:func:`gradient_and_hessian`) and whose trials move along $x\cdot\Delta$, computed once (O(n m) per
+trial, no pass over x). :func:`soft_logistic_regression` is :func:`linear_newton` with one column.
 
-The solution is wrapped in :func:`jax.lax.custom_root`, so ``jax.grad``, ``jax.jacfwd`` and
-``jax.jacobian`` of anything built on it differentiate the *solution map* (through
-$\nabla^2 f^{-1}$), not the unrolled iterations. That is what MATH.md §5.5(6) needs.
+One wrapper, :func:`implicit_solve`, puts any such loop under :func:`jax.lax.custom_root` with the
+optimality condition $g_F(u) = 0,\ u_{\bar F} = u^{(0)}_{\bar F}$: ``jax.grad``/``jax.jacobian`` of
+anything built on a solution differentiate the solution map (through $H_{FF}^{-1}$), not the unrolled
+iterations (docs/math.md §5.5(6)). The L-BFGS path for large sub-problems
+(:mod:`emjax._minimize`) uses the same wrapper with a matrix-free tangent solve.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 
-from ._linalg import solve_psd
+from ._linalg import newton_shift, solve_psd
 
 MAX_NEWTON_STEPS = 50
-_ARMIJO = 1e-4
-_MAX_HALVINGS = 40
+ARMIJO = 1e-4
+MAX_HALVINGS = 40
 
 
 def newton_tolerance(dtype) -> float:
-    """Stopping tolerance on ``max|step|``: 1e-10 in float64, 1e-5 in float32 (MATH.md §3.1)."""
+    """Stopping tolerance on ``max|step|``: 1e-10 in float64, 1e-5 in float32 (docs/math.md §3.1)."""
     return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-5
 
 
-def armijo_search(phi, f0: Array, slope: Array, dtype) -> tuple[Array, Array]:
-    """Backtracking along a line: halve alpha from 1 until ``phi(alpha) <= f0 + c alpha slope`` (+ slack).
+def armijo_slack(f0, eps):
+    """Round-off allowance of the Armijo test: near an optimum f changes by less than its last bits."""
+    return 16 * eps * (abs(f0) + 1)
 
-    Returns ``(alpha, phi(alpha))`` of the accepted trial, or of the last one after 40 halvings; the
-    value is not finite when no finite trial was found (callers then take no step).
+
+def armijo_accepts(f_alpha, f0, alpha, slope, slack):
+    """Armijo's sufficient-decrease test (False for NaN); works on Python floats and on arrays."""
+    return f_alpha <= f0 + ARMIJO * alpha * slope + slack
+
+
+def armijo_search(phi, f0: Array, slope: Array, dtype) -> tuple[Array, Array]:
+    """Backtracking along a line: halve alpha from 1 until ``phi(alpha)`` passes :func:`armijo_accepts`.
+
+    Returns ``(alpha, phi(alpha))`` of the accepted trial, or of the last one after
+    :data:`MAX_HALVINGS` halvings; the value is not finite when no finite trial was found (callers
+    then take no step).
     """
-    eps = jnp.finfo(dtype).eps
-    slack = 16 * eps * (jnp.abs(f0) + 1)  # round-off: near the optimum f changes by less than its last bits
+    slack = armijo_slack(jnp.asarray(f0), jnp.finfo(dtype).eps)
 
     def reject(search):
         alpha, f_alpha, halvings = search
-        accept = f_alpha <= f0 + _ARMIJO * alpha * slope + slack  # False for NaN
-        return (~accept) & (halvings < _MAX_HALVINGS)
+        return (~armijo_accepts(f_alpha, f0, alpha, slope, slack)) & (halvings < MAX_HALVINGS)
 
     def halve(search):
         alpha, _, halvings = search
@@ -56,17 +82,105 @@ def armijo_search(phi, f0: Array, slope: Array, dtype) -> tuple[Array, Array]:
     return alpha, f_alpha
 
 
-def armijo_step(objective, u: Array, direction: Array, f0: Array, slope: Array) -> Array:
-    """The damped step ``alpha * direction``: halve alpha from 1 until Armijo's condition holds.
+def damped_newton(derivatives, line, u0: Array, aux0, f0: Array, max_steps: int) -> Array:
+    """The Newton loop (module docstring), generic over how a problem evaluates itself.
 
-    Returns a zero step if no finite trial point is found (so a Newton loop never steps to NaN).
+    Args:
+        derivatives: ``derivatives(u, aux) -> (grad, hess, scale)``: the masked gradient (zero on fixed
+            entries), the masked Hessian (unit diagonal on fixed entries) over the solved entries, and
+            the magnitude the Levenberg shift is relative to (None: the Hessian's mean diagonal).
+        line: ``line(u, aux, direction) -> (phi, advance)``: ``phi(alpha)`` is f at the trial point and
+            ``advance(alpha)`` the new ``(u, aux)``.
+        u0, aux0, f0: the start, whatever the problem carries along (e.g. the scores x u), and f(u0).
+        max_steps: bound on Newton steps.
     """
-    alpha, f_alpha = armijo_search(lambda a: objective(u + a * direction), f0, slope, u.dtype)
-    return jnp.where(jnp.isfinite(f_alpha), alpha * direction, jnp.zeros_like(direction))
+    dtype = u0.dtype
+    tol = newton_tolerance(dtype)
+
+    def keep_going(state):
+        _, _, _, step_norm, k = state
+        return (k < max_steps) & (step_norm >= tol)
+
+    def newton_step(state):
+        u, aux, f, _, k = state
+        grad, hess, scale = derivatives(u, aux)
+        direction = -solve_psd(hess, grad, newton_shift(dtype), scale)
+        phi, advance = line(u, aux, direction)
+        alpha, f_alpha = armijo_search(phi, f, grad @ direction, dtype)
+        finite = jnp.isfinite(f_alpha)
+        alpha = jnp.where(finite, alpha, 0)
+        new_u, new_aux = advance(alpha)
+        return new_u, new_aux, jnp.where(finite, f_alpha, f), jnp.max(jnp.abs(alpha * direction), initial=0), k + 1
+
+    init = (u0, aux0, f0, jnp.asarray(jnp.inf, dtype), 0)
+    return lax.while_loop(keep_going, newton_step, init)[0]
+
+
+def dense_tangent_solve(linear, rhs):
+    """The implicit-derivative tangent solve with the dense optimality Jacobian."""
+    return jnp.linalg.solve(jax.jacobian(linear)(rhs), rhs)
+
+
+def implicit_solve(objective, init: Array, free, loop, tangent_solve=dense_tangent_solve, max_steps: int = 50) -> Array:
+    r"""Minimise ``objective`` over the free entries of ``init`` with ``loop``, differentiably.
+
+    ``loop(flat_objective, u0_flat, free_flat, max_steps)`` returns the flat minimiser; the result is
+    wrapped in :func:`jax.lax.custom_root` on the masked gradient, so derivatives are implicit."""
+    shape = init.shape
+    free_flat = jnp.broadcast_to(jnp.asarray(free), shape).reshape(-1).astype(init.dtype)
+    start = init.reshape(-1)
+
+    def flat_objective(u):
+        return objective(u.reshape(shape))
+
+    def optimality(u):
+        # The gradient is taken with the fixed entries held at ``start``, so the Jacobian is
+        # blockdiag(H_FF, I): symmetric, as a matrix-free (CG) tangent solve needs.
+        held = jnp.where(free_flat > 0, u, start)
+        return free_flat * jax.grad(flat_objective)(held) + (1 - free_flat) * (u - start)
+
+    def solve(_, u0):
+        return loop(flat_objective, u0, lax.stop_gradient(free_flat), max_steps)
+
+    return lax.custom_root(optimality, lax.stop_gradient(start), solve, tangent_solve).reshape(shape)
+
+
+def _dense_loop(objective, u0: Array, free: Array, max_steps: int) -> Array:
+    gradient_fn = jax.grad(objective)
+    hessian_fn = jax.hessian(objective)
+    fixed_diagonal = jnp.diag(1 - free)
+
+    def derivatives(u, _):
+        grad = free * gradient_fn(u)
+        return grad, hessian_fn(u) * free[:, None] * free[None, :] + fixed_diagonal, None
+
+    def line(u, _, direction):
+        return (lambda a: objective(u + a * direction)), (lambda a: (u + a * direction, None))
+
+    return damped_newton(derivatives, line, u0, None, objective(u0), max_steps)
+
+
+def masked_newton(objective, init: Array, free, max_steps: int = MAX_NEWTON_STEPS) -> Array:
+    """Minimise ``objective(u)`` over the entries of ``u`` where ``free`` is True; the rest keep ``init``.
+
+    Args:
+        objective: a smooth convex scalar function of an array shaped like ``init``.
+        init: the warm start (its fixed entries are the answer's fixed entries).
+        free: boolean array (or mask broadcastable to ``init``) of the entries to optimise.
+        max_steps: bound on Newton steps.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> u = masked_newton(lambda u: jnp.sum((u - 3.0) ** 2), jnp.zeros(2), jnp.array([True, False]))
+        >>> u.tolist()
+        [3.0, 0.0]
+    """
+    return implicit_solve(objective, init, free, _dense_loop, dense_tangent_solve, max_steps)
 
 
 BLOCK_ROWS = 1024
-"""Rows per block of :func:`gradient_and_hessian` on a single CPU device (a few hundred KB of scaled rows: cache-sized)."""
+"""Rows per block of :func:`gradient_and_hessian` on a single CPU device (a few hundred KB of scaled
+rows: cache-sized)."""
 
 
 def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array) -> tuple[Array, Array]:
@@ -110,46 +224,112 @@ def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array) -> tuple
     return total[blocks * d:].T, total[: blocks * d].reshape(blocks, d, d)
 
 
-def _newton_solve(x: Array, targets: Array, u0: Array, max_steps: int, z0: Array | None = None) -> Array:
-    # Carries z = x.u and f(u) from one iteration to the next: the line search moves along
-    # x.direction, computed once, so a trial costs O(n), not a pass over x, and the accepted trial's
-    # z is the next iteration's. The gradient and Hessian come from one product (gradient_and_hessian).
-    n = x.shape[0]
-    dtype = x.dtype
-    tol = newton_tolerance(dtype)
+def _score_derivatives(loss, z):
+    """Gradient (n, m) of ``sum(loss(z))`` and its per-sample second derivatives ``h(i, j)`` by autodiff."""
+    gradient, hvp = jax.linearize(jax.grad(lambda z: jnp.sum(loss(z))), z)
+    columns = {}
 
-    def losses(z):
-        return jax.nn.softplus(z) - targets * z
+    def second(i, j):
+        if j not in columns:  # one Hessian-vector product per column, over all samples at once
+            columns[j] = hvp(jnp.zeros_like(z).at[:, j].set(1))
+        return columns[j][:, i]
 
-    def keep_going(state):
-        _, _, _, step_norm, k = state
-        return (k < max_steps) & (step_norm >= tol)
+    return gradient, second
 
-    def newton_step(state):
-        u, z, f0, _, k = state
-        p = jax.nn.sigmoid(z)
-        grad, hess = gradient_and_hessian(x, (p - targets)[:, None], (p * (1 - p))[:, None])
-        grad, hess = grad[:, 0] / n, hess[0] / n
-        # solve_psd's jitter keeps the step defined when every sample saturates (|x.u| huge);
-        # it changes the direction, never the fixed point (grad = 0).
-        direction = -solve_psd(hess, grad)
-        along = x @ direction
-        alpha, f_alpha = armijo_search(lambda a: jnp.mean(losses(z + a * along)), f0, grad @ direction, dtype)
-        finite = jnp.isfinite(f_alpha)
-        step = jnp.where(finite, alpha * direction, jnp.zeros_like(direction))
-        z = jnp.where(finite, z + alpha * along, z)
-        return u + step, z, jnp.where(finite, f_alpha, f0), jnp.max(jnp.abs(step)), k + 1
 
-    z0 = x @ u0 if z0 is None else z0
-    init = (u0, z0, jnp.mean(losses(z0)), jnp.asarray(jnp.inf, dtype), 0)
-    u, *_ = lax.while_loop(keep_going, newton_step, init)
-    return u
+def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _objective, u0, free, max_steps):
+    """:func:`damped_newton` for a linear predictor, on the flattened U (as :func:`implicit_solve` calls it)."""
+    n, d = x.shape
+    dtype = u0.dtype
+    cols = np.asarray(columns)
+    width = len(columns)
+    pairs = [(i, j) for i in range(width) for j in range(i, width)]
+    free_cols = free.reshape(shape)[:, cols].reshape(-1)  # the solved entries, ordered (feature, column)
+    fixed_diagonal = jnp.diag(1 - free_cols)
+    # The shift is relative to the mean diagonal of the whole masked Hessian, which has a unit
+    # diagonal entry for each entry of the columns left out: the same shift as masked_newton's.
+    outside = u0.size - d * width
+
+    def value(u, z):
+        return jnp.mean(loss(z)) + penalty(u)
+
+    def newton_derivatives(u, z):
+        score_grad, second = derivatives(z)
+        curvatures = jnp.stack([second(columns[i], columns[j]) for i, j in pairs], axis=1)
+        xg, blocks = gradient_and_hessian(x, score_grad[:, cols], curvatures)
+        grad = free_cols * (xg / n + ridge * u[:, cols]).reshape(-1)
+        block = {}
+        for p, (i, j) in enumerate(pairs):
+            block[i, j] = block[j, i] = blocks[p]  # X^T diag(h_ij) X is symmetric
+        hess = jnp.stack([jnp.stack([block[i, j] for j in range(width)]) for i in range(width)])
+        hess = hess.transpose(2, 0, 3, 1).reshape(d * width, d * width) / n + ridge * jnp.eye(d * width, dtype=dtype)
+        hess = hess * free_cols[:, None] * free_cols[None, :] + fixed_diagonal
+        return grad, hess, (jnp.trace(hess) + outside) / u0.size
+
+    def line(u, z, solved):
+        direction = jnp.zeros(shape, dtype).at[:, cols].set(solved.reshape(d, width))
+        along = jnp.zeros_like(z).at[:, cols].set(x @ direction[:, cols])
+        return (lambda a: value(u + a * direction, z + a * along)), (lambda a: (u + a * direction, z + a * along))
+
+    u0 = u0.reshape(shape)
+    z0 = x @ u0 if scores is None else scores
+    return damped_newton(newton_derivatives, line, u0, z0, value(u0, z0), max_steps).reshape(-1)
+
+
+def linear_newton(loss, x: Array, init: Array, free, columns, penalty, ridge: float,
+                  max_steps: int = MAX_NEWTON_STEPS, scores: Array | None = None, derivatives=None) -> Array:
+    r"""Masked damped Newton for $f(U) = \mathrm{mean}_n\,\ell_n(x_n U) + \mathrm{penalty}(U)$, U of shape (d, m).
+
+    The same iterates as ``masked_newton(f, init, free)`` (round-off aside): the same loop, shift,
+    line search and implicit derivatives; only the work differs (module docstring).
+
+    Args:
+        loss: ``loss(z)`` of scores z (n, m) returns the per-sample losses (n,); row n's loss may
+            depend only on row n of z.
+        x: features (n, d).
+        init: the warm start U, shape (d, m).
+        free: boolean (d, m) mask of the entries to optimise; the rest keep ``init``.
+        columns: static tuple of the columns of U that hold free entries: every entry of the other
+            columns must be fixed (e.g. a pinned gate row or class column). Only these columns'
+            Hessian blocks are formed.
+        penalty: ``penalty(U)``, a scalar whose gradient on the free entries is ``ridge * U`` and
+            whose Hessian there is ``ridge * I`` (a ridge over any superset of the free entries).
+        ridge: λ >= 0, a Python float.
+        max_steps: bound on Newton steps.
+        scores: optionally ``x @ init`` when the caller has it (an E-step does); saves one pass over x.
+        derivatives: optionally ``derivatives(z) -> (g, h)`` in closed form: g (n, m) the gradient of
+            ``sum(loss(z))`` and ``h(i, j)`` (n,) its second derivatives in columns i and j. Default:
+            autodiff of ``loss`` in score space.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> x = jax.random.normal(jax.random.key(0), (50, 2))
+        >>> t = jax.nn.one_hot(jnp.arange(50) % 3, 3)
+        >>> loss = lambda z: jax.nn.logsumexp(z, axis=-1) - jnp.sum(t * z, axis=-1)
+        >>> free = jnp.ones((2, 3), bool).at[:, 0].set(False)
+        >>> u = linear_newton(loss, x, jnp.zeros((2, 3)), free, (1, 2), lambda u: 0.0, 0.0)
+        >>> objective = lambda u: jnp.mean(loss(x @ u))
+        >>> bool(jnp.allclose(u, masked_newton(objective, jnp.zeros((2, 3)), free), atol=1e-8))
+        True
+    """
+
+    def objective(u):
+        return jnp.mean(loss(x @ u)) + penalty(u)
+
+    if derivatives is None:
+        derivatives = functools.partial(_score_derivatives, loss)
+    loop = functools.partial(_linear_loop, loss, derivatives, x, init.shape, tuple(int(c) for c in columns),
+                             penalty, ridge, None if scores is None else lax.stop_gradient(scores))
+    return implicit_solve(objective, init, free, loop, dense_tangent_solve, max_steps)
 
 
 def soft_logistic_regression(
     x: Array, targets: Array, init: Array, max_steps: int = MAX_NEWTON_STEPS, *, scores: Array | None = None
 ) -> Array:
-    r"""Minimise $\mathrm{mean}_n[\mathrm{softplus}(x_n\cdot u) - t_n x_n\cdot u]$ over $u$.
+    r"""Minimise $\mathrm{mean}_n[\mathrm{softplus}(x_n\cdot u) - t_n x_n\cdot u]$ over $u$ (:func:`linear_newton`, m = 1).
+
+    Its stationarity condition is moment matching, $\mathrm{mean}\,\mathrm{sigmoid}(x\cdot u)\,x =
+    \mathrm{mean}\,t\,x$: the gate half of the symmetric models' M-step.
 
     Args:
         x: features, shape (n, d).
@@ -170,15 +350,16 @@ def soft_logistic_regression(
         >>> bool(abs(u[0]) < 1e-6)  # mean sigmoid(u) must equal mean t = 1/2
         True
     """
-    n = x.shape[0]
+    t = targets[:, None]
 
-    def gradient(u):
-        return x.T @ (jax.nn.sigmoid(x @ u) - targets) / n
+    def loss(z):
+        return jax.nn.softplus(z[:, 0]) - t[:, 0] * z[:, 0]
 
-    def solve(_, u0):
-        return _newton_solve(x, targets, u0, max_steps, None if scores is None else lax.stop_gradient(scores))
+    def derivatives(z):
+        p = jax.nn.sigmoid(z)
+        return p - t, lambda i, j: (p * (1 - p))[:, 0]
 
-    def tangent_solve(linear_gradient, rhs):
-        return jnp.linalg.solve(jax.jacobian(linear_gradient)(rhs), rhs)
-
-    return lax.custom_root(gradient, lax.stop_gradient(init), solve, tangent_solve)
+    free = jnp.ones((init.shape[0], 1), bool)
+    u = linear_newton(loss, x, init[:, None], free, (0,), lambda u: 0.0, 0.0, max_steps,
+                      None if scores is None else scores[:, None], derivatives)
+    return u[:, 0]

@@ -11,10 +11,9 @@ from jax import Array
 from ._batching import auto_batch_size, map_lanes
 from ._dtypes import working_dtype
 from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, progress_interval, with_full_mask
-from ._init import _placeholder, init_params
+from ._init import init_params
 from ._likelihood import as_arrays
 from ._status import Status
-from ._steps import free_mask, keep_frozen
 from ._validation import check_features, check_key, check_tolerance, is_concrete
 
 
@@ -98,9 +97,9 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
         raise ValueError(f"batch_size must be \"auto\", None or a Python int >= 1; got {batch_size!r}")
     check_key(key)
     _, d = check_features(x)
-    check_fit_arguments(model, solver, _placeholder(model, d) if params is None else params, x, y, num_steps)
+    check_fit_arguments(model, solver, model.placeholder(d) if params is None else params, x, y, num_steps)
     dtype = working_dtype(x, y) if params is None else working_dtype(x, y, params)
-    placeholder = _placeholder(model, d, dtype)
+    placeholder = model.placeholder(d, dtype)
     progress_every = progress_interval(progress)
     check_tolerance(atol, "atol")
     if tol is not None:
@@ -123,7 +122,7 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
 
 def _frozen_entries(model, solver, placeholder):
     """True where the solver freezes an entry that the model itself does not pin."""
-    unpinned = free_mask(model, placeholder, None)
+    unpinned = model.free_mask(placeholder, None)
     return jax.tree_util.tree_map(lambda allowed, free: allowed & ~free, unpinned, solver.trainable)
 
 

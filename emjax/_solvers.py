@@ -28,17 +28,9 @@ import optax
 from jax import Array
 
 from ._likelihood import as_arrays
-from ._steps import (
-    em_step,
-    free_mask,
-    gradient_descent_step,
-    gradient_em_step,
-    keep_frozen,
-    loss_gradient,
-    mirror_descent_step,
-)
+from ._steps import em_step, gradient_descent_step, gradient_em_step, mirror_descent_step
 from ._validation import check_inner_steps, check_step_size
-from .models import MoEParams, SymParams
+from .models import MoEParams, SymParams, keep_frozen
 
 
 class AbstractSolver(eqx.Module):
@@ -56,7 +48,7 @@ class AbstractSolver(eqx.Module):
 
 
 def _as_step(step_size, per_block: bool = True):
-    if per_block and not isinstance(step_size, (SymParams, MoEParams)):
+    if per_block and not isinstance(step_size, eqx.Module):
         per_block = False  # a scalar; a list or another container gets the scalar's error message
     check_step_size(step_size, per_block=per_block)
     if per_block:
@@ -67,7 +59,7 @@ def _as_step(step_size, per_block: bool = True):
 def _as_mask(trainable):
     if trainable is None:
         return None
-    if not isinstance(trainable, (SymParams, MoEParams)):
+    if not isinstance(trainable, eqx.Module):
         raise ValueError(
             f"trainable must be an emjax.SymParams or emjax.MoEParams of booleans; got {type(trainable).__name__}"
         )
@@ -120,8 +112,8 @@ class OptaxSolver(AbstractSolver):
 
     def update(self, model, params, state, x, y):
         cast, x, y = as_arrays(params, x, y)
-        free = free_mask(model, cast, self.trainable)
-        grads = loss_gradient(model, cast, x, y, free)
+        free = model.free_mask(cast, self.trainable)
+        grads = model.objective_gradient(cast, x, y, free)
         updates, state = self.transformation.update(grads, state, params)
         # Weight decay and the like would move a fixed entry even with a zero gradient: undo it.
         return keep_frozen(free, optax.apply_updates(params, updates), params), state

@@ -12,18 +12,15 @@ MATH.md §3.1 for the logistic blocks and a Cholesky solve for the Gaussian expe
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from . import _moe
-from ._checks import check_trainable, is_mixture, validate, validate_with_scalar_step, validate_with_step
+from ._checks import check_model, check_trainable, validate, validate_with_scalar_step, validate_with_step
 from ._dtypes import working_dtype
-from ._likelihood import as_arrays, posterior_logit, projections
-from ._mirror import loss_gradient_raw, mirror_gradient_raw, posterior_statistics_raw
-from ._newton import soft_logistic_regression
+from ._likelihood import as_arrays
 from ._validation import check_features, check_inner_steps, public
-from .models import AbstractSymmetricModel, MoEParams, SymParams
 
 
 def _validate_em(model, params, x, y, trainable=None, **_) -> None:
@@ -31,31 +28,22 @@ def _validate_em(model, params, x, y, trainable=None, **_) -> None:
     check_trainable(model, params, trainable)
 
 
-def free_mask(model, params, trainable):
-    """What may change: a MoEParams of boolean arrays (K-expert) or SymParams of scalar bools."""
-    if is_mixture(model):
-        return _moe.free_mask(model, params, trainable)
-    def block(mask):
-        return jnp.asarray(True) if mask is None else jnp.asarray(mask, bool)
-
-    if trainable is None:
-        return SymParams(w=block(None), beta=block(None))
-    return SymParams(w=block(trainable.w), beta=block(trainable.beta))
+def blend(prior, posterior, step_size):
+    r"""Mirror descent's targets $t^{prior} + \eta\,(t^{post} - t^{prior})$, leaf by leaf (η = 1: EM's)."""
+    return jax.tree_util.tree_map(lambda p, q: p + step_size * (q - p), prior, posterior)
 
 
-def keep_frozen(free, new, old):
-    """``new`` where ``free``, else ``old`` (bit-identical), leaf by leaf."""
-    return jax.tree_util.tree_map(jnp.where, free, new, old)
+def em_update(model, params, x, y, free):
+    """One EM step on arrays already cast (no checks): the M-step fitted to the posterior targets."""
+    targets, scores = model.posterior_targets(params, x, y)
+    return model.solve(params, x, targets, free, scores)
 
 
-def _solve_targets(model, params: SymParams, x: Array, gate_targets, expert_targets, xw: Array) -> SymParams:
-    """Solve ``grad A(theta+) = (mean t_gate x, mean t_expert x)``, warm-started at params.
-
-    ``xw = x @ params.w`` comes from the E-step, so the gate's Newton solve starts without a pass over x."""
-    return SymParams(
-        w=soft_logistic_regression(x, gate_targets, params.w, scores=xw),
-        beta=model.expert_solve(x, expert_targets, params.beta),
-    )
+def mirror_update(model, params, x, y, step_size, free):
+    """One mirror-descent step on arrays already cast (no checks): the M-step fitted to blended targets."""
+    posterior, scores = model.posterior_targets(params, x, y)
+    prior = model.prior_targets(params, x, scores)
+    return model.solve(params, x, blend(prior, posterior, step_size), free, scores)
 
 
 @public(_validate_em)
@@ -91,13 +79,7 @@ def em_step(model, params, x, y, trainable=None):
             M-step with the frozen ones held fixed.
     """
     params, x, y = as_arrays(params, x, y)
-    free = free_mask(model, params, trainable)
-    if is_mixture(model):
-        return _moe.em_step(model, params, x, y, free)
-    xw, xb = projections(params, x)
-    logit = posterior_logit(model, xw, xb, y)
-    new = _solve_targets(model, params, x, jax.nn.sigmoid(logit), model.expert_posterior_statistic(logit, y), xw)
-    return keep_frozen(free, new, params)
+    return em_update(model, params, x, y, model.free_mask(params, trainable))
 
 
 @public(validate_with_scalar_step, traced=("step_size",))
@@ -119,21 +101,13 @@ def mirror_descent_step(model, params, x, y, step_size, trainable=None):
     """
     params, x, y = as_arrays(params, x, y)
     eta = jnp.asarray(step_size, x.dtype)
-    free = free_mask(model, params, trainable)
-    if is_mixture(model):
-        return _moe.mirror_descent_step(model, params, x, y, eta, free)
-    xw, xb = projections(params, x)
-    logit = posterior_logit(model, xw, xb, y)
-    prior_gate, prior_expert = jax.nn.sigmoid(xw), model.expert_mean(xb)
-    gate_targets = prior_gate - eta * (prior_gate - jax.nn.sigmoid(logit))
-    expert_targets = prior_expert - eta * (prior_expert - model.expert_posterior_statistic(logit, y))
-    return keep_frozen(free, _solve_targets(model, params, x, gate_targets, expert_targets, xw), params)
+    return mirror_update(model, params, x, y, eta, model.free_mask(params, trainable))
 
 
 def _per_block(step_size, params):
     """One step size per parameter block, shaped like ``params`` (scalars)."""
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    if isinstance(step_size, (SymParams, MoEParams)):
+    if isinstance(step_size, eqx.Module):
         return jax.tree_util.tree_map(lambda eta: jnp.asarray(eta, dtype), step_size)
     eta = jnp.asarray(step_size, dtype)
     return jax.tree_util.tree_map(lambda _: eta, params)
@@ -144,12 +118,19 @@ def _descend(params, direction, eta, free):
     return jax.tree_util.tree_map(lambda p, g, e, f: jnp.where(f, p - e * g, p), params, direction, eta, free)
 
 
-def loss_gradient(model, params, x, y, free):
-    r"""$\nabla L$ (closed form for symmetric models, autodiff for K-expert ones), zero where fixed."""
-    if is_mixture(model):
-        return _moe.loss_gradient(model, params, x, y, free)
-    grads = loss_gradient_raw(model, params, x, y)
-    return jax.tree_util.tree_map(lambda g, f: jnp.where(f, g, 0), grads, free)
+def descent_update(model, params, x, y, eta, free):
+    """One gradient step on L (+ the model's penalty) on arrays already cast (no checks)."""
+    return _descend(params, model.objective_gradient(params, x, y, free), eta, free)
+
+
+def gradient_em_update(model, params, x, y, eta, inner_steps: int, free):
+    r"""``inner_steps`` gradient steps on the surrogate $Q(\cdot\mid\theta_t)$ (arrays already cast, no checks)."""
+    anchor = model.surrogate_anchor(params, x, y)
+
+    def inner(_, u):
+        return _descend(u, model.surrogate_gradient(u, x, y, anchor, free), eta, free)
+
+    return lax.fori_loop(0, inner_steps, inner, params)
 
 
 @public(validate_with_step, traced=("step_size",))
@@ -163,8 +144,7 @@ def gradient_descent_step(model, params, x, y, step_size, trainable=None):
         trainable: optional mask, as in :func:`em_step`; fixed entries get no step.
     """
     params, x, y = as_arrays(params, x, y)
-    free = free_mask(model, params, trainable)
-    return _descend(params, loss_gradient(model, params, x, y, free), _per_block(step_size, params), free)
+    return descent_update(model, params, x, y, _per_block(step_size, params), model.free_mask(params, trainable))
 
 
 def _validate_gradient_em(model, params, x, y, step_size, inner_steps, trainable=None, **_) -> None:
@@ -189,34 +169,29 @@ def gradient_em_step(model, params, x, y, step_size, inner_steps: int = 3, train
     K-expert models: $\nabla_u Q$ comes from autodiff of the surrogate with the responsibilities fixed.
     """
     params, x, y = as_arrays(params, x, y)
-    eta = _per_block(step_size, params)
-    free = free_mask(model, params, trainable)
-    if is_mixture(model):
-        return _moe.gradient_em_step(model, params, x, y, inner_steps, free, eta)
-    target = posterior_statistics_raw(model, params, x, y)
-
-    def inner(_, u):
-        mirror = mirror_gradient_raw(model, u, x)
-        surrogate_grad = SymParams(w=mirror.w - target.w, beta=mirror.beta - target.beta)
-        return _descend(u, surrogate_grad, eta, free)
-
-    return lax.fori_loop(0, inner_steps, inner, params)
+    free = model.free_mask(params, trainable)
+    return gradient_em_update(model, params, x, y, _per_block(step_size, params), inner_steps, free)
 
 
-def safe_step_size(model: AbstractSymmetricModel, x) -> Array:
+def _validate_safe_step(model, x, **_) -> None:
+    check_model(model)
+    check_features(x)
+    if model.curvature_bound(jnp.float32) is None:
+        raise ValueError(
+            f"safe_step_size needs a global bound on the curvature of L, which {type(model).__name__} does not "
+            "have (the symmetric models do). For K-expert models tune the step (emjax.sweeps.tune_step_sizes), "
+            "or use EM, which needs none."
+        )
+
+
+@public(_validate_safe_step)
+def safe_step_size(model, x) -> Array:
     r"""A gradient step that guarantees monotone descent: $1/(c\,\lambda_{\max}(X^\top X/n))$.
 
     $\nabla^2 L \preceq \nabla^2 A$ and each diagonal block of $\nabla^2 A$ is $\preceq c\,X^\top X/n$, with
-    $c = \max(1/4, 1/\sigma^2)$ for SymMoLinE and $c = 1/4$ for SymMoLogE (MATH.md §7).
+    $c$ = ``model.curvature_bound`` = $\max(1/4, 1/\sigma^2)$ for SymMoLinE and $1/4$ for SymMoLogE
+    (docs/math.md §7). Models without such a bound (K-expert ones) are refused.
     """
-    if not isinstance(model, AbstractSymmetricModel):
-        raise ValueError(
-            f"safe_step_size bounds the curvature of the symmetric models (SymMoLinE, SymMoLogE); got "
-            f"{type(model).__name__}. For K-expert models tune the step (emjax.sweeps.tune_step_sizes), "
-            "or use EM, which needs none."
-        )
-    check_features(x)
     x = jnp.asarray(x, working_dtype(x))
     top = jnp.linalg.eigvalsh(x.T @ x / x.shape[0])[-1]
-    smoothness = jnp.maximum(0.25, jnp.asarray(model.expert_smoothness(), x.dtype))
-    return 1 / (smoothness * top)
+    return 1 / (model.curvature_bound(x.dtype) * top)

@@ -28,7 +28,7 @@ def test_observed_information_is_hessian_of_loss(kind):
         np.testing.assert_allclose(observed, hess, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(
             observed,
-            emjax.complete_information(model, point, x) - emjax.missing_information(model, point, x, y),
+            emjax.complete_information(model, point, x, y) - emjax.missing_information(model, point, x, y),
             atol=1e-15,
         )
 
@@ -55,7 +55,7 @@ def test_em_jacobian_equals_dlr_formula_anywhere(kind):
     jac = jax.jacobian(lambda th: emjax.em_step(model, emjax.SymParams.unflatten(th), x, y).flatten())(
         point.flatten())
     mapped = emjax.em_step(model, point, x, y)
-    expected = jnp.linalg.solve(emjax.complete_information(model, mapped, x),
+    expected = jnp.linalg.solve(emjax.complete_information(model, mapped, x, y),
                                 emjax.missing_information(model, point, x, y))
     np.testing.assert_allclose(jac, expected, atol=1e-8)
     # Forward mode gives the same.
@@ -101,7 +101,7 @@ def test_mim_matches_reference(kind):
     point = emjax.perturb(jax.random.key(2), truth, 0.5)
     args = (kind, np.asarray(point.w), np.asarray(point.beta), np.asarray(x), np.asarray(y))
     complete, missing = reference.information(*args)
-    np.testing.assert_allclose(emjax.complete_information(model, point, x), complete, atol=1e-12)
+    np.testing.assert_allclose(emjax.complete_information(model, point, x, y), complete, atol=1e-12)
     np.testing.assert_allclose(emjax.missing_information(model, point, x, y), missing, atol=1e-12)
     np.testing.assert_allclose(emjax.missing_information_matrix(model, point, x, y), reference.mim(*args),
                                atol=1e-10)

@@ -8,7 +8,6 @@ import optax
 import pytest
 
 import emjax
-from emjax import _moe
 from emjax._minimize import NEWTON_MAX_SIZE, masked_minimize, resolve_method
 from tests.utils import make_moe_problem
 
@@ -88,8 +87,8 @@ def test_capped_lbfgs_em_is_a_generalized_em_that_never_increases_the_objective(
         model = emjax.MoLogE(3, num_classes=3, ridge=ridge, m_step_method="lbfgs", m_step_max_steps=2)
         start = emjax.init_params(model, jax.random.key(4), x, y)
         result = emjax.fit(model, emjax.em(), start, x, y, 8, keep_history=True)
-        free = _moe.free_mask(model, start)
-        penalties = jax.vmap(_moe.ridge_penalty, in_axes=(None, 0, None))(model, result.params_history, free)
+        free = model.free_mask(start)
+        penalties = jax.vmap(lambda p: model.penalty(p, free) if ridge else jnp.zeros(()))(result.params_history)
         objective = np.asarray(result.losses + penalties)
         assert np.all(np.diff(objective) <= 1e-12), objective
         assert objective[-1] < objective[0] - 1e-3
@@ -100,10 +99,10 @@ def test_every_solver_minimises_the_ridge_penalised_objective():
     ridge = 0.3
     model = emjax.MoLogE(3, num_classes=3, ridge=ridge)
     params = emjax.init_params(model, jax.random.key(5), x, y)
-    free = _moe.free_mask(model, params)
+    free = model.free_mask(params)
 
     def penalised(p):
-        return emjax.neg_log_likelihood(model, p, x, y) + _moe.ridge_penalty(model, p, free)
+        return emjax.neg_log_likelihood(model, p, x, y) + model.penalty(p, free)
 
     gradient = jax.jit(jax.grad(penalised))(params)
     step = eqx.filter_jit(emjax.gradient_descent_step)(model, params, x, y, 0.5)

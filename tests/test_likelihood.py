@@ -49,7 +49,7 @@ def test_extreme_scores_stay_finite(kind, scale):
     for fn in (emjax.responsibilities, emjax.neg_log_likelihood, emjax.observed_information,
                emjax.missing_information):
         assert np.all(np.isfinite(np.asarray(fn(model, params, x, y)))), fn.__name__
-    assert np.all(np.isfinite(np.asarray(emjax.complete_information(model, params, x))))
+    assert np.all(np.isfinite(np.asarray(emjax.complete_information(model, params, x, y))))
     assert np.isfinite(emjax.mirror_map(model, params, x))
     grad = emjax.neg_log_likelihood_grad(model, params, x, y)
     assert np.all(np.isfinite(np.asarray(grad.flatten())))

@@ -1,6 +1,6 @@
 """The linear-predictor Newton solver of the M-steps against the autodiff masked Newton it replaces.
 
-emjax._minimize.linear_newton must take the same Newton steps as masked_newton (only the work
+emjax._newton.linear_newton must take the same Newton steps as masked_newton (only the work
 differs), and gradient_and_hessian must equal the plain products it computes blockwise.
 """
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import emjax
-from emjax import _moe
-from emjax._minimize import linear_newton, masked_minimize, masked_newton
+from emjax.models import _moe_solve
+from emjax._minimize import masked_minimize
+from emjax._newton import linear_newton, masked_newton
 from emjax._newton import BLOCK_ROWS, gradient_and_hessian
 from tests.utils import make_moe_problem
 
@@ -54,7 +55,7 @@ def test_linear_newton_takes_masked_newtons_steps(ridge, closed_form):
     def penalty(u):
         return 0.5 * ridge * jnp.sum(jnp.square(jnp.where(free, u, 0)))
 
-    derivatives = _moe.softmax_derivatives(weights, targets) if closed_form else None
+    derivatives = _moe_solve.softmax_derivatives(weights, targets) if closed_form else None
     for steps in (1, 2, 50):  # every partial iterate, not only the minimiser
         fast = jax.jit(lambda u: linear_newton(loss, x, u, free, (1, 2), penalty, ridge, steps,
                                                derivatives=derivatives))(init)

@@ -84,7 +84,7 @@ def test_bregman_is_zero_on_the_diagonal_and_positive_off_it(kind):
 
 
 def test_complete_information_is_hessian_of_mirror_map(kind):
-    model, _, x, _ = make_problem(kind, n=60, d=3, seed=8)
+    model, _, x, y = make_problem(kind, n=60, d=3, seed=8)
     point = random_point(np.random.default_rng(8), 3)
     hess = jax.hessian(flat_fn(lambda p: emjax.mirror_map(model, p, x), 3))(point.flatten())
-    np.testing.assert_allclose(emjax.complete_information(model, point, x), hess, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(emjax.complete_information(model, point, x, y), hess, rtol=1e-10, atol=1e-13)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import emjax
-from emjax import _moe
+
 from tests.utils import MOE_MODELS, make_moe_problem
 
 
@@ -100,7 +100,7 @@ def test_an_expert_without_data_stays_finite_and_is_reported(moe_kind):
     result = emjax.fit(model, emjax.em(), dead, x, y, 30)
     assert _all_finite(result.params) and bool(jnp.all(jnp.isfinite(result.losses)))
     assert int(result.status) == emjax.Status.degenerate
-    assert bool(_moe.is_degenerate(model, result.params, x, y))
+    assert bool(model.is_degenerate(result.params, x, y))
 
 
 def test_a_singular_design_stays_finite_and_is_reported(moe_kind):
@@ -143,7 +143,7 @@ def test_thousands_of_random_fits_never_give_nan(moe_kind, solver_name):
                                       truth, start)
         wild = emjax.MoEParams(gate=wild.gate.at[0].set(0), experts=wild.experts, sigma=start.sigma)
         result = emjax.fit(model, solver, wild, x, y, 25)
-        return result, _moe.is_degenerate(model, result.params, x, y)
+        return result, model.is_degenerate(result.params, x, y)
 
     results, degenerate = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(60), lanes))
     assert _all_finite(results.params)

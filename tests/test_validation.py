@@ -94,7 +94,7 @@ def test_bregman_and_mirror_map_validate():
     with pytest.raises(ValueError, match="x must be finite"):
         emjax.mirror_map(LIN, P, X.at[0, 0].set(jnp.nan))
     with pytest.raises(ValueError, match=r"x must have shape \(n, d\)"):
-        emjax.complete_information(LIN, P, jnp.ones(2))
+        emjax.complete_information(LIN, P, jnp.ones(2), Y)
 
 
 def test_traced_inputs_skip_value_checks_but_keep_shape_checks():

@@ -53,12 +53,8 @@ def make_moe_problem(kind, seed=0, n=300, d=3, gate_norm=2.0, expert_norm=None, 
 
 def moe_flat_fn(model, fn, like):
     """Turn fn(params) into a function of the flattened free-parameter vector (pinned entries from like)."""
-    from emjax import _moe
-
-    return lambda vector: fn(_moe.unflatten(model, vector, like))
+    return lambda vector: fn(model.unflatten(vector, like))
 
 
 def moe_flatten(model, params):
-    from emjax import _moe
-
-    return _moe.flatten(model, params)
+    return model.flatten(params)

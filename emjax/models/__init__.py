@@ -1,16 +1,18 @@
-"""Mixture-of-experts models: parameters and the per-model pieces of the math."""
+"""The models: one contract (:class:`AbstractModel`), the symmetric two-expert models and the K-expert mixtures."""
 
-from ._base import AbstractSymmetricModel as AbstractSymmetricModel
+from ._model import AbstractModel as AbstractModel
+from ._model import keep_frozen as keep_frozen
+from ._params import MoEParams as MoEParams
 from ._params import SymParams as SymParams
+from ._symmetric import AbstractSymmetricModel as AbstractSymmetricModel
+from ._symmetric import softplus_bregman as softplus_bregman
 from .experts import AbstractExpertFamily as AbstractExpertFamily
 from .experts import GaussianExpert as GaussianExpert
 from .experts import PoissonExpert as PoissonExpert
 from .experts import SoftmaxExpert as SoftmaxExpert
 from .moe import MixtureOfExperts as MixtureOfExperts
-from .moe import MoEParams as MoEParams
 from .moe import MoLinE as MoLinE
 from .moe import MoLogE as MoLogE
 from .moe import MoPoE as MoPoE
 from .symmetric import SymMoLinE as SymMoLinE
 from .symmetric import SymMoLogE as SymMoLogE
-from .symmetric import softplus_bregman as softplus_bregman

@@ -1,9 +1,10 @@
-"""Parameters of the symmetric two-expert models."""
+"""Parameters of the symmetric two-expert models and of the K-expert mixtures."""
 
 from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 
@@ -59,3 +60,44 @@ class SymParams(eqx.Module):
         r"""Resolve the label swap $\theta \equiv -\theta$: flip when $\langle\beta, \beta_{ref}\rangle < 0$."""
         sign = jnp.where(jnp.vdot(self.beta, reference.beta) < 0, -1.0, 1.0).astype(self.w.dtype)
         return SymParams(w=sign * self.w, beta=sign * self.beta)
+
+
+def _as_leaf(value):
+    # NumPy arrays stay NumPy (static masks such as MixtureOfExperts.pinned must be usable as
+    # indices under jit); everything else becomes a jax array.
+    return value if isinstance(value, np.ndarray) else jnp.asarray(value)
+
+
+class MoEParams(eqx.Module):
+    r"""Parameters of a K-expert mixture.
+
+    Args:
+        gate: gate weights $W$, shape (K, d); row 0 is pinned (see the module docstring).
+        experts: expert coefficients, shape (K, d) (linear, Poisson) or (K, d, C) (softmax classifier).
+        sigma: noise standard deviations, shape (K,), for linear-Gaussian experts; None otherwise.
+
+    Example:
+        >>> import jax.numpy as jnp, emjax
+        >>> p = emjax.MoEParams(gate=jnp.zeros((3, 2)), experts=jnp.ones((3, 2)), sigma=jnp.ones(3))
+        >>> p.num_experts, p.dim
+        (3, 2)
+    """
+
+    gate: Array
+    experts: Array
+    sigma: Array | None = None
+
+    def __init__(self, gate, experts, sigma=None):
+        self.gate = _as_leaf(gate)
+        self.experts = _as_leaf(experts)
+        self.sigma = None if sigma is None else _as_leaf(sigma)
+
+    @property
+    def num_experts(self) -> int:
+        """K."""
+        return self.gate.shape[-2]
+
+    @property
+    def dim(self) -> int:
+        """The feature dimension d."""
+        return self.gate.shape[-1]

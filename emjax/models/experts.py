@@ -48,7 +48,7 @@ class AbstractExpertFamily(eqx.Module):
 
     has_scale = False  # True when each expert also carries a positive scale (MoEParams.sigma)
     # True when natural(coef, scale, x) == x @ coef.reshape(d, -1): the generic M-step then runs as a
-    # linear-predictor Newton solve (emjax._minimize.linear_newton), same iterates, far less work.
+    # linear-predictor Newton solve (emjax._newton.linear_newton), same iterates, far less work.
     linear_natural = False
 
     def coef_shape(self, d: int) -> tuple[int, ...]:

@@ -21,56 +21,25 @@ parameters): the free gate rows ``gate[1:]`` row by row, then ``experts`` expert
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from .._dtypes import working_dtype
 from .._minimize import METHODS, masked_minimize
-from .experts import AbstractExpertFamily, GaussianExpert, PoissonExpert, SoftmaxExpert
+from .._validation import check_finite, check_real, is_concrete, shape_of
+from . import _moe_solve
+from ._kmeans import cluster, standardise
+from ._model import AbstractModel, normalise
+from ._params import MoEParams
+from .experts import VARIANCE_FLOOR, AbstractExpertFamily, GaussianExpert, PoissonExpert, SoftmaxExpert
+
+_SOFTEN = 0.5  # initial responsibilities: half on the assigned expert, half spread evenly
+SEPARATION_LOG_PROB = -1e-3
 
 
-def _as_leaf(value):
-    # NumPy arrays stay NumPy (static masks such as MixtureOfExperts.pinned must be usable as
-    # indices under jit); everything else becomes a jax array.
-    return value if isinstance(value, np.ndarray) else jnp.asarray(value)
-
-
-class MoEParams(eqx.Module):
-    r"""Parameters of a K-expert mixture.
-
-    Args:
-        gate: gate weights $W$, shape (K, d); row 0 is pinned (see the module docstring).
-        experts: expert coefficients, shape (K, d) (linear, Poisson) or (K, d, C) (softmax classifier).
-        sigma: noise standard deviations, shape (K,), for linear-Gaussian experts; None otherwise.
-
-    Example:
-        >>> import jax.numpy as jnp, emjax
-        >>> p = emjax.MoEParams(gate=jnp.zeros((3, 2)), experts=jnp.ones((3, 2)), sigma=jnp.ones(3))
-        >>> p.num_experts, p.dim
-        (3, 2)
-    """
-
-    gate: Array
-    experts: Array
-    sigma: Array | None = None
-
-    def __init__(self, gate, experts, sigma=None):
-        self.gate = _as_leaf(gate)
-        self.experts = _as_leaf(experts)
-        self.sigma = None if sigma is None else _as_leaf(sigma)
-
-    @property
-    def num_experts(self) -> int:
-        """K."""
-        return self.gate.shape[-2]
-
-    @property
-    def dim(self) -> int:
-        """The feature dimension d."""
-        return self.gate.shape[-1]
-
-
-class MixtureOfExperts(eqx.Module):
+class MixtureOfExperts(AbstractModel):
     r"""A softmax-gated mixture of ``num_experts`` experts of one family (see the module docstring).
 
     Args:
@@ -114,6 +83,8 @@ class MixtureOfExperts(eqx.Module):
         """The model's masked inner solver (see ``m_step_method``), as used by every M-step."""
         return masked_minimize(objective, init, free, self.m_step_method, self.m_step_max_steps)
 
+    minimize._emjax_default = True  # subclasses that override it opt out of the linear-predictor fast path
+
     def pinned(self, d: int) -> MoEParams:
         """Boolean masks (numpy) of the entries fixed by convention: gate row 0, pinned expert entries."""
         gate = np.zeros((self.num_experts, d), bool)
@@ -127,6 +98,204 @@ class MixtureOfExperts(eqx.Module):
         pinned = self.pinned(d)
         leaves = [pinned.gate, pinned.experts] + ([pinned.sigma] if pinned.sigma is not None else [])
         return int(sum(np.sum(~leaf) for leaf in leaves))
+
+    # ------------------------------------------------------------------ structure
+
+    def placeholder(self, d: int, dtype=None) -> MoEParams:
+        k = self.num_experts
+        sigma = jnp.ones(k, dtype) if self.expert.has_scale else None
+        return MoEParams(gate=jnp.zeros((k, d), dtype), experts=jnp.zeros((k,) + self.expert.coef_shape(d), dtype),
+                         sigma=sigma)
+
+    def flatten(self, params: MoEParams) -> Array:
+        """The free (non-pinned) entries in the documented order: gate rows 1.., experts, sigma."""
+        pinned = self.pinned(params.dim)
+        parts = [params.gate[~pinned.gate], params.experts[~pinned.experts]]
+        if params.sigma is not None:
+            parts.append(params.sigma)
+        return jnp.concatenate(parts)
+
+    def unflatten(self, vector: Array, like: MoEParams) -> MoEParams:
+        pinned = self.pinned(like.dim)
+        vector = jnp.asarray(vector, like.gate.dtype)
+        sizes = [int(np.sum(~pinned.gate)), int(np.sum(~pinned.experts))]
+        gate = like.gate.at[np.nonzero(~pinned.gate)].set(vector[: sizes[0]])
+        experts = like.experts.at[np.nonzero(~pinned.experts)].set(vector[sizes[0] : sizes[0] + sizes[1]])
+        sigma = None if like.sigma is None else vector[sizes[0] + sizes[1] :]
+        return MoEParams(gate=gate, experts=experts, sigma=sigma)
+
+    def free_mask(self, params: MoEParams, trainable=None) -> MoEParams:
+        free = jax.tree_util.tree_map(lambda p: jnp.asarray(~p), self.pinned(params.dim))
+        if trainable is None:
+            return free
+
+        def combine(field):
+            mask, allowed = getattr(trainable, field), getattr(free, field)
+            if allowed is None or mask is None:
+                return allowed
+            return allowed & _moe_solve.expand_prefix(mask, allowed.shape)
+
+        return MoEParams(gate=combine("gate"), experts=combine("experts"), sigma=combine("sigma"))
+
+    # ------------------------------------------------------------------ likelihood
+
+    def _per_expert(self, fn, params: MoEParams, *args):
+        """``fn(coef_k, scale_k, *args)`` for every expert, stacked on a trailing K axis."""
+        return jax.vmap(fn, in_axes=(0, 0) + (None,) * len(args), out_axes=-1)(params.experts, params.sigma, *args)
+
+    def expert_log_probs(self, params: MoEParams, x: Array, y: Array) -> Array:
+        r"""$\log p(y_n\mid x_n, z=k)$, shape (n, K)."""
+        return self._per_expert(self.expert.log_prob, params, x, y)
+
+    def log_joint(self, params: MoEParams, x: Array, y: Array) -> Array:
+        return jax.nn.log_softmax(x @ params.gate.T, axis=-1) + self.expert_log_probs(params, x, y)
+
+    def penalty(self, params: MoEParams, free: MoEParams):
+        r"""$\tfrac{\lambda}{2}(\|W_F\|^2 + \|B_F\|^2)$ over the free gate and expert entries (σ excluded);
+        None (not even a zero term) when the ridge is 0."""
+        if not self.ridge:
+            return None
+        return 0.5 * self.ridge * (jnp.sum(jnp.square(jnp.where(free.gate, params.gate, 0)))
+                                   + jnp.sum(jnp.square(jnp.where(free.experts, params.experts, 0))))
+
+    # ------------------------------------------------------------------ statistics and M-step
+
+    def posterior_targets(self, params: MoEParams, x: Array, y: Array):
+        r"""Weights $\gamma_{nk}$ (n, K) and expert statistics $\gamma_{nk}T(y_n)$ (n, S, K); scores: the gate logits."""
+        logits = x @ params.gate.T
+        gamma, _ = normalise(jax.nn.log_softmax(logits, axis=-1) + self.expert_log_probs(params, x, y))
+        stats = self.expert.statistic(y)[:, :, None] * gamma[:, None, :]
+        return (gamma, stats), logits
+
+    def prior_targets(self, params: MoEParams, x: Array, scores):
+        r"""Weights $\pi_k(x_n)$ and statistics $\pi_k(x_n)\,E_k[T\mid x_n]$."""
+        logits = x @ params.gate.T if scores is None else scores
+        prior = jnp.exp(jax.nn.log_softmax(logits, axis=-1))
+        stats = self._per_expert(self.expert.mean_statistic, params, x) * prior[:, None, :]
+        return prior, stats
+
+    def solve(self, params: MoEParams, x: Array, targets, free: MoEParams, scores=None) -> MoEParams:
+        weights, stats = targets
+        return _moe_solve.solve_targets(self, params, x, weights, stats, free, scores)
+
+    # ------------------------------------------------------------------ mirror map
+
+    def mirror_map(self, params: MoEParams, x: Array) -> Array:
+        r"""$A(\theta) = \mathrm{mean}_n\,\mathrm{logsumexp}_k\,x_n\cdot W_k$ (docs/math.md §4.5)."""
+        return jnp.mean(jax.nn.logsumexp(x @ params.gate.T, axis=-1))
+
+    def bregman_divergence(self, params: MoEParams, ref: MoEParams, x: Array) -> Array:
+        r"""$\mathrm{mean}_n \mathrm{KL}(p_{ref}(y,z\mid x_n)\,\|\,p_\theta(y,z\mid x_n))$ =
+        $\mathrm{KL}(\pi'\|\pi) + \sum_k \pi'_k \mathrm{KL}_k$, each expert KL the Bregman divergence of its
+        log-partition in natural coordinates."""
+        log_gate = jax.nn.log_softmax(x @ params.gate.T, axis=-1)
+        log_gate_ref = jax.nn.log_softmax(x @ ref.gate.T, axis=-1)
+        gate_ref = jnp.exp(log_gate_ref)
+        gate_kl = jnp.sum(gate_ref * (log_gate_ref - log_gate), axis=-1)
+        family = self.expert
+
+        def expert_kl(coef, scale, coef_ref, scale_ref):
+            natural, natural_ref = family.natural(coef, scale, x), family.natural(coef_ref, scale_ref, x)
+            mean_ref = family.mean_statistic(coef_ref, scale_ref, x)
+            return (family.log_partition(natural) - family.log_partition(natural_ref)
+                    - jnp.sum(mean_ref * (natural - natural_ref), axis=-1))
+
+        kls = jax.vmap(expert_kl, out_axes=-1)(params.experts, params.sigma, ref.experts, ref.sigma)
+        per_sample = jnp.maximum(gate_kl, 0) + jnp.sum(gate_ref * jnp.maximum(kls, 0), axis=-1)
+        return jnp.mean(per_sample)
+
+    # ------------------------------------------------------------------ sampling, starts, diagnostics
+
+    def sample(self, params: MoEParams, key: Array, n: int):
+        dtype = working_dtype(params)
+        params = jax.tree_util.tree_map(lambda leaf: leaf.astype(dtype), params)
+        key_x, key_z, key_y = jax.random.split(key, 3)
+        x = jax.random.normal(key_x, (n, params.dim), dtype)
+        z = jax.random.categorical(key_z, x @ params.gate.T, axis=-1)
+        keys = jax.random.split(key_y, self.num_experts)
+        draws = jax.vmap(self.expert.sample, in_axes=(0, 0, 0, None), out_axes=-1)(
+            keys, params.experts, params.sigma, x)
+        return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
+
+    def init_params(self, key: Array, x: Array, y: Array) -> MoEParams:
+        r"""Cluster the rows of the standardised $[x, T(y)]$ into K groups (k-means++ and three Lloyd
+        steps), give each sample responsibility 1/2 on its group plus 1/(2K) on every expert, and
+        take one M-step from zero (σ from the spread of y)."""
+        k = self.num_experts
+        statistic = self.expert.statistic(y)
+        points = jnp.concatenate([standardise(x), standardise(statistic)], axis=1)
+        labels = cluster(key, points, k)
+        weights = (1 - _SOFTEN) * jax.nn.one_hot(labels, k, dtype=x.dtype) + _SOFTEN / k
+        stats = statistic[:, :, None] * weights[:, None, :]
+        scale = self.expert.initial_scale(y)
+        start = MoEParams(
+            gate=jnp.zeros((k, x.shape[1]), x.dtype),
+            experts=jnp.zeros((k,) + self.expert.coef_shape(x.shape[1]), x.dtype),
+            sigma=None if scale is None else jnp.full((k,), scale, x.dtype),
+        )
+        return self.solve(start, x, (weights, stats), self.free_mask(start))
+
+    def is_degenerate(self, params: MoEParams, x: Array, y: Array) -> Array:
+        """True when some expert has under one sample of responsibility mass, its weighted design is
+        numerically singular, its σ has hit the variance floor, or (families without a scale) it
+        predicts its own responsibility-weighted data almost perfectly, mean log-probability above
+        -1e-3: the data it owns are separable, its M-step has no finite answer and its coefficients
+        grow without bound. With a ridge every M-step has a unique bounded answer, so only the mass
+        (and σ floor) tests apply; that also skips the O(n K d^2) weighted Gram matrices on wide data."""
+        expert = self.expert_log_probs(params, x, y)
+        gamma, _ = normalise(jax.nn.log_softmax(x @ params.gate.T, axis=-1) + expert)
+        mass = jnp.sum(gamma, axis=0)
+        if self.ridge:
+            flags = mass < 1
+            if params.sigma is not None:
+                flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
+            return jnp.any(flags)
+        grams = jnp.einsum("nk,ni,nj->kij", gamma, x, x)
+        eigenvalues = jnp.linalg.eigvalsh(grams)
+        singular = eigenvalues[:, 0] <= 100 * x.shape[1] * jnp.finfo(x.dtype).eps * eigenvalues[:, -1]
+        flags = (mass < 1) | singular
+        if params.sigma is not None:
+            flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
+        else:
+            fit = jnp.sum(gamma * expert, axis=0) / jnp.maximum(mass, 1)
+            flags = flags | (fit > SEPARATION_LOG_PROB)
+        return jnp.any(flags)
+
+    # ------------------------------------------------------------------ checks
+
+    def check_params(self, params, d: int, name: str = "params") -> None:
+        """An :class:`MoEParams` of shapes (K, d), (K, d[, C]), (K,) with finite values and σ > 0."""
+        if not isinstance(params, MoEParams):
+            raise ValueError(
+                f"{name} must be an emjax.MoEParams(gate=..., experts=..., sigma=...) for "
+                f"{type(self).__name__}; got {type(params).__name__}"
+            )
+        k = self.num_experts
+        expected = {
+            "gate": (k, d),
+            "experts": (k,) + self.expert.coef_shape(d),
+            "sigma": (k,) if self.expert.has_scale else None,
+        }
+        for field, shape in expected.items():
+            value = getattr(params, field)
+            if shape is None:
+                if value is not None:
+                    raise ValueError(f"{name}.{field} must be None for {type(self).__name__}; got an array")
+                continue
+            if value is None:
+                raise ValueError(f"{name}.{field} must have shape {shape} for {type(self).__name__}; got None")
+            if shape_of(value, f"{name}.{field}") != shape:
+                raise ValueError(
+                    f"{name}.{field} must have shape {shape} (K={k}, d={d} from x) for {type(self).__name__}; "
+                    f"got shape {shape_of(value, f'{name}.{field}')}"
+                )
+            check_real(value, f"{name}.{field}")
+            check_finite(value, f"{name}.{field}")
+        if params.sigma is not None and is_concrete(params.sigma) and not np.all(np.asarray(params.sigma) > 0):
+            raise ValueError(f"{name}.sigma must be positive; got {np.asarray(params.sigma)}")
+
+    def check_labels(self, y) -> None:
+        self.expert.check_labels(y)
 
 
 def _check_classes(num_classes) -> int:

@@ -18,13 +18,8 @@ from jax import Array
 from .._linalg import solve_psd
 from .._newton import gradient_and_hessian, soft_logistic_regression
 from .._validation import check_real_scalar, is_concrete
-from ._base import AbstractSymmetricModel
-
-
-def softplus_bregman(a: Array, a_ref: Array) -> Array:
-    """softplus(a) - softplus(a_ref) - sigmoid(a_ref)(a - a_ref) = KL_bern(sigmoid(a_ref) || sigmoid(a))."""
-    value = jax.nn.softplus(a) - jax.nn.softplus(a_ref) - jax.nn.sigmoid(a_ref) * (a - a_ref)
-    return jnp.maximum(value, 0)
+from ._params import SymParams
+from ._symmetric import AbstractSymmetricModel, softplus_bregman
 
 
 class SymMoLinE(AbstractSymmetricModel):
@@ -104,6 +99,23 @@ class SymMoLinE(AbstractSymmetricModel):
 
     def expert_smoothness(self):
         return 1 / jnp.square(self.sigma)
+
+    def init_params(self, key, x, y):
+        r"""A spectral start: β along the top eigenvector of $\mathrm{mean}\,y^2 x x^\top$, its norm read off
+        the eigenvalue, and a small random w.
+
+        For x ~ N(0, I), $E[y^2 x x^\top] = (|\beta|^2 + \sigma^2) I + 2\beta\beta^\top$, so the top
+        eigenvector is along β and its eigenvalue exceeds mean y² by 2|β|²."""
+        n, d = x.shape
+        key_w, key_b = jax.random.split(key)
+        w = 0.1 * jax.random.normal(key_w, (d,), x.dtype) / jnp.sqrt(d)
+        direction = jax.random.normal(key_b, (d,), x.dtype)
+        direction = direction / jnp.linalg.norm(direction)
+        moment = (x * jnp.square(y)[:, None]).T @ x / n
+        values, vectors = jnp.linalg.eigh(moment)
+        norm = jnp.sqrt(jnp.maximum((values[-1] - jnp.mean(jnp.square(y))) / 2, 1e-2))
+        sign = jnp.where(vectors[:, -1] @ direction < 0, -1, 1).astype(x.dtype)
+        return SymParams(w=w, beta=sign * norm * vectors[:, -1])
 
 
 class SymMoLogE(AbstractSymmetricModel):

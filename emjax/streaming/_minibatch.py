@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_trainable, check_types, validate
+from .._checks import check_model_params, check_trainable, validate
 from .._likelihood import as_arrays, neg_log_likelihood
 from .._solvers import tree_all_finite
 from .._status import Status
-from .._steps import free_mask, mirror_descent_step
+from .._steps import mirror_descent_step
 from ._passes import flat_mask, flat_ridge, flatten, full_pass, newton_direction, unflatten
 from ._schedule import RobbinsMonro, as_schedule, checked_step
 
@@ -207,7 +207,7 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
         >>> result.num_batches, bool(result.polish_losses[-1] <= result.polish_losses[0])
         (16, True)
     """
-    check_types(model, params)
+    check_model_params(model, params)
     num_epochs = _check_count(num_epochs, "num_epochs")
     polish_steps = _check_count(polish_steps, "polish_steps")
     checkpoint_every = _check_count(checkpoint_every, "checkpoint_every") or 1
@@ -255,7 +255,7 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
             check_batch(x, y)
             if free is None:
                 check_trainable(model, params, trainable)
-                free = free_mask(model, as_arrays(params, x)[0], trainable)
+                free = model.free_mask(as_arrays(params, x)[0], trainable)
             eta = checked_step(schedule, state["step"])
             new, loss, finite = _stochastic_step(model, params, x, y, jnp.asarray(eta), free)
             if not bool(finite):
@@ -310,7 +310,7 @@ def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_
     check_batch(*_split(first))
     params = as_arrays(params, first[0])[0]
     check_trainable(model, params, trainable)
-    free = flat_mask(model, params, free_mask(model, params, trainable))
+    free = flat_mask(model, params, trainable)
     ridge = flat_ridge(model, params)
     vector = np.asarray(flatten(model, params), np.float64)
     slack = 16 * np.finfo(np.asarray(first[0]).dtype if np.asarray(first[0]).dtype.kind == "f" else np.float64).eps

@@ -25,45 +25,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _moe
-from .._checks import is_mixture, validate
+from .._checks import validate
 from .._information import complete_information, missing_information
-from .._likelihood import as_arrays, loss_raw
-from ..models import MoEParams, SymParams
+from .._likelihood import as_arrays
 
 
 def flatten(model, params) -> jax.Array:
-    """The free parameters as one vector, in the documented order (symmetric: w then β)."""
-    if is_mixture(model):
-        return _moe.flatten(model, params)
-    return jnp.concatenate([jnp.ravel(params.w), jnp.ravel(params.beta)])
+    """The free parameters as one vector, in the model's documented order (symmetric: w then β)."""
+    return model.flatten(params)
 
 
 def unflatten(model, vector, like):
     """Inverse of :func:`flatten`; pinned entries come from ``like``."""
-    vector = jnp.asarray(vector, like.gate.dtype if is_mixture(model) else like.w.dtype)
-    if is_mixture(model):
-        return _moe.unflatten(model, vector, like)
-    d = like.w.shape[0]
-    return SymParams(w=vector[:d], beta=vector[d:])
+    return model.unflatten(vector, like)
 
 
-def flat_mask(model, params, free) -> np.ndarray:
-    """``free`` (what may change, as from ``emjax._steps.free_mask``) flattened like the parameters."""
-    if is_mixture(model):
-        return np.asarray(_moe.flatten(model, free), bool)
-    d = params.w.shape[0]
-    return np.concatenate([np.broadcast_to(np.asarray(free.w), d), np.broadcast_to(np.asarray(free.beta), d)])
+def flat_mask(model, params, trainable) -> np.ndarray:
+    """What may change (not pinned, trainable), flattened like the parameters."""
+    return np.asarray(model.flat_free_mask(params, trainable), bool)
 
 
 def flat_ridge(model, params) -> np.ndarray:
-    """λ on every penalised entry of the flat vector (free gate and expert entries; never σ)."""
-    ridge = float(getattr(model, "ridge", 0.0))
-    if not is_mixture(model):
-        return np.zeros(2 * params.w.shape[0])
-    penalised = MoEParams(gate=np.full(params.gate.shape, ridge), experts=np.full(params.experts.shape, ridge),
-                          sigma=None if params.sigma is None else np.zeros(params.sigma.shape))
-    return np.asarray(_moe.flatten(model, penalised))
+    """λ on every penalised entry of the flat vector: the curvature of the model's penalty (0 without one)."""
+    free = model.free_mask(params)
+    vector = model.flatten(params)
+
+    def penalty(v):
+        value = model.penalty(model.unflatten(v, params), free)
+        return jnp.zeros((), v.dtype) if value is None else value
+
+    # The penalty is a ridge: its Hessian is diagonal, the same at every point.
+    return np.asarray(jnp.diag(jax.hessian(penalty)(vector)), np.float64)
 
 
 @eqx.filter_jit
@@ -73,7 +65,7 @@ def batch_gradient_sums(model, params, x, y):
     count = x.shape[0]
 
     def mean_loss(vector):
-        return loss_raw(model, unflatten(model, vector, params), x, y)
+        return model.loss(model.unflatten(vector, params), x, y)
 
     loss, gradient = jax.value_and_grad(mean_loss)(flatten(model, params))
     return count * loss, count * gradient
@@ -84,8 +76,7 @@ def batch_curvature_sums(model, params, x, y, with_missing: bool = False):
     """Sums over one batch of $I_c$ and (optionally) $I_{miss}$, over the flat free parameters."""
     params, x, y = as_arrays(params, x, y)
     count = x.shape[0]
-    information = complete_information(model, params, x, y) if is_mixture(model) else complete_information(
-        model, params, x)
+    information = complete_information(model, params, x, y)
     missing = missing_information(model, params, x, y) if with_missing else jnp.zeros_like(information)
     return count * information, count * missing
 
