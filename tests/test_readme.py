@@ -1,55 +1,107 @@
-"""The README's example and its opening commands stay true."""
+"""The README's opening commands and quick start, and the code examples of the documentation, stay true."""
 
 import pathlib
 import re
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def python_block(path, heading=None):
+    """The first ```python block of ``path`` (after ``heading`` when given)."""
+    text = path.read_text()
+    if heading is not None:
+        text = text[text.index(heading) :]
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
+
+
+def shrink(code, *replacements):
+    """Apply (old, new) replacements that make an example small; each must apply (examples change)."""
+    for old, new in replacements:
+        assert old in code, f"the example no longer contains {old!r}"
+        code = code.replace(old, new)
+    return code
+
+
+def run(code, path):
+    exec(compile(code, str(path.relative_to(ROOT)), "exec"), {})
 
 
 def test_readme_opens_with_the_two_setup_commands():
     text = README.read_text()
     first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).strip().splitlines()
-    assert first_block == ['pip install -e . && emjax reproduce all --quick',
-                           'pip install -e ".[test]" && python -m pytest -q']
-    ci = (README.parent / ".ci" / "run").read_text()
+    assert first_block == [
+        "pip install -e . && emjax reproduce all --quick",
+        'pip install -e ".[test]" && python -m pytest -q',
+    ]
+    ci = (ROOT / ".ci" / "run").read_text()
     assert first_block[1] in ci
 
 
 def test_readme_example_runs():
-    code = re.search(r"## A short example\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
-    code = code.replace("n=5000", "n=500").replace("num_steps=50", "num_steps=10")
-    exec(compile(code, "README.md", "exec"), {})
+    code = python_block(README, "## Quick start")
+    code = shrink(code, ("n=5000", "n=500"), ("num_steps=50", "num_steps=10"))
+    run(code, README)
 
 
-def test_readme_k_expert_example_runs():
-    code = re.search(r"## K-expert mixtures\n\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    code = code.replace("2000)", "300)").replace("num_restarts=10, num_steps=500", "num_restarts=2, num_steps=20")
-    exec(compile(code, "README.md", "exec"), {})
+def test_docs_index_example_runs():
+    path = DOCS / "index.md"
+    run(shrink(python_block(path, "## Quick start"), ("n=2000", "n=500")), path)
 
 
-def test_readme_sweep_example_runs(tmp_path, monkeypatch):
-    code = re.search(r"## Sweeps.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    code = code.replace("2000)", "200)").replace("np.arange(20)", "np.arange(3)").replace(", 50)", ", 10)")
+def test_k_expert_example_runs():
+    path = DOCS / "guides" / "k_experts.md"
+    code = python_block(path)
+    code = shrink(code, ("2000)", "300)"), ("num_restarts=10, num_steps=500", "num_restarts=2, num_steps=20"))
+    run(code, path)
+
+
+def test_sweep_example_runs(tmp_path, monkeypatch):
+    path = DOCS / "guides" / "sweeps.md"
+    code = python_block(path)
+    code = shrink(code, ("2000)", "200)"), ("np.arange(20)", "np.arange(3)"), (", 50)", ", 10)"))
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    run(code, path)
     assert (tmp_path / "my-sweep" / "sweep.json").exists()
 
 
-def test_readme_datasets_and_deep_examples_run():
-    text = README.read_text()
-    for heading in ("## Data sets", "## Deep and sparse mixtures of experts"):
-        code = re.search(re.escape(heading) + r"\n\n.*?```python\n(.*?)```", text, re.S).group(1)
-        code = code.replace("num_em_steps=100", "num_em_steps=10")
-        exec(compile(code, "README.md", "exec"), {})
+def test_datasets_and_deep_examples_run():
+    path = DOCS / "guides" / "data_and_deep.md"
+    run(python_block(path, "## Data sets"), path)
+    run(
+        shrink(python_block(path, "## Deep and sparse mixtures of experts"), ("num_em_steps=100", "num_em_steps=10")),
+        path,
+    )
 
 
-def test_readme_streaming_and_parallel_examples_run(tmp_path, monkeypatch):
-    text = README.read_text()
+def test_streaming_and_parallel_examples_run(tmp_path, monkeypatch):
+    path = DOCS / "guides" / "scaling.md"
     monkeypatch.chdir(tmp_path)
-    code = re.search(r"## Mini-batch EM over streamed data\n\n.*?```python\n(.*?)```", text, re.S).group(1)
-    code = code.replace("200_000)", "12_000)").replace("batch_size=20_000", "batch_size=4_000")
-    code = code.replace("polish_steps=20", "polish_steps=2")
-    exec(compile(code, "README.md", "exec"), {})
+    code = python_block(path, "## Mini-batch EM over streamed data")
+    code = shrink(code, ("200_000)", "12_000)"), ("batch_size=20_000", "batch_size=4_000"))
+    code = shrink(code, ("polish_steps=20", "polish_steps=2"))
+    run(code, path)
     assert (tmp_path / "stream-checkpoint" / "state.json").exists()
-    code = re.search(r"## Data-parallel EM: devices and hosts\n\n.*?```python\n(.*?)```", text, re.S).group(1)
-    exec(compile(code.replace("40_000)", "4_000)").replace("num_steps=50", "num_steps=5"), "README.md", "exec"), {})
+    code = python_block(path, "## Data-parallel EM: devices and hosts")
+    run(shrink(code, ("40_000)", "4_000)"), ("num_steps=50", "num_steps=5")), path)
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_python_block_compiles(path):
+    """Every ```python block of the README and the documentation is valid Python (the ones above also run)."""
+    for code in re.findall(r"```python\n(.*?)```", path.read_text(), re.S):
+        compile(code, str(path.relative_to(ROOT)), "exec")
+
+
+def test_math_page_keeps_the_section_numbers_the_code_cites():
+    """Docstrings cite "§4.3", "§5.5(6)" ...: every cited section is a heading of docs/math.md."""
+    headings = set(re.findall(r"^#{2,3} §([\d.]+) ", (DOCS / "math.md").read_text(), re.M))
+    cited = set()
+    for source in [*(ROOT / "emjax").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        for match in re.finditer(r"§(\d+(?:\.\d+)?)", source.read_text()):
+            cited.add(match.group(1))
+    assert cited and cited <= headings, sorted(cited - headings)
