@@ -120,7 +120,7 @@ def sample(model: MixtureOfExperts, params: MoEParams, key: Array, n: int):
     x = jax.random.normal(key_x, (n, params.dim), dtype)
     z = jax.random.categorical(key_z, x @ params.gate.T, axis=-1)
     keys = jax.random.split(key_y, model.num_experts)
-    draws = jax.vmap(model.expert.sample, in_axes=(0, 0, 0, None), out_axes=-1)(keys, params.experts, params.sigma, x)
+    draws = jax.vmap(model.expert.sample, in_axes=(0, 0, 0, None), out_axes=-1)(params.experts, params.sigma, keys, x)
     return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
 
 

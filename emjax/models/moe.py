@@ -144,7 +144,7 @@ class MoLinE(MixtureOfExperts):
     Example:
         >>> import jax, emjax
         >>> model = emjax.MoLinE(3)
-        >>> truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
+        >>> truth = emjax.testing.random_params(model, jax.random.key(0), d=2)
         >>> x, y = emjax.sample(model, truth, jax.random.key(1), 100)
         >>> truth.experts.shape, truth.sigma.shape
         ((3, 2), (3,))
