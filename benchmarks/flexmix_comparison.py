@@ -157,7 +157,7 @@ def make_model(kind: str, num_experts: int):
 def make_problem(model, seed: int, n: int, d: int) -> Problem:
     """A ground truth and n samples from it, x with an intercept column appended."""
     key_truth, key_data = jax.random.split(jax.random.key(seed))
-    truth = emjax.random_moe_params(model, key_truth, d, gate_norm=2.0, expert_norm=2.0, sigma=0.5)
+    truth = emjax.testing.random_params(model, key_truth, d, gate_norm=2.0, expert_norm=2.0, sigma=0.5)
     x, y = emjax.sample(model, truth, key_data, n)
     x = jnp.concatenate([x, jnp.ones((n, 1), x.dtype)], axis=1)
     return Problem(seed, x, y)

@@ -47,11 +47,11 @@ def worker(path: str | None, out: str) -> None:
     for n in NS:
         for name, model in _models(emjax).items():
             if isinstance(model, emjax.MixtureOfExperts):
-                truth = emjax.random_moe_params(model, jax.random.key(0), d=D)
+                truth = emjax.testing.random_params(model, jax.random.key(0), d=D)
                 x, y = emjax.sample(model, truth, jax.random.key(1), n)
                 start = emjax.init_params(model, jax.random.key(2), x, y)
             else:
-                truth = emjax.random_params(jax.random.key(0), D, 2.0, 2.0)
+                truth = emjax.testing.random_params(model, jax.random.key(0), D, 2.0, 2.0)
                 x, y = emjax.sample(model, truth, jax.random.key(1), n)
                 start = emjax.SymParams(w=0.1 * np.ones(D), beta=np.ones(D))
             fitted = emjax.fit(model, emjax.em(), start, x, y, NUM_STEPS).params

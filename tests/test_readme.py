@@ -9,7 +9,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_opens_with_the_two_setup_commands():
     text = README.read_text()
     first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).strip().splitlines()
-    assert first_block == ['pip install -e . && emjax reproduce all --quick',
+    assert first_block == ['pip install -e ".[experiments]" && emjax reproduce all --quick',
                            'pip install -e ".[test]" && python -m pytest -q']
     ci = (README.parent / ".ci" / "run").read_text()
     assert first_block[1] in ci
