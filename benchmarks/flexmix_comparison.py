@@ -3,7 +3,7 @@ r"""Benchmark: emjax best-of-10-restarts EM against R's flexmix on the same mixt
 What is compared
 ----------------
 For every seed the script draws a fresh problem that no test of emjax uses (seeds 1000 and up by
-default): a ground truth from ``emjax.random_moe_params`` (gate and expert norms 2, sigma 0.5),
+default): a ground truth from ``emjax.testing.random_params`` (gate and expert norms 2, sigma 0.5),
 x ~ N(0, I_d) and y from the model, n samples. Both programs then fit *the same model family* to
 *the same numbers* (the data go to R through a CSV file written with 17 significant digits):
 
