@@ -107,7 +107,7 @@ def synthetic_problem(n_train: int, n_test: int, seed: int = 0) -> Problem:
     d, k, c = 8, 4, 5
     key_truth, key_test = jax.random.split(jax.random.key(1000 + seed))
     x, y, truth = deep.synthetic_nonlinear_moe(key_truth, n_train, d, k, c, gate_scale=10.0, expert_scale=30.0)
-    x_test, y_test = deep.sample(key_test, truth, n_test, d)
+    x_test, y_test = deep.sample(truth, key_test, n_test, d)
     xt, yt, xv, yv = _hold_out(np.asarray(x), np.asarray(y), 0.2, seed)
     latent = jnp.argmax(jax.vmap(truth.gate)(x_test), axis=-1)
     return Problem("synthetic", jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(xv), jnp.asarray(yv), x_test, y_test,
@@ -138,7 +138,7 @@ def make_fit(problem: Problem, method: str, num_experts: int, top_k: int, args):
         model = deep.DeepMoE.mlp(key_init, d, problem.num_classes, num_experts, top_k, expert_width=args.width,
                                  gate_width=args.width)
         optimizer = optax.adam(lr)
-        data = (key_fit, model, problem.x_train, problem.y_train)
+        data = (model, key_fit, problem.x_train, problem.y_train)
         evaluation = dict(eval_data=(problem.x_test, problem.y_test))  # test CE after every fifth of the budget
         if not uses_em:
             fitted, history = deep.fit_end_to_end(*data, optimizer=optimizer, num_steps=budget, batch_size=b,

@@ -3,7 +3,7 @@ r"""Benchmark: emjax best-of-10-restarts EM against R's flexmix on the same mixt
 What is compared
 ----------------
 For every seed the script draws a fresh problem that no test of emjax uses (seeds 1000 and up by
-default): a ground truth from ``emjax.random_moe_params`` (gate and expert norms 2, sigma 0.5),
+default): a ground truth from ``emjax.testing.random_params`` (gate and expert norms 2, sigma 0.5),
 x ~ N(0, I_d) and y from the model, n samples. Both programs then fit *the same model family* to
 *the same numbers* (the data go to R through a CSV file written with 17 significant digits):
 
@@ -157,7 +157,7 @@ def make_model(kind: str, num_experts: int):
 def make_problem(model, seed: int, n: int, d: int) -> Problem:
     """A ground truth and n samples from it, x with an intercept column appended."""
     key_truth, key_data = jax.random.split(jax.random.key(seed))
-    truth = emjax.random_moe_params(model, key_truth, d, gate_norm=2.0, expert_norm=2.0, sigma=0.5)
+    truth = emjax.testing.random_params(model, key_truth, d, gate_norm=2.0, expert_norm=2.0, sigma=0.5)
     x, y = emjax.sample(model, truth, key_data, n)
     x = jnp.concatenate([x, jnp.ones((n, 1), x.dtype)], axis=1)
     return Problem(seed, x, y)

@@ -47,7 +47,7 @@ def _setup(args):
     import emjax
 
     model = emjax.MoLinE(args.experts)
-    truth = emjax.random_moe_params(model, jax.random.key(args.seed), d=args.dim, expert_norm=args.expert_norm)
+    truth = emjax.testing.random_params(model, jax.random.key(args.seed), d=args.dim, expert_norm=args.expert_norm)
     return jax, emjax, model, truth
 
 
@@ -146,7 +146,7 @@ def compare(args, folder: str, vectors: dict) -> dict:
     reference = unflat(vectors.pop("reference"))
     out = {}
     for name, vector in vectors.items():
-        params = emjax.match_experts(unflat(vector), reference)
+        params = emjax.testing.match_experts(unflat(vector), reference)
         distance = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(reference)))
         out[name] = {"loss": float(emjax.neg_log_likelihood(model, params, x, y)), "distance": distance}

@@ -13,8 +13,8 @@ What it measures
 2. For each model and each feature dimension d (one subprocess each, the sizes n in increasing order):
    the median wall time of one jitted ``emjax.em_step(model, start, x, y)``, after a first call that
    compiles it. Data are ``emjax.sample(model, truth, key, n)`` (x ~ N(0, I_d)); the truth is
-   ``emjax.random_params(key, d, w_norm=2, beta_norm=2)`` (SymMoLinE, SNR 2) or
-   ``emjax.random_moe_params(model, key, d)`` (K-expert models), and the start is the truth with a
+   ``emjax.testing.random_params(model, key, d, gate_norm=2, expert_norm=2)`` (SymMoLinE, SNR 2;
+   the defaults for K-expert models), and the start is the truth with a
    relative error of ``--start-error`` (default 0.1) per block in a random direction, i.e. an iterate
    in the middle of a fit. Every call does the same work, so repeats are comparable. Repeats: as many as
    fit in ``--seconds-per-cell`` (at least one, at most ``--repeats``).
@@ -202,7 +202,7 @@ def _perturbed(jax, emjax, model, truth, key, error: float):
     import jax.numpy as jnp
 
     if isinstance(truth, emjax.SymParams):
-        return emjax.perturb(key, truth, error)
+        return emjax.testing.perturb(truth, key, error)
     pinned = model.pinned(truth.dim)
     keys = jax.random.split(key, 2)
 
@@ -266,9 +266,10 @@ def worker_model(spec):
             continue
         key_truth, key_data, key_start = jax.random.split(jax.random.key(spec["seed"]), 3)
         if name == "sym":
-            truth = emjax.random_params(key_truth, d, w_norm=2.0, beta_norm=2.0, dtype=jnp.dtype(dtype))
+            truth = emjax.testing.random_params(model, key_truth, d, gate_norm=2.0, expert_norm=2.0,
+                                                dtype=jnp.dtype(dtype))
         else:
-            truth = emjax.random_moe_params(model, key_truth, d=d, dtype=jnp.dtype(dtype))
+            truth = emjax.testing.random_params(model, key_truth, d=d, dtype=jnp.dtype(dtype))
         x, y = jax.jit(lambda t, k, n=n: emjax.sample(model, t, k, n))(truth, key_data)
         start = _perturbed(jax, emjax, model, truth, key_start, spec["start_error"])
         row.update(time_calls(jax, jax.jit(lambda p, x, y: emjax.em_step(model, p, x, y)), (start, x, y),

@@ -2,13 +2,13 @@ r"""Benchmark: throughput of a whole EM sweep (cells per second), emjax against 
 
 The sweep
 ---------
-Every cell fits SymMoLinE (sigma = 1) by 100 EM steps: truth ``emjax.random_params(key, d,
-w_norm=2, beta_norm=snr)`` (so ||w*|| = 2 and ||beta*|| = SNR), data x ~ N(0, I_d) and y from the
-model (``emjax.sample``, n = 2000, d = 10), start ``emjax.perturb(key, truth)`` (relative error 1 per
+Every cell fits SymMoLinE (sigma = 1) by 100 EM steps: truth ``emjax.testing.random_params(model, key, d,
+gate_norm=2, expert_norm=snr)`` (so ||w*|| = 2 and ||beta*|| = SNR), data x ~ N(0, I_d) and y from the
+model (``emjax.sample``, n = 2000, d = 10), start ``emjax.testing.perturb(truth, key)`` (relative error 1 per
 block). The grid is 8 SNRs x 50 seeds = 400 cells; each cell returns its final parameters, its loss
 trace (101 values) and a status. It is run, in float32 and in float64, by
 
-(a) ``emjax.sweep(cell, {"snr": snrs, "seed": arange(50)}, key, batch_size=b)``: one compiled program
+(a) ``emjax.sweep(cell, key, {"snr": snrs, "seed": arange(50)}, batch_size=b)``: one compiled program
     (``vmap`` over the chunk with ``batch_size=None``, ``lax.map`` over groups of b cells otherwise).
     Compilation (``result.compile_seconds``) is reported apart from running (``run_seconds``).
 (b) a Python loop over the cells: a jitted draw (truth, data, start; the same keys as (a)) and
@@ -143,9 +143,9 @@ def make_cell(n: int, d: int, steps: int, kind: str = "emjax"):
     def cell(key, snr, seed):
         del seed  # the seed axis selects the key (fold_in of its index)
         k_truth, k_data, k_start = jax.random.split(key, 3)
-        truth = emjax.random_params(k_truth, d, w_norm=W_NORM, beta_norm=snr)
+        truth = emjax.testing.random_params(model, k_truth, d, gate_norm=W_NORM, expert_norm=snr)
         x, y = emjax.sample(model, truth, k_data, n)
-        start = emjax.perturb(k_start, truth)
+        start = emjax.testing.perturb(truth, k_start)
         if kind == "proto":
             w, beta, losses, _ = proto_fit(x, y, start.w, start.beta, SIGMA, steps)
             ok = jnp.isfinite(losses[-1]) & jnp.all(jnp.isfinite(w)) & jnp.all(jnp.isfinite(beta))
@@ -204,7 +204,7 @@ def worker_sweep(spec):
     out = {"base_mb": base, "devices": len(jax.devices())}
 
     def run():
-        return sweep(cell, grid, 0, chunk_size=spec.get("chunk_size"), batch_size=spec["batch_size"],
+        return sweep(cell, 0, grid, chunk_size=spec.get("chunk_size"), batch_size=spec["batch_size"],
                      progress=False)
 
     try:
@@ -246,9 +246,9 @@ def worker_loop(spec):
     @jax.jit
     def draw(key, snr):
         k_truth, k_data, k_start = jax.random.split(key, 3)
-        truth = emjax.random_params(k_truth, d, w_norm=W_NORM, beta_norm=snr)
+        truth = emjax.testing.random_params(model, k_truth, d, gate_norm=W_NORM, expert_norm=snr)
         x, y = emjax.sample(model, truth, k_data, n)
-        return x, y, emjax.perturb(k_start, truth)
+        return x, y, emjax.testing.perturb(truth, k_start)
 
     root = jax.random.key(0)
 
@@ -605,9 +605,9 @@ def verification_cell(jax, spec):
     model = emjax.SymMoLinE(SIGMA)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 3), 0)  # SNR 2, seed 0
     k_truth, k_data, k_start = jax.random.split(key, 3)
-    truth = emjax.random_params(k_truth, spec["d"], w_norm=W_NORM, beta_norm=jnp.asarray(2.0))
+    truth = emjax.testing.random_params(model, k_truth, spec["d"], gate_norm=W_NORM, expert_norm=jnp.asarray(2.0))
     x, y = emjax.sample(model, truth, k_data, spec["n"])
-    return model, x, y, emjax.perturb(k_start, truth)
+    return model, x, y, emjax.testing.perturb(truth, k_start)
 
 
 def worker_verify(spec):
@@ -773,7 +773,7 @@ def worker_scaling(spec):
     for seeds, n, d in spec["configs"]:
         cell = make_cell(n, d, spec["steps"])
         grid = grid_values(jax, seeds, spec["snrs"])
-        result = sweep(cell, grid, 0, batch_size=spec["batch_size"], progress=False)
+        result = sweep(cell, 0, grid, batch_size=spec["batch_size"], progress=False)
         cells = int(np.prod(result.shape))
         rows.append({"cells": cells, "n": n, "d": d, "compile_s": result.compile_seconds,
                      "run_s": result.run_seconds, "cells_per_s": cells / result.run_seconds,

@@ -53,7 +53,7 @@ def main() -> None:
                                        methods=("em",))
         cell = Table2Cell.from_settings(settings, data)
         tic = time.perf_counter()
-        out = emjax.sweep(cell, {"instance": np.arange(args.instances)}, 0, progress=False).outputs
+        out = emjax.sweep(cell, 0, {"instance": np.arange(args.instances)}, progress=False).outputs
         seconds = time.perf_counter() - tic
         loss, accuracy = out["test_loss"][:, 0, -1], out["test_accuracy"][:, 0, -1]
         print(f"| {ridge:g} | {steps} | {scale:g} | {loss.mean():.3f} ± {loss.std():.3f} | "

@@ -4,6 +4,19 @@ One EM iteration on a mixture of experts whose complete-data law is an exponenti
 step of mirror descent with unit step and mirror map A(θ), the expected log-partition; the local
 rate of EM is the top eigenvalue of the missing-information matrix M(θ) = (∇²A)⁻¹ I_miss.
 Every public function is pure in (model, params, data) and works under ``jit``, ``vmap`` and ``grad``.
+
+**Calling rule** (the whole package): arguments come in the order *model, params, PRNG key, data or
+sizes, options*; an argument a function does not take is skipped, and a solver rides with the model
+(``fit(model, solver, params, x, y, num_steps)``). So ``sample(model, params, key, n)``,
+``init_params(model, key, x, y)``, ``fit_restarts(model, solver, key, x, y, num_restarts)``,
+``deep.sample(model, key, n, d)``, ``deep.fit_em(model, key, x, y, ...)``,
+``testing.random_params(model, key, d)`` and ``testing.perturb(params, key)``. Options are keywords.
+
+Solvers are built by their factories (:func:`em`, :func:`mirror_descent`, :func:`gradient_descent`,
+:func:`gradient_em`, :func:`from_optax`), which validate their arguments; :class:`AbstractSolver` is
+the base class for solvers of one's own. Problem generators and test helpers live in
+:mod:`emjax.testing`. ``emjax reproduce`` and :mod:`emjax.experiments` need the optional extra
+(``pip install "emjax[experiments]"``: matplotlib, scikit-learn); the rest of emjax does not.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -14,6 +27,7 @@ from . import deep as deep
 from . import parallel as parallel
 from . import streaming as streaming
 from . import sweeps as sweeps
+from . import testing as testing
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
 from ._inference import aic as aic
@@ -27,26 +41,16 @@ from ._information import missing_information as missing_information
 from ._information import missing_information_matrix as missing_information_matrix
 from ._information import observed_information as observed_information
 from ._init import init_params as init_params
-from ._init import match_experts as match_experts
-from ._init import random_moe_params as random_moe_params
 from ._likelihood import neg_log_likelihood as neg_log_likelihood
 from ._likelihood import responsibilities as responsibilities
 from ._likelihood import sample as sample
-from ._metrics import perturb as perturb
-from ._metrics import random_params as random_params
-from ._metrics import relative_errors as relative_errors
 from ._mirror import bregman_divergence as bregman_divergence
 from ._mirror import mirror_map as mirror_map
 from ._mirror import mirror_map_grad as mirror_map_grad
 from ._mirror import neg_log_likelihood_grad as neg_log_likelihood_grad
 from ._mirror import posterior_statistics as posterior_statistics
 from ._restarts import fit_restarts as fit_restarts
-from ._solvers import EM as EM
 from ._solvers import AbstractSolver as AbstractSolver
-from ._solvers import GradientDescent as GradientDescent
-from ._solvers import GradientEM as GradientEM
-from ._solvers import MirrorDescent as MirrorDescent
-from ._solvers import OptaxSolver as OptaxSolver
 from ._solvers import em as em
 from ._solvers import from_optax as from_optax
 from ._solvers import gradient_descent as gradient_descent
@@ -86,18 +90,13 @@ __all__ = [
     "AbstractExpertFamily",
     "AbstractSolver",
     "AbstractSymmetricModel",
-    "EM",
     "FitResult",
     "GaussianExpert",
-    "GradientDescent",
-    "GradientEM",
-    "MirrorDescent",
     "MixtureOfExperts",
     "MoEParams",
     "MoLinE",
     "MoLogE",
     "MoPoE",
-    "OptaxSolver",
     "PoissonExpert",
     "SoftmaxExpert",
     "Status",
@@ -119,7 +118,6 @@ __all__ = [
     "gradient_em",
     "gradient_em_step",
     "init_params",
-    "match_experts",
     "mim_eigenvalues",
     "mirror_descent",
     "mirror_descent_step",
@@ -131,11 +129,7 @@ __all__ = [
     "neg_log_likelihood_grad",
     "num_parameters",
     "observed_information",
-    "perturb",
     "posterior_statistics",
-    "random_moe_params",
-    "random_params",
-    "relative_errors",
     "responsibilities",
     "safe_step_size",
     "sample",
@@ -144,6 +138,7 @@ __all__ = [
     "datasets",
     "deep",
     "sweeps",
+    "testing",
     "streaming",
     "parallel",
     "SweepResult",

@@ -15,10 +15,10 @@ import optax
 
 from ._fit import fit
 from ._likelihood import neg_log_likelihood, sample
-from ._metrics import perturb, random_params, relative_errors
 from ._solvers import em, from_optax, gradient_descent, gradient_em, mirror_descent
 from ._steps import safe_step_size
 from .models import SymMoLinE, SymMoLogE
+from .testing import perturb, random_params, relative_errors
 
 DEMO_PROBLEMS = {"SymMoLinE": (SymMoLinE(sigma=1.0), 2.0, 2.0), "SymMoLogE": (SymMoLogE(), 4.0, 4.0)}
 
@@ -45,9 +45,9 @@ def run_demo(n: int = 5000, d: int = 10, num_steps: int = 100, seed: int = 0, dt
     for name in models:
         model, w_norm, beta_norm = DEMO_PROBLEMS[name]
         key_truth, key_data, key_init = jax.random.split(jax.random.key(seed), 3)
-        truth = random_params(key_truth, d, w_norm, beta_norm, dtype)
+        truth = random_params(model, key_truth, d, w_norm, beta_norm, dtype=dtype)
         x, y = sample(model, truth, key_data, n)
-        start = perturb(key_init, truth)
+        start = perturb(truth, key_init)
         reference = neg_log_likelihood(model, truth, x, y)
         out[name] = {}
         for label, solver in demo_solvers(model, x).items():

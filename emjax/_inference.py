@@ -34,7 +34,7 @@ def standard_errors(model, params, x, y, trainable=None):
     Evaluate at a fitted $\hat\theta$ (a local minimum, where $\nabla^2 L \succ 0$); elsewhere the
     inverse is not a covariance and entries with a negative variance come back NaN. Pinned and
     frozen entries get 0. For K-expert models the result is subject to the label permutation of
-    ``params`` (use :func:`emjax.match_experts` first when comparing with a truth).
+    ``params`` (use :func:`emjax.testing.match_experts` first when comparing with a truth).
 
     Example:
         >>> import jax, jax.numpy as jnp, emjax
@@ -73,7 +73,7 @@ def aic(model, params, x, y, trainable=None) -> Array:
     Example:
         >>> import jax, emjax
         >>> model = emjax.MoLinE(2)
-        >>> truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
+        >>> truth = emjax.testing.random_params(model, jax.random.key(0), d=2)
         >>> x, y = emjax.sample(model, truth, jax.random.key(1), 100)
         >>> bool(emjax.aic(model, truth, x, y) < emjax.bic(model, truth, x, y))
         True

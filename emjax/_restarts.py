@@ -83,7 +83,7 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
     Example:
         >>> import jax, emjax
         >>> model = emjax.MoLinE(2)
-        >>> truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
+        >>> truth = emjax.testing.random_params(model, jax.random.key(0), d=2)
         >>> x, y = emjax.sample(model, truth, jax.random.key(1), 300)
         >>> result = emjax.fit_restarts(model, emjax.em(), jax.random.key(2), x, y, num_restarts=4, num_steps=50)
         >>> result.restart_losses.shape

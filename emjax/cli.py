@@ -63,10 +63,18 @@ def _setup_jax(args: argparse.Namespace):
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from ._extras import require
+
+    names = args.experiment
+    try:  # before any compute: the figures need matplotlib, the default Table 2 data scikit-learn
+        require("matplotlib", "emjax reproduce")
+        if args.data == "digits" and ("all" in names or "table2" in names):
+            require("sklearn", "emjax reproduce table2 (the digits data set)")
+    except ImportError as error:
+        raise SystemExit(f"emjax reproduce: error: {error}") from None
     jax = _setup_jax(args)
     from .experiments import EXPERIMENTS, reproduce
 
-    names = args.experiment
     experiments = EXPERIMENTS if "all" in names else tuple(dict.fromkeys(names))
     if args.data == "fmnist" and args.path is None and "table2" in experiments:
         raise SystemExit("emjax reproduce: error: --data fmnist needs --path DIR (the folder holding the four "
@@ -129,12 +137,12 @@ def _sweep(args: argparse.Namespace) -> int:
     snr_axis = {"snr": np.asarray(snrs)}
     if need:
         tuning_out = None if args.out is None else Path(args.out) / "tuning"
-        tuned = tune_step_sizes(dataclasses_replace(cell, methods=tuple(need)), snrs, args.seed,
+        tuned = tune_step_sizes(dataclasses_replace(cell, methods=tuple(need)), args.seed, snrs,
                                 num_instances=args.tuning_instances, out=tuning_out, **options)
         snr_axis["step_sizes"] = {m: tuned.step_sizes[m] for m in need}
         print("tuned steps per SNR: " + "; ".join(f"{m} {list(map(float, v))}" for m, v in tuned.step_sizes.items()))
     cell = dataclasses_replace(cell, step_sizes=steps)
-    result = sweep(cell, {"snr": snr_axis, "seed": np.arange(args.seeds)}, args.seed, key_axes=("seed",),
+    result = sweep(cell, args.seed, {"snr": snr_axis, "seed": np.arange(args.seeds)}, key_axes=("seed",),
                    out=None if args.out is None else Path(args.out) / "sweep", **options)
     o = result.outputs
     if jax.process_index() != 0:

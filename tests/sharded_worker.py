@@ -23,11 +23,11 @@ def flat(params):
 
 def problem(model, n=4000, d=3):
     if isinstance(model, emjax.MixtureOfExperts):
-        truth = emjax.random_moe_params(model, jax.random.key(0), d=d)
+        truth = emjax.testing.random_params(model, jax.random.key(0), d=d)
         x, y = emjax.sample(model, truth, jax.random.key(1), n)
         start = emjax.init_params(model, jax.random.key(2), x, y)
     else:
-        truth = emjax.random_params(jax.random.key(0), d, 3.0, 3.0)
+        truth = emjax.testing.random_params(model, jax.random.key(0), d, 3.0, 3.0)
         x, y = emjax.sample(model, truth, jax.random.key(1), n)
         start = emjax.SymParams(w=0.1 * np.ones(d), beta=np.ones(d))
     return np.asarray(x), np.asarray(y), start
@@ -58,7 +58,7 @@ def devices():
     out["collective_permute"] = len(re.findall(r"collective-permute(?:-start)?\(", text))
     # Two cells of two data devices each: four starts, two per cell.
     cells_mesh = parallel.data_mesh(num_cells=2)
-    starts = jax.vmap(lambda key: emjax.random_moe_params(model, key, d=3))(jax.random.split(jax.random.key(7), 4))
+    starts = jax.vmap(lambda key: emjax.testing.random_params(model, key, d=3))(jax.random.split(jax.random.key(7), 4))
     grid = parallel.fit_cells(model, emjax.em(), starts, x, y, 10, cells_mesh)
     loop = [emjax.fit(model, emjax.em(), jax.tree_util.tree_map(lambda a, i=i: a[i], starts), x, y, 10)
             for i in range(4)]

@@ -13,9 +13,9 @@ MODEL = emjax.SymMoLinE()
 def em_cell(key, snr, seed):
     """A small but real cell: draw a SymMoLinE instance at this SNR and run 8 EM steps."""
     key_truth, key_data, key_start = jax.random.split(key, 3)
-    truth = emjax.random_params(key_truth, 3, 1.5, snr)
+    truth = emjax.testing.random_params(MODEL, key_truth, 3, 1.5, snr)
     x, y = emjax.sample(MODEL, truth, key_data, 64)
-    result = emjax.fit(MODEL, emjax.em(), emjax.perturb(key_start, truth), x, y, 8)
+    result = emjax.fit(MODEL, emjax.em(), emjax.testing.perturb(truth, key_start), x, y, 8)
     return {"loss": result.losses, "beta": result.params.beta, "seed": seed}
 
 

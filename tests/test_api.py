@@ -60,3 +60,54 @@ def test_everything_public_is_documented():
 
 def test_version():
     assert isinstance(emjax.__version__, str) and emjax.__version__.count(".") >= 2
+
+
+TESTING_CONTRACT = {"random_params", "perturb", "relative_errors", "match_experts"}
+SOLVER_CLASSES = {"EM", "MirrorDescent", "GradientDescent", "GradientEM", "OptaxSolver"}
+
+
+def test_generators_and_test_helpers_live_in_emjax_testing_only():
+    assert set(emjax.testing.__all__) == TESTING_CONTRACT
+    for name in TESTING_CONTRACT | {"random_moe_params"}:
+        assert name not in emjax.__all__ and not hasattr(emjax, name), name
+    for name in TESTING_CONTRACT:
+        assert getattr(emjax.testing, name).__doc__, name
+
+
+def test_solvers_have_one_public_form_the_factories():
+    from emjax import _solvers
+
+    for name in SOLVER_CLASSES:
+        assert name not in emjax.__all__ and not hasattr(emjax, name), name
+    for factory, cls in ((emjax.em(), _solvers.EM), (emjax.mirror_descent(0.5), _solvers.MirrorDescent),
+                         (emjax.gradient_descent(0.1), _solvers.GradientDescent),
+                         (emjax.gradient_em(0.1), _solvers.GradientEM)):
+        assert isinstance(factory, cls) and isinstance(factory, emjax.AbstractSolver)
+
+
+def _public_functions():
+    import inspect
+
+    for module in (emjax, emjax.testing, emjax.deep, emjax.sweeps, emjax.streaming, emjax.parallel, emjax.datasets):
+        for name in getattr(module, "__all__", dir(module)):
+            value = getattr(module, name)
+            if inspect.isfunction(value) and not name.startswith("_"):
+                yield f"{module.__name__}.{name}", value
+
+
+def test_one_calling_rule_model_params_key_data_options():
+    """A PRNG key comes after the model (or a sweep's cell), the solver and the params, before anything else."""
+    import inspect
+
+    before_key = {"model", "cell", "solver", "params", "truth"}
+    checked = 0
+    for name, function in _public_functions():
+        positional = [p.name for p in inspect.signature(function).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if "model" in positional:
+            assert positional[0] == "model", (name, positional)
+        if "key" in positional:
+            head = positional[:positional.index("key")]
+            assert set(head) <= before_key, (name, positional)
+            checked += 1
+    assert checked >= 8

@@ -142,8 +142,8 @@ def test_store_compares_a_configuration_with_its_own_json_form(tmp_path):
 
 def test_sweep_with_a_tuple_config_resumes_and_returns_what_it_stored(tmp_path):
     config = {"settings": {"methods": ("em",), "step": np.float32(0.5)}}
-    first = emjax.sweep(em_cell, GRID, 0, chunk_size=8, out=tmp_path, config=config, progress=False)
-    again = emjax.sweep(em_cell, GRID, 0, chunk_size=8, out=tmp_path, config=config, progress=False)
+    first = emjax.sweep(em_cell, 0, GRID, chunk_size=8, out=tmp_path, config=config, progress=False)
+    again = emjax.sweep(em_cell, 0, GRID, chunk_size=8, out=tmp_path, config=config, progress=False)
     assert (again.computed_chunks, again.loaded_chunks) == (0, first.computed_chunks)
     assert again.configuration == json.loads((tmp_path / RECORD).read_text())["configuration"]
     assert again.configuration["user"] == {"settings": {"methods": ["em"], "step": 0.5}}

@@ -117,7 +117,7 @@ def test_fisher_identity_dense_linear_and_sparse_mlp(linear, mlp):
 def test_converged_m_step_equals_em_step(linear):
     """One E-step and an M-step minimised by L-BFGS give MoLogE's em_step predictions (to 1e-6)."""
     model, params, x, y, dm = linear
-    fitted, history = deep.fit_em(jax.random.key(0), dm, x, y.astype(jnp.int32), optimizer=optax.lbfgs(),
+    fitted, history = deep.fit_em(dm, jax.random.key(0), x, y.astype(jnp.int32), optimizer=optax.lbfgs(),
                                   num_em_steps=1, inner_steps=100, reset_optimizer=True)
     reference = deep.DeepMoE.from_moe_params(emjax.em_step(model, params, x, y))
     _close(jnp.exp(deep.gate_log_probs(fitted, x)), jnp.exp(deep.gate_log_probs(reference, x)), rtol=0, atol=1e-6)
@@ -136,7 +136,7 @@ def test_em_decreases_surrogate_and_loss_and_matches_a_python_loop(mlp):
     """Full batch, dense, small steps: J falls at every inner step and L by at least as much as J (GEM)."""
     model, x, y, _ = mlp
     model = _with_top_k(model, K)
-    fitted, history = deep.fit_em(jax.random.key(0), model, x, y, optimizer=SGD, num_em_steps=15, inner_steps=4)
+    fitted, history = deep.fit_em(model, jax.random.key(0), x, y, optimizer=SGD, num_em_steps=15, inner_steps=4)
     surrogate, inner, loss = (np.asarray(a) for a in (history.surrogate, history.inner_surrogate, history.loss))
     _close(inner[:, 0], surrogate[:, 0], rtol=1e-13)  # the E-step's J(theta_t) is the first inner value
     assert np.all(np.diff(np.concatenate([inner, surrogate[:, 1:]], axis=1), axis=1) < 0)
@@ -161,7 +161,7 @@ def test_em_decreases_surrogate_and_loss_and_matches_a_python_loop(mlp):
 def test_sub_batches_match_a_python_loop(mlp):
     """inner_batch_size: one E-step on a shuffled batch, inner step j on its sub-batch j mod (batch / sub)."""
     model, x, y, _ = mlp
-    fitted, history = deep.fit_em(jax.random.key(5), model, x, y, optimizer=SGD, num_em_steps=3, inner_steps=4,
+    fitted, history = deep.fit_em(model, jax.random.key(5), x, y, optimizer=SGD, num_em_steps=3, inner_steps=4,
                                   inner_batch_size=32)
     indices = np.asarray(batch_indices(jax.random.key(5), x.shape[0], 3, x.shape[0]))
     assert sorted(indices[1]) == list(range(x.shape[0]))  # each E-step batch is a permutation of the data
@@ -187,7 +187,7 @@ def test_sub_batches_match_a_python_loop(mlp):
 def test_minibatch_em_and_end_to_end_learn(mlp):
     model, x, y, _ = mlp
     fitted_em, h_em = _adam_em(jax.random.key(3), model, x, y)
-    fitted_ee, h_ee = deep.fit_end_to_end(jax.random.key(3), model, x, y, optimizer=ADAM, num_steps=90,
+    fitted_ee, h_ee = deep.fit_end_to_end(model, jax.random.key(3), x, y, optimizer=ADAM, num_steps=90,
                                           batch_size=32)
     start = float(deep.neg_log_likelihood(model, x, y))
     for fitted, history in ((fitted_em, h_em), (fitted_ee, h_ee)):
@@ -204,7 +204,7 @@ def test_minibatch_em_and_end_to_end_learn(mlp):
     assert h_ee.surrogate is None and h_em.surrogate.shape == (30, 2) and h_ee.eval_loss is None
     assert h_em.eval_loss.shape == (3,)
     # One inner step per E-step on the same batches is end-to-end training (Fisher's identity, MATH.md §9).
-    fitted_m1, h_m1 = deep.fit_em(jax.random.key(3), model, x, y, optimizer=ADAM, num_em_steps=90, inner_steps=1,
+    fitted_m1, h_m1 = deep.fit_em(model, jax.random.key(3), x, y, optimizer=ADAM, num_em_steps=90, inner_steps=1,
                                   batch_size=32)
     _assert_models_close(fitted_m1, fitted_ee, rtol=1e-8, atol=1e-10)
     _close(h_m1.loss, h_ee.loss, rtol=1e-10)
@@ -258,7 +258,7 @@ def test_dense_loss_is_the_mixture_likelihood(mlp):
 
 def test_synthetic_latent_is_routed():
     truth = deep.DeepMoE.mlp(jax.random.key(4), 2, C, K, top_k=1, expert_width=8, gate_width=8)
-    x, y, z = deep.sample(jax.random.key(5), truth, 64, 2, return_latent=True)
+    x, y, z = deep.sample(truth, jax.random.key(5), 64, 2, return_latent=True)
     np.testing.assert_array_equal(z, np.argmax(jax.vmap(truth.gate)(x), axis=1))  # top-1: z is the routed expert
     assert y.dtype == jnp.int32 and int(y.min()) >= 0 and int(y.max()) < C
 
@@ -267,7 +267,7 @@ def test_synthetic_latent_is_routed():
 
 
 def _adam_em(key, model, x, y):
-    return deep.fit_em(key, model, x, y, optimizer=ADAM, num_em_steps=30, inner_steps=3, batch_size=32,
+    return deep.fit_em(model, key, x, y, optimizer=ADAM, num_em_steps=30, inner_steps=3, batch_size=32,
                        eval_data=(x, y), eval_every=10)
 
 
@@ -330,17 +330,17 @@ def test_bad_inputs_raise(mlp):
     with pytest.raises(ValueError, match="k must be"):
         deep.top_k_mask(jnp.zeros((2, 3)), 4)
     with pytest.raises(ValueError, match="batch_size"):
-        deep.fit_em(jax.random.key(0), model, x, y, optimizer=opt, num_em_steps=2, inner_steps=2, batch_size=1000)
+        deep.fit_em(model, jax.random.key(0), x, y, optimizer=opt, num_em_steps=2, inner_steps=2, batch_size=1000)
     with pytest.raises(ValueError, match="inner_steps"):
-        deep.fit_em(jax.random.key(0), model, x, y, optimizer=opt, num_em_steps=2, inner_steps=0)
+        deep.fit_em(model, jax.random.key(0), x, y, optimizer=opt, num_em_steps=2, inner_steps=0)
     with pytest.raises(ValueError, match="number of steps"):
-        deep.fit_end_to_end(jax.random.key(0), model, x, y, optimizer=opt, num_steps=0)
+        deep.fit_end_to_end(model, jax.random.key(0), x, y, optimizer=opt, num_steps=0)
     with pytest.raises(ValueError, match="optimizer"):
-        deep.fit_end_to_end(jax.random.key(0), model, x, y, optimizer=1e-3, num_steps=2)
+        deep.fit_end_to_end(model, jax.random.key(0), x, y, optimizer=1e-3, num_steps=2)
     with pytest.raises(ValueError, match="divide"):
-        deep.fit_end_to_end(jax.random.key(0), model, x, y, optimizer=opt, num_steps=5, eval_data=(x, y), eval_every=2)
+        deep.fit_end_to_end(model, jax.random.key(0), x, y, optimizer=opt, num_steps=5, eval_data=(x, y), eval_every=2)
     with pytest.raises(ValueError, match="inner_batch_size"):
-        deep.fit_em(jax.random.key(0), model, x, y, optimizer=opt, num_em_steps=2, inner_steps=2, batch_size=64,
+        deep.fit_em(model, jax.random.key(0), x, y, optimizer=opt, num_em_steps=2, inner_steps=2, batch_size=64,
                     inner_batch_size=30)
     with pytest.raises(ValueError, match="bias-free"):
         model.to_moe_params()

@@ -46,7 +46,7 @@ def test_default_float_follows_x64():
 
 def _moline_problem(n=400):
     model = emjax.MoLinE(2)
-    truth = emjax.random_moe_params(model, jax.random.key(0), d=3)
+    truth = emjax.testing.random_params(model, jax.random.key(0), d=3)
     x, y = emjax.sample(model, truth, jax.random.key(1), n)
     return model, truth, x, y
 

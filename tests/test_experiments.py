@@ -18,7 +18,7 @@ CELL = ConvergenceCell(emjax.SymMoLinE(), ("em", "gd"), num_steps=40, n=400, d=3
 
 @pytest.fixture(scope="module")
 def traces():
-    return emjax.sweep(CELL, {"snr": jnp.array([1.0, 4.0]), "seed": jnp.arange(3)}, 0, key_axes=("seed",),
+    return emjax.sweep(CELL, 0, {"snr": jnp.array([1.0, 4.0]), "seed": jnp.arange(3)}, key_axes=("seed",),
                        progress=False).outputs
 
 
@@ -43,12 +43,12 @@ def test_em_rate_read_from_traces_is_the_top_mim_eigenvalue_at_the_fixed_point(t
 
 
 def test_parameter_errors_ignore_the_label_swap_and_permutation():
-    truth = emjax.random_params(jax.random.key(0), 4, 2.0, 3.0)
+    truth = emjax.testing.random_params(emjax.SymMoLinE(), jax.random.key(0), 4, 2.0, 3.0)
     estimate = emjax.SymParams(w=-truth.w * 1.1, beta=-truth.beta)
     w_error, beta_error = parameter_errors(estimate, truth)
     np.testing.assert_allclose([w_error, beta_error], [0.1, 0.0], atol=1e-12)
     model = emjax.MoLinE(3)
-    truth = emjax.random_moe_params(model, jax.random.key(1), 4)
+    truth = emjax.testing.random_params(model, jax.random.key(1), 4)
     order = np.array([2, 0, 1])
     gate = truth.gate[order]
     swapped = emjax.MoEParams(gate=gate - gate[:1], experts=truth.experts[order], sigma=truth.sigma[order])
@@ -67,13 +67,13 @@ def test_measured_rate_and_iterations_to_tolerance_on_known_sequences():
 
 def test_tuning_chooses_the_best_candidate_on_separate_instances():
     cell = ConvergenceCell(emjax.SymMoLinE(), ("em", "gd"), num_steps=20, n=300, d=3)
-    tuned = tune_step_sizes(cell, [2.0], 0, num_instances=2, grids={"gd": (0.05, 0.5, 50.0)}, progress=False)
+    tuned = tune_step_sizes(cell, 0, [2.0], num_instances=2, grids={"gd": (0.05, 0.5, 50.0)}, progress=False)
     scores = tuned.scores["gd"][0]
     assert np.isinf(scores[2]) or scores[2] > scores[1]  # a far too large step diverges
     assert scores[1] < scores[0]  # and a tiny one is slow
     assert tuned.step_sizes["gd"][0] == 0.5
     with pytest.raises(ValueError, match="same length"):
-        tune_step_sizes(ConvergenceCell(emjax.SymMoLinE(), ("gd", "adam"), 5, 50, 2), [1.0], 0,
+        tune_step_sizes(ConvergenceCell(emjax.SymMoLinE(), ("gd", "adam"), 5, 50, 2), 0, [1.0],
                         grids={"gd": (0.1, 1.0), "adam": (0.1,)})
 
 

@@ -27,7 +27,7 @@ def _solvers(model, x):
 def test_fit_trace_matches_manual_steps(kind, solver_name):
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=30)
     solver = _solvers(model, x)[solver_name]
-    start = emjax.perturb(jax.random.key(0), truth)
+    start = emjax.testing.perturb(truth, jax.random.key(0))
     result = emjax.fit(model, solver, start, x, y, 6, keep_history=True)
     assert result.losses.shape == (7,)
     assert int(result.status) == emjax.Status.ok and int(result.num_steps) == 6
@@ -42,7 +42,7 @@ def test_fit_trace_matches_manual_steps(kind, solver_name):
 def test_em_trace_is_monotone_over_many_problems(kind):
     for seed in range(4):
         model, truth, x, y = make_problem(kind, n=300, d=4, seed=40 + seed, norms=(1.0 + seed, 0.5 + seed))
-        start = emjax.perturb(jax.random.key(seed), truth, 1.5)
+        start = emjax.testing.perturb(truth, jax.random.key(seed), 1.5)
         losses = np.asarray(emjax.fit(model, emjax.em(), start, x, y, 40).losses)
         assert np.all(np.diff(losses) <= 1e-13), np.diff(losses).max()
         assert losses[-1] < losses[0] - 1e-3
@@ -54,9 +54,9 @@ def test_jit_equals_eager_and_vmap_equals_loop(kind):
 
     def run(key):
         key_truth, key_data, key_init = jax.random.split(key, 3)
-        truth = emjax.random_params(key_truth, d, 2.0, 3.0)
+        truth = emjax.testing.random_params(model, key_truth, d, 2.0, 3.0)
         x, y = emjax.sample(model, truth, key_data, n)
-        return emjax.fit(model, emjax.em(), emjax.perturb(key_init, truth), x, y, steps)
+        return emjax.fit(model, emjax.em(), emjax.testing.perturb(truth, key_init), x, y, steps)
 
     keys = jax.random.split(jax.random.key(11), 4)
     batched = jax.jit(jax.vmap(run))(keys)
@@ -73,9 +73,9 @@ def test_fit_over_an_snr_grid_compiles_once():
     @chex.assert_max_traces(n=1)
     def cell(snr, key):
         key_truth, key_data, key_init = jax.random.split(key, 3)
-        truth = emjax.random_params(key_truth, 3, 2.0, snr)
+        truth = emjax.testing.random_params(model, key_truth, 3, 2.0, snr)
         x, y = emjax.sample(model, truth, key_data, 100)
-        return emjax.fit(model, emjax.em(), emjax.perturb(key_init, truth), x, y, 10).losses
+        return emjax.fit(model, emjax.em(), emjax.testing.perturb(truth, key_init), x, y, 10).losses
 
     chex.clear_trace_counter()
     grid = jnp.array([0.5, 1.0, 2.0, 4.0, 8.0])
@@ -110,7 +110,7 @@ def test_nonfinite_run_keeps_last_finite_iterate_and_reports_status():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_fit_keeps_dtype_and_float32_tracks_float64(kind, dtype):
     model, truth, x, y = make_problem(kind, n=500, d=3, seed=33)
-    start = emjax.perturb(jax.random.key(3), truth)
+    start = emjax.testing.perturb(truth, jax.random.key(3))
     cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
     result = emjax.fit(model, emjax.from_optax(optax.adam(0.05)), jax.tree_util.tree_map(cast, start),
                        cast(x), cast(y), 5)
@@ -124,10 +124,10 @@ def test_fit_keeps_dtype_and_float32_tracks_float64(kind, dtype):
 def test_em_beats_gradient_descent_early_and_recovers_truth():
     # At high SNR EM is near the truth within a few steps (MATH.md §8), faster than GD.
     model, truth, x, y = make_problem("lin", n=5000, d=5, seed=34, norms=(4.0, 8.0))
-    start = emjax.perturb(jax.random.key(4), truth)
+    start = emjax.testing.perturb(truth, jax.random.key(4))
     em_result = emjax.fit(model, emjax.em(), start, x, y, 10)
     gd_result = emjax.fit(model, emjax.gradient_descent(emjax.safe_step_size(model, x)), start, x, y, 10)
-    w_err, b_err = emjax.relative_errors(em_result.params, truth)
+    w_err, b_err = emjax.testing.relative_errors(em_result.params, truth)
     assert float(b_err) < 0.02 and float(w_err) < 0.15
     assert em_result.losses[5] < gd_result.losses[5]
 
@@ -135,7 +135,7 @@ def test_em_beats_gradient_descent_early_and_recovers_truth():
 def test_solver_hyperparameters_are_traced():
     # A vmapped sweep over step sizes reuses one compiled program and gives different answers.
     model, truth, x, y = make_problem("log", n=200, d=2, seed=35)
-    start = emjax.perturb(jax.random.key(5), truth)
+    start = emjax.testing.perturb(truth, jax.random.key(5))
 
     def run(eta):
         return emjax.fit(model, emjax.mirror_descent(eta), start, x, y, 5).losses[-1]
@@ -161,7 +161,7 @@ def test_extreme_but_valid_problems_never_produce_nan(kind, w_norm, snr, dtype):
     # SNR from 1e-2 to 1e3 and |x.w| up to ~1e3: every solver, the information matrices and the
     # rate stay finite inside jit, and fits report Status.ok.
     model, truth, x, y = make_problem(kind, n=300, d=3, seed=50, norms=(w_norm, snr), dtype=dtype)
-    start = emjax.perturb(jax.random.key(8), truth, 0.5)
+    start = emjax.testing.perturb(truth, jax.random.key(8), 0.5)
     for solver in _solvers(model, x).values():
         result = _fit_ten_steps(model, solver, start, x, y)  # one compilation per solver type across scales
         assert int(result.status) == emjax.Status.ok, solver
@@ -175,7 +175,7 @@ def test_extreme_but_valid_problems_never_produce_nan(kind, w_norm, snr, dtype):
 
 def test_progress_reports_without_changing_results(capfd):
     model, truth, x, y = make_problem("log", n=200, d=2, seed=36)
-    start = emjax.perturb(jax.random.key(9), truth)
+    start = emjax.testing.perturb(truth, jax.random.key(9))
     quiet = emjax.fit(model, emjax.em(), start, x, y, 12)
     loud = emjax.fit(model, emjax.em(), start, x, y, 12, progress=5)
     jax.effects_barrier()
@@ -189,7 +189,7 @@ def test_progress_reports_without_changing_results(capfd):
 
 def test_tolerance_stop_matches_the_fixed_step_trace(kind):
     model, truth, x, y = make_problem(kind, n=300, d=3, seed=70)
-    start = emjax.perturb(jax.random.key(10), truth)
+    start = emjax.testing.perturb(truth, jax.random.key(10))
     full = emjax.fit(model, emjax.em(), start, x, y, 200, keep_history=True)
     until = emjax.fit(model, emjax.em(), start, x, y, 200, tol=1e-9, keep_history=True)
     k = int(until.num_steps)
@@ -205,7 +205,7 @@ def test_tolerance_stop_matches_the_fixed_step_trace(kind):
 
 def test_tolerance_not_met_reports_max_steps():
     model, truth, x, y = make_problem("log", n=300, d=3, seed=71)
-    result = emjax.fit(model, emjax.gradient_descent(0.01), emjax.perturb(jax.random.key(11), truth), x, y, 5,
+    result = emjax.fit(model, emjax.gradient_descent(0.01), emjax.testing.perturb(truth, jax.random.key(11)), x, y, 5,
                        tol=1e-12)
     assert int(result.status) == emjax.Status.max_steps and not bool(result.converged)
     assert int(result.num_steps) == 5 and np.all(np.isfinite(np.asarray(result.losses)))
@@ -216,9 +216,9 @@ def test_tolerance_stop_under_vmap_is_per_lane():
 
     def run(key, tol):
         key_truth, key_data, key_init = jax.random.split(key, 3)
-        truth = emjax.random_params(key_truth, 3, 2.0, 1.0 + 3.0 * jax.random.uniform(key_truth))
+        truth = emjax.testing.random_params(model, key_truth, 3, 2.0, 1.0 + 3.0 * jax.random.uniform(key_truth))
         x, y = emjax.sample(model, truth, key_data, 200)
-        return emjax.fit(model, emjax.em(), emjax.perturb(key_init, truth), x, y, 300, tol=tol)
+        return emjax.fit(model, emjax.em(), emjax.testing.perturb(truth, key_init), x, y, 300, tol=tol)
 
     keys = jax.random.split(jax.random.key(12), 5)
     batched = jax.jit(jax.vmap(run, in_axes=(0, None)))(keys, 1e-10)
@@ -252,7 +252,7 @@ def test_tolerances_are_traced():
     cache = emjax._fit._fit_until._cached
     steps = []
     for i, tol in enumerate([1e-3, 1e-6, 1e-9]):
-        steps.append(int(emjax.fit(model, emjax.em(), emjax.perturb(jax.random.key(1), truth), x, y, 100,
+        steps.append(int(emjax.fit(model, emjax.em(), emjax.testing.perturb(truth, jax.random.key(1)), x, y, 100,
                                    tol=tol).num_steps))
         if i == 0:
             size = cache._cache_size()

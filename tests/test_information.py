@@ -11,7 +11,7 @@ from tests.utils import flat_fn, make_problem, random_point
 
 
 def _converged(model, truth, x, y, steps=400):
-    start = emjax.perturb(jax.random.key(0), truth, 0.5)
+    start = emjax.testing.perturb(truth, jax.random.key(0), 0.5)
     result = emjax.fit(model, emjax.em(), start, x, y, steps)
     step = emjax.em_step(model, result.params, x, y)
     assert float(jnp.max(jnp.abs(step.flatten() - result.params.flatten()))) < 1e-11
@@ -51,7 +51,7 @@ def test_missing_information_is_posterior_covariance(kind):
 def test_em_jacobian_equals_dlr_formula_anywhere(kind):
     # jacobian(em_step)(theta) = hess A(F(theta))^-1 I_miss(theta)  (MATH.md §5.3), at any theta.
     model, truth, x, y = make_problem(kind, n=300, d=3, seed=22)
-    point = emjax.perturb(jax.random.key(1), truth, 0.3)
+    point = emjax.testing.perturb(truth, jax.random.key(1), 0.3)
     jac = jax.jacobian(lambda th: emjax.em_step(model, emjax.SymParams.unflatten(th), x, y).flatten())(
         point.flatten())
     mapped = emjax.em_step(model, point, x, y)
@@ -86,7 +86,7 @@ def test_em_contracts_at_the_rate_of_the_mim():
     fitted = _converged(model, truth, x, y, steps=600)
     rate = float(emjax.em_rate(model, fitted, x, y))
     assert 0.3 < rate < 0.99
-    result = emjax.fit(model, emjax.em(), emjax.perturb(jax.random.key(5), truth, 0.5), x, y, 200,
+    result = emjax.fit(model, emjax.em(), emjax.testing.perturb(truth, jax.random.key(5), 0.5), x, y, 200,
                        keep_history=True)
     history = jnp.concatenate([result.params_history.w, result.params_history.beta], axis=1)
     distance = np.asarray(jnp.linalg.norm(history - fitted.flatten()[None, :], axis=1))
@@ -98,7 +98,7 @@ def test_em_contracts_at_the_rate_of_the_mim():
 
 def test_mim_matches_reference(kind):
     model, truth, x, y = make_problem(kind, n=60, d=3, seed=25)
-    point = emjax.perturb(jax.random.key(2), truth, 0.5)
+    point = emjax.testing.perturb(truth, jax.random.key(2), 0.5)
     args = (kind, np.asarray(point.w), np.asarray(point.beta), np.asarray(x), np.asarray(y))
     complete, missing = reference.information(*args)
     np.testing.assert_allclose(emjax.complete_information(model, point, x, y), complete, atol=1e-12)

@@ -71,7 +71,7 @@ def test_recovers_the_truth_at_high_snr_up_to_label_permutation(kind, tolerance)
     model, truth, x, y = make_moe_problem(kind, seed=53, n=4000, gate_norm=3.0, expert_norm=norm, sigma=0.1)
     result = emjax.fit_restarts(model, emjax.em(), jax.random.key(4), x, y, num_restarts=5, num_steps=300)
     assert int(result.status) in (emjax.Status.ok, emjax.Status.max_steps)
-    matched = emjax.match_experts(result.params, truth)
+    matched = emjax.testing.match_experts(result.params, truth)
     expert_error = jnp.linalg.norm(matched.experts - truth.experts) / jnp.linalg.norm(truth.experts)
     gate_error = jnp.linalg.norm(matched.gate - truth.gate) / jnp.linalg.norm(truth.gate)
     assert float(expert_error) < tolerance and float(gate_error) < 2 * tolerance, (expert_error, gate_error)
@@ -80,11 +80,11 @@ def test_recovers_the_truth_at_high_snr_up_to_label_permutation(kind, tolerance)
 
 def test_match_experts_undoes_a_permutation():
     model = emjax.MoLinE(3)
-    truth = emjax.random_moe_params(model, jax.random.key(0), 3)
+    truth = emjax.testing.random_params(model, jax.random.key(0), 3)
     order = jnp.array([2, 0, 1])
     shuffled = emjax.MoEParams(gate=truth.gate[order] - truth.gate[order][:1], experts=truth.experts[order],
                                sigma=truth.sigma[order] * jnp.array([1.0, 1.1, 1.2]))
-    matched = emjax.match_experts(shuffled, truth)
+    matched = emjax.testing.match_experts(shuffled, truth)
     np.testing.assert_allclose(matched.experts, truth.experts)
     np.testing.assert_allclose(matched.gate, truth.gate, atol=1e-12)
 
@@ -135,7 +135,7 @@ def test_thousands_of_random_fits_never_give_nan(moe_kind, solver_name):
     def one(key):
         keys = jax.random.split(key, 5)
         scale = jnp.exp(jax.random.uniform(keys[0], (), minval=-2.0, maxval=2.0))
-        truth = emjax.random_moe_params(model, keys[1], d, gate_norm=3 * scale, expert_norm=scale,
+        truth = emjax.testing.random_params(model, keys[1], d, gate_norm=3 * scale, expert_norm=scale,
                                         sigma=0.01 + scale / 4)
         x, y = emjax.sample(model, truth, keys[2], n)
         start = emjax.init_params(model, keys[3], x, y)

@@ -83,7 +83,7 @@ def test_standard_errors_drop_frozen_parameters():
 def test_standard_errors_match_the_spread_over_repeated_data_sets():
     """Monte Carlo: the mean standard error is close to the spread of estimates over simulated data."""
     model = emjax.MoLinE(2)
-    truth = emjax.random_moe_params(model, jax.random.key(7), 2, gate_norm=2.0, expert_norm=3.0, sigma=0.5)
+    truth = emjax.testing.random_params(model, jax.random.key(7), 2, gate_norm=2.0, expert_norm=3.0, sigma=0.5)
     replicates, n = 150, 400
 
     def one(key):
@@ -112,7 +112,7 @@ def test_aic_and_bic_formulas(moe_kind):
 
 def test_bic_chooses_the_number_of_experts():
     truth_model = emjax.MoLinE(3)
-    truth = emjax.random_moe_params(truth_model, jax.random.key(3), 2, gate_norm=3.0, expert_norm=3.0, sigma=0.3)
+    truth = emjax.testing.random_params(truth_model, jax.random.key(3), 2, gate_norm=3.0, expert_norm=3.0, sigma=0.3)
     x, y = emjax.sample(truth_model, truth, jax.random.key(4), 600)
     scores = {}
     for k in (2, 3, 4):

@@ -178,7 +178,7 @@ class BernoulliExpert(emjax.AbstractExpertFamily):
     def log_partition(self, natural):
         return jax.nn.softplus(natural[:, 0])
 
-    def sample(self, key, coef, scale, x):
+    def sample(self, coef, scale, key, x):
         return jax.random.bernoulli(key, jax.nn.sigmoid(x @ coef)).astype(x.dtype)
 
 
@@ -186,7 +186,7 @@ def test_a_new_expert_family_needs_only_the_interface():
     """A four-method Bernoulli family is the two-class softmax expert with its pinned column 0."""
     custom = emjax.MixtureOfExperts(expert=BernoulliExpert(), num_experts=3)
     builtin = emjax.MoLogE(3, num_classes=2)
-    truth = emjax.random_moe_params(custom, jax.random.key(0), 3)
+    truth = emjax.testing.random_params(custom, jax.random.key(0), 3)
     x, y = emjax.sample(custom, truth, jax.random.key(1), 200)
 
     def as_softmax(p):

@@ -147,7 +147,7 @@ def _functions(case: Case):
 
 
 # ----------------------------------------------------------------------------- problems
-# Drawn in NumPy: emjax.sample and random_moe_params would cost compilations per case, and a differential test
+# Drawn in NumPy: emjax.sample and emjax.testing.random_params would cost compilations per case, and a differential test
 # needs data the model could have produced, not emjax's own sampler.
 
 

@@ -33,13 +33,15 @@ def _problem(name, seed):
     """(model, start, x, y) in float64: well-separated experts, a start near the truth."""
     key_truth, key_data, key_start = jax.random.split(jax.random.key(seed), 3)
     if name == "SymMoLinE":
-        model, truth = emjax.SymMoLinE(1.0), emjax.random_params(key_truth, D, 3.0, 3.0)
+        model = emjax.SymMoLinE(1.0)
+        truth = emjax.testing.random_params(model, key_truth, D, 3.0, 3.0)
     elif name == "SymMoLogE":
-        model, truth = emjax.SymMoLogE(), emjax.random_params(key_truth, D, 4.0, 4.0)
+        model = emjax.SymMoLogE()
+        truth = emjax.testing.random_params(model, key_truth, D, 4.0, 4.0)
     else:
         model, norms = {"MoLinE": (emjax.MoLinE(2), (3.0, 3.0)), "MoLogE": (emjax.MoLogE(2, 3), (3.0, 4.0)),
                         "MoPoE": (emjax.MoPoE(2), (3.0, 1.0))}[name]
-        truth = emjax.random_moe_params(model, key_truth, D, *norms, sigma=0.5)
+        truth = emjax.testing.random_params(model, key_truth, D, *norms, sigma=0.5)
     x, y = emjax.sample(model, truth, key_data, N)
     leaves, tree = jax.tree_util.tree_flatten(truth)
     keys = jax.random.split(key_start, len(leaves))

@@ -35,7 +35,7 @@ def test_readme_opens_with_the_two_setup_commands():
     text = README.read_text()
     first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).strip().splitlines()
     assert first_block == [
-        "pip install -e . && emjax reproduce all --quick",
+        'pip install -e ".[experiments]" && emjax reproduce all --quick',
         'pip install -e ".[test]" && python -m pytest -q',
     ]
     ci = (ROOT / ".ci" / "run").read_text()

@@ -12,7 +12,7 @@ from emjax import _batching
 def _restricted_problem():
     """MoLinE(2) whose gate ignores column 2 and whose expert 1 ignores column 1 (both truly 0)."""
     model = emjax.MoLinE(2)
-    truth = emjax.random_moe_params(model, jax.random.key(0), d=3, gate_norm=2.5, expert_norm=3.0, sigma=0.4)
+    truth = emjax.testing.random_params(model, jax.random.key(0), d=3, gate_norm=2.5, expert_norm=3.0, sigma=0.4)
     truth = emjax.MoEParams(gate=truth.gate.at[1, 2].set(0.0), experts=truth.experts.at[1, 1].set(0.0),
                             sigma=truth.sigma)
     x, y = emjax.sample(model, truth, jax.random.key(1), 1500)

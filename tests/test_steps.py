@@ -15,7 +15,7 @@ def test_em_step_matches_exact_m_step(kind):
     model, truth, x, y = make_problem(kind, n=300, d=3, seed=10)
     rng = np.random.default_rng(10)
     for _ in range(3):
-        point = emjax.perturb(jax.random.key(int(rng.integers(1 << 30))), truth, 0.8)
+        point = emjax.testing.perturb(truth, jax.random.key(int(rng.integers(1 << 30))), 0.8)
         w_ref, b_ref = reference.em_step(kind, np.asarray(point.w), np.asarray(point.beta),
                                          np.asarray(x), np.asarray(y))
         new = emjax.em_step(model, point, x, y)
@@ -25,7 +25,7 @@ def test_em_step_matches_exact_m_step(kind):
 
 def test_m_step_satisfies_moment_matching(kind):
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=11)
-    point = emjax.perturb(jax.random.key(1), truth)
+    point = emjax.testing.perturb(truth, jax.random.key(1))
     new = emjax.em_step(model, point, x, y)
     np.testing.assert_allclose(emjax.mirror_map_grad(model, new, x).flatten(),
                                emjax.posterior_statistics(model, point, x, y).flatten(), atol=1e-11)
@@ -34,7 +34,7 @@ def test_m_step_satisfies_moment_matching(kind):
 def test_mirror_step_with_unit_step_is_em(kind):
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=12)
     for seed in range(3):
-        point = emjax.perturb(jax.random.key(seed), truth)
+        point = emjax.testing.perturb(truth, jax.random.key(seed))
         np.testing.assert_allclose(emjax.mirror_descent_step(model, point, x, y, 1.0).flatten(),
                                    emjax.em_step(model, point, x, y).flatten(), rtol=0, atol=1e-10)
 
@@ -43,7 +43,7 @@ def test_mirror_step_with_unit_step_is_em(kind):
 def test_mirror_step_solves_the_mirror_equation(kind, eta):
     # grad A(theta+) = grad A(theta) - eta grad L(theta)  (MATH.md §4.4).
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=13)
-    point = emjax.perturb(jax.random.key(2), truth)
+    point = emjax.testing.perturb(truth, jax.random.key(2))
     new = emjax.mirror_descent_step(model, point, x, y, eta)
     lhs = emjax.mirror_map_grad(model, new, x).flatten()
     rhs = (emjax.mirror_map_grad(model, point, x).flatten()
@@ -77,7 +77,7 @@ def test_em_and_mirror_descent_never_increase_the_loss(kind, seed):
 
 def test_gradient_em_with_one_inner_step_is_gradient_descent(kind):
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=14)
-    point = emjax.perturb(jax.random.key(3), truth)
+    point = emjax.testing.perturb(truth, jax.random.key(3))
     np.testing.assert_allclose(emjax.gradient_em_step(model, point, x, y, 0.3, inner_steps=1).flatten(),
                                emjax.gradient_descent_step(model, point, x, y, 0.3).flatten(), rtol=1e-13)
 
@@ -85,7 +85,7 @@ def test_gradient_em_with_one_inner_step_is_gradient_descent(kind):
 def test_gradient_em_definition(kind):
     # m steps u <- u - eta (grad A(u) - s_bar(theta_t)), responsibilities frozen at theta_t.
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=15)
-    point = emjax.perturb(jax.random.key(4), truth)
+    point = emjax.testing.perturb(truth, jax.random.key(4))
     eta = emjax.SymParams(w=jnp.asarray(0.4), beta=jnp.asarray(0.2))
     target = emjax.posterior_statistics(model, point, x, y).flatten()
     u = point.flatten()
@@ -98,7 +98,7 @@ def test_gradient_em_definition(kind):
 
 def test_gradient_descent_step_definition(kind):
     model, truth, x, y = make_problem(kind, n=100, d=2, seed=16)
-    point = emjax.perturb(jax.random.key(5), truth)
+    point = emjax.testing.perturb(truth, jax.random.key(5))
     grad = jax.grad(lambda p: emjax.neg_log_likelihood(model, p, x, y))(point)
     got = emjax.gradient_descent_step(model, point, x, y, 0.7)
     np.testing.assert_allclose(got.flatten(), point.flatten() - 0.7 * grad.flatten(), rtol=1e-12)
@@ -117,7 +117,7 @@ def test_safe_step_size_gives_monotone_gradient_descent(kind):
 
 def test_steps_work_under_jit_and_vmap(kind):
     model, truth, x, y = make_problem(kind, n=100, d=2, seed=18)
-    points = jax.vmap(lambda k: emjax.perturb(k, truth))(jax.random.split(jax.random.key(6), 4))
+    points = jax.vmap(lambda k: emjax.testing.perturb(truth, k))(jax.random.split(jax.random.key(6), 4))
     batched = jax.jit(jax.vmap(lambda p: emjax.em_step(model, p, x, y)))(points)
     for i in range(4):
         single = emjax.em_step(model, jax.tree_util.tree_map(lambda a, i=i: a[i], points), x, y)
@@ -129,7 +129,7 @@ def test_steps_work_under_jit_and_vmap(kind):
 
 def test_float32_newton_reaches_its_tolerance(kind):
     model, truth, x, y = make_problem(kind, n=400, d=3, seed=19, dtype=jnp.float32)
-    point = emjax.perturb(jax.random.key(7), truth)
+    point = emjax.testing.perturb(truth, jax.random.key(7))
     new32 = emjax.em_step(model, point, x, y)
     cast = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
     p64 = emjax.SymParams(w=cast(point.w), beta=cast(point.beta))

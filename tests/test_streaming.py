@@ -18,7 +18,7 @@ def flat(params):
 @pytest.fixture(scope="module")
 def moline_problem():
     model = emjax.MoLinE(2)
-    truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
+    truth = emjax.testing.random_params(model, jax.random.key(0), d=2)
     x, y = emjax.sample(model, truth, jax.random.key(1), 3000)
     start = emjax.init_params(model, jax.random.key(2), x, y)
     reference = emjax.fit(model, emjax.em(), start, x, y, 3000, tol=0.0, atol=1e-15)
@@ -120,11 +120,11 @@ def test_minibatch_em_then_polish_reaches_the_full_batch_em_fixed_point(moline_p
 def test_polish_alone_converges_for_a_symmetric_model_and_a_ridge():
     for model in (emjax.SymMoLogE(), emjax.MoLogE(2, num_classes=3, ridge=1e-2)):
         if isinstance(model, emjax.SymMoLogE):
-            truth = emjax.random_params(jax.random.key(0), 2, 4.0, 4.0)
+            truth = emjax.testing.random_params(model, jax.random.key(0), 2, 4.0, 4.0)
             start = emjax.SymParams(w=jnp.array([0.3, -0.2]), beta=jnp.array([1.0, 1.0]))
         else:
-            truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
-            start = emjax.random_moe_params(model, jax.random.key(3), d=2)
+            truth = emjax.testing.random_params(model, jax.random.key(0), d=2)
+            start = emjax.testing.random_params(model, jax.random.key(3), d=2)
         x, y = emjax.sample(model, truth, jax.random.key(1), 1200)
         reference = emjax.fit(model, emjax.em(), start, x, y, 2000)  # EM's rate here is up to 0.93: run it out
         batches = ArrayBatches(np.asarray(x), np.asarray(y), 400)

@@ -126,9 +126,9 @@ def test_wrong_types_raise_value_errors_that_say_what_was_expected():
 
 KEY = jax.random.key(0)
 ML, MG, MP = emjax.MoLinE(2), emjax.MoLogE(2, 3), emjax.MoPoE(2)
-PL = emjax.random_moe_params(ML, KEY, 2)
-PG = emjax.random_moe_params(MG, KEY, 2)
-PP = emjax.random_moe_params(MP, KEY, 2)
+PL = emjax.testing.random_params(ML, KEY, 2)
+PG = emjax.testing.random_params(MG, KEY, 2)
+PP = emjax.testing.random_params(MP, KEY, 2)
 # (model, params, labels) for every model; labels valid for each.
 ALL_MODELS = {
     "SymMoLinE": (LIN, P, Y), "SymMoLogE": (LOG, P, Y), "MoLinE": (ML, PL, Y), "MoLogE": (MG, PG, Y),
@@ -297,27 +297,29 @@ INVALID = [
     ("sample key", lambda: emjax.sample(LIN, P, 0, 5), "key", "jax.random key"),
     ("init_params key", lambda: emjax.init_params(ML, 0, X, Y), "key", "jax.random key"),
     ("fit_restarts key", lambda: emjax.fit_restarts(ML, emjax.em(), "0", X, Y, 2), "key", "jax.random key"),
-    ("random_params key", lambda: emjax.random_params(np.zeros(2), 2), "key", "jax.random key"),
-    ("key batch", lambda: emjax.random_moe_params(ML, jax.random.split(KEY, 2), 2), "key", "single"),
+    ("random_params key", lambda: emjax.testing.random_params(LIN, np.zeros(2), 2), "key", "jax.random key"),
+    ("key batch", lambda: emjax.testing.random_params(ML, jax.random.split(KEY, 2), 2), "key", "single"),
     # generators of ground truths and starts: dimensions, norms and scales
-    ("random_params d 0", lambda: emjax.random_params(KEY, 0), "d", ">= 1"),
-    ("random_params w_norm", lambda: emjax.random_params(KEY, 2, w_norm=-1.0), "w_norm", ">= 0"),
-    ("random_params beta_norm", lambda: emjax.random_params(KEY, 2, beta_norm=float("inf")), "beta_norm", ">= 0"),
-    ("random_moe_params d", lambda: emjax.random_moe_params(ML, KEY, 2.5), "d", "Python int"),
-    ("random_moe_params gate_norm", lambda: emjax.random_moe_params(ML, KEY, 2, gate_norm=-2.0), "gate_norm",
+    ("random_params d 0", lambda: emjax.testing.random_params(LIN, KEY, 0), "d", ">= 1"),
+    ("random_params gate_norm sym", lambda: emjax.testing.random_params(LIN, KEY, 2, gate_norm=-1.0), "gate_norm",
      ">= 0"),
-    ("random_moe_params expert_norm", lambda: emjax.random_moe_params(MG, KEY, 2, expert_norm=float("nan")),
+    ("random_params expert_norm sym", lambda: emjax.testing.random_params(LIN, KEY, 2, expert_norm=float("inf")),
      "expert_norm", ">= 0"),
-    ("random_moe_params sigma 0", lambda: emjax.random_moe_params(ML, KEY, 2, sigma=0.0), "sigma", "> 0"),
-    ("random_moe_params sigma < 0", lambda: emjax.random_moe_params(ML, KEY, 2, sigma=-0.5), "sigma", "> 0"),
-    ("random_moe_params dtype", lambda: emjax.random_moe_params(ML, KEY, 2, dtype=jnp.int32), "dtype", "floating"),
-    ("random_moe_params model", lambda: emjax.random_moe_params(LIN, KEY, 2), "model", "K-expert"),
-    ("perturb relative_error", lambda: emjax.perturb(KEY, P, -0.5), "relative_error", ">= 0"),
-    ("perturb params", lambda: emjax.perturb(KEY, PL), "params", "emjax.SymParams"),
-    ("relative_errors", lambda: emjax.relative_errors(PL, PL), "estimate", "emjax.SymParams"),
-    ("match_experts K", lambda: emjax.match_experts(PL, emjax.random_moe_params(emjax.MoLinE(3), KEY, 2)),
+    ("random_params moe d", lambda: emjax.testing.random_params(ML, KEY, 2.5), "d", "Python int"),
+    ("random_params moe gate_norm", lambda: emjax.testing.random_params(ML, KEY, 2, gate_norm=-2.0), "gate_norm",
+     ">= 0"),
+    ("random_params moe expert_norm", lambda: emjax.testing.random_params(MG, KEY, 2, expert_norm=float("nan")),
+     "expert_norm", ">= 0"),
+    ("random_params moe sigma 0", lambda: emjax.testing.random_params(ML, KEY, 2, sigma=0.0), "sigma", "> 0"),
+    ("random_params moe sigma < 0", lambda: emjax.testing.random_params(ML, KEY, 2, sigma=-0.5), "sigma", "> 0"),
+    ("random_params moe dtype", lambda: emjax.testing.random_params(ML, KEY, 2, dtype=jnp.int32), "dtype", "floating"),
+    ("random_params model", lambda: emjax.testing.random_params("MoLinE", KEY, 2), "model", "emjax model"),
+    ("perturb relative_error", lambda: emjax.testing.perturb(P, KEY, -0.5), "relative_error", ">= 0"),
+    ("perturb params", lambda: emjax.testing.perturb(PL, KEY), "params", "emjax.SymParams"),
+    ("relative_errors", lambda: emjax.testing.relative_errors(PL, PL), "estimate", "emjax.SymParams"),
+    ("match_experts K", lambda: emjax.testing.match_experts(PL, emjax.testing.random_params(emjax.MoLinE(3), KEY, 2)),
      "estimate.gate", "same shape"),
-    ("match_experts type", lambda: emjax.match_experts(P, PL), "estimate", "emjax.MoEParams"),
+    ("match_experts type", lambda: emjax.testing.match_experts(P, PL), "estimate", "emjax.MoEParams"),
     ("num_parameters params", lambda: emjax.num_parameters(LIN, "params"), "params", "emjax.SymParams"),
 ]
 

@@ -31,7 +31,7 @@ def make_problem(kind, seed=0, n=400, d=3, dtype=jnp.float64, norms=None):
     model = MODELS[kind]
     w_norm, beta_norm = norms or NORMS[kind]
     key_truth, key_data = jax.random.split(jax.random.key(seed))
-    truth = emjax.random_params(key_truth, d, w_norm, beta_norm, dtype)
+    truth = emjax.testing.random_params(model, key_truth, d, w_norm, beta_norm, dtype=dtype)
     x, y = emjax.sample(model, truth, key_data, n)
     return model, truth, x, y
 
@@ -46,7 +46,7 @@ def make_moe_problem(kind, seed=0, n=300, d=3, gate_norm=2.0, expert_norm=None, 
     model = MOE_MODELS[kind]
     key_truth, key_data = jax.random.split(jax.random.key(1000 + seed))
     norm = MOE_EXPERT_NORMS[kind] if expert_norm is None else expert_norm
-    truth = emjax.random_moe_params(model, key_truth, d, gate_norm=gate_norm, expert_norm=norm, sigma=sigma)
+    truth = emjax.testing.random_params(model, key_truth, d, gate_norm=gate_norm, expert_norm=norm, sigma=sigma)
     x, y = emjax.sample(model, truth, key_data, n)
     return model, truth, x, y
 

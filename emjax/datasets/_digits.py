@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 
+from .._extras import require
 from ._dataset import ImageDataset, stratified_split
 
 TEST_FRACTION = 0.25
@@ -15,8 +16,8 @@ SPLIT_SEED = 0
 @functools.lru_cache(maxsize=1)
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(pixels / 16 as float32, labels as int32, train_idx, test_idx), read-only; loaded once."""
-    from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
-
+    # imported here: scikit-learn is slow to import, and it is an optional extra
+    load_digits = require("sklearn.datasets", "emjax.datasets.digits").load_digits
     bunch = load_digits()
     x = (np.asarray(bunch.data, dtype=np.float64) / 16.0).astype(np.float32)
     y = np.asarray(bunch.target).astype(np.int32)

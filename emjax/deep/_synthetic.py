@@ -13,7 +13,7 @@ from ._routing import routed_gate_log_probs_raw, top_k_mask_raw
 
 
 @eqx.filter_jit
-def _sample(key, model: DeepMoE, n: int, d: int, dtype):
+def _sample(model: DeepMoE, key, n: int, d: int, dtype):
     key_x, key_z, key_y = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (n, d), dtype)
     logits = gate_logits(model, x)
@@ -25,13 +25,13 @@ def _sample(key, model: DeepMoE, n: int, d: int, dtype):
     return x, y, z.astype(jnp.int32)
 
 
-def sample(key: Array, model: DeepMoE, n: int, d: int, *, dtype=None, return_latent: bool = False):
+def sample(model: DeepMoE, key: Array, n: int, d: int, *, dtype=None, return_latent: bool = False):
     r"""Draw n samples from a DeepMoE: $x\sim N(0, I_d)$, $z\sim\tilde\pi(x)$ over the top-k routed experts,
     $y\sim\mathrm{softmax}(f_z(x))$.
 
     Args:
-        key: ``jax.random`` key.
         model: the true model (its gate and experts must take x of shape (d,)).
+        key: ``jax.random`` key.
         n, d: numbers of samples and features (Python ints).
         dtype: dtype of x (default: the model's).
         return_latent: also return the expert z that produced each label.
@@ -42,7 +42,7 @@ def sample(key: Array, model: DeepMoE, n: int, d: int, *, dtype=None, return_lat
     Example:
         >>> import jax, emjax.deep as deep
         >>> model = deep.DeepMoE.mlp(jax.random.key(0), 2, 3, 4, top_k=2)
-        >>> x, y = deep.sample(jax.random.key(1), model, 10, 2)
+        >>> x, y = deep.sample(model, jax.random.key(1), 10, 2)
         >>> x.shape, y.shape
         ((10, 2), (10,))
     """
@@ -50,7 +50,7 @@ def sample(key: Array, model: DeepMoE, n: int, d: int, *, dtype=None, return_lat
     check_count(n, "n")
     check_count(d, "d")
     dtype = model.dtype if dtype is None else dtype
-    x, y, z = _sample(key, model, n, d, jnp.dtype(dtype))
+    x, y, z = _sample(model, key, n, d, jnp.dtype(dtype))
     return (x, y, z) if return_latent else (x, y)
 
 
@@ -87,7 +87,7 @@ def synthetic_nonlinear_moe(
         dtype: parameter and data dtype.
 
     Returns:
-        ``(x, y, truth)``; draw a test set with ``sample(other_key, truth, n_test, d)``.
+        ``(x, y, truth)``; draw a test set with ``sample(truth, other_key, n_test, d)``.
 
     Example:
         >>> import jax, emjax.deep as deep
@@ -101,5 +101,5 @@ def synthetic_nonlinear_moe(
                         gate_width=width, gate_depth=depth, dtype=dtype)
     truth = eqx.tree_at(lambda m: m.gate, truth, scale_output(truth.gate, gate_scale))
     truth = eqx.tree_at(lambda m: m.experts, truth, scale_output(truth.experts, expert_scale))
-    x, y = sample(key_data, truth, n, d)
+    x, y = sample(truth, key_data, n, d)
     return x, y, truth

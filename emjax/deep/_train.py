@@ -265,8 +265,8 @@ def _prepare_eval(model, eval_data):
 
 
 def fit_em(
-    key: Array,
     model: DeepMoE,
+    key: Array,
     x,
     y,
     *,
@@ -309,8 +309,8 @@ def fit_em(
     use it with ``optax.lbfgs``, whose memory belongs to one objective).
 
     Args:
-        key: ``jax.random`` key for the mini-batches (shuffling).
         model: the starting :class:`~emjax.deep.DeepMoE`.
+        key: ``jax.random`` key for the mini-batches (shuffling).
         x: (n, d) features; y: (n,) integer labels in {0, ..., C-1}.
         optimizer: an ``optax.GradientTransformation`` (line-search ones such as ``optax.lbfgs``
             receive ``value``, ``grad`` and ``value_fn``). Its numbers are closed over; to sweep a
@@ -336,7 +336,7 @@ def fit_em(
         >>> import jax, optax, emjax.deep as deep
         >>> x, y, truth = deep.synthetic_nonlinear_moe(jax.random.key(0), 256, 2, 2, 3)
         >>> model = deep.DeepMoE.mlp(jax.random.key(1), 2, 3, 2, expert_width=16, gate_width=16)
-        >>> fitted, history = deep.fit_em(jax.random.key(2), model, x, y, optimizer=optax.adam(3e-2),
+        >>> fitted, history = deep.fit_em(model, jax.random.key(2), x, y, optimizer=optax.adam(3e-2),
         ...                               num_em_steps=20, inner_steps=3, batch_size=64)
         >>> history.gradient_evaluations[-1].item(), bool(history.loss[-1] < history.loss[0])
         (60, True)
@@ -349,8 +349,8 @@ def fit_em(
 
 
 def fit_end_to_end(
-    key: Array,
     model: DeepMoE,
+    key: Array,
     x,
     y,
     *,
@@ -366,7 +366,7 @@ def fit_end_to_end(
     the gate learns through $\tilde\pi$ on the routed experts, as in the E-step of :func:`fit_em`.
 
     Args:
-        key, model, x, y, optimizer, batch_size, eval_data, eval_every: as in :func:`fit_em`.
+        model, key, x, y, optimizer, batch_size, eval_data, eval_every: as in :func:`fit_em`.
         num_steps: number of optax steps (= gradient evaluations), a Python int >= 1.
 
     Returns:
@@ -377,7 +377,7 @@ def fit_end_to_end(
         >>> import jax, optax, emjax.deep as deep
         >>> x, y, truth = deep.synthetic_nonlinear_moe(jax.random.key(0), 256, 2, 2, 3)
         >>> model = deep.DeepMoE.mlp(jax.random.key(1), 2, 3, 2, expert_width=16, gate_width=16)
-        >>> fitted, history = deep.fit_end_to_end(jax.random.key(2), model, x, y, optimizer=optax.adam(3e-2),
+        >>> fitted, history = deep.fit_end_to_end(model, jax.random.key(2), x, y, optimizer=optax.adam(3e-2),
         ...                                       num_steps=60, batch_size=64)
         >>> history.gradient_evaluations[-1].item(), history.surrogate is None
         (60, True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._extras import require
 from ..sweeps import METHOD_LABELS
 from ._summaries import band, iterations_to, measured_rate, nan_median
 
@@ -13,6 +14,7 @@ COLOURS = {"em": "#1f77b4", "gradient_em": "#ff7f0e", "gd": "#2ca02c", "adam": "
 
 
 def _figure(width, height, columns=2, rows=1):
+    require("matplotlib", "emjax's figures")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

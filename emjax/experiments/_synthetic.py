@@ -99,12 +99,12 @@ def run_figures(settings: FigureSettings, folder: Path, *, progress=None, batch_
     cell = ConvergenceCell(SymMoLinE(sigma=1.0), settings.methods, settings.num_steps, settings.n, settings.d,
                            gate_norm=settings.gate_norm)
     options = {"progress": progress, "batch_size": batch_size}
-    tuned = tune_step_sizes(cell, [settings.snr], settings.seed, num_instances=settings.tuning_instances,
+    tuned = tune_step_sizes(cell, settings.seed, [settings.snr], num_instances=settings.tuning_instances,
                             out=folder / "figures-tuning", **options)
     steps = {m: np.asarray(v[0]) for m, v in tuned.step_sizes.items()}
     cell = dataclasses.replace(cell, step_sizes=steps)
-    result = sweep(cell, {"snr": np.asarray([settings.snr]), "seed": np.arange(settings.num_instances)},
-                   settings.seed, key_axes=("seed",), out=folder / "figures",
+    result = sweep(cell, settings.seed, {"snr": np.asarray([settings.snr]), "seed": np.arange(settings.num_instances)},
+                   key_axes=("seed",), out=folder / "figures",
                    config={"settings": dataclasses.asdict(settings)},
                    chunk_size=max(1, settings.num_instances // 2), **options)
     outputs = jax.tree_util.tree_map(lambda leaf: leaf[0], result.outputs)  # drop the one-point SNR axis
@@ -121,18 +121,20 @@ def run_mim(settings: MimSettings, folder: Path, *, progress=None, batch_size="a
         seed = settings.seed + 10 * index
         rates = sweep(
             RateCell(model, settings.rate_n, settings.d, orthogonal=True),
+            seed,
             {"gate_norm": np.asarray(settings.gate_norms), "snr": snrs, "seed": np.arange(settings.rate_instances)},
-            seed, key_axes=("seed",), out=folder / f"mim-rates-{name}", **options,
+            key_axes=("seed",), out=folder / f"mim-rates-{name}", **options,
         )
         gate_norm = dict(settings.fit_gate_norm)[name]
         cell = ConvergenceCell(model, settings.methods, settings.num_steps, settings.n, settings.d,
                                gate_norm=gate_norm, orthogonal=True)
-        tuned = tune_step_sizes(cell, snrs, seed, num_instances=settings.tuning_instances,
+        tuned = tune_step_sizes(cell, seed, snrs, num_instances=settings.tuning_instances,
                                 out=folder / f"mim-tuning-{name}", **options)
         fits = sweep(
             cell,
+            seed,
             {"snr": {"snr": snrs, "step_sizes": tuned.step_sizes}, "seed": np.arange(settings.num_instances)},
-            seed, key_axes=("seed",), out=folder / f"mim-fits-{name}",
+            key_axes=("seed",), out=folder / f"mim-fits-{name}",
             config={"settings": dataclasses.asdict(settings)}, chunk_size=settings.num_instances * 2, **options,
         )
         out[name] = {"rates": rates.outputs["rate"], "fits": fits.outputs, "tuned": tuned, "gate_norm": gate_norm,

@@ -240,15 +240,15 @@ def run_table2(settings: Table2Settings, folder: Path, *, progress=None, batch_s
     if stepped:
         grids = {m: np.asarray(TABLE2_STEP_GRIDS[m], np.float32) for m in stepped}
         tuning_cell = Table2Cell.from_settings(settings, data, methods=stepped)
-        tuning = sweep(tuning_cell, {"candidate": {"step_sizes": grids},
-                                     "instance": np.arange(settings.tuning_instances)},
-                       jax.random.fold_in(key, TUNING_STREAM), key_axes=("instance",),
+        tuning = sweep(tuning_cell, jax.random.fold_in(key, TUNING_STREAM),
+                       {"candidate": {"step_sizes": grids}, "instance": np.arange(settings.tuning_instances)},
+                       key_axes=("instance",),
                        out=folder / "tuning", batch_size=batch_size, progress=progress)
         scores = candidate_scores(tuning.outputs["train_loss"], tuning.outputs["status"])
         steps.update({m: float(grids[m][np.argmin(scores[:, i])]) for i, m in enumerate(stepped)})
         log("  tuned steps: " + ", ".join(f"{METHOD_LABELS[m]} {s:g}" for m, s in steps.items()))
     cell = Table2Cell.from_settings(settings, data, step_sizes=steps)
-    result = sweep(cell, {"instance": np.arange(settings.num_instances)}, key, out=folder / "runs",
+    result = sweep(cell, key, {"instance": np.arange(settings.num_instances)}, out=folder / "runs",
                    batch_size=batch_size, progress=progress)
     log(f"  compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s "
         f"({result.computed_chunks} chunks computed, {result.loaded_chunks} loaded)")

@@ -72,7 +72,7 @@ class AbstractExpertFamily(eqx.Module):
         r"""Log-partition $A(\phi)$ per row, shape (n,)."""
 
     @abc.abstractmethod
-    def sample(self, key: Array, coef: Array, scale: Array | None, x: Array) -> Array:
+    def sample(self, coef: Array, scale: Array | None, key: Array, x: Array) -> Array:
         """Draw y given x from this expert, shape (n,)."""
 
     def log_base(self, y: Array) -> Array:
@@ -152,7 +152,7 @@ class GaussianExpert(AbstractExpertFamily):
         mean = x @ coef
         return jnp.stack([mean, jnp.square(mean) + jnp.square(scale)], axis=-1)
 
-    def sample(self, key, coef, scale, x):
+    def sample(self, coef, scale, key, x):
         return x @ coef + scale * jax.random.normal(key, (x.shape[0],), x.dtype)
 
     def initial_scale(self, y):
@@ -226,7 +226,7 @@ class SoftmaxExpert(AbstractExpertFamily):
     def mean_statistic(self, coef, scale, x):
         return jax.nn.softmax(x @ coef, axis=-1)
 
-    def sample(self, key, coef, scale, x):
+    def sample(self, coef, scale, key, x):
         return jax.random.categorical(key, x @ coef, axis=-1).astype(x.dtype)
 
     def check_labels(self, y):
@@ -260,7 +260,7 @@ class PoissonExpert(AbstractExpertFamily):
     def log_base(self, y):
         return -jax.scipy.special.gammaln(y + 1)
 
-    def sample(self, key, coef, scale, x):
+    def sample(self, coef, scale, key, x):
         return jax.random.poisson(key, jnp.exp(x @ coef)).astype(x.dtype)
 
     def check_labels(self, y):

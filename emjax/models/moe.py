@@ -214,7 +214,7 @@ class MixtureOfExperts(AbstractModel):
         z = jax.random.categorical(key_z, x @ params.gate.T, axis=-1)
         keys = jax.random.split(key_y, self.num_experts)
         draws = jax.vmap(self.expert.sample, in_axes=(0, 0, 0, None), out_axes=-1)(
-            keys, params.experts, params.sigma, x)
+            params.experts, params.sigma, keys, x)
         return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
 
     def init_params(self, key: Array, x: Array, y: Array) -> MoEParams:
@@ -313,7 +313,7 @@ class MoLinE(MixtureOfExperts):
     Example:
         >>> import jax, emjax
         >>> model = emjax.MoLinE(3)
-        >>> truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
+        >>> truth = emjax.testing.random_params(model, jax.random.key(0), d=2)
         >>> x, y = emjax.sample(model, truth, jax.random.key(1), 100)
         >>> truth.experts.shape, truth.sigma.shape
         ((3, 2), (3,))

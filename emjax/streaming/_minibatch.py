@@ -200,7 +200,7 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
         >>> import jax, emjax
         >>> from emjax.streaming import ArrayBatches, fit_stream
         >>> model = emjax.MoLinE(2)
-        >>> truth = emjax.random_moe_params(model, jax.random.key(0), d=2)
+        >>> truth = emjax.testing.random_params(model, jax.random.key(0), d=2)
         >>> x, y = emjax.sample(model, truth, jax.random.key(1), 4000)
         >>> start = emjax.init_params(model, jax.random.key(2), x, y)
         >>> result = fit_stream(model, start, ArrayBatches(x, y, 500), num_epochs=2, polish_steps=20)

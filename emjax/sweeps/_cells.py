@@ -31,11 +31,11 @@ from jax import Array
 
 from .._fit import fit
 from .._information import em_rate
-from .._init import match_experts, random_moe_params
 from .._likelihood import neg_log_likelihood, sample
-from .._metrics import _direction, perturb, random_params, relative_errors
 from .._solvers import em, from_optax, gradient_descent, gradient_em, mirror_descent
 from ..models import MixtureOfExperts, MoEParams, SymMoLinE, SymParams
+from ..testing import match_experts, perturb, random_params, relative_errors
+from ..testing._problems import direction
 
 #: Method name -> solver factory of one step size (ignored by EM). ``gradient_em`` takes 3 inner steps.
 METHODS = {
@@ -66,13 +66,11 @@ def expert_norm_for(model, snr, noise):
 def draw_truth(model, key: Array, d: int, snr, gate_norm, *, noise=1.0, orthogonal=False, dtype=None):
     """θ* at the given SNR: random directions (``orthogonal``: w ⟂ β, symmetric models only)."""
     expert_norm = expert_norm_for(model, snr, noise)
-    if isinstance(model, MixtureOfExperts):
-        return random_moe_params(model, key, d, gate_norm, expert_norm, noise, dtype)
-    truth = random_params(key, d, gate_norm, expert_norm, dtype)
-    if orthogonal:
+    truth = random_params(model, key, d, gate_norm, expert_norm, noise, dtype)
+    if orthogonal and isinstance(truth, SymParams):
         beta_dir = truth.beta / jnp.linalg.norm(truth.beta)
         w = truth.w - jnp.dot(truth.w, beta_dir) * beta_dir
-        w = jnp.where(jnp.linalg.norm(w) > 0, w, _direction(key, d, truth.w.dtype))
+        w = jnp.where(jnp.linalg.norm(w) > 0, w, direction(key, d, truth.w.dtype))
         truth = SymParams(w=jnp.asarray(gate_norm, truth.w.dtype) * w / jnp.linalg.norm(w), beta=truth.beta)
     return truth
 
@@ -87,10 +85,10 @@ def _draw_instance(cell, key_truth: Array, key_data: Array, snr, gate_norm):
     return truth, x, y, dtype
 
 
-def perturb_start(key: Array, truth, relative_error=1.0):
+def perturb_start(truth, key: Array, relative_error=1.0):
     """θ0 = θ* + δ, each block moved by ``relative_error`` times its norm (pinned entries and σ kept)."""
     if isinstance(truth, SymParams):
-        return perturb(key, truth, relative_error)
+        return perturb(truth, key, relative_error)
     key_gate, key_experts = jax.random.split(key)
     gate_rows = truth.gate[1:]
     gate_step = jax.random.normal(key_gate, gate_rows.shape, gate_rows.dtype)
@@ -147,7 +145,7 @@ class ConvergenceCell(eqx.Module):
         >>> from emjax.sweeps import ConvergenceCell
         >>> cell = ConvergenceCell(emjax.SymMoLinE(), ("em", "gd"), num_steps=5, n=200, d=3,
         ...                        step_sizes={"gd": 0.5})
-        >>> out = emjax.sweep(cell, {"snr": jnp.array([1.0, 4.0]), "seed": jnp.arange(3)}, 0, progress=False)
+        >>> out = emjax.sweep(cell, 0, {"snr": jnp.array([1.0, 4.0]), "seed": jnp.arange(3)}, progress=False)
         >>> out.outputs["loss"].shape  # (snr, seed, method, T + 1)
         (2, 3, 2, 6)
     """
@@ -201,7 +199,7 @@ class ConvergenceCell(eqx.Module):
             raise ValueError(f"methods {missing} need a step size (step_sizes={{...}})")
         key_truth, key_data, key_start = jax.random.split(key, 3)
         truth, x, y, dtype = _draw_instance(self, key_truth, key_data, snr, gate_norm)
-        start = perturb_start(key_start, truth, self.start_error)
+        start = perturb_start(truth, key_start, self.start_error)
         scale = jnp.linalg.norm(_flat(truth))
 
         records = []

@@ -193,8 +193,8 @@ def _to_host(tree):
 
 def sweep(
     cell: Callable[..., Any],
-    grid: Mapping,
     key,
+    grid: Mapping,
     *,
     out: str | Path | None = None,
     chunk_size: int | None = None,
@@ -210,9 +210,9 @@ def sweep(
         cell: a pure function ``cell(key, **values) -> pytree of arrays`` (an ``eqx.Module`` with
             ``__call__`` works too; its array fields are traced, so step sizes inside it never
             recompile). It must be traceable under ``vmap``; it sees one cell at a time.
+        key: an int seed or a ``jax.random.key``.
         grid: ``{axis name: values}``, in order; values have a leading axis of the axis length, or
             are a dict of such arrays (a zipped axis, spread into keyword arguments).
-        key: an int seed or a ``jax.random.key``.
         out: a folder; each finished chunk is written there as soon as it is done, and a re-run
             with the same configuration resumes, computing only missing chunks. A folder holding
             a different configuration raises :class:`ConfigurationMismatch`.
@@ -235,7 +235,7 @@ def sweep(
         >>> import jax.numpy as jnp, emjax
         >>> def cell(key, snr, seed):
         ...     return {"square": snr**2 + 0 * seed}
-        >>> result = emjax.sweep(cell, {"snr": jnp.array([1.0, 2.0, 3.0]), "seed": jnp.arange(2)}, 0,
+        >>> result = emjax.sweep(cell, 0, {"snr": jnp.array([1.0, 2.0, 3.0]), "seed": jnp.arange(2)},
         ...                      progress=False)
         >>> result.outputs["square"].shape, float(result.outputs["square"][2, 1])
         ((3, 2), 9.0)

@@ -69,16 +69,16 @@ def candidate_scores(losses: np.ndarray, status: np.ndarray) -> np.ndarray:
     return np.where(finite, gaps, np.inf).mean(axis=-2)
 
 
-def tune_step_sizes(cell: ConvergenceCell, snrs, key, *, num_instances: int = 5, grids: dict | None = None,
+def tune_step_sizes(cell: ConvergenceCell, key, snrs, *, num_instances: int = 5, grids: dict | None = None,
                     **sweep_options) -> TunedSteps:
     r"""Choose each stepped method's step size per SNR, on instances that the reported sweep never sees.
 
     Args:
         cell: the :class:`ConvergenceCell` of the experiment (its stepped methods are tuned; EM
             needs no step). The tuning runs this cell with the same n, d, T and model.
-        snrs: the SNR grid (1-D).
         key: the experiment's key (an int or a ``jax.random.key``); the tuning instances come from
             ``fold_in(key, TUNING_STREAM)``.
+        snrs: the SNR grid (1-D).
         num_instances: instances per SNR and candidate (the same instances for every candidate).
         grids: ``{method: candidates}``, default :data:`STEP_GRIDS`; all of one length.
         **sweep_options: passed to :func:`emjax.sweep` (``chunk_size``, ``batch_size``, ``progress``, ...).
@@ -101,9 +101,9 @@ def tune_step_sizes(cell: ConvergenceCell, snrs, key, *, num_instances: int = 5,
     snrs = np.atleast_1d(np.asarray(snrs))
     result = sweep(
         tuning_cell,
+        key,
         {"snr": snrs, "candidate": {"step_sizes": {m: np.asarray(g) for m, g in grids.items()}},
          "seed": np.arange(num_instances)},
-        key,
         key_axes=("snr", "seed"),
         **sweep_options,
     )
