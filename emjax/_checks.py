@@ -15,12 +15,8 @@ import jax.numpy as jnp
 
 from ._validation import (
     check_features,
-    check_finite,
     check_labels,
-    check_params,
-    check_real,
     check_step_size,
-    is_concrete,
     shape_of,
 )
 from .models import AbstractModel, SymParams

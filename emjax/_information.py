@@ -14,8 +14,8 @@ Nothing here loops, so everything differentiates (``jax.grad(em_rate)`` included
 
 from __future__ import annotations
 
-from jax import Array
 import jax.numpy as jnp
+from jax import Array
 
 from ._checks import validate
 from ._likelihood import as_arrays

@@ -6,7 +6,6 @@ two different, data-driven starts.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import Array
 

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 import emjax
-from emjax.models import _moe_solve
 from emjax._minimize import masked_minimize
-from emjax._newton import linear_newton, masked_newton
-from emjax._newton import BLOCK_ROWS, gradient_and_hessian
+from emjax._newton import BLOCK_ROWS, gradient_and_hessian, linear_newton, masked_newton
+from emjax.models import _moe_solve
 from tests.utils import make_moe_problem
 
 

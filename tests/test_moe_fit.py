@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import emjax
-
 from tests.utils import MOE_MODELS, make_moe_problem
 
 

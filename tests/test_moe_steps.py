@@ -8,7 +8,6 @@ import optax
 import pytest
 
 import emjax
-
 from tests.utils import MOE_MODELS, make_moe_problem
 
 

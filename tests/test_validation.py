@@ -420,6 +420,6 @@ def test_mirror_step_needs_one_step_size_and_safe_step_size_is_for_symmetric_mod
                                    (ML, PL, Y, emjax.MoEParams(gate=0.5, experts=0.5, sigma=0.5))):
         with pytest.raises(ValueError, match="step_size of a mirror-descent step must be one positive number"):
             emjax.mirror_descent_step(model, params, X, y, tree)
-    with pytest.raises(ValueError, match="safe_step_size bounds the curvature of the symmetric models"):
+    with pytest.raises(ValueError, match="safe_step_size needs a global bound on the curvature"):
         emjax.safe_step_size(ML, X)
     assert float(emjax.safe_step_size(LOG, X)) > 0

@@ -207,6 +207,16 @@ class AbstractModel(eqx.Module):
     def init_params(self, key: Array, x: Array, y: Array):
         """A data-driven start for a fit; different keys give different starts."""
 
+    @abc.abstractmethod
+    def random_params(self, key: Array, d: int, gate_norm, expert_norm, sigma, dtype):
+        """Random ground-truth parameters: gate and expert directions uniform, of the given norms
+        (arguments checked by :func:`emjax.testing.random_params`)."""
+
+    def snr_expert_norm(self, snr, noise):
+        """The expert norm at a signal-to-noise ratio (docs/math.md §6): SNR itself unless the experts
+        carry a noise scale."""
+        return snr
+
     def is_degenerate(self, params, x: Array, y: Array) -> Array:
         """True when the fitted model has lost an expert (no finite M-step); default never."""
         return jnp.asarray(False)

@@ -254,6 +254,17 @@ class AbstractSymmetricModel(AbstractModel):
         direction = jax.random.normal(key_b, (d,), x.dtype)
         return SymParams(w=w, beta=direction / jnp.linalg.norm(direction))
 
+    def random_params(self, key: Array, d: int, gate_norm, expert_norm, sigma, dtype) -> SymParams:
+        """``w`` and ``β`` along uniform random directions, of norms ``gate_norm`` and ``expert_norm``."""
+        key_w, key_b = jax.random.split(key)
+
+        def direction(key):
+            v = jax.random.normal(key, (d,), dtype)
+            return v / jnp.linalg.norm(v)
+
+        return SymParams(w=jnp.asarray(gate_norm, dtype) * direction(key_w),
+                         beta=jnp.asarray(expert_norm, dtype) * direction(key_b))
+
     def curvature_bound(self, dtype) -> Array:
         r"""$\max(1/4, \text{expert smoothness})$: each diagonal block of $\nabla^2 A$ is below it times $X^\top X/n$."""
         return jnp.maximum(0.25, jnp.asarray(self.expert_smoothness(), dtype))

@@ -235,6 +235,26 @@ class MixtureOfExperts(AbstractModel):
         )
         return self.solve(start, x, (weights, stats), self.free_mask(start))
 
+    def random_params(self, key: Array, d: int, gate_norm, expert_norm, sigma, dtype) -> MoEParams:
+        """Gate rows 1..K-1 and every free expert column along uniform random directions of norms
+        ``gate_norm`` and ``expert_norm``; gate row 0 and pinned class columns 0; σ_k = ``sigma``."""
+        k = self.num_experts
+        key_gate, key_expert = jax.random.split(key)
+
+        def directions(key, shape):  # unit vectors along the feature axis (axis 1)
+            v = jax.random.normal(key, shape, dtype)
+            return v / jnp.linalg.norm(v, axis=1, keepdims=True)
+
+        gate = (jnp.asarray(gate_norm, dtype) * directions(key_gate, (k, d))).at[0].set(0)
+        experts = jnp.asarray(expert_norm, dtype) * directions(key_expert, (k,) + self.expert.coef_shape(d))
+        experts = jnp.where(jnp.asarray(self.pinned(d).experts), 0, experts)
+        scale = jnp.full((k,), sigma, dtype) if self.expert.has_scale else None
+        return MoEParams(gate=gate, experts=experts, sigma=scale)
+
+    def snr_expert_norm(self, snr, noise):
+        """SNR = ‖β‖/σ with σ the noise of the drawn truth, for experts with a scale."""
+        return snr * noise if self.expert.has_scale else snr
+
     def is_degenerate(self, params: MoEParams, x: Array, y: Array) -> Array:
         """True when some expert has under one sample of responsibility mass, its weighted design is
         numerically singular, its σ has hit the variance floor, or (families without a scale) it

@@ -100,6 +100,10 @@ class SymMoLinE(AbstractSymmetricModel):
     def expert_smoothness(self):
         return 1 / jnp.square(self.sigma)
 
+    def snr_expert_norm(self, snr, noise):
+        """SNR = ‖β‖/σ with the model's own σ."""
+        return snr * self.sigma
+
     def init_params(self, key, x, y):
         r"""A spectral start: β along the top eigenvector of $\mathrm{mean}\,y^2 x x^\top$, its norm read off
         the eigenvalue, and a small random w.

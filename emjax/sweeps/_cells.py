@@ -33,7 +33,7 @@ from .._fit import fit
 from .._information import em_rate
 from .._likelihood import neg_log_likelihood, sample
 from .._solvers import em, from_optax, gradient_descent, gradient_em, mirror_descent
-from ..models import MixtureOfExperts, MoEParams, SymMoLinE, SymParams
+from ..models import MoEParams, SymParams
 from ..testing import match_experts, perturb, random_params, relative_errors
 from ..testing._problems import direction
 
@@ -56,11 +56,7 @@ STEPPED = ("md", "gradient_em", "gd", "adam")
 
 def expert_norm_for(model, snr, noise):
     """‖β*‖ for an SNR: SNR·σ for Gaussian experts (SymMoLinE, MoLinE), SNR otherwise (MATH.md §6)."""
-    if isinstance(model, SymMoLinE):
-        return snr * model.sigma
-    if isinstance(model, MixtureOfExperts) and model.expert.has_scale:
-        return snr * noise
-    return snr
+    return model.snr_expert_norm(snr, noise)
 
 
 def draw_truth(model, key: Array, d: int, snr, gate_norm, *, noise=1.0, orthogonal=False, dtype=None):

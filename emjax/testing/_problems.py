@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .._validation import check_int, check_key, check_scale
-from ..models import AbstractSymmetricModel, MixtureOfExperts, MoEParams, SymParams
+from ..models import AbstractModel, SymParams
 
 
 def check_sym(value, name: str) -> None:
@@ -46,12 +46,10 @@ def random_params(model, key: Array, d: int, gate_norm=2.0, expert_norm=2.0, sig
         >>> random_params(emjax.MoLogE(3, num_classes=4), jax.random.key(0), d=2).experts.shape
         (3, 2, 4)
     """
-    # The one type dispatch of the generators (a model method may take its place).
-    if isinstance(model, MixtureOfExperts):
-        return _random_moe_params(model, key, d, gate_norm, expert_norm, sigma, dtype)
-    if isinstance(model, AbstractSymmetricModel):
-        return _random_sym_params(key, d, gate_norm, expert_norm, sigma, dtype)
-    raise ValueError(f"model must be an emjax model (SymMoLinE, SymMoLogE, MoLinE, MoLogE, MoPoE); got {model!r}")
+    if not isinstance(model, AbstractModel):
+        raise ValueError(f"model must be an emjax model (SymMoLinE, SymMoLogE, MoLinE, MoLogE, MoPoE); got {model!r}")
+    dtype = _check_generator(key, d, gate_norm, expert_norm, sigma, dtype)
+    return model.random_params(key, d, gate_norm, expert_norm, sigma, dtype)
 
 
 def _check_generator(key, d, gate_norm, expert_norm, sigma, dtype):
@@ -63,32 +61,6 @@ def _check_generator(key, d, gate_norm, expert_norm, sigma, dtype):
     if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}")
     return jnp.zeros((), float).dtype if dtype is None else dtype
-
-
-def _random_sym_params(key: Array, d: int, gate_norm, expert_norm, sigma, dtype) -> SymParams:
-    dtype = _check_generator(key, d, gate_norm, expert_norm, sigma, dtype)
-    key_w, key_b = jax.random.split(key)
-    return SymParams(
-        w=jnp.asarray(gate_norm, dtype) * direction(key_w, d, dtype),
-        beta=jnp.asarray(expert_norm, dtype) * direction(key_b, d, dtype),
-    )
-
-
-def _random_moe_params(model: MixtureOfExperts, key: Array, d: int, gate_norm, expert_norm, sigma,
-                       dtype) -> MoEParams:
-    dtype = _check_generator(key, d, gate_norm, expert_norm, sigma, dtype)
-    k = model.num_experts
-    key_gate, key_expert = jax.random.split(key)
-
-    def directions(key, shape):  # unit vectors along the feature axis (axis 1)
-        v = jax.random.normal(key, shape, dtype)
-        return v / jnp.linalg.norm(v, axis=1, keepdims=True)
-
-    gate = (jnp.asarray(gate_norm, dtype) * directions(key_gate, (k, d))).at[0].set(0)
-    experts = jnp.asarray(expert_norm, dtype) * directions(key_expert, (k,) + model.expert.coef_shape(d))
-    experts = jnp.where(jnp.asarray(model.pinned(d).experts), 0, experts)
-    scale = jnp.full((k,), sigma, dtype) if model.expert.has_scale else None
-    return MoEParams(gate=gate, experts=experts, sigma=scale)
 
 
 def perturb(params: SymParams, key: Array, relative_error=1.0) -> SymParams:
