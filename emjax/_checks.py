@@ -8,7 +8,6 @@ parameter types, so a wrong type gets a ``ValueError`` that says what was expect
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from ._validation import (
     check_features,
@@ -17,7 +16,8 @@ from ._validation import (
     check_params,
     check_real,
     check_step_size,
-    is_concrete,
+    check_values,
+    not_positive,
     shape_of,
 )
 from .models import AbstractSymmetricModel, MixtureOfExperts, MoEParams, SymParams
@@ -69,8 +69,8 @@ def check_mixture_params(model: MixtureOfExperts, params: MoEParams, d: int, nam
             )
         check_real(value, f"{name}.{field}")
         check_finite(value, f"{name}.{field}")
-    if params.sigma is not None and is_concrete(params.sigma) and not np.all(np.asarray(params.sigma) > 0):
-        raise ValueError(f"{name}.sigma must be positive; got {np.asarray(params.sigma)}")
+    if params.sigma is not None:
+        check_values(params.sigma, not_positive, f"{name}.sigma must be positive")
 
 
 def check_any_params(model, params, d: int, name: str = "params") -> None:
