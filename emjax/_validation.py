@@ -1,4 +1,4 @@
-"""Checks at the Python boundary: clear ``ValueError`` messages before anything is traced.
+"""Checks at the Python boundary: clear ``ValueError`` messages, and no host copy of device data.
 
 What is accepted:
 
@@ -9,21 +9,29 @@ What is accepted:
 * step sizes, tolerances: real scalars (not bool), finite, step sizes > 0, tolerances >= 0;
 * keys: ``jax.random.key(seed)`` or a legacy ``jax.random.PRNGKey(seed)``.
 
-Shape and dtype checks always run (they are static, even on tracers). Value checks (finiteness,
-label sets, signs) need concrete arrays, so they run only when the argument is not a tracer.
-Inside a user's ``jit``/``vmap``/``grad`` the data of a public function (``x`` and ``y``) pass
-through :func:`guard_finite` instead, an ``equinox.error_if`` that raises at run time when they
-hold NaN or Inf (``EQX_ON_ERROR=nan`` turns the error into NaN outputs, ``EQX_ON_ERROR=off``
-removes the check). Traced parameters and labels are trusted, as jax trusts its inputs: a
-non-finite parameter gives non-finite outputs. The loops (:func:`emjax.fit`,
-:func:`emjax.fit_restarts`) never raise on values: they report ``Status.nonfinite``.
+Two kinds of checks (issue 14, "checks at the boundary only"):
+
+* **static** checks (types, shapes, dtypes, Python ints) always run in Python, once per call, even
+  on tracers: they read no array values;
+* **value** checks (finiteness, label sets, signs) go through :func:`check_values`. Host data (NumPy
+  arrays, Python numbers) are checked in Python right away: they are on the host already. A jax
+  array, concrete or traced, is never copied to the host: inside a :func:`public` entry point its
+  check is compiled into the function itself, an ``equinox.error_if`` on a reduction fused into
+  the computation (see :func:`public`). Outside one (model constructors, solver factories, the
+  loops' one-off entry checks) a concrete jax array is read on the host and a tracer is trusted.
+
+The loops (:func:`emjax.fit`, :func:`emjax.fit_restarts`) never raise on traced values: they report
+``Status.nonfinite``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import reprlib
+import threading
+import typing
 
 import equinox as eqx
 import jax
@@ -94,10 +102,164 @@ def shape_of(value, name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+# --------------------------------------------------------------------------- value checks
+# A predicate ``bad(values, *args)`` marks the entries that fail; it must work on NumPy and jax arrays
+# alike (the same code runs on the host for host data and inside the compiled function for jax arrays)
+# and be a module-level function: with its ``args`` and message it is a static, hashable part of the
+# compiled program, so a new call with the same kinds of arguments reuses the compilation.
+
+
+def nonfinite(values):
+    """NaN or infinite entries."""
+    return ~_xp(values).isfinite(values)
+
+
+def not_binary(values):
+    """Entries other than 0 and 1."""
+    return (values != 0) & (values != 1)
+
+
+def not_count(values):
+    """Entries that are not integers >= 0."""
+    return (values != _xp(values).round(values)) | (values < 0)
+
+
+def not_class_label(values, num_classes):
+    """Entries that are not integers in {0, ..., num_classes - 1}."""
+    return (values != _xp(values).round(values)) | (values < 0) | (values >= num_classes)
+
+
+def not_positive(values):
+    """Entries <= 0 (NaN counts as bad)."""
+    return ~(values > 0)
+
+
+def not_finite_positive(values):
+    """Entries that are not finite and > 0."""
+    return ~(_xp(values).isfinite(values) & (values > 0))
+
+
+def not_finite_nonnegative(values):
+    """Entries that are not finite and >= 0."""
+    return ~(_xp(values).isfinite(values) & (values >= 0))
+
+
+def _xp(values):
+    return np if isinstance(values, (np.ndarray, np.generic)) else jnp
+
+
+def _is_host(value) -> bool:
+    """Data already on the host: NumPy arrays and scalars, Python numbers."""
+    return isinstance(value, (np.ndarray, np.generic, int, float))
+
+
+def _numbers(values):
+    """Booleans as small integers, so that every predicate sees numbers."""
+    dtype = values.dtype
+    return values.astype(np.int8) if dtype == np.bool_ else values
+
+
+def _offending(values, mask, show: str) -> str:
+    if show == "value":
+        return f"; got {values}"
+    if show == "examples":
+        return f"; got values such as {values[mask][:3]}"
+    return ""
+
+
+class _Check(typing.NamedTuple):
+    value: object
+    bad: object
+    args: tuple
+    message: str
+    show: str
+
+    @property
+    def spec(self):
+        """The static part, compiled into the program: predicate, its arguments, message."""
+        return (self.bad, self.args, self.message)
+
+    def host_error(self) -> ValueError:
+        """The ``ValueError`` for a failed check, read on the host (only once it has failed)."""
+        if not is_concrete(self.value):
+            return ValueError(self.message)
+        values = np.asarray(self.value)
+        mask = np.asarray(self.bad(_numbers(values), *self.args))
+        return ValueError(self.message + _offending(values, mask, self.show))
+
+
+class _Collector:
+    """The value checks of one call of a public function, to be compiled into it (``enabled``) or
+    dropped (``unguarded``)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.checks: list[_Check] = []
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def _collecting(enabled: bool):
+    previous = getattr(_local, "collector", None)
+    collector = _local.collector = _Collector(enabled)
+    try:
+        yield collector
+    finally:
+        _local.collector = previous
+
+
+def check_values(value, bad, message: str, *args, show: str = "examples") -> None:
+    """Raise ``ValueError(message)`` when ``bad(value, *args)`` marks any entry of ``value``.
+
+    Host data (NumPy, Python numbers) are checked here. A jax array is not read: inside a
+    :func:`public` entry point the check is compiled into the function (``equinox.error_if``) and
+    fails when the function runs; elsewhere a concrete jax array is read on the host and a tracer
+    is trusted. ``show`` says what the message adds on failure: ``"examples"`` (up to three bad
+    entries), ``"value"`` (the whole value, for scalars) or ``"none"``.
+    """
+    check = _Check(value, bad, tuple(args), message, show)
+    if _is_host(value):
+        values = np.asarray(value)
+        if np.any(bad(_numbers(values), *args)):
+            raise check.host_error()
+        return
+    collector = getattr(_local, "collector", None)
+    if collector is not None:
+        if collector.enabled:
+            collector.checks.append(check)
+        return
+    if is_concrete(value) and np.any(bad(_numbers(np.asarray(value)), *args)):
+        raise check.host_error()
+
+
 def check_finite(value, name: str) -> None:
-    """Raise if a concrete array holds NaN or infinite entries."""
-    if is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
-        raise ValueError(f"{name} must be finite; it contains NaN or infinite values")
+    """Raise if ``value`` holds NaN or infinite entries (see :func:`check_values` for when)."""
+    if jnp.issubdtype(jnp.result_type(value), jnp.inexact):
+        check_values(value, nonfinite, f"{name} must be finite; it contains NaN or infinite values", show="none")
+
+
+def _raise_if_failed(out, specs, values):
+    """``out`` with the compiled value checks attached: one ``equinox.error_if`` on a scalar zero that
+    every numeric output leaf then depends on (``leaf - 0``, exact, signed zeros included)."""
+    failed = jnp.stack([jnp.any(bad(_numbers(value), *args)) for (bad, args, _), value in zip(specs, values,
+                                                                                                strict=True)])
+    messages = [message for _, _, message in specs]
+    # The error rides on a scalar: an error branch on whole arrays would make XLA gather row-sharded
+    # data onto every device; subtracting the scalar from the outputs keeps the check from being removed.
+    zero = eqx.branched_error_if(jnp.zeros((), jnp.int32), jnp.any(failed), jnp.argmax(failed), messages)
+
+    def attach(leaf):
+        if not isinstance(leaf, jax.Array) or not (
+            jnp.issubdtype(leaf.dtype, jnp.number) or jnp.issubdtype(leaf.dtype, jnp.bool_)
+        ):
+            return leaf
+        if jnp.issubdtype(leaf.dtype, jnp.bool_):
+            return leaf | zero.astype(jnp.bool_)
+        return leaf - zero.astype(leaf.dtype)
+
+    return jax.tree_util.tree_map(attach, out)
 
 
 def check_features(x) -> tuple[int, int]:
@@ -155,15 +317,13 @@ def check_step_size(step_size, name: str = "step_size", per_block: bool = True) 
         raise ValueError(f"{name} must be a positive number; got {step_size!r}")
     for leaf in leaves:
         check_real_scalar(leaf, name)
-        if is_concrete(leaf) and not (np.isfinite(np.asarray(leaf)) and np.asarray(leaf) > 0):
-            raise ValueError(f"{name} must be a finite positive number; got {np.asarray(leaf)}")
+        check_values(leaf, not_finite_positive, f"{name} must be a finite positive number", show="value")
 
 
 def check_tolerance(value, name: str) -> None:
     """A tolerance is a finite real scalar >= 0."""
     check_real_scalar(value, name)
-    if is_concrete(value) and not (np.isfinite(np.asarray(value)) and np.asarray(value) >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0; got {np.asarray(value)}")
+    check_values(value, not_finite_nonnegative, f"{name} must be a finite number >= 0", show="value")
 
 
 def check_scale(value, name: str, positive: bool) -> None:
@@ -181,55 +341,64 @@ def check_inner_steps(inner_steps) -> None:
     check_int(inner_steps, "inner_steps", 1)
 
 
-def guard_finite(value, name: str):
-    """``value`` unchanged, with a run-time check (``equinox.error_if``) that it holds no NaN or Inf.
-
-    For traced data, whose values :func:`check_finite` cannot see: inside ``jit`` the program
-    raises when the check fails (under ``vmap``, when any lane fails); ``EQX_ON_ERROR=nan`` or
-    ``off`` changes that as documented by equinox."""
-    if not jnp.issubdtype(jnp.result_type(value), jnp.inexact):
-        return value
-    message = f"{name} must be finite; it contains NaN or infinite values"
-    # The check rides on a scalar zero added to ``value``: equinox's error branch on the whole
-    # array would make XLA gather row-sharded data onto every device.
-    zero = eqx.error_if(jnp.zeros((), jnp.result_type(value)), ~jnp.all(jnp.isfinite(value)), message)
-    return value + zero
-
-
-DATA = ("x", "y")
-
-
 def public(check, traced: tuple[str, ...] = ()):
-    """Make ``fn`` a public entry point: ``check`` its arguments in Python, then run it compiled.
+    """Make ``fn`` a public entry point: ``check`` its arguments, then run it compiled.
 
     ``check`` receives the bound arguments by name and raises ``ValueError`` on bad input. The
     function then runs under ``equinox.filter_jit`` (cached per shape, dtype and static value),
     so eager calls compile once and calls inside a user's ``jit``/``vmap``/``grad`` just inline.
     Arguments named in ``traced`` (step sizes) are turned into arrays first, so new values reuse
-    the compilation instead of being baked in as constants. Traced data (``x``, ``y``) pass
-    through :func:`guard_finite`.
+    the compilation instead of being baked in as constants.
 
-    The wrapper's ``unguarded`` attribute is the same function without that run-time guard (the
-    Python checks still run): emjax's own loops call it, because they report non-finite data
-    through ``Status.nonfinite`` instead of raising.
+    Checks at the boundary only (issue 14): the static checks (types, shapes, dtypes) run in
+    Python, once per call. The value checks (finite data and parameters, labels the model can
+    produce, σ > 0, step sizes > 0; :func:`check_values`) of host data (NumPy arrays, Python
+    numbers) run in Python too; those of jax arrays never copy them to the host: they are compiled
+    into the function, a reduction fused into the computation and one ``equinox.error_if``, for
+    concrete and traced arrays alike. What a failed value check does:
+
+    * eager call: ``ValueError`` with the same message as a host check (read back from the host
+      only once the check has failed), so ``em_step`` in a Python loop on a GPU moves nothing
+      but the (small) results;
+    * inside a user's ``jit``/``vmap``/``grad``: the compiled program raises at run time (a
+      ``jax.errors.JaxRuntimeError``, or ``equinox.EquinoxRuntimeError`` under
+      ``equinox.filter_jit``, whose message holds the check's message; under ``vmap`` when any
+      lane fails);
+    * ``EQX_ON_ERROR=nan`` makes the outputs NaN instead, ``EQX_ON_ERROR=off`` removes the checks,
+      as documented by equinox.
+
+    The wrapper's ``unguarded`` attribute is the same function without the value checks on jax
+    arrays (the static checks and the host-data checks still run): emjax's own loops call it,
+    because they report non-finite data through ``Status.nonfinite`` instead of raising.
     """
 
     def decorate(fn):
         signature = inspect.signature(fn)
         compiled = eqx.filter_jit(fn)
 
+        @eqx.filter_jit
+        def compiled_checked(specs, values, args, kwargs):
+            return _raise_if_failed(fn(*args, **kwargs), specs, values)
+
         def call(guarded: bool, args, kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            check(**bound.arguments)
+            with _collecting(guarded) as collector:
+                check(**bound.arguments)
             for name in traced:
                 bound.arguments[name] = jax.tree_util.tree_map(jnp.asarray, bound.arguments[name])
-            if guarded:
-                for name in DATA:
-                    value = bound.arguments.get(name)
-                    if value is not None and not is_concrete(value):
-                        bound.arguments[name] = guard_finite(value, name)
-            return compiled(*bound.args, **bound.kwargs)
+            if not collector.checks:
+                return compiled(*bound.args, **bound.kwargs)
+            checks = collector.checks
+            specs = tuple(c.spec for c in checks)
+            values = [c.value for c in checks]
+            try:
+                return compiled_checked(specs, values, bound.args, bound.kwargs)
+            except eqx.EquinoxRuntimeError as error:
+                failed = next((c for c in checks if c.message in str(error)), None)
+                if failed is None:  # pragma: no cover - an error of the function itself
+                    raise
+                raise failed.host_error() from None
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):

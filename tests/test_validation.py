@@ -423,3 +423,99 @@ def test_mirror_step_needs_one_step_size_and_safe_step_size_is_for_symmetric_mod
     with pytest.raises(ValueError, match="safe_step_size needs a global bound on the curvature"):
         emjax.safe_step_size(ML, X)
     assert float(emjax.safe_step_size(LOG, X)) > 0
+
+
+# --------------------------------------------------------------------------- issue 14: checks at the boundary only
+# Value checks on jax arrays are compiled into the public function (equinox.error_if): an eager call never
+# copies the data to the host, yet bad values still raise the same ValueError; inside a user's jit they raise
+# at run time with the same message.
+
+DEVICE_CASES = {
+    "SymMoLinE": (LIN, P, Y), "SymMoLogE": (LOG, P, Y), "MoLinE": (ML, PL, Y), "MoLogE": (MG, PG, Y),
+    "MoPoE": (MP, PP, Y),
+}
+
+
+@pytest.mark.parametrize("model_name", sorted(DEVICE_CASES))
+def test_eager_em_step_on_device_arrays_copies_nothing_to_the_host(model_name):
+    model, params, y = DEVICE_CASES[model_name]
+    emjax.em_step(model, params, X, y)  # compile first: compilation may read constants
+    with jax.transfer_guard_device_to_host("disallow"):
+        new = emjax.em_step(model, params, X, y)
+        emjax.neg_log_likelihood(model, new, X, y)
+        emjax.mirror_descent_step(model, params, X, y, 0.5)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(new))
+
+
+def test_eager_value_checks_never_call_np_asarray_on_device_data(monkeypatch):
+    import emjax._validation as validation
+
+    calls = []
+    real = np.asarray
+
+    def spy(value, *args, **kwargs):
+        if isinstance(value, jax.Array):
+            calls.append(value.shape)
+        return real(value, *args, **kwargs)
+
+    emjax.em_step(ML, PL, X, Y)
+    monkeypatch.setattr(validation.np, "asarray", spy)
+    emjax.em_step(ML, PL, X, Y)
+    emjax.em_step(LOG, P, X, Y)
+    assert calls == []
+    with pytest.raises(ValueError, match="x must be finite"):  # on failure only, for the detailed message
+        emjax.em_step(LOG, P, X.at[0, 0].set(jnp.nan), Y)
+
+
+@pytest.mark.parametrize(("model_name", "bad_y", "match"), [
+    ("SymMoLogE", Y.at[0].set(2.0), r"y must hold binary labels in \{0, 1\} for SymMoLogE; got values such as \[2\.\]"),
+    ("MoLogE", Y.at[1].set(3.0), r"y must hold class labels in \{0, ..., 2\}; got values such as \[3\.\]"),
+    ("MoPoE", Y.at[2].set(-1.0), r"y must hold counts \(integers >= 0\) for Poisson experts"),
+    ("MoLinE", Y.at[3].set(jnp.nan), "y must be finite"),
+])
+def test_bad_labels_raise_value_errors_eagerly_and_at_run_time_under_jit(model_name, bad_y, match):
+    model, params, _ = DEVICE_CASES[model_name]
+    with pytest.raises(ValueError, match=match):
+        emjax.em_step(model, params, X, bad_y)
+    with pytest.raises(ValueError, match=match):  # NumPy labels: checked on the host, same message
+        emjax.em_step(model, params, X, np.asarray(bad_y))
+    run = jax.jit(lambda x, y: emjax.em_step(model, params, x, y))
+    jax.block_until_ready(run(X, Y))
+    with pytest.raises(Exception, match=match.split(";")[0].split(" got")[0]):
+        jax.block_until_ready(run(X, bad_y))
+
+
+def test_nonfinite_and_nonpositive_parameters_raise_eagerly_and_under_jit():
+    bad_sigma = _moe(PL, sigma=jnp.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match="params.sigma must be positive"):
+        emjax.em_step(ML, bad_sigma, X, Y)
+    run = jax.jit(lambda beta: emjax.em_step(LIN, _sym(beta=beta), X, Y))
+    jax.block_until_ready(run(P.beta))
+    with pytest.raises(Exception, match="params.beta must be finite"):
+        jax.block_until_ready(run(P.beta.at[0].set(jnp.inf)))
+
+
+def test_unguarded_skips_value_checks_on_jax_arrays_but_not_static_checks():
+    out = emjax.em_step.unguarded(LIN, P, X.at[0, 0].set(jnp.nan), Y)  # emjax's loops: no raise on values
+    assert not bool(jnp.all(jnp.isfinite(out.beta)))
+    with pytest.raises(ValueError, match=r"x must have shape \(n, d\)"):
+        emjax.em_step.unguarded(LIN, P, jnp.ones(4), Y)
+
+
+def test_repeated_eager_calls_compile_once():
+    data = [(X + i, Y) for i in range(3)]
+    emjax.em_step(LIN, P, *data[0])
+    with jax.log_compiles():
+        import logging
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger("jax")
+        logger.addHandler(handler)
+        try:
+            for x, y in data:
+                emjax.em_step(LIN, P, x, y)
+        finally:
+            logger.removeHandler(handler)
+    assert not [r for r in records if "Compiling" in r.getMessage()], [r.getMessage() for r in records]

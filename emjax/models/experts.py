@@ -38,7 +38,7 @@ from jax import Array
 from .._linalg import newton_shift, solve_psd
 from .._minimize import masked_minimize
 from .._newton import gradient_and_hessian
-from .._validation import is_concrete
+from .._validation import check_values, not_class_label, not_count
 
 VARIANCE_FLOOR = 1e-8
 
@@ -230,13 +230,8 @@ class SoftmaxExpert(AbstractExpertFamily):
         return jax.random.categorical(key, x @ coef, axis=-1).astype(x.dtype)
 
     def check_labels(self, y):
-        if is_concrete(y):
-            values = np.asarray(y)
-            bad = values[(values != np.round(values)) | (values < 0) | (values >= self.num_classes)]
-            if bad.size:
-                raise ValueError(
-                    f"y must hold class labels in {{0, ..., {self.num_classes - 1}}}; got values such as {bad[:3]}"
-                )
+        message = f"y must hold class labels in {{0, ..., {self.num_classes - 1}}}"
+        check_values(y, not_class_label, message, self.num_classes)
 
 
 class PoissonExpert(AbstractExpertFamily):
@@ -264,8 +259,4 @@ class PoissonExpert(AbstractExpertFamily):
         return jax.random.poisson(key, jnp.exp(x @ coef)).astype(x.dtype)
 
     def check_labels(self, y):
-        if is_concrete(y):
-            values = np.asarray(y)
-            bad = values[(values != np.round(values)) | (values < 0)]
-            if bad.size:
-                raise ValueError(f"y must hold counts (integers >= 0) for Poisson experts; got e.g. {bad[:3]}")
+        check_values(y, not_count, "y must hold counts (integers >= 0) for Poisson experts")

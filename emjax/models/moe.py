@@ -28,7 +28,7 @@ from jax import Array
 
 from .._dtypes import working_dtype
 from .._minimize import METHODS, masked_minimize
-from .._validation import check_finite, check_real, is_concrete, shape_of
+from .._validation import check_finite, check_real, check_values, not_positive, shape_of
 from . import _moe_solve
 from ._kmeans import cluster, standardise
 from ._model import AbstractModel, normalise
@@ -311,8 +311,8 @@ class MixtureOfExperts(AbstractModel):
                 )
             check_real(value, f"{name}.{field}")
             check_finite(value, f"{name}.{field}")
-        if params.sigma is not None and is_concrete(params.sigma) and not np.all(np.asarray(params.sigma) > 0):
-            raise ValueError(f"{name}.sigma must be positive; got {np.asarray(params.sigma)}")
+        if params.sigma is not None:
+            check_values(params.sigma, not_positive, f"{name}.sigma must be positive")
 
     def check_labels(self, y) -> None:
         self.expert.check_labels(y)

@@ -17,7 +17,7 @@ from jax import Array
 
 from .._linalg import solve_psd
 from .._newton import gradient_and_hessian, soft_logistic_regression
-from .._validation import check_real_scalar, is_concrete
+from .._validation import check_real_scalar, check_values, is_concrete, not_binary
 from ._params import SymParams
 from ._symmetric import AbstractSymmetricModel, softplus_bregman
 
@@ -139,13 +139,7 @@ class SymMoLogE(AbstractSymmetricModel):
     """
 
     def check_labels(self, y) -> None:
-        if is_concrete(y):
-            values = np.asarray(y)
-            if not np.all((values == 0) | (values == 1)):
-                bad = values[(values != 0) & (values != 1)]
-                raise ValueError(
-                    f"y must hold binary labels in {{0, 1}} for SymMoLogE; got values such as {bad[:3]}"
-                )
+        check_values(y, not_binary, "y must hold binary labels in {0, 1} for SymMoLogE")
 
     def expert_log_likelihoods(self, xb, y):
         sign = 2 * y - 1
