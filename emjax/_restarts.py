@@ -14,6 +14,7 @@ from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, progres
 from ._init import init_params
 from ._likelihood import as_arrays
 from ._status import Status
+from .models import keep_frozen
 from ._validation import check_features, check_key, check_tolerance, is_concrete
 
 

@@ -341,6 +341,14 @@ def check_inner_steps(inner_steps) -> None:
     check_int(inner_steps, "inner_steps", 1)
 
 
+@eqx.filter_jit
+def _first_failure(specs, values):
+    """The index of the first failed value check, or -1 (an int32 scalar, computed where the data are)."""
+    failed = jnp.stack([jnp.any(bad(_numbers(value), *args))
+                        for (bad, args, _), value in zip(specs, values, strict=True)])
+    return jnp.where(jnp.any(failed), jnp.argmax(failed), -1)
+
+
 def public(check, traced: tuple[str, ...] = ()):
     """Make ``fn`` a public entry point: ``check`` its arguments, then run it compiled.
 
@@ -353,13 +361,15 @@ def public(check, traced: tuple[str, ...] = ()):
     Checks at the boundary only (issue 14): the static checks (types, shapes, dtypes) run in
     Python, once per call. The value checks (finite data and parameters, labels the model can
     produce, σ > 0, step sizes > 0; :func:`check_values`) of host data (NumPy arrays, Python
-    numbers) run in Python too; those of jax arrays never copy them to the host: they are compiled
-    into the function, a reduction fused into the computation and one ``equinox.error_if``, for
-    concrete and traced arrays alike. What a failed value check does:
+    numbers) run in Python too; those of jax arrays never copy them to the host: they run compiled,
+    as a reduction on the device (eager calls) or fused into the caller's program with one
+    ``equinox.error_if`` (traced calls). What a failed value check does:
 
-    * eager call: ``ValueError`` with the same message as a host check (read back from the host
-      only once the check has failed), so ``em_step`` in a Python loop on a GPU moves nothing
-      but the (small) results;
+    * eager call: the checks run first as one small compiled reduction on the device that holds
+      the data, and only the index of the failed check (one integer) comes back; a failure raises
+      ``ValueError`` with the same message as a host check (the offending entries are read back
+      only then), so ``em_step`` in a Python loop on a GPU moves nothing but the (small) results,
+      and bad input never compiles the function itself;
     * inside a user's ``jit``/``vmap``/``grad``: the compiled program raises at run time (a
       ``jax.errors.JaxRuntimeError``, or ``equinox.EquinoxRuntimeError`` under
       ``equinox.filter_jit``, whose message holds the check's message; under ``vmap`` when any
@@ -392,6 +402,13 @@ def public(check, traced: tuple[str, ...] = ()):
             checks = collector.checks
             specs = tuple(c.spec for c in checks)
             values = [c.value for c in checks]
+            if all(is_concrete(value) for value in values):
+                # An eager call: a small compiled reduction says which check failed, if any; only that
+                # index (one integer) comes to the host. Bad input then never compiles the function itself.
+                index = int(_first_failure(specs, values))
+                if index >= 0:
+                    raise checks[index].host_error()
+                return compiled(*bound.args, **bound.kwargs)
             try:
                 return compiled_checked(specs, values, bound.args, bound.kwargs)
             except eqx.EquinoxRuntimeError as error:
