@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from .._validation import check_int, check_key, check_scale
-from ..models import AbstractModel, SymParams
+from .._checks import check_model
+from ..models import SymParams
 
 
 def check_sym(value, name: str) -> None:
@@ -46,8 +47,7 @@ def random_params(model, key: Array, d: int, gate_norm=2.0, expert_norm=2.0, sig
         >>> random_params(emjax.MoLogE(3, num_classes=4), jax.random.key(0), d=2).experts.shape
         (3, 2, 4)
     """
-    if not isinstance(model, AbstractModel):
-        raise ValueError(f"model must be an emjax model (SymMoLinE, SymMoLogE, MoLinE, MoLogE, MoPoE); got {model!r}")
+    check_model(model)
     dtype = _check_generator(key, d, gate_norm, expert_norm, sigma, dtype)
     return model.random_params(key, d, gate_norm, expert_norm, sigma, dtype)
 
