@@ -30,8 +30,8 @@ from ._likelihood import as_arrays, loss_raw
 from ._progress import maybe_report, progress_interval
 from ._solvers import AbstractSolver, GradientDescent, GradientEM, tree_all_finite
 from ._status import Status
-from ._stopping import check_tolerances, final_status, loss_converged
 from ._steps import free_mask
+from ._stopping import check_tolerances, final_status, loss_converged
 from ._validation import check_int
 from .models import MoEParams, SymParams
 

@@ -48,7 +48,7 @@ def maybe_report(label: str, progress_every: int, done, num_steps: int, loss) ->
     if progress_every:
         lax.cond(
             (done % progress_every == 0) | (done == num_steps),
-            lambda: jax.debug.callback(lambda d, l: report(label, d, num_steps, l), done, loss),
+            lambda: jax.debug.callback(lambda d, value: report(label, d, num_steps, value), done, loss),
             lambda: None,
         )
 

@@ -15,8 +15,8 @@ from ._init import _placeholder, init_params
 from ._likelihood import as_arrays
 from ._progress import progress_interval
 from ._status import Status
-from ._stopping import check_tolerances
 from ._steps import free_mask, keep_frozen
+from ._stopping import check_tolerances
 from ._validation import check_features, check_key, is_concrete
 
 
