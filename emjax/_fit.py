@@ -1,8 +1,18 @@
-r"""The loop: run a solver for a fixed number of steps inside one compiled ``lax.scan``.
+r"""The iteration engine: run a solver inside one compiled loop, and the result every trainer returns.
 
-This is the only module that iterates an update. ``fit`` validates its inputs in Python, then
-calls a single ``equinox.filter_jit``-compiled scan; step sizes and the model's σ are traced
-arrays, so a grid of SNRs, σ's or step sizes reuses one compilation.
+``fit`` validates its inputs in Python, then calls a single ``equinox.filter_jit``-compiled loop
+(a ``lax.scan`` of a fixed number of steps, or a bounded ``lax.while_loop`` with a tolerance);
+step sizes, tolerances and the model's σ are traced arrays, so a grid of SNRs, σ's or step sizes
+reuses one compilation.
+
+What is shared with the other trainers (:func:`emjax.streaming.fit_stream`,
+:func:`emjax.deep.fit_em`, :func:`emjax.deep.fit_end_to_end`):
+
+* the result type, :class:`FitResult` (their results are subclasses adding only extra fields);
+* the stopping rule and the status codes (:mod:`emjax._stopping`, :class:`emjax.Status`);
+* the progress output (:mod:`emjax._progress`);
+* the steps: a solver's ``update`` (:mod:`emjax._solvers`) is the one step function; the streaming
+  trainer's mini-batch step is ``mirror_descent(eta).update`` on the batch.
 """
 
 from __future__ import annotations
@@ -16,26 +26,39 @@ from jax import Array, lax
 
 from ._checks import check_step_tree, check_trainable, validate
 from ._likelihood import as_arrays
+from ._progress import maybe_report, progress_interval
 from ._solvers import AbstractSolver, GradientDescent, GradientEM, tree_all_finite
 from ._status import Status
-from ._validation import check_int, check_tolerance
+from ._stopping import check_tolerances, final_status, loss_converged
+from ._validation import check_int
 from .models import MoEParams, SymParams
 
 
 class FitResult(eqx.Module):
-    """What :func:`fit` returns (a pytree, so a vmapped fit returns one batched result).
+    """The one result type of every emjax trainer (a pytree, so a vmapped fit returns one batched result).
+
+    :func:`fit` and :func:`emjax.fit_restarts` return it; :func:`emjax.streaming.fit_stream`
+    returns :class:`emjax.streaming.StreamResult` and :func:`emjax.deep.fit_em` /
+    :func:`emjax.deep.fit_end_to_end` return :class:`emjax.deep.DeepFitResult`, subclasses that
+    only add fields. Modelled on optimistix's ``Solution``: the value, a status code (never an
+    exception inside ``jit``), statistics and the solver's final state.
 
     Attributes:
-        params: the final parameters (the last finite iterate if the run went non-finite).
-        losses: shape (num_steps + 1,); ``losses[t]`` is L at the iterate after t steps, so
-            ``losses[0]`` is L at the initial parameters. NaN after the run stopped (at a
-            tolerance, or at a non-finite step).
+        params: the final parameters (the last finite iterate if the run went non-finite); for
+            the deep trainers, the trained model.
+        losses: the loss trace the stopping rule (:func:`emjax._stopping.loss_converged`) reads.
+            For :func:`fit`: shape (num_steps + 1,) (the bound, with a tolerance);
+            ``losses[t]`` is L at the iterate after t steps, so ``losses[0]`` is L at the
+            initial parameters. NaN after the run stopped (at a tolerance, or at a non-finite
+            step). The subclasses document what their entries are.
         num_steps: the number of steps actually applied (int32).
-        status: a :class:`emjax.Status` code (int32): ``ok``, ``max_steps`` (a tolerance was
-            asked for and not met), ``nonfinite`` or ``degenerate`` (K-expert models: at the final
-            iterate an expert holds under one sample of responsibility mass, its weighted design is
-            numerically singular, its σ sits on the variance floor, or a classifier/count expert
-            fits its own data perfectly, so that its coefficients diverge; the values are finite).
+        status: a :class:`emjax.Status` code (int32): ``ok`` (the steps ran, or the tolerance was
+            met, with finite values), ``max_steps`` (a tolerance was asked for and not met),
+            ``nonfinite`` (a loss or iterate became NaN or infinite; that step was not applied) or
+            ``degenerate`` (K-expert models: at the final iterate an expert holds under one sample
+            of responsibility mass, its weighted design is numerically singular, its σ sits on the
+            variance floor, or a classifier/count expert fits its own data perfectly, so that its
+            coefficients diverge; the values are finite).
         converged: True when a tolerance was given and met with finite values (never for a NaN).
         state: the solver's final state.
         params_history: with ``keep_history=True``, every iterate, leading axis num_steps + 1,
@@ -55,6 +78,12 @@ class FitResult(eqx.Module):
     restart_losses: Array | None = None
     best_restart: Array | None = None
 
+    @property
+    def final_loss(self):
+        """The loss at the final parameters, ``losses[num_steps]`` (per lane for a batched result)."""
+        losses, steps = jnp.asarray(self.losses), jnp.asarray(self.num_steps)
+        return jnp.take_along_axis(losses, steps[..., None], axis=-1)[..., 0]
+
 
 def _loss(model, params, x, y):
     return model.loss(params, x, y)
@@ -68,19 +97,6 @@ def _final_status(model, params, x, y, status):
 
 def _where(flag, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), new, old)
-
-
-def _report(step, num_steps, loss):
-    print(f"emjax.fit: step {int(step)}/{num_steps}, loss {float(loss):.10g}", flush=True)
-
-
-def _maybe_report(progress_every, done, num_steps, loss):
-    if progress_every:
-        lax.cond(
-            (done % progress_every == 0) | (done == num_steps),
-            lambda: jax.debug.callback(_report, done, num_steps, loss),
-            lambda: None,
-        )
 
 
 def _healthy_start(params, x, y, loss0):
@@ -106,7 +122,7 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
     def step(carry, t):
         params, state, healthy, applied = carry
         params, state, new_loss, accept = _advance(model, solver, params, state, x, y, healthy)
-        _maybe_report(progress_every, t + 1, num_steps, new_loss)
+        maybe_report("emjax.fit", progress_every, t + 1, num_steps, new_loss)
         loss = jnp.where(accept, new_loss, jnp.nan)
         carry = (params, state, accept, applied + accept.astype(jnp.int32))
         return carry, (loss, params if keep_history else None)
@@ -121,7 +137,7 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
         history = jax.tree_util.tree_map(
             lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history
         )
-    status = jnp.where(healthy, Status.ok, Status.nonfinite).astype(jnp.int32)
+    status = final_status(healthy, False, False, jnp.where).astype(jnp.int32)
     status = _final_status(model, params, x, y, status)
     return FitResult(params, losses, applied, status, jnp.asarray(False), state, history)
 
@@ -137,29 +153,27 @@ def _fit_until(model, solver, params, x, y, max_steps: int, rtol, atol, keep_his
         history = jax.tree_util.tree_map(
             lambda leaf: jnp.full((max_steps + 1,) + leaf.shape, jnp.nan, leaf.dtype).at[0].set(leaf), params
         )
-    status0 = jnp.where(_healthy_start(params, x, y, loss0), Status.max_steps, Status.nonfinite).astype(jnp.int32)
-    init = (jnp.zeros((), jnp.int32), params, solver.init(params), loss0, losses, history, status0,
-            jnp.asarray(False))
+    init = (jnp.zeros((), jnp.int32), params, solver.init(params), loss0, losses, history,
+            _healthy_start(params, x, y, loss0), jnp.asarray(False))
 
     def keep_going(carry):
-        t, _, _, _, _, _, status, converged = carry
-        return (t < max_steps) & (status != Status.nonfinite) & ~converged
+        t, _, _, _, _, _, finite, converged = carry
+        return (t < max_steps) & finite & ~converged
 
     def step(carry):
-        t, params, state, loss, losses, history, status, _ = carry
+        t, params, state, loss, losses, history, _, _ = carry
         # The loop stops at the first non-finite step, so every step it runs starts healthy.
         new_params, new_state, new_loss, accept = _advance(model, solver, params, state, x, y, True)
-        _maybe_report(progress_every, t + 1, max_steps, new_loss)
-        converged = accept & (jnp.abs(loss - new_loss) <= atol + rtol * jnp.abs(new_loss))
+        maybe_report("emjax.fit", progress_every, t + 1, max_steps, new_loss)
+        converged = accept & loss_converged(loss, new_loss, rtol, atol)
         losses = losses.at[t + 1].set(jnp.where(accept, new_loss, jnp.nan))
         if keep_history:
             history = jax.tree_util.tree_map(lambda h, leaf: h.at[t + 1].set(leaf), history, new_params)
-        status = jnp.where(accept, jnp.where(converged, Status.ok, status), Status.nonfinite)
         t = t + accept.astype(jnp.int32)
-        return (t, new_params, new_state, jnp.where(accept, new_loss, loss), losses, history,
-                status.astype(jnp.int32), converged)
+        return (t, new_params, new_state, jnp.where(accept, new_loss, loss), losses, history, accept, converged)
 
-    applied, params, state, _, losses, history, status, converged = lax.while_loop(keep_going, step, init)
+    applied, params, state, _, losses, history, finite, converged = lax.while_loop(keep_going, step, init)
+    status = final_status(finite, converged, True, jnp.where).astype(jnp.int32)
     status = _final_status(model, params, x, y, status)
     return FitResult(params, losses, applied, status, converged, state, history)
 
@@ -181,8 +195,10 @@ def fit(
 
     Without ``tol`` the loop is a ``lax.scan`` of exactly ``num_steps`` steps (reverse-mode
     differentiable). With ``tol`` it is a ``lax.while_loop`` bounded by ``num_steps`` that stops
-    after the first step with $|L_t - L_{t+1}| \le$ ``atol`` $+$ ``tol`` $\cdot |L_{t+1}|$; under
-    ``vmap`` each lane stops on its own (finished lanes keep their values while others run on).
+    after the first step with $|L_t - L_{t+1}| \le$ ``atol`` $+$ ``tol`` $\cdot |L_{t+1}|$ (the rule
+    every emjax trainer uses, :mod:`emjax._stopping`); under ``vmap`` each lane stops on its own
+    (finished lanes keep their values while others run on). The default is no tolerance, as for
+    :func:`emjax.fit_restarts`: ``num_steps`` means exactly that many steps.
 
     Args:
         model: any emjax model (``SymMoLinE``, ``SymMoLogE``, ``MoLinE``, ``MoLogE``, ``MoPoE``).
@@ -221,9 +237,7 @@ def fit(
     """
     check_fit_arguments(model, solver, params, x, y, num_steps)
     progress_every = progress_interval(progress)
-    check_tolerance(atol, "atol")
-    if tol is not None:
-        check_tolerance(tol, "tol")
+    check_tolerances(tol, atol)
     params, x, y = as_arrays(params, x, y)
     solver = with_full_mask(model, solver, params)
     if tol is None:
@@ -253,12 +267,3 @@ def with_full_mask(model, solver: AbstractSolver, params) -> AbstractSolver:
     model and data shape compile once whatever is frozen."""
     full = model.free_mask(params, solver.trainable)
     return eqx.tree_at(lambda s: s.trainable, solver, full, is_leaf=lambda leaf: leaf is None)
-
-
-def progress_interval(progress) -> int:
-    """0 (silent) or the number of steps between progress lines."""
-    if isinstance(progress, bool):
-        return 10 if progress else 0
-    if isinstance(progress, int) and progress >= 1:
-        return progress
-    raise ValueError(f"progress must be a bool or a Python int >= 1; got {progress!r}")

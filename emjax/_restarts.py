@@ -10,17 +10,19 @@ from jax import Array
 
 from ._batching import auto_batch_size, map_lanes
 from ._dtypes import working_dtype
-from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, progress_interval, with_full_mask
+from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, with_full_mask
 from ._init import init_params
 from ._likelihood import as_arrays
+from ._progress import progress_interval
 from ._status import Status
+from ._stopping import check_tolerances
+from ._validation import check_features, check_key, is_concrete
 from .models import keep_frozen
-from ._validation import check_features, check_key, check_tolerance, is_concrete
 
 
 def final_losses(result: FitResult) -> Array:
     """The loss at each run's final parameters (its last finite trace entry), batched or not."""
-    return jnp.take_along_axis(result.losses, result.num_steps[..., None], axis=-1)[..., 0]
+    return result.final_loss
 
 
 @eqx.filter_jit
@@ -48,7 +50,7 @@ def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, 
 
 
 def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: int = 500, *, params=None,
-                 tol=1e-8, atol=0.0, progress: bool | int = False, batch_size: int | str | None = "auto") -> FitResult:
+                 tol=None, atol=0.0, progress: bool | int = False, batch_size: int | str | None = "auto") -> FitResult:
     r"""Fit from ``num_restarts`` data-driven starts in one compiled program and return the best.
 
     Restart r starts at ``init_params(model, jax.random.split(key, num_restarts)[r], x, y)`` (with
@@ -69,7 +71,10 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
             not pin them): the values those entries keep in every restart, e.g. 0 for a gate that
             must ignore a column. ``init_params`` knows nothing of the restriction, so its values
             there would silently fit a different model. Its other entries are not used.
-        tol, atol: the stopping rule of :func:`emjax.fit` (``tol=None`` for fixed steps).
+        tol, atol: the stopping rule of :func:`emjax.fit`, with the same defaults: ``tol=None``
+            runs exactly ``num_steps`` steps per restart; pass e.g. ``tol=1e-8`` to stop each
+            restart once its relative loss change is that small (on a CPU, with ``batch_size``
+            1, that lets each restart stop early).
         progress: as for :func:`emjax.fit` (every lane reports).
         batch_size: ``"auto"`` (default): 1 on a CPU, None on an accelerator
             (:mod:`emjax._batching`). None runs all restarts in one ``vmap``: best on a GPU. Under
@@ -102,9 +107,7 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
     dtype = working_dtype(x, y) if params is None else working_dtype(x, y, params)
     placeholder = model.placeholder(d, dtype)
     progress_every = progress_interval(progress)
-    check_tolerance(atol, "atol")
-    if tol is not None:
-        check_tolerance(tol, "tol")
+    check_tolerances(tol, atol)
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     keys = jax.random.split(key, num_restarts)
     user_mask = solver.trainable

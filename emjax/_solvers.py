@@ -1,10 +1,20 @@
-r"""Composable solvers: optax-shaped, pure ``init``/``update`` pairs that :func:`emjax.fit` drives.
+r"""Solvers: emjax's own pure ``init``/``update`` pairs over (model, params, data), driven by :func:`emjax.fit`.
 
-A solver is an ``equinox.Module`` whose hyperparameters (step sizes) are array leaves, so they are
-traced under ``jit`` and can be swept with ``vmap`` without recompiling; shapes and counts
-(``inner_steps``) are static. ``update(model, params, state, x, y) -> (params, state)`` performs
-one iteration; a user may call it in a loop of their own, or hand the solver to ``fit``. ``update``
-does not guard traced data against NaN (``fit`` reports it as ``Status.nonfinite`` instead).
+**The pattern.** A solver is an ``equinox.Module`` with two pure methods,
+``init(params) -> state`` and ``update(model, params, state, x, y) -> (params, state)``: one
+iteration of an optimiser of the negative log-likelihood. Its hyperparameters (step sizes) are
+array leaves, so they are traced under ``jit`` and can be swept with ``vmap`` without recompiling;
+shapes and counts (``inner_steps``) are static. A user may call ``update`` in a loop of their own,
+or hand the solver to :func:`emjax.fit`, which owns the loop, the stopping rule and the status
+(as optimistix's ``iterative_solve`` owns a solver's ``init``/``step``; the stopping test lives in
+the loop, :mod:`emjax._stopping`, not in the solver). ``update`` does not guard traced data against
+NaN (``fit`` reports it as ``Status.nonfinite`` instead).
+
+**What they are not.** They are not optax ``GradientTransformation``\ s: ``update`` takes the
+model, the parameters and the data and returns new *parameters* (an EM or mirror-descent step is a
+closed-form M-step, not a gradient update), not updates to be added. So they cannot be composed
+with ``optax.chain`` or with each other; to use an optax optimiser, wrap it with
+:func:`from_optax`, which feeds it $\nabla L$ and applies its updates.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax, emjax

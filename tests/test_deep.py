@@ -284,7 +284,7 @@ def test_vmap_over_keys_equals_a_loop(mlp):
         single = _adam_em(keys[i], model, x, y)
         _assert_models_close(jax.tree_util.tree_map(lambda a, i=i: a[i], eqx.filter(batched, eqx.is_array)),
                              eqx.filter(single, eqx.is_array), rtol=1e-10, atol=1e-12)
-    assert not np.allclose(batched[1].loss[0], batched[1].loss[1])  # the two keys drew different batches
+    assert not np.allclose(batched.history.loss[0], batched.history.loss[1])  # the two keys drew different batches
 
 
 def test_eager_equals_jit(linear):

@@ -117,6 +117,6 @@ def test_bic_chooses_the_number_of_experts():
     scores = {}
     for k in (2, 3, 4):
         model = emjax.MoLinE(k)
-        result = emjax.fit_restarts(model, emjax.em(), jax.random.key(5), x, y, num_restarts=4, num_steps=300)
+        result = emjax.fit_restarts(model, emjax.em(), jax.random.key(5), x, y, num_restarts=4, num_steps=300, tol=1e-8)
         scores[k] = float(emjax.bic(model, result.params, x, y))
     assert min(scores, key=scores.get) == 3, scores

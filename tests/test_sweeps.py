@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import emjax
+from emjax._progress import ChunkProgress
 from emjax.sweeps import ConfigurationMismatch
-from emjax.sweeps._progress import ChunkProgress
 from tests import sweep_cells
 from tests.sweep_cells import GRID, em_cell
 

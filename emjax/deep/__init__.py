@@ -27,11 +27,13 @@ from ._routing import routed_log_weights as routed_log_weights
 from ._routing import top_k_mask as top_k_mask
 from ._synthetic import sample as sample
 from ._synthetic import synthetic_nonlinear_moe as synthetic_nonlinear_moe
+from ._train import DeepFitResult as DeepFitResult
 from ._train import TrainHistory as TrainHistory
 from ._train import fit_em as fit_em
 from ._train import fit_end_to_end as fit_end_to_end
 
 __all__ = [
+    "DeepFitResult",
     "DeepMoE",
     "LoadStatistics",
     "TrainHistory",

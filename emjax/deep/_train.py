@@ -15,6 +15,12 @@ the objective more often inside ``update``; those evaluations are not counted.
 **Mini-batches** are drawn by epoch-wise shuffling (:func:`batch_indices`): the same key gives
 the same batches to both trainers, so ``fit_em`` with ``inner_steps=1`` reproduces
 ``fit_end_to_end`` (Fisher's identity), up to round-off.
+
+**One engine.** Both trainers return :class:`DeepFitResult`, an :class:`emjax.FitResult` with the
+per-step :class:`TrainHistory` added, and stop with :func:`emjax.fit`'s rule and status codes
+(:mod:`emjax._stopping`): a step whose loss or new parameters are not finite is not applied and
+ends the run with ``Status.nonfinite``; with ``tol`` the run stops once
+$|L_{t-1} - L_t| \le$ ``atol`` $+$ ``tol`` $|L_t|$. Progress lines come from :mod:`emjax._progress`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ import jax.numpy as jnp
 import optax
 from jax import Array, lax
 
+from .._fit import FitResult
+from .._progress import maybe_report, progress_interval
+from .._solvers import tree_all_finite
+from .._stopping import check_tolerances, final_status, is_finite, loss_converged
 from ._checks import as_working, check_batch_size, check_count, check_data
 from ._model import DeepMoE
 from ._objectives import accuracy_raw, nll_raw, surrogate_raw
@@ -64,6 +74,31 @@ class TrainHistory(NamedTuple):
     forward_passes: Array
     eval_loss: Array | None = None
     eval_accuracy: Array | None = None
+
+
+class DeepFitResult(FitResult):
+    r"""What :func:`fit_em` and :func:`fit_end_to_end` return: an :class:`emjax.FitResult` plus the history.
+
+    The :class:`~emjax.FitResult` fields:
+
+    * ``params``: the trained :class:`~emjax.deep.DeepMoE` (the last finite iterate).
+    * ``losses``: shape (T + 1,) for T steps: ``losses[t]`` (t < T) is L at $\theta_t$ on step t's
+      batch (``history.loss[t]``, free from the E-step's forward pass); ``losses[T]`` is L at the
+      final parameters on the whole training set (one extra forward pass; with ``batch_size``
+      None this is step T's full-batch loss, exactly as in :func:`emjax.fit`). NaN after a stop.
+    * ``num_steps``: E-steps (or optimizer steps) applied; ``status``, ``converged``: as for
+      :func:`emjax.fit` (a step that detects the tolerance is not applied).
+    * ``state``: the optimizer's final state.
+
+    ``history`` is the :class:`TrainHistory` (its entries after a stop are NaN, its counters stop
+    growing). For code written against the earlier ``(model, history)`` return value, the result
+    still unpacks as ``model, history = fit_em(...)``.
+    """
+
+    history: TrainHistory | None = None
+
+    def __iter__(self):
+        return iter((self.params, self.history))
 
 
 class _StepInfo(NamedTuple):
@@ -173,9 +208,9 @@ def _evaluator(static, eval_data):
     return evaluate
 
 
-def _history(infos: _StepInfo, evaluations, grads_per_step: int, forwards_per_step: int) -> TrainHistory:
-    """Cumulative counters from per-step counts (static Python ints)."""
-    steps = jnp.arange(1, infos.loss.shape[0] + 1, dtype=jnp.int32)
+def _history(infos: _StepInfo, ran, evaluations, grads_per_step: int, forwards_per_step: int) -> TrainHistory:
+    """Cumulative counters from per-step counts (static Python ints), over the steps that ran."""
+    steps = jnp.cumsum(ran.astype(jnp.int32))
     return TrainHistory(
         *infos,
         gradient_evaluations=grads_per_step * steps,
@@ -185,9 +220,63 @@ def _history(infos: _StepInfo, evaluations, grads_per_step: int, forwards_per_st
     )
 
 
+def _guarded(step, num_steps: int, rule, label: str, progress_every: int):
+    """``step`` with :func:`emjax.fit`'s guards: a non-finite loss or iterate is not applied and stops the
+    run; with ``rule = (rtol, atol)``, so does a loss within the tolerance of the previous one. After a
+    stop the remaining steps are skipped (``lax.cond``) and record NaN diagnostics.
+
+    The carry is ``(params, opt_state, control)`` with control ``(t, previous loss, done, finite,
+    converged)``; the scan also emits whether each step ran and was applied."""
+
+    def guarded(carry, index):
+        params, opt_state, (t, previous, done, finite, converged) = carry
+
+        def run(_):
+            (new_params, new_state), info = step((params, opt_state), index)
+            loss = info.loss
+            stop = jnp.asarray(False) if rule is None else (t > 0) & loss_converged(previous, loss, *rule)
+            healthy = is_finite(loss) & (stop | tree_all_finite(new_params))
+            apply = healthy & ~stop
+            maybe_report(label, progress_every, t + 1, num_steps, loss)
+            pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa: E731
+            return pick(new_params, params), pick(new_state, opt_state), info, healthy, stop, apply
+
+        def skip(_):
+            shapes = jax.eval_shape(step, (params, opt_state), index)[1]
+            info = jax.tree_util.tree_map(lambda a: jnp.full(a.shape, jnp.nan, a.dtype), shapes)
+            return params, opt_state, info, jnp.asarray(True), jnp.asarray(False), jnp.asarray(False)
+
+        new_params, new_state, info, healthy, stop, apply = lax.cond(done, skip, run, None)
+        control = (t + 1, jnp.where(done, previous, info.loss), done | ~healthy | stop, finite & healthy,
+                   converged | stop)
+        return (new_params, new_state, control), (info, ~done, apply)
+
+    return guarded
+
+
+def _control(dtype):
+    return (jnp.zeros((), jnp.int32), jnp.asarray(jnp.nan, dtype), jnp.asarray(False), jnp.asarray(True),
+            jnp.asarray(False))
+
+
+def _result(static, x, y, carry, infos, ran, applied, evaluations, rule, grads_per_step, forwards_per_step):
+    """The :class:`DeepFitResult`: the final full-data loss closes the trace, the status follows fit's rule."""
+    params, opt_state, (_, last, done, finite, converged) = carry
+    model = eqx.combine(params, static)
+    final = nll_raw(model, x, y)[0]
+    finite = finite & (done | is_finite(final))
+    if rule is not None:
+        converged = converged | (~done & loss_converged(last, final, *rule))
+    losses = jnp.concatenate([infos.loss, jnp.where(done, jnp.nan, final)[None]])
+    status = final_status(finite, converged, rule is not None, jnp.where).astype(jnp.int32)
+    history = _history(infos, ran, evaluations, grads_per_step, forwards_per_step)
+    return DeepFitResult(model, losses, jnp.sum(applied.astype(jnp.int32)), status, converged & finite, opt_state,
+                         history=history)
+
+
 @eqx.filter_jit
 def _fit_em(key, model, x, y, optimizer, num_em_steps, inner_steps, batch_size, inner_batch_size, reset_optimizer,
-            eval_data, eval_every):
+            eval_data, eval_every, rule, progress_every):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = optax.with_extra_args_support(optimizer)
     e_batch = x.shape[0] if batch_size is None else batch_size
@@ -225,14 +314,15 @@ def _fit_em(key, model, x, y, optimizer, num_em_steps, inner_steps, batch_size, 
         return (params, opt_state), _step_info(loss, routed, jnp.stack([start_value, end_value]), values)
 
     evaluate = _evaluator(static, eval_data)
-    (params, _), infos, evaluations = _run(
-        em_iteration, (params, optimizer.init(params)), indices, num_em_steps, evaluate, eval_every
+    step = _guarded(em_iteration, num_em_steps, rule, "emjax.deep.fit_em", progress_every)
+    carry, (infos, ran, applied), evaluations = _run(
+        step, (params, optimizer.init(params), _control(x.dtype)), indices, num_em_steps, evaluate, eval_every
     )
-    return eqx.combine(params, static), _history(infos, evaluations, inner_steps, num_sub)
+    return _result(static, x, y, carry, infos, ran, applied, evaluations, rule, inner_steps, num_sub)
 
 
 @eqx.filter_jit
-def _fit_end_to_end(key, model, x, y, optimizer, num_steps, batch_size, eval_data, eval_every):
+def _fit_end_to_end(key, model, x, y, optimizer, num_steps, batch_size, eval_data, eval_every, rule, progress_every):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = optax.with_extra_args_support(optimizer)
 
@@ -252,13 +342,21 @@ def _fit_end_to_end(key, model, x, y, optimizer, num_steps, batch_size, eval_dat
         return (optax.apply_updates(params, updates), opt_state), _step_info(loss, routed)
 
     evaluate = _evaluator(static, eval_data)
-    (params, _), infos, evaluations = _run(step, (params, optimizer.init(params)), indices, num_steps, evaluate,
-                                           eval_every)
-    return eqx.combine(params, static), _history(infos, evaluations, 1, 0)
+    guarded = _guarded(step, num_steps, rule, "emjax.deep.fit_end_to_end", progress_every)
+    carry, (infos, ran, applied), evaluations = _run(
+        guarded, (params, optimizer.init(params), _control(x.dtype)), indices, num_steps, evaluate, eval_every
+    )
+    return _result(static, x, y, carry, infos, ran, applied, evaluations, rule, 1, 0)
 
 
 def _prepare_eval(model, eval_data):
     return None if eval_data is None else as_working(model, *eval_data)
+
+
+def _rule(tol, atol, dtype):
+    """None (no tolerance) or the traced ``(rtol, atol)`` of the stopping rule."""
+    check_tolerances(tol, atol)
+    return None if tol is None else (jnp.asarray(tol, dtype), jnp.asarray(atol, dtype))
 
 
 # ----------------------------------------------------------------------------- public trainers
@@ -278,7 +376,10 @@ def fit_em(
     reset_optimizer: bool = False,
     eval_data=None,
     eval_every: int | None = None,
-) -> tuple[DeepMoE, TrainHistory]:
+    tol=None,
+    atol=0.0,
+    progress: bool | int = False,
+) -> DeepFitResult:
     r"""Generalized (mini-batch) EM for a deep, top-k routed mixture of experts (MATH.md §9).
 
     For t = 0, ..., ``num_em_steps`` - 1, on a mini-batch $B_t$ of ``batch_size`` samples (epoch-wise
@@ -322,12 +423,18 @@ def fit_em(
         reset_optimizer: re-initialise the optimizer state at every E-step.
         eval_data: optional ``(x_eval, y_eval)``, evaluated every ``eval_every`` E-steps (default: at the end).
         eval_every: must divide ``num_em_steps``.
+        tol, atol: :func:`emjax.fit`'s stopping rule and defaults (None: all ``num_em_steps``
+            E-steps) on ``losses``: E-step t stops the run, without its M-step, when
+            $|L_{t-1} - L_t| \le$ ``atol`` $+$ ``tol`` $|L_t|$. With mini-batches the two losses
+            are on different batches, so the tolerance must exceed the batch noise.
+        progress: as for :func:`emjax.fit` (a line every 10 E-steps with ``True``, every k with k).
 
     Returns:
-        ``(model, history)``: the trained model and a :class:`TrainHistory` over E-steps
-        (``gradient_evaluations`` grows by ``inner_steps`` per E-step). To ``vmap`` a fit (over
-        keys, learning rates), use ``eqx.filter_vmap``: the model holds non-array leaves
-        (activation functions).
+        A :class:`DeepFitResult` (an :class:`emjax.FitResult`): ``params`` the trained model,
+        ``status``, ``num_steps``, ``losses``, and ``history`` a :class:`TrainHistory` over
+        E-steps (``gradient_evaluations`` grows by ``inner_steps`` per E-step). It unpacks as
+        ``model, history``. To ``vmap`` a fit (over keys, learning rates), use
+        ``eqx.filter_vmap``: the model holds non-array leaves (activation functions).
 
     Raises:
         ValueError: on bad shapes, labels out of range, ``batch_size > n``, non-positive counts.
@@ -336,16 +443,18 @@ def fit_em(
         >>> import jax, optax, emjax.deep as deep
         >>> x, y, truth = deep.synthetic_nonlinear_moe(jax.random.key(0), 256, 2, 2, 3)
         >>> model = deep.DeepMoE.mlp(jax.random.key(1), 2, 3, 2, expert_width=16, gate_width=16)
-        >>> fitted, history = deep.fit_em(model, jax.random.key(2), x, y, optimizer=optax.adam(3e-2),
-        ...                               num_em_steps=20, inner_steps=3, batch_size=64)
-        >>> history.gradient_evaluations[-1].item(), bool(history.loss[-1] < history.loss[0])
-        (60, True)
+        >>> result = deep.fit_em(model, jax.random.key(2), x, y, optimizer=optax.adam(3e-2),
+        ...                      num_em_steps=20, inner_steps=3, batch_size=64)
+        >>> history = result.history
+        >>> history.gradient_evaluations[-1].item(), bool(history.loss[-1] < history.loss[0]), int(result.status)
+        (60, True, 0)
     """
     _check_fit(model, x, y, optimizer, num_em_steps, batch_size, eval_data, eval_every, inner_steps,
                inner_batch_size)
+    every = progress_interval(progress)
     x, y = as_working(model, x, y)
     return _fit_em(key, model, x, y, optimizer, num_em_steps, inner_steps, batch_size, inner_batch_size,
-                   bool(reset_optimizer), _prepare_eval(model, eval_data), eval_every)
+                   bool(reset_optimizer), _prepare_eval(model, eval_data), eval_every, _rule(tol, atol, x.dtype), every)
 
 
 def fit_end_to_end(
@@ -359,7 +468,10 @@ def fit_end_to_end(
     batch_size: int | None = None,
     eval_data=None,
     eval_every: int | None = None,
-) -> tuple[DeepMoE, TrainHistory]:
+    tol=None,
+    atol=0.0,
+    progress: bool | int = False,
+) -> DeepFitResult:
     r"""The baseline: ``num_steps`` optax steps on L (the top-k renormalised likelihood), one mini-batch each.
 
     The routing is recomputed at every step and gets no gradient (it is piecewise constant);
@@ -368,10 +480,12 @@ def fit_end_to_end(
     Args:
         model, key, x, y, optimizer, batch_size, eval_data, eval_every: as in :func:`fit_em`.
         num_steps: number of optax steps (= gradient evaluations), a Python int >= 1.
+        tol, atol, progress: as in :func:`fit_em` (step t stops the run, without its update, when
+            its loss meets the rule against step t - 1's).
 
     Returns:
-        ``(model, history)`` with ``history.surrogate`` and ``history.inner_surrogate`` None and
-        ``forward_passes`` 0.
+        A :class:`DeepFitResult` with ``history.surrogate`` and ``history.inner_surrogate`` None
+        and ``forward_passes`` 0.
 
     Example:
         >>> import jax, optax, emjax.deep as deep
@@ -383,6 +497,7 @@ def fit_end_to_end(
         (60, True)
     """
     _check_fit(model, x, y, optimizer, num_steps, batch_size, eval_data, eval_every)
+    every = progress_interval(progress)
     x, y = as_working(model, x, y)
     return _fit_end_to_end(key, model, x, y, optimizer, num_steps, batch_size, _prepare_eval(model, eval_data),
-                           eval_every)
+                           eval_every, _rule(tol, atol, x.dtype), every)

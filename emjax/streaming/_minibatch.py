@@ -19,7 +19,15 @@ $\nabla^2 L = I_c - I_{miss}$ (quadratic convergence, the default), or Lange's E
 whose local rate is EM's own (:mod:`emjax.streaming._passes`).
 
 This module's loop runs in Python over host batches (the data never sits on the device at once);
-each step is one compiled call, so a new batch of the same shape reuses the compilation.
+each step is one compiled call, so a new batch of the same shape reuses the compilation. The step
+is :func:`emjax.fit`'s own: ``mirror_descent(eta).update`` (:mod:`emjax._solvers`) on the batch.
+
+**Stopping** uses :func:`emjax.fit`'s rule (:mod:`emjax._stopping`) on the losses this trainer
+records: with ``tol``, the mini-batch phase stops after the first epoch whose mean batch loss is
+within ``atol + tol * |L|`` of the previous epoch's, and the polish stops once two consecutive
+full-data losses are. The polish also keeps its own test on the parameters, max |Δθ| <=
+``polish_tol``: near the fixed point the change in L is second order in the step, so a loss test
+alone cannot certify the parameters to ``polish_tol``; that is what the polish is for.
 """
 
 from __future__ import annotations
@@ -34,25 +42,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_model_params, check_trainable, validate
-from .._likelihood import as_arrays, neg_log_likelihood
-from .._solvers import tree_all_finite
+from .._fit import FitResult
+from .._likelihood import as_arrays
+from .._progress import progress_interval, report
+from .._solvers import MirrorDescent, tree_all_finite
 from .._status import Status
-from .._steps import mirror_descent_step
+from .._stopping import check_tolerances, final_status, loss_converged
 from ._passes import flat_mask, flat_ridge, flatten, full_pass, newton_direction, unflatten
 from ._schedule import RobbinsMonro, as_schedule, checked_step
 
 
-class StreamResult(eqx.Module):
-    """What :func:`fit_stream` returns.
+class StreamResult(FitResult):
+    """What :func:`fit_stream` returns: a :class:`emjax.FitResult` with the streaming phases' traces.
+
+    The :class:`~emjax.FitResult` fields (host NumPy values, not device arrays):
+
+    * ``params``: the final parameters (the last finite iterate).
+    * ``losses``: the trace the stopping rule reads: one entry per completed epoch (the mean of
+      that epoch's batch losses, each at the iterate before its step), then the polish's
+      ``polish_losses`` (exact full-data L).
+    * ``num_steps``: steps applied, mini-batch steps plus accepted polish passes.
+    * ``status``: an :class:`emjax.Status` code: ``ok``; ``max_steps`` (a polish, or a ``tol``, was
+      asked for and not met); ``nonfinite`` (a step gave NaN or Inf and was not applied).
+    * ``converged``: True when the polish met ``polish_tol`` or the rule, or (without a polish)
+      when the epochs met ``tol``; never for a non-finite run.
+    * ``state``: None (the stochastic step is stateless).
+
+    ``final_loss`` is the last polish loss when a polish ran, else the last epoch loss.
 
     Attributes:
-        params: the final parameters (the last finite iterate).
-        status: an :class:`emjax.Status` code: ``ok``; ``max_steps`` (a polish was asked for and
-            did not reach ``polish_tol``); ``nonfinite`` (a step gave NaN or Inf and was not applied).
         num_batches: mini-batch steps applied.
         num_rows: rows those steps saw (epochs × n when every epoch completes).
         batch_losses: L on each mini-batch just before its step (NumPy, float64).
         step_sizes: the η of each mini-batch step.
+        epoch_losses: the mean batch loss of each completed epoch (what ``tol`` compares).
         polish_losses: the full-data L at the start of the polish and after each polish step
             (empty without a polish); it never increases.
         polish_step_norms: max |Δθ| of each polish step.
@@ -60,22 +83,28 @@ class StreamResult(eqx.Module):
         seconds: wall time of the mini-batch phase and of the polish.
     """
 
-    params: object
-    status: int
-    num_batches: int
-    num_rows: int
-    batch_losses: np.ndarray
-    step_sizes: np.ndarray
-    polish_losses: np.ndarray
-    polish_step_norms: np.ndarray
-    converged: bool
-    seconds: tuple[float, float]
+    num_batches: int = 0
+    num_rows: int = 0
+    batch_losses: np.ndarray | None = None
+    step_sizes: np.ndarray | None = None
+    epoch_losses: np.ndarray | None = None
+    polish_losses: np.ndarray | None = None
+    polish_step_norms: np.ndarray | None = None
+    seconds: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def final_loss(self):
+        """The last polish loss (exact full-data L) if a polish ran, else the last epoch loss (NaN if none)."""
+        trace = self.polish_losses if len(self.polish_losses) else self.epoch_losses
+        return float(trace[-1]) if len(trace) else float("nan")
 
 
 @eqx.filter_jit
-def _stochastic_step(model, params, x, y, step_size, trainable):
-    loss = neg_log_likelihood(model, params, x, y)
-    new = mirror_descent_step(model, params, x, y, step_size, trainable)
+def _stochastic_step(model, solver, params, x, y):
+    """L on the batch at ``params``, then :func:`emjax.fit`'s step, ``solver.update`` (mirror descent)."""
+    params, x, y = as_arrays(params, x, y)
+    loss = model.loss(params, x, y)
+    new, _ = solver.update(model, params, solver.init(params), x, y)
     return new, loss, tree_all_finite(new) & jnp.isfinite(loss)
 
 
@@ -144,10 +173,12 @@ class _Checkpoint:
         os.replace(self.state_path + ".tmp", self.state_path)
 
 
-def _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows) -> str:
+def _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows, tol=None,
+                 atol=0.0) -> str:
     shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
-    return (f"{model!r}|{shapes}|epochs={num_epochs}|{_schedule_fingerprint(schedule)}|"
+    text = (f"{model!r}|{shapes}|epochs={num_epochs}|{_schedule_fingerprint(schedule)}|"
             f"polish={polish_steps} {polish_method} {curvature_rows}")
+    return text if tol is None else f"{text}|tol={float(tol)!r} atol={float(atol)!r}"
 
 
 def _schedule_fingerprint(schedule) -> str:
@@ -165,7 +196,7 @@ def _schedule_fingerprint(schedule) -> str:
 def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, polish_steps: int = 0,
                polish_tol: float = 1e-8, polish_method: str = "newton", curvature_rows: int | None = 100_000,
                trainable=None, progress: bool | int = False,
-               checkpoint=None, checkpoint_every: int = 100) -> StreamResult:
+               checkpoint=None, checkpoint_every: int = 100, tol=None, atol=0.0) -> StreamResult:
     r"""Mini-batch EM over a stream of (x, y) batches, then an optional full-batch polish.
 
     Args:
@@ -178,6 +209,10 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
             ``t -> eta`` such as :class:`RobbinsMonro` (the default, $\eta_t = (1+t/10)^{-0.6}$).
         polish_steps: bound on full-data EM-gradient passes after the mini-batch phase (0: none).
         polish_tol: the polish stops once a step changes no parameter by more than this.
+        tol, atol: :func:`emjax.fit`'s stopping rule and defaults (None: no loss test). With
+            ``tol``, the mini-batch phase stops after the first epoch whose mean batch loss
+            $E_e$ has $|E_{e-1} - E_e| \le$ ``atol`` $+$ ``tol`` $|E_e|$, and the polish also stops
+            once two consecutive full-data losses meet the rule.
         polish_method: ``"newton"`` (Newton on L, $\nabla^2 L = I_c - I_{miss}$; a few passes) or
             ``"em_gradient"`` (one Newton step on the EM surrogate per pass; EM's own local rate).
             Both stop at the full-batch EM fixed point.
@@ -186,7 +221,7 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
             still stops exactly at the full-batch fixed point (default 100,000; None: all rows).
         trainable: optional mask as in :func:`emjax.em_step` (frozen entries never change).
         progress: print a line every 100 mini-batches (``True``) or every k (an int), and one
-            per polish pass.
+            per polish pass (:mod:`emjax._progress`, as :func:`emjax.fit`).
         checkpoint: optional folder. Progress is saved there every ``checkpoint_every``
             mini-batches, after each epoch and after each polish step; calling ``fit_stream``
             again with the same folder and arguments resumes where the last save left off (the
@@ -194,7 +229,8 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
         checkpoint_every: mini-batches between saves.
 
     Returns:
-        A :class:`StreamResult`. Memory use is one batch plus the parameters, whatever n.
+        A :class:`StreamResult` (a :class:`emjax.FitResult`). Memory use is one batch plus the
+        parameters, whatever n.
 
     Example:
         >>> import jax, emjax
@@ -219,24 +255,25 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
     if polish_method not in POLISH_METHODS:
         raise ValueError(f"polish_method must be one of {POLISH_METHODS}; got {polish_method!r}")
     schedule = RobbinsMonro() if step_size is None else as_schedule(step_size)
-    every = 100 if progress is True else (progress or 0)
-    if not isinstance(every, int) or every < 0:
-        raise ValueError(f"progress must be a bool or a Python int >= 1; got {progress!r}")
+    every = progress_interval(progress, default=100)
+    check_tolerances(tol, atol)
+    rule = None if tol is None else (float(tol), float(atol))
     if _is_one_shot(batches) and (num_epochs > 1 or polish_steps > 0):
         raise ValueError("a one-shot iterator can be walked once: pass a re-iterable source (ArrayBatches, "
                          "NpyBatches, a list) for several epochs or a polish")
     check_batch = _batch_checker(model, params)
 
     store = None if checkpoint is None else _Checkpoint(
-        checkpoint, _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows))
-    traces = {"batch_losses": [], "step_sizes": [], "polish_losses": [], "polish_step_norms": []}
+        checkpoint, _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows,
+                                 tol, atol))
+    traces = {"batch_losses": [], "step_sizes": [], "epoch_losses": [], "polish_losses": [], "polish_step_norms": []}
     state = {"epoch": 0, "batch": 0, "step": 0, "rows": 0, "status": int(Status.ok), "polish_done": 0,
-             "converged": False}
+             "converged": False, "epoch_first": 0, "epochs_converged": False}
     resumed = store.load(params) if store is not None else None
     if resumed is not None:
         params, saved = resumed
         traces.update(saved.pop("traces"))
-        state.update({key: saved[key] for key in state})
+        state.update({key: saved[key] for key in state if key in saved})
         if progress:
             print(f"emjax.fit_stream: resumed from {checkpoint} at epoch {state['epoch']}, batch {state['batch']}",
                   flush=True)
@@ -247,7 +284,7 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
 
     started = time.perf_counter()
     free = None
-    while state["epoch"] < num_epochs and state["status"] == Status.ok:
+    while state["epoch"] < num_epochs and state["status"] == Status.ok and not state["epochs_converged"]:
         for index, pair in enumerate(batches):
             if index < state["batch"]:
                 continue  # used before the interruption this run resumes from
@@ -257,7 +294,8 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
                 check_trainable(model, params, trainable)
                 free = model.free_mask(as_arrays(params, x)[0], trainable)
             eta = checked_step(schedule, state["step"])
-            new, loss, finite = _stochastic_step(model, params, x, y, jnp.asarray(eta), free)
+            solver = MirrorDescent(step_size=jnp.asarray(eta), trainable=free)
+            new, loss, finite = _stochastic_step(model, solver, params, x, y)
             if not bool(finite):
                 state["status"] = int(Status.nonfinite)
                 break
@@ -268,33 +306,48 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
             state["batch"] = index + 1
             state["rows"] += int(np.shape(x)[0])
             if every and state["step"] % every == 0:
-                print(f"emjax.fit_stream: epoch {state['epoch'] + 1}/{num_epochs}, batch {index + 1}, "
-                      f"eta {eta:.3g}, batch loss {float(loss):.8g}", flush=True)
+                report("emjax.fit_stream", state["step"], None, loss,
+                       f"epoch {state['epoch'] + 1}/{num_epochs}, batch {index + 1}, eta {eta:.3g}")
             if state["step"] % checkpoint_every == 0:
                 save()
         if state["status"] != Status.ok:
             break
         state["epoch"] += 1
         state["batch"] = 0
+        epoch = traces["batch_losses"][state["epoch_first"]:]
+        state["epoch_first"] = len(traces["batch_losses"])
+        if epoch:
+            traces["epoch_losses"].append(float(np.mean(epoch)))
+            if rule is not None and len(traces["epoch_losses"]) >= 2:
+                state["epochs_converged"] = bool(loss_converged(*traces["epoch_losses"][-2:], *rule))
         save()
     stochastic_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     if polish_steps and state["status"] == Status.ok and state["polish_done"] < polish_steps:
         params = _polish(model, params, batches, polish_steps, polish_tol, polish_method == "newton", curvature_rows,
-                         trainable, check_batch, state, traces, save, bool(progress))
+                         trainable, check_batch, state, traces, save, bool(progress), rule)
+    elif not polish_steps:
+        finite = state["status"] != Status.nonfinite
+        state["converged"] = bool(finite and state["epochs_converged"])
+        state["status"] = int(final_status(finite, state["epochs_converged"], rule is not None, np.where))
     polish_seconds = time.perf_counter() - started
     save()
+    arrays = {name: np.asarray(value, np.float64) for name, value in traces.items()}
     return StreamResult(
         params=params,
-        status=int(state["status"]),
+        losses=np.concatenate([arrays["epoch_losses"], arrays["polish_losses"]]),
+        num_steps=np.asarray(state["step"] + len(arrays["polish_step_norms"]), np.int32),
+        status=np.asarray(state["status"], np.int32),
+        converged=np.asarray(bool(state["converged"])),
+        state=None,
         num_batches=int(state["step"]),
         num_rows=int(state["rows"]),
-        batch_losses=np.asarray(traces["batch_losses"], np.float64),
-        step_sizes=np.asarray(traces["step_sizes"], np.float64),
-        polish_losses=np.asarray(traces["polish_losses"], np.float64),
-        polish_step_norms=np.asarray(traces["polish_step_norms"], np.float64),
-        converged=bool(state["converged"]),
+        batch_losses=arrays["batch_losses"],
+        step_sizes=arrays["step_sizes"],
+        epoch_losses=arrays["epoch_losses"],
+        polish_losses=arrays["polish_losses"],
+        polish_step_norms=arrays["polish_step_norms"],
         seconds=(stochastic_seconds, polish_seconds),
     )
 
@@ -304,7 +357,7 @@ POLISH_METHODS = ("newton", "em_gradient")
 
 
 def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_rows, trainable, check_batch, state,
-            traces, save, verbose):
+            traces, save, verbose, rule=None):
     """Newton or EM-gradient passes (see :mod:`emjax.streaming._passes`), accepted only if L does not increase."""
     first = next(iter(batches))
     check_batch(*_split(first))
@@ -342,10 +395,11 @@ def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_
         traces["polish_losses"].append(sums.loss)
         traces["polish_step_norms"].append(step_norm)
         if verbose:
-            print(f"emjax.fit_stream: polish pass {state['polish_done']}/{polish_steps}, loss {sums.loss:.12g}, "
-                  f"max |step| {step_norm:.3g}", flush=True)
+            report("emjax.fit_stream polish", state["polish_done"], polish_steps, sums.loss,
+                   f"max |step| {step_norm:.3g}")
         save()
-        if step_norm <= polish_tol:
+        loss_rule = rule is not None and bool(loss_converged(*traces["polish_losses"][-2:], *rule))
+        if step_norm <= polish_tol or loss_rule:
             state["status"], state["converged"] = int(Status.ok), True
             break
     return params

@@ -40,8 +40,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .._batching import auto_batch_size, map_lanes
+from .._progress import ChunkProgress
 from ._grid import Grid
-from ._progress import ChunkProgress
 from ._store import FORMAT, SweepStore, to_json
 
 CELL_AXIS = "cells"

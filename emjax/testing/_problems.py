@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .._validation import check_int, check_key, check_scale
 from .._checks import check_model
+from .._validation import check_int, check_key, check_scale
 from ..models import SymParams
 
 
