@@ -7,7 +7,7 @@ training set (never the test set); the reported numbers are the test metrics of 
 std over seeds. Methods:
 
 * ``adam``: Adam on L, ``fit_end_to_end`` (one fresh batch of b samples per step);
-* ``em``: ``fit_em`` as in MATH.md §9: an E-step on a batch of b samples, then m Adam steps on J
+* ``em``: ``fit_em`` as in docs/math.md §9: an E-step on a batch of b samples, then m Adam steps on J
   over that same batch (Adam state persisting across E-steps);
 * ``em-sub``: ``fit_em`` with ``batch_size = m*b`` and ``inner_batch_size = b``: one E-step on m*b
   samples, then m Adam steps on J, each on its own b of them (as many samples seen as ``adam``).

@@ -123,7 +123,7 @@ def reference_fit(args, folder: str, polished) -> dict:
     flat = lambda p: np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(p)])  # noqa: E731
     history = [flat(jax.tree_util.tree_map(lambda a, t=t: a[t], result.params_history))
                for t in range(args.reference_steps + 1)]
-    moves = [float(np.max(np.abs(b - a))) for a, b in zip(history, history[1:])]
+    moves = [float(np.max(np.abs(b - a))) for a, b in zip(history, history[1:], strict=False)]
     return {"params": history[-1].tolist(), "steps": args.reference_steps, "seconds": seconds, "moves": moves,
             "loss": float(np.asarray(result.losses)[-1]), "status": int(result.status)}
 
@@ -147,8 +147,8 @@ def compare(args, folder: str, vectors: dict) -> dict:
     out = {}
     for name, vector in vectors.items():
         params = emjax.testing.match_experts(unflat(vector), reference)
-        distance = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                       for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(reference)))
+        pairs = zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(reference), strict=True)
+        distance = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs)
         out[name] = {"loss": float(emjax.neg_log_likelihood(model, params, x, y)), "distance": distance}
     return out
 
@@ -201,7 +201,8 @@ def main(argv=None) -> None:
     streamed = {}
     for n in sizes:
         streamed[n] = run("stream", ["--worker", str(n)])
-        print(f"streamed n={n:,}: peak {streamed[n]['peak_mib']:.0f} MiB, mini-batch {streamed[n]['stochastic_seconds']:.1f} s, "
+        print(f"streamed n={n:,}: peak {streamed[n]['peak_mib']:.0f} MiB, "
+              f"mini-batch {streamed[n]['stochastic_seconds']:.1f} s, "
               f"polish {streamed[n]['polish_passes']} passes in {streamed[n]['polish_seconds']:.1f} s", flush=True)
     full = streamed[args.rows]
     reference = run("reference", stdin=json.dumps(full["polished"]))

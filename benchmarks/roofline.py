@@ -202,6 +202,8 @@ def _perturbed(jax, emjax, model, truth, key, error: float):
     import jax.numpy as jnp
 
     if isinstance(truth, emjax.SymParams):
+        if not hasattr(emjax, "testing"):  # a copy from before emjax.testing (key first)
+            return emjax.perturb(key, truth, error)
         return emjax.testing.perturb(truth, key, error)
     pinned = model.pinned(truth.dim)
     keys = jax.random.split(key, 2)
@@ -265,7 +267,10 @@ def worker_model(spec):
             rows.append(row)
             continue
         key_truth, key_data, key_start = jax.random.split(jax.random.key(spec["seed"]), 3)
-        if name == "sym":
+        if not hasattr(emjax, "testing"):  # a copy from before emjax.testing: its two generators
+            truth = (emjax.random_params(key_truth, d, 2.0, 2.0, jnp.dtype(dtype)) if name == "sym"
+                     else emjax.random_moe_params(model, key_truth, d=d, dtype=jnp.dtype(dtype)))
+        elif name == "sym":
             truth = emjax.testing.random_params(model, key_truth, d, gate_norm=2.0, expert_norm=2.0,
                                                 dtype=jnp.dtype(dtype))
         else:

@@ -116,7 +116,8 @@ def _run(path: str | None, out: str) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=False, help="directory holding the 'before' emjax package")
-    parser.add_argument("--after", default=None, help="directory holding the 'after' emjax (default: the installed one)")
+    parser.add_argument("--after", default=None,
+                        help="directory holding the 'after' emjax (default: the installed one)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--emjax-path", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

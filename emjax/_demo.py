@@ -1,6 +1,6 @@
 """``emjax demo``: fit both symmetric models with every solver and print a convergence table.
 
-Settings (MATH.md §8 suggested defaults): x ~ N(0, I_d), d = 10, n = 5000, σ = 1. SymMoLinE has
+Settings (docs/math.md §8 suggested defaults): x ~ N(0, I_d), d = 10, n = 5000, σ = 1. SymMoLinE has
 ‖w*‖ = ‖β*‖ = 2 (SNR 2); SymMoLogE has ‖w*‖ = ‖β*‖ = 4 (its MIM is near 1 for small norms). The
 start is θ0 = θ* + δ with relative error 1 in each block. Step sizes: mirror descent η = 0.5;
 gradient descent and gradient EM (3 inner steps) use :func:`emjax.safe_step_size`, the largest

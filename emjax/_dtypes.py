@@ -52,3 +52,13 @@ def check_precision(value, name: str) -> None:
             f"{name} has dtype {dtype}: emjax computes in float32 or float64 (half precision cannot carry the "
             f"M-steps' linear solves and sums over rows); cast it first, e.g. {name.split('.')[0]}.astype(jnp.float32)"
         )
+
+
+def as_arrays(params, x, y=None):
+    """Cast parameters, features and labels to their working dtype (:mod:`emjax._dtypes`)."""
+    dtype = working_dtype(params, x, y)
+    params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), params)
+    x = jnp.asarray(x, dtype)
+    if y is None:
+        return params, x
+    return params, x, jnp.asarray(y, dtype)

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from ._checks import check_step_tree, check_trainable, validate
-from ._likelihood import as_arrays
+from ._dtypes import as_arrays
 from ._progress import maybe_report, progress_interval
-from ._solvers import AbstractSolver, GradientDescent, GradientEM, tree_all_finite
+from ._solvers import AbstractSolver, GradientDescent, GradientEM
 from ._status import Status
-from ._stopping import check_tolerances, final_status, loss_converged
+from ._stopping import check_tolerances, final_status, loss_converged, tree_all_finite
 from ._validation import check_int
 from .models import MoEParams, SymParams
 

@@ -2,7 +2,7 @@ r"""Inference at a fitted point: standard errors from the observed information, 
 
 With $\hat\theta$ a local minimiser of $L$ (a mean over n samples), the asymptotic covariance of the
 free parameters is $(n\,\nabla^2 L(\hat\theta))^{-1}$, where $\nabla^2 L = I_c - I_{miss}$ is the observed
-information from Louis' identity (MATH.md §5.1, §5.6). Pinned entries (gate row 0, class column 0)
+information from Louis' identity (docs/math.md §5.1, §5.6). Pinned entries (gate row 0, class column 0)
 and entries frozen by ``trainable`` are not estimated: they are left out of the inverse and get a
 standard error of 0.
 """

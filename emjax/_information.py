@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ._checks import validate
-from ._likelihood import as_arrays
+from ._dtypes import as_arrays
 from ._validation import public
 
 
@@ -69,11 +69,13 @@ def observed_information(model, params, x, y) -> Array:
 
 @public(validate)
 def missing_information_matrix(model, params, x, y) -> Array:
-    r"""$M(\theta) = I_c(\theta)^{-1} I_{miss}(\theta)$ ($\nabla^2 A^{-1} I_{miss}$ for the symmetric models), shape (P, P).
+    r"""$M(\theta) = I_c(\theta)^{-1} I_{miss}(\theta)$, shape (P, P).
+
+    For the symmetric models $I_c = \nabla^2 A$, so $M = \nabla^2 A^{-1} I_{miss}$.
 
     At a fixed point $\hat\theta$ of EM, $M(\hat\theta)$ is the Jacobian of the EM map
     (Dempster-Laird-Rubin), ``jax.jacobian(em_step)``. K-expert models: $I_c^{-1} I_{miss}$ over
-    the flattened free parameters (MATH.md §5.6).
+    the flattened free parameters (docs/math.md §5.6).
     """
     root, missing = _inverse_root(model, *as_arrays(params, x, y))
     return root @ (root.T @ missing)
@@ -93,7 +95,7 @@ def _eigenvalues(model, params, x, y) -> Array:
 
 @public(validate)
 def em_rate(model, params, x, y) -> Array:
-    r"""$\lambda_{\max}(M(\theta))$: the local linear rate of EM at a fixed point (MATH.md §5.3).
+    r"""$\lambda_{\max}(M(\theta))$: the local linear rate of EM at a fixed point (docs/math.md §5.3).
 
     Differentiable: ``jax.grad(lambda b: em_rate(model, SymParams(w, b), x, y))(beta)`` works.
 

@@ -6,24 +6,11 @@ Each public function checks its arguments once, casts them to one working dtype
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from jax import Array
 
 from ._checks import check_model_params, validate
-from ._dtypes import working_dtype
+from ._dtypes import as_arrays
 from ._validation import check_key, public
-from .models import MoEParams, SymParams
-
-
-def as_arrays(params: SymParams | MoEParams, x, y=None):
-    """Cast parameters, features and labels to their working dtype (:mod:`emjax._dtypes`)."""
-    dtype = working_dtype(params, x, y)
-    params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), params)
-    x = jnp.asarray(x, dtype)
-    if y is None:
-        return params, x
-    return params, x, jnp.asarray(y, dtype)
 
 
 def _check_sample(model, params, key, n, **_) -> None:

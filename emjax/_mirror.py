@@ -1,7 +1,7 @@
 r"""The mirror map $A(\theta)$, its gradient, its Bregman divergence, and the statistics of EM.
 
 For the symmetric models the complete-data law is an exponential family whose natural parameter
-is linear in θ (MATH.md §4.1), so
+is linear in θ (docs/math.md §4.1), so
 
 * $A(\theta) = \mathrm{mean}_n A_{x_n}(\theta)$, $A_x = \mathrm{softplus}(x\cdot w) + A^{e}(x\cdot\beta)$;
 * $\nabla A(\theta) = (\mathrm{mean}\ \mathrm{sigmoid}(x\cdot w)\,x,\ \mathrm{mean}\ A^{e\prime}(x\cdot\beta)\,x)$;
@@ -15,7 +15,7 @@ from __future__ import annotations
 from jax import Array
 
 from ._checks import validate, validate_pair
-from ._likelihood import as_arrays
+from ._dtypes import as_arrays
 from ._validation import public
 
 
@@ -23,9 +23,9 @@ from ._validation import public
 def mirror_map(model, params, x) -> Array:
     r"""The mirror map $A(\theta) = \mathrm{mean}_n [\mathrm{softplus}(x_n\cdot w) + A^e(x_n\cdot\beta)]$.
 
-    $A^e(t) = t^2/(2\sigma^2)$ for SymMoLinE and $\mathrm{softplus}(t)$ for SymMoLogE (MATH.md §4.1).
+    $A^e(t) = t^2/(2\sigma^2)$ for SymMoLinE and $\mathrm{softplus}(t)$ for SymMoLogE (docs/math.md §4.1).
     For K-expert models, with statistics $(1[z=k], 1[z=k]T(y))_k$ and natural parameters
-    $(x\cdot W_k - A_k, \phi_k)$, the log-partition is $A_x = \mathrm{logsumexp}_k\, x\cdot W_k$ (MATH.md §4.5).
+    $(x\cdot W_k - A_k, \phi_k)$, the log-partition is $A_x = \mathrm{logsumexp}_k\, x\cdot W_k$ (docs/math.md §4.5).
 
     Example:
         >>> import jax.numpy as jnp, emjax
@@ -46,7 +46,7 @@ def mirror_map_grad(model, params, x):
 
 @public(validate)
 def posterior_statistics(model, params, x, y):
-    r"""$\bar s(\theta) = \mathrm{mean}_n J_n^\top E_\theta[S\mid x_n, y_n]$ (MATH.md §4.3).
+    r"""$\bar s(\theta) = \mathrm{mean}_n J_n^\top E_\theta[S\mid x_n, y_n]$ (docs/math.md §4.3).
 
     The w part is $\mathrm{mean}\ r x$; the β part is $\mathrm{mean}\,(2r-1)y\,x/\sigma^2$ (SymMoLinE)
     or $\mathrm{mean}\ q x$ (SymMoLogE). The EM step solves $\nabla A(\theta^+) = \bar s(\theta_t)$.
@@ -71,9 +71,9 @@ def bregman_divergence(model, params, ref, x) -> Array:
 
     ``params`` is θ and ``ref`` is θ'. It equals the mean KL between complete-data conditionals with
     the *reference first*, $\mathrm{mean}_n \mathrm{KL}(p_{\theta'}(y,z\mid x_n)\,\|\,p_\theta(y,z\mid x_n))$
-    (MATH.md §4.2). It is evaluated sample by sample (the per-sample terms are the Bernoulli and
+    (docs/math.md §4.2). It is evaluated sample by sample (the per-sample terms are the Bernoulli and
     Gaussian KLs), and each per-sample term is clipped at 0 so round-off can never make it negative.
-    For K-expert models (curved families, MATH.md §4.5) it is this mean KL, evaluated as
+    For K-expert models (curved families, docs/math.md §4.5) it is this mean KL, evaluated as
     $\mathrm{KL}(\pi'\|\pi) + \sum_k\pi'_k\,\mathrm{KL}(p'_k\|p_k)$: the Bregman divergence of the log-partition in
     natural coordinates.
 

@@ -326,7 +326,9 @@ def linear_newton(loss, x: Array, init: Array, free, columns, penalty, ridge: fl
 def soft_logistic_regression(
     x: Array, targets: Array, init: Array, max_steps: int = MAX_NEWTON_STEPS, *, scores: Array | None = None
 ) -> Array:
-    r"""Minimise $\mathrm{mean}_n[\mathrm{softplus}(x_n\cdot u) - t_n x_n\cdot u]$ over $u$ (:func:`linear_newton`, m = 1).
+    r"""Minimise $\mathrm{mean}_n[\mathrm{softplus}(x_n\cdot u) - t_n x_n\cdot u]$ over $u$.
+
+    This is :func:`linear_newton` with one column (m = 1).
 
     Its stationarity condition is moment matching, $\mathrm{mean}\,\mathrm{sigmoid}(x\cdot u)\,x =
     \mathrm{mean}\,t\,x$: the gate half of the symmetric models' M-step.

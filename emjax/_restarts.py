@@ -9,10 +9,9 @@ import numpy as np
 from jax import Array
 
 from ._batching import auto_batch_size, map_lanes
-from ._dtypes import working_dtype
+from ._dtypes import as_arrays, working_dtype
 from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, with_full_mask
 from ._init import init_params
-from ._likelihood import as_arrays
 from ._progress import progress_interval
 from ._status import Status
 from ._stopping import check_tolerances

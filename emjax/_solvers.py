@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from ._likelihood import as_arrays
+from ._dtypes import as_arrays
 from ._steps import em_step, gradient_descent_step, gradient_em_step, mirror_descent_step
 from ._validation import check_inner_steps, check_step_size
 from .models import MoEParams, SymParams, keep_frozen
@@ -163,10 +163,3 @@ def from_optax(transformation: optax.GradientTransformation, trainable=None) -> 
             f"got {type(transformation).__name__}"
         )
     return OptaxSolver(transformation=transformation, trainable=_as_mask(trainable))
-
-
-def tree_all_finite(tree) -> Array:
-    """True when every floating leaf of ``tree`` is finite (a traced boolean)."""
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

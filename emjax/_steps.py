@@ -4,10 +4,10 @@ Every update here is one step of an iterative method; the loops that repeat them
 :mod:`emjax._fit`. All are pure functions of (model, params, data) and work under ``jit``,
 ``vmap`` and ``grad``.
 
-The M-step of EM solves $\nabla A(\theta^+) = \bar s(\theta_t)$ (MATH.md §4.3); the mirror-descent
+The M-step of EM solves $\nabla A(\theta^+) = \bar s(\theta_t)$ (docs/math.md §4.3); the mirror-descent
 step with step size η solves $\nabla A(\theta^+) = \nabla A(\theta_t) - \eta\nabla L(\theta_t)$, the
-same equations with *blended* targets (MATH.md §4.4). Both use the damped Newton solver of
-MATH.md §3.1 for the logistic blocks and a Cholesky solve for the Gaussian expert.
+same equations with *blended* targets (docs/math.md §4.4). Both use the damped Newton solver of
+docs/math.md §3.1 for the logistic blocks and a Cholesky solve for the Gaussian expert.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from ._checks import check_model, check_trainable, validate, validate_with_scalar_step, validate_with_step
-from ._dtypes import working_dtype
-from ._likelihood import as_arrays
+from ._dtypes import as_arrays, working_dtype
 from ._validation import check_features, check_inner_steps, public
 
 
@@ -50,17 +49,17 @@ def mirror_update(model, params, x, y, step_size, free):
 def em_step(model, params, x, y, trainable=None):
     r"""One EM iteration: E-step, then the M-step solved to convergence.
 
-    K-expert models (MATH.md §3.4): the gate is a soft-target multinomial logistic regression on
+    K-expert models (docs/math.md §3.4): the gate is a soft-target multinomial logistic regression on
     the responsibilities (masked damped Newton, warm-started, row 0 pinned); linear experts are
     weighted least squares with σ_k² the weighted residual variance (floored at 1e-8);
     softmax-classifier and Poisson experts are weighted Newton solves.
 
     Gate: soft-label logistic regression on the responsibilities $r$ (damped Newton, warm-started
     at $w_t$). Expert: $\beta^+ = (X^\top X)^{-1} X^\top((2r-1)\odot y)$ for SymMoLinE; soft-label
-    logistic regression on $q = y r + (1-y)(1-r)$ for SymMoLogE (MATH.md §3.2-§3.3).
+    logistic regression on $q = y r + (1-y)(1-r)$ for SymMoLogE (docs/math.md §3.2-§3.3).
 
     Derivatives (``jax.jacobian(em_step)``) are implicit derivatives of the exact M-step, so at a
-    fixed point they equal the missing-information matrix (MATH.md §5.3).
+    fixed point they equal the missing-information matrix (docs/math.md §5.3).
 
     Example:
         >>> import jax, jax.numpy as jnp, emjax
@@ -88,11 +87,11 @@ def mirror_descent_step(model, params, x, y, step_size, trainable=None):
 
     Equivalently $\theta^+ = \arg\min_u \langle\nabla L(\theta), u\rangle + D_A(u, \theta)/\eta$. Because
     $\nabla A$ is a mean of x-weighted mean parameters, this is the M-step with blended targets
-    $(1-\eta)\,\text{prior mean} + \eta\,\text{posterior mean}$ (MATH.md §4.4); ``step_size=1`` is
+    $(1-\eta)\,\text{prior mean} + \eta\,\text{posterior mean}$ (docs/math.md §4.4); ``step_size=1`` is
     exactly :func:`em_step`. For η in (0, 1] the loss never increases; for η > 1 nothing is
     guaranteed (targets may leave [0, 1]).
 
-    K-expert models: the projected step of MATH.md §4.6, the M-step fitted to blended statistics
+    K-expert models: the projected step of docs/math.md §4.6, the M-step fitted to blended statistics
     $(1-\eta)E_{\theta_t}[S\mid x] + \eta E_{\theta_t}[S\mid x, y]$.
 
     Args:
@@ -135,7 +134,7 @@ def gradient_em_update(model, params, x, y, eta, inner_steps: int, free):
 
 @public(validate_with_step, traced=("step_size",))
 def gradient_descent_step(model, params, x, y, step_size, trainable=None):
-    r"""One gradient step on the loss, $\theta^+ = \theta - \eta\nabla L(\theta)$ (MATH.md §7).
+    r"""One gradient step on the loss, $\theta^+ = \theta - \eta\nabla L(\theta)$ (docs/math.md §7).
 
     Args:
         step_size: η, a positive scalar, or a params-shaped pytree of scalars (``SymParams(w=eta_w,
@@ -158,7 +157,7 @@ def gradient_em_step(model, params, x, y, step_size, inner_steps: int = 3, train
 
     The E-step is done once, at $\theta_t$. Then, from $u_0 = \theta_t$, for $m$ = ``inner_steps``
     iterations, $u_{j+1} = u_j - \eta\,\nabla_u Q(u_j\mid\theta_t) = u_j - \eta\,(\nabla A(u_j) - \bar s(\theta_t))$,
-    with the responsibilities held fixed (MATH.md §7). With $m = 1$ this is exactly one gradient
+    with the responsibilities held fixed (docs/math.md §7). With $m = 1$ this is exactly one gradient
     descent step on L (Fisher's identity); emjax's suggested default is $m = 3$.
 
     Args:

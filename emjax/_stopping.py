@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
+from jax import Array
+
 from ._status import Status
 from ._validation import check_tolerance
 
@@ -54,3 +58,10 @@ def check_tolerances(tol, atol) -> None:
     check_tolerance(atol, "atol")
     if tol is not None:
         check_tolerance(tol, "tol")
+
+
+def tree_all_finite(tree) -> Array:
+    """True when every floating leaf of ``tree`` is finite (a traced boolean)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

@@ -1,4 +1,4 @@
-"""An independent NumPy/SciPy oracle for the K-expert models (MATH.md §1-§2, §4.2).
+"""An independent NumPy/SciPy oracle for the K-expert models (docs/math.md §1-§2, §4.2).
 
 Densities come from ``scipy.stats``, responsibilities from Bayes' rule on probabilities, and KL
 divergences from their textbook closed forms. Float64, small problems only.
@@ -64,7 +64,7 @@ def _expert_kl(model, ref, params, x, k):
 
 
 def complete_kl(model, params, ref, x):
-    """mean_n KL(p_ref(y, z | x_n) || p_params(y, z | x_n)) (MATH.md §4.2, reference first)."""
+    """mean_n KL(p_ref(y, z | x_n) || p_params(y, z | x_n)) (docs/math.md §4.2, reference first)."""
     x = np.asarray(x)
     pi_ref, pi = gate_probabilities(ref, x), gate_probabilities(params, x)
     total = np.sum(pi_ref * np.log(pi_ref / pi), axis=1)

@@ -1,4 +1,4 @@
-"""An independent NumPy/SciPy implementation of MATH.md §1-§5 for the symmetric models.
+"""An independent NumPy/SciPy implementation of docs/math.md §1-§5 for the symmetric models.
 
 Written from the formulas, not from emjax: densities are evaluated directly and combined with
 Bayes' rule, the M-step is solved by SciPy's trust-region Newton to a tight gradient tolerance,

@@ -1,4 +1,4 @@
-"""emjax.deep: deep and sparse MoE trained EM-style (MATH.md §9).
+"""emjax.deep: deep and sparse MoE trained EM-style (docs/math.md §9).
 
 Oracles: the linear, bias-free, dense DeepMoE is MoLogE (same L, responsibilities and M-step as
 emjax.em_step); L by brute force; Fisher's identity; generalized-EM monotonicity."""
@@ -144,7 +144,7 @@ def test_em_decreases_surrogate_and_loss_and_matches_a_python_loop(mlp):
     assert np.all(np.diff(loss) <= surrogate[:-1, 1] - surrogate[:-1, 0] + 1e-12)
 
     @eqx.filter_jit
-    def em_iteration(m):  # the recipe of MATH.md §9 from the public primitives, one E-step per call
+    def em_iteration(m):  # the recipe of docs/math.md §9 from the public primitives, one E-step per call
         gamma = deep.responsibilities(m, x, y)
         mask = deep.top_k_mask(jax.vmap(m.gate)(x), m.top_k)
         for _ in range(4):
@@ -203,7 +203,7 @@ def test_minibatch_em_and_end_to_end_learn(mlp):
     np.testing.assert_array_equal(h_ee.forward_passes, 0)
     assert h_ee.surrogate is None and h_em.surrogate.shape == (30, 2) and h_ee.eval_loss is None
     assert h_em.eval_loss.shape == (3,)
-    # One inner step per E-step on the same batches is end-to-end training (Fisher's identity, MATH.md §9).
+    # One inner step per E-step on the same batches is end-to-end training (Fisher's identity, docs/math.md §9).
     fitted_m1, h_m1 = deep.fit_em(model, jax.random.key(3), x, y, optimizer=ADAM, num_em_steps=90, inner_steps=1,
                                   batch_size=32)
     _assert_models_close(fitted_m1, fitted_ee, rtol=1e-8, atol=1e-10)

@@ -122,7 +122,7 @@ def test_fit_keeps_dtype_and_float32_tracks_float64(kind, dtype):
 
 
 def test_em_beats_gradient_descent_early_and_recovers_truth():
-    # At high SNR EM is near the truth within a few steps (MATH.md §8), faster than GD.
+    # At high SNR EM is near the truth within a few steps (docs/math.md §8), faster than GD.
     model, truth, x, y = make_problem("lin", n=5000, d=5, seed=34, norms=(4.0, 8.0))
     start = emjax.testing.perturb(truth, jax.random.key(4))
     em_result = emjax.fit(model, emjax.em(), start, x, y, 10)

@@ -1,4 +1,4 @@
-"""Information matrices, the MIM and the EM rate (MATH.md §5, identities 2, 6 and 7 of §5.5)."""
+"""Information matrices, the MIM and the EM rate (docs/math.md §5, identities 2, 6 and 7 of §5.5)."""
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ def test_missing_information_is_posterior_covariance(kind):
 
 
 def test_em_jacobian_equals_dlr_formula_anywhere(kind):
-    # jacobian(em_step)(theta) = hess A(F(theta))^-1 I_miss(theta)  (MATH.md §5.3), at any theta.
+    # jacobian(em_step)(theta) = hess A(F(theta))^-1 I_miss(theta)  (docs/math.md §5.3), at any theta.
     model, truth, x, y = make_problem(kind, n=300, d=3, seed=22)
     point = emjax.testing.perturb(truth, jax.random.key(1), 0.3)
     jac = jax.jacobian(lambda th: emjax.em_step(model, emjax.SymParams.unflatten(th), x, y).flatten())(
@@ -126,7 +126,7 @@ def test_grad_of_em_rate_matches_finite_differences(kind):
     ("log", 4.0, 4.0, 0.757), ("log", 2.0, 2.0, 0.935),
 ])
 def test_rate_at_truth_matches_math_table(kind_, w_norm, snr, expected):
-    # MATH.md §6 Monte Carlo table (x ~ N(0, I_10), w* orthogonal to beta*); sanity ranges.
+    # docs/math.md §6 Monte Carlo table (x ~ N(0, I_10), w* orthogonal to beta*); sanity ranges.
     model, _, _, _ = make_problem(kind_, n=10, d=10)
     d = 10
     truth = emjax.SymParams(w=jnp.zeros(d).at[0].set(w_norm), beta=jnp.zeros(d).at[1].set(snr))

@@ -1,4 +1,4 @@
-"""Mirror map, Bregman divergence and gradients (MATH.md §4, identities 1, 3 and 5 of §5.5)."""
+"""Mirror map, Bregman divergence and gradients (docs/math.md §4, identities 1, 3 and 5 of §5.5)."""
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ def test_fisher_identity(kind):
     grad_q = jax.grad(lambda u: _surrogate(model, u, theta, x, y))(theta)
     np.testing.assert_allclose(grad_q.flatten(), emjax.neg_log_likelihood_grad(model, theta, x, y).flatten(),
                                rtol=1e-11, atol=1e-13)
-    # Q(u | theta) = A(u) - <u, s_bar(theta)> + const (MATH.md §4.3): the difference is constant in u.
+    # Q(u | theta) = A(u) - <u, s_bar(theta)> + const (docs/math.md §4.3): the difference is constant in u.
     s_bar = emjax.posterior_statistics(model, theta, x, y).flatten()
     rng = np.random.default_rng(4)
     consts = [

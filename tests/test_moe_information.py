@@ -1,4 +1,4 @@
-"""K-expert information matrices (MATH.md §5.6), standard errors, AIC and BIC."""
+"""K-expert information matrices (docs/math.md §5.6), standard errors, AIC and BIC."""
 
 import jax
 import jax.numpy as jnp

@@ -53,7 +53,7 @@ def test_mirror_map_is_the_mean_gate_log_partition(moe_kind):
 
 
 def test_two_expert_mixtures_are_the_symmetric_models():
-    """MATH.md §1: K=2 MoLinE with W_0 = 0, W_1 = w, beta_1 = -beta_0 = beta and equal sigma is SymMoLinE;
+    """docs/math.md §1: K=2 MoLinE with W_0 = 0, W_1 = w, beta_1 = -beta_0 = beta and equal sigma is SymMoLinE;
     C=2 MoLogE with class logits (0, +-x.beta) is SymMoLogE."""
     rng = np.random.default_rng(0)
     w, beta = rng.normal(size=3), rng.normal(size=3)

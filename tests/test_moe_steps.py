@@ -25,7 +25,7 @@ def _leaves(params):
 
 
 def test_em_step_is_the_exact_m_step(moe_kind):
-    """The new point makes the free gradient of Q(. | theta_t) vanish (autodiff oracle of MATH.md §4.3)."""
+    """The new point makes the free gradient of Q(. | theta_t) vanish (autodiff oracle of docs/math.md §4.3)."""
     model, _, x, y = make_moe_problem(moe_kind, seed=20, n=200)
     params = _start(model, x, y)
     new = emjax.em_step(model, params, x, y)
@@ -46,7 +46,7 @@ def test_mirror_descent_with_unit_step_is_em(moe_kind):
 
 @pytest.mark.parametrize("eta", [1.0, 0.4])
 def test_em_and_mirror_descent_never_increase_the_loss(moe_kind, eta):
-    """Over many random problems and starts, float64 (MATH.md §4.6, §5.4)."""
+    """Over many random problems and starts, float64 (docs/math.md §4.6, §5.4)."""
     model = MOE_MODELS[moe_kind]
     solver = emjax.mirror_descent(eta)
 

@@ -40,7 +40,7 @@ import emjax
 
 BATCH = 3  # problems per case: the batch of several; lane 0 alone is the batch of 1 and the jit path
 TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-5}
-# EM never increases L (MATH.md §4.6): a computed increase beyond the round-off of L, a mean of n log-densities
+# EM never increases L (docs/math.md §4.6): a computed increase beyond the round-off of L, a mean of n log-densities
 # (a few eps relative to max(1, |L|)), is a bug. Measured: 2.4e-7 in float32, none at all in float64.
 MONOTONE = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-6}
 MD_STEP = 0.4  # mirror descent with η != 1: EM in disguise would not test the blended targets

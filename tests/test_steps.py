@@ -1,4 +1,4 @@
-"""EM and mirror-descent steps (MATH.md §3, §4.4, identities 4 and 8 of §5.5) and the baselines."""
+"""EM and mirror-descent steps (docs/math.md §3, §4.4, identities 4 and 8 of §5.5) and the baselines."""
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ def test_mirror_step_with_unit_step_is_em(kind):
 
 @pytest.mark.parametrize("eta", [0.1, 0.5, 0.9])
 def test_mirror_step_solves_the_mirror_equation(kind, eta):
-    # grad A(theta+) = grad A(theta) - eta grad L(theta)  (MATH.md §4.4).
+    # grad A(theta+) = grad A(theta) - eta grad L(theta)  (docs/math.md §4.4).
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=13)
     point = emjax.testing.perturb(truth, jax.random.key(2))
     new = emjax.mirror_descent_step(model, point, x, y, eta)
@@ -58,7 +58,7 @@ def test_mirror_step_solves_the_mirror_equation(kind, eta):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_em_and_mirror_descent_never_increase_the_loss(kind, seed):
-    # Per-step decrease L(t) - L(t+1) >= D_A(theta_t, theta_{t+1}) / eta >= 0 (MATH.md §5.4, §5.5.8),
+    # Per-step decrease L(t) - L(t+1) >= D_A(theta_t, theta_{t+1}) / eta >= 0 (docs/math.md §5.4, §5.5.8),
     # over random problems, random starts (including far from the truth) and several steps.
     rng = np.random.default_rng(100 + seed)
     model, _, x, y = make_problem(kind, n=150, d=int(rng.integers(1, 5)), seed=200 + seed,
@@ -110,7 +110,7 @@ def test_safe_step_size_gives_monotone_gradient_descent(kind):
     params = random_point(np.random.default_rng(17), 3, scale=2.0)
     result = emjax.fit(model, emjax.gradient_descent(step), params, x, y, 30)
     assert np.all(np.diff(np.asarray(result.losses)) <= 1e-13)
-    # And MATH.md's formula: 1 / (c lambda_max(X^T X / n)).
+    # And docs/math.md's formula: 1 / (c lambda_max(X^T X / n)).
     c = 1.0 if kind == "lin" else 0.25
     np.testing.assert_allclose(step, 1 / (c * np.linalg.eigvalsh(np.asarray(x.T @ x) / 200)[-1]), rtol=1e-12)
 

@@ -1,4 +1,4 @@
-"""Table 2 (MATH.md §8): the Random-Invert experiment end to end, on a tiny Fashion-MNIST-format folder."""
+"""Table 2 (docs/math.md §8): the Random-Invert experiment end to end, on a tiny Fashion-MNIST-format folder."""
 
 import csv
 

@@ -22,7 +22,7 @@ def kind_name(model):
 
 
 MODELS = {"lin": emjax.SymMoLinE(sigma=1.0), "log": emjax.SymMoLogE()}
-# Norms where both models converge in reasonable time (MATH.md §6).
+# Norms where both models converge in reasonable time (docs/math.md §6).
 NORMS = {"lin": (2.0, 2.0), "log": (4.0, 4.0)}
 
 

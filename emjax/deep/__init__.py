@@ -1,4 +1,4 @@
-r"""Deep and sparse mixtures of experts trained EM-style (MATH.md §9, emjax's design).
+r"""Deep and sparse mixtures of experts trained EM-style (docs/math.md §9, emjax's design).
 
 A :class:`DeepMoE` has a gate network and K expert networks (one equinox module with a leading K
 axis) and routes every sample to its ``top_k`` experts. :func:`fit_em` trains it by generalized

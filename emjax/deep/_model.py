@@ -3,7 +3,7 @@ r"""The deep mixture of experts: one gate network and K expert networks, as one 
 The gate maps one observation $x\in\mathbb R^d$ to K logits; the experts are **one** module whose
 array leaves carry a leading K axis (equinox's ensembling trick: ``eqx.filter_vmap`` over the
 constructor's keys), each mapping $x$ to C class logits. With depth 0 both are linear maps, and
-without biases the model is exactly MoLogE (MATH.md §1): gate weight $W$ (K, d), expert weight
+without biases the model is exactly MoLogE (docs/math.md §1): gate weight $W$ (K, d), expert weight
 $B_k^\top$ (C, d). See :meth:`DeepMoE.from_moe_params` / :meth:`DeepMoE.to_moe_params`.
 """
 
@@ -77,7 +77,7 @@ def _build_networks(key, in_size, num_classes, num_experts, expert_width, expert
 
 
 class DeepMoE(eqx.Module):
-    r"""A mixture of K expert networks with a gate network and top-k routing (MATH.md §9).
+    r"""A mixture of K expert networks with a gate network and top-k routing (docs/math.md §9).
 
     $\pi_k(x) = \mathrm{softmax}_k(g(x))$ with $g$ the gate; expert k gives class probabilities
     $p(y=c\mid x, k) = \mathrm{softmax}_c(f_k(x))$. Each sample is routed to the ``top_k`` experts
@@ -166,7 +166,7 @@ class DeepMoE(eqx.Module):
         follow emjax's conventions). Every weight and bias is drawn from equinox's default law,
         $U(-1/\sqrt{m}, 1/\sqrt{m})$ with m the fan-in, but in one random call per network (other numbers
         than ``eqx.nn.MLP(key=...)``, much faster to compile). Different keys give different experts, so
-        the start is never the symmetric fixed point of EM (MATH.md §3.4).
+        the start is never the symmetric fixed point of EM (docs/math.md §3.4).
 
         Args:
             key: a ``jax.random`` key.

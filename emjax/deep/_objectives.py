@@ -1,4 +1,4 @@
-r"""The loss L, the EM surrogate J and predictions of a :class:`~emjax.deep.DeepMoE` (MATH.md §9).
+r"""The loss L, the EM surrogate J and predictions of a :class:`~emjax.deep.DeepMoE` (docs/math.md §9).
 
 With the routed log-weights $\ell_{nk}$ of :mod:`emjax.deep._routing`:
 

@@ -1,8 +1,8 @@
-r"""Top-k routing, routed log-weights, responsibilities and load statistics (MATH.md §9, step 1).
+r"""Top-k routing, routed log-weights, responsibilities and load statistics (docs/math.md §9, step 1).
 
 Every expert is evaluated on every sample and the unrouted ones are masked out: this is *dense
 compute with sparse weights*. True sparse dispatch (gathering each expert's samples into
-capacity-limited buffers) is out of scope (MATH.md §9), so the cost is that of the dense mixture;
+capacity-limited buffers) is out of scope (docs/math.md §9), so the cost is that of the dense mixture;
 the routing changes the model and its training signal, not the FLOPs.
 
 Notation: $g(x)$ the gate logits, $T(x)$ the ``top_k`` experts with the largest logits (ties to the
@@ -13,7 +13,7 @@ $$\ell_{nk} = \log\tilde\pi_k(x_n) + \log p(y_n\mid x_n, k)\quad (k\in T_n),\qqu
 
 Renormalising over $T_n$ shifts $\ell_{n\cdot}$ by a constant per sample, so the responsibilities
 $\gamma_{nk} = \mathrm{softmax}_k(\ell_{n\cdot})$ are the same as with the full softmax $\log\pi_k$
-(MATH.md §9 step 1); for ``top_k = K`` nothing is masked and $\ell$ is the dense log-weight of MATH.md §2.
+(docs/math.md §9 step 1); for ``top_k = K`` nothing is masked and $\ell$ is the dense log-weight of docs/math.md §2.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def routed_log_weights(model: DeepMoE, x, y) -> Array:
     r"""$\ell_{nk} = \log\tilde\pi_k(x_n) + \log p(y_n\mid x_n, k)$ for $k\in T_n$, $-\infty$ otherwise, (n, K).
 
     $\tilde\pi$ is the gate renormalised over the routed set (module docstring); with
-    ``top_k = K`` this is the dense log-weight $\log\pi_k + \log p_k$ of MATH.md §2, and
+    ``top_k = K`` this is the dense log-weight $\log\pi_k + \log p_k$ of docs/math.md §2, and
     $-\mathrm{mean}_n\mathrm{logsumexp}_k\ell_{nk}$ is :func:`neg_log_likelihood` for every k.
 
     Example:

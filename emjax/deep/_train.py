@@ -1,4 +1,4 @@
-r"""The two trainers of a :class:`~emjax.deep.DeepMoE`: generalized EM (MATH.md §9) and end-to-end.
+r"""The two trainers of a :class:`~emjax.deep.DeepMoE`: generalized EM (docs/math.md §9) and end-to-end.
 
 Each is one compiled program: a ``lax.scan`` over E-steps (or optimizer steps), with an inner
 ``lax.scan`` over the M-step's optimizer steps, so a whole fit works under ``jit`` and ``vmap``
@@ -35,8 +35,7 @@ from jax import Array, lax
 
 from .._fit import FitResult
 from .._progress import maybe_report, progress_interval
-from .._solvers import tree_all_finite
-from .._stopping import check_tolerances, final_status, is_finite, loss_converged
+from .._stopping import check_tolerances, final_status, is_finite, loss_converged, tree_all_finite
 from ._checks import as_working, check_batch_size, check_count, check_data
 from ._model import DeepMoE
 from ._objectives import accuracy_raw, nll_raw, surrogate_raw
@@ -380,7 +379,7 @@ def fit_em(
     atol=0.0,
     progress: bool | int = False,
 ) -> DeepFitResult:
-    r"""Generalized (mini-batch) EM for a deep, top-k routed mixture of experts (MATH.md §9).
+    r"""Generalized (mini-batch) EM for a deep, top-k routed mixture of experts (docs/math.md §9).
 
     For t = 0, ..., ``num_em_steps`` - 1, on a mini-batch $B_t$ of ``batch_size`` samples (epoch-wise
     shuffling from ``key``: each epoch a new permutation of the data, cut into batches):
@@ -395,7 +394,7 @@ def fit_em(
        with the responsibilities of the E-step.
 
     With ``inner_steps = 1`` one step on J is one step on L (Fisher's identity), so the recipe
-    differs from :func:`fit_end_to_end` only for ``inner_steps >= 2`` (MATH.md §9).
+    differs from :func:`fit_end_to_end` only for ``inner_steps >= 2`` (docs/math.md §9).
 
     **Sub-batches.** Reusing one batch for m inner steps sees m times fewer samples than
     end-to-end training with the same number of gradient evaluations; ``batch_size = m * b`` with

@@ -1,6 +1,6 @@
-r"""The paper's synthetic experiments (MATH.md §8) and the MIM-versus-SNR figure, as resumable sweeps.
+r"""The paper's synthetic experiments (docs/math.md §8) and the MIM-versus-SNR figure, as resumable sweeps.
 
-Settings the paper does not publish, fixed here (MATH.md §8 suggestions):
+Settings the paper does not publish, fixed here (docs/math.md §8 suggestions):
 
 * **Figures 1-2** (:class:`FigureSettings`): SymMoLinE with σ = 1, x ~ N(0, I_10), n = 5000,
   ‖β*‖ = 2 (SNR 2), ‖w*‖ = 2, random directions; start θ0 = θ* + δ with relative error 1 in each
@@ -8,7 +8,7 @@ Settings the paper does not publish, fixed here (MATH.md §8 suggestions):
   Step sizes: each baseline's best of :data:`emjax.sweeps.STEP_GRIDS`, chosen on 5 separate
   instances (:func:`emjax.sweeps.tune_step_sizes`). ``L(θ_t) − L(θ_T)`` uses each method's own θ_T.
 * **MIM figure** (:class:`MimSettings`): for SymMoLinE and SymMoLogE, λ_max(M(θ*)) against SNR on
-  fresh data sets of 20,000 samples with w* ⟂ β* and ‖w*‖ ∈ {1, 2, 4} (the second axis of MATH.md
+  fresh data sets of 20,000 samples with w* ⟂ β* and ‖w*‖ ∈ {1, 2, 4} (the second axis of docs/math.md
   §6); fits of every method at ‖w*‖ = 2 (SymMoLinE) or 4 (SymMoLogE, whose M is near 1 otherwise),
   n = 2000, 10 instances per SNR, 200 iterations, steps tuned per SNR. The EM rate measured from
   the traces (slope of log step length, :func:`measured_rate`) is overlaid on λ_max(M) at the truth

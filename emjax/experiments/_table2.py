@@ -1,6 +1,6 @@
 r"""The paper's Table 2: a 2-expert MoLogE on "Random Invert" images, EM against gradient baselines.
 
-Setting (MATH.md §8; choices the paper leaves open are marked *emjax*):
+Setting (docs/math.md §8; choices the paper leaves open are marked *emjax*):
 
 * **Data.** Digits (default: scikit-learn's 8×8 digits, fixed stratified split 1,347 / 450) or
   Fashion-MNIST (``--data fmnist --path DIR``: the four IDX files, 60,000 / 10,000). Pixels in
@@ -63,7 +63,7 @@ TABLE2_STEP_GRIDS = {
     "md": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 }
 
-#: The paper's Table 2 (Fashion-MNIST, 25 instances, 100 iterations; MATH.md §8), for comparison.
+#: The paper's Table 2 (Fashion-MNIST, 25 instances, 100 iterations; docs/math.md §8), for comparison.
 PAPER_TABLE2 = {"em": (0.785, 0.827), "gradient_em": (0.660, 1.29), "gd": (0.624, 1.30)}
 
 

@@ -83,7 +83,7 @@ class AbstractSymmetricModel(AbstractModel):
 
     @abc.abstractmethod
     def missing_coefficient(self, y: Array) -> Array:
-        """``c`` with ``I_miss = mean r(1-r) [x; c x][x; c x]^T`` (MATH.md §5.1)."""
+        """``c`` with ``I_miss = mean r(1-r) [x; c x][x; c x]^T`` (docs/math.md §5.1)."""
 
     @abc.abstractmethod
     def expert_solve(self, x: Array, targets: Array, beta0: Array) -> Array:
@@ -95,7 +95,7 @@ class AbstractSymmetricModel(AbstractModel):
 
     @abc.abstractmethod
     def expert_smoothness(self) -> float | Array:
-        """Upper bound on ``expert_curvature`` (used for safe gradient step sizes, MATH.md §7)."""
+        """Upper bound on ``expert_curvature`` (used for safe gradient step sizes, docs/math.md §7)."""
 
     # ------------------------------------------------------------------ the contract, in closed form
 
@@ -178,7 +178,8 @@ class AbstractSymmetricModel(AbstractModel):
         return keep_frozen(free, new, params)
 
     def surrogate_anchor(self, params: SymParams, x: Array, y: Array) -> SymParams:
-        r"""$\bar s(\theta_t)$: the surrogate is $Q(u\mid\theta_t) = A(u) - \langle\bar s(\theta_t), u\rangle$ + const."""
+        r"""$\bar s(\theta_t)$: the surrogate is $Q(u\mid\theta_t) = A(u) - \langle\bar s(\theta_t), u\rangle$
+        plus a constant."""
         return self.posterior_statistics(params, x, y)
 
     def surrogate(self, u: SymParams, x: Array, y: Array, anchor: SymParams) -> Array:
@@ -208,8 +209,8 @@ class AbstractSymmetricModel(AbstractModel):
         return jnp.mean(softplus_bregman(xw, xw_ref) + self.expert_bregman(xb, xb_ref))
 
     def complete_information(self, params: SymParams, x: Array, y: Array | None = None) -> Array:
-        r"""$\nabla^2 A = \mathrm{blockdiag}(\mathrm{mean}\,p(1-p)xx^\top, \mathrm{mean}\,A^{e\prime\prime}(x\cdot\beta)xx^\top)$;
-        it does not depend on y."""
+        r"""$\nabla^2 A = \mathrm{blockdiag}(\mathrm{mean}\,p(1-p)xx^\top,
+        \mathrm{mean}\,A^{e\prime\prime}(x\cdot\beta)xx^\top)$; it does not depend on y."""
         xw, xb = self.projections(params, x)
         p = jax.nn.sigmoid(xw)
         gate = _weighted_gram(x, p * (1 - p))
@@ -266,7 +267,8 @@ class AbstractSymmetricModel(AbstractModel):
                          beta=jnp.asarray(expert_norm, dtype) * direction(key_b))
 
     def curvature_bound(self, dtype) -> Array:
-        r"""$\max(1/4, \text{expert smoothness})$: each diagonal block of $\nabla^2 A$ is below it times $X^\top X/n$."""
+        r"""$\max(1/4, \text{expert smoothness})$: each diagonal block of $\nabla^2 A$ is below it
+        times $X^\top X/n$."""
         return jnp.maximum(0.25, jnp.asarray(self.expert_smoothness(), dtype))
 
     def check_params(self, params, d: int, name: str = "params") -> None:

@@ -20,7 +20,7 @@ $$f(\theta_k) = \mathrm{mean}_n\,[a_n A(\phi(x_n;\theta_k)) - \langle\phi(x_n;\t
 
 by masked damped Newton, or L-BFGS for large experts (``minimize``, chosen by the model's
 ``m_step_method``; weights $a_n$ and weighted statistics $t_n$ come from the E-step, or are
-blended for mirror descent, MATH.md §4.6). A family may override any default with a closed form,
+blended for mirror descent, docs/math.md §4.6). A family may override any default with a closed form,
 as :class:`GaussianExpert` does for weighted least squares. :class:`PoissonExpert` is written
 only through the four required methods.
 """
@@ -127,7 +127,7 @@ class GaussianExpert(AbstractExpertFamily):
     $T(y) = (y, y^2)$, $\phi = (x\cdot\beta/\sigma^2, -1/(2\sigma^2))$,
     $A(\phi) = -\phi_1^2/(4\phi_2) + \tfrac12\log(\pi/(-\phi_2))$,
     i.e. $(x\cdot\beta)^2/(2\sigma^2) + \tfrac12\log(2\pi\sigma^2)$.
-    The M-step is weighted least squares and a weighted variance (MATH.md §3.4, §4.6), with a floor
+    The M-step is weighted least squares and a weighted variance (docs/math.md §3.4, §4.6), with a floor
     of ``1e-8`` on σ² so that an expert sitting on a single point cannot collapse to σ = 0.
     """
 

@@ -1,4 +1,4 @@
-r"""K-expert mixtures with a softmax gate (MATH.md §1-§4): parameters and models.
+r"""K-expert mixtures with a softmax gate (docs/math.md §1-§4): parameters and models.
 
 $P(z=k\mid x) = \mathrm{softmax}_k(x\cdot W_k)$ with $W$ of shape (K, d), and expert k is any
 :class:`~emjax.models.experts.AbstractExpertFamily` with parameters ``experts[k]`` (and
@@ -161,7 +161,8 @@ class MixtureOfExperts(AbstractModel):
     # ------------------------------------------------------------------ statistics and M-step
 
     def posterior_targets(self, params: MoEParams, x: Array, y: Array):
-        r"""Weights $\gamma_{nk}$ (n, K) and expert statistics $\gamma_{nk}T(y_n)$ (n, S, K); scores: the gate logits."""
+        r"""Weights $\gamma_{nk}$ (n, K) and expert statistics $\gamma_{nk}T(y_n)$ (n, S, K); scores: the
+        gate logits."""
         logits = x @ params.gate.T
         gamma, _ = normalise(jax.nn.log_softmax(logits, axis=-1) + self.expert_log_probs(params, x, y))
         stats = self.expert.statistic(y)[:, :, None] * gamma[:, None, :]

@@ -1,4 +1,4 @@
-r"""The two symmetric two-expert models of the paper (MATH.md §1, §2, §4.1).
+r"""The two symmetric two-expert models of the paper (docs/math.md §1, §2, §4.1).
 
 Both share the gate $P(z=1\mid x) = \mathrm{sigmoid}(x\cdot w)$ and differ in the expert:
 

@@ -1,6 +1,6 @@
 r"""Mini-batch (stochastic) EM over a stream of batches, with an optional exact full-batch polish.
 
-**The step** (MATH.md §4.4-§4.6). On batch $B_t$ with step $\eta_t$, one mini-batch EM step is the
+**The step** (docs/math.md §4.4-§4.6). On batch $B_t$ with step $\eta_t$, one mini-batch EM step is the
 (projected) mirror-descent step on that batch,
 
 $$\nabla A_{B_t}(\theta_{t+1}) = (1-\eta_t)\,\nabla A_{B_t}(\theta_t) + \eta_t\,\bar s_{B_t}(\theta_t),$$
@@ -42,12 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_model_params, check_trainable, validate
+from .._dtypes import as_arrays
 from .._fit import FitResult
-from .._likelihood import as_arrays
+from .._newton import MAX_HALVINGS, armijo_accepts, armijo_slack
 from .._progress import progress_interval, report
-from .._solvers import MirrorDescent, tree_all_finite
+from .._solvers import MirrorDescent
 from .._status import Status
-from .._stopping import check_tolerances, final_status, loss_converged
+from .._stopping import check_tolerances, final_status, loss_converged, tree_all_finite
 from ._passes import flat_mask, flat_ridge, flatten, full_pass, newton_direction, unflatten
 from ._schedule import RobbinsMonro, as_schedule, checked_step
 
@@ -124,7 +125,9 @@ def _check_count(value, name: str) -> int:
 def _batch_checker(model, params):
     def check(x, y):
         if not (isinstance(x, (np.ndarray, jax.Array)) and isinstance(y, (np.ndarray, jax.Array))):
-            raise ValueError(f"each batch must be a pair (x, y) of arrays; got ({type(x).__name__}, {type(y).__name__})")
+            raise ValueError(
+                f"each batch must be a pair (x, y) of arrays; got ({type(x).__name__}, {type(y).__name__})"
+            )
         validate(model, params, x, y)
 
     return check
@@ -165,7 +168,8 @@ class _Checkpoint:
     def save(self, params, state: dict, traces: dict) -> None:
         os.makedirs(self.folder, exist_ok=True)
         eqx.tree_serialise_leaves(self.params_path + ".tmp", params)
-        np.savez(self.trace_path + ".tmp.npz", **{name: np.asarray(value, np.float64) for name, value in traces.items()})
+        arrays = {name: np.asarray(value, np.float64) for name, value in traces.items()}
+        np.savez(self.trace_path + ".tmp.npz", **arrays)
         with open(self.state_path + ".tmp", "w") as handle:
             json.dump(dict(state, fingerprint=self.fingerprint), handle)
         os.replace(self.params_path + ".tmp", self.params_path)
@@ -352,7 +356,6 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
     )
 
 
-_MAX_HALVINGS = 30
 POLISH_METHODS = ("newton", "em_gradient")
 
 
@@ -366,7 +369,7 @@ def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_
     free = flat_mask(model, params, trainable)
     ridge = flat_ridge(model, params)
     vector = np.asarray(flatten(model, params), np.float64)
-    slack = 16 * np.finfo(np.asarray(first[0]).dtype if np.asarray(first[0]).dtype.kind == "f" else np.float64).eps
+    eps = np.finfo(np.asarray(first[0]).dtype if np.asarray(first[0]).dtype.kind == "f" else np.float64).eps
     sums = full_pass(model, params, batches, check_batch, newton, curvature_rows)
     if not traces["polish_losses"]:
         traces["polish_losses"].append(sums.loss)
@@ -374,14 +377,18 @@ def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_
     while state["polish_done"] < polish_steps:
         direction = newton_direction(sums, vector, ridge, free)
         current = sums.loss + 0.5 * float(np.sum(ridge * vector**2))
+        # The Newton solver's own line search (emjax._newton): Armijo's test along -direction, the same
+        # constant, slack and halving limit, each trial one pass over the stream.
+        slope = -float(np.sum(np.where(free, sums.gradient + ridge * vector, 0.0) * direction))
+        slack = armijo_slack(current, eps)
         alpha, accepted = 1.0, False
-        for _ in range(_MAX_HALVINGS):
+        for _ in range(MAX_HALVINGS + 1):
             candidate_vector = vector - alpha * direction
             candidate = unflatten(model, candidate_vector, params)
             candidate_sums = full_pass(model, candidate, batches, check_batch, newton, curvature_rows)
             loss = candidate_sums.loss + 0.5 * float(np.sum(ridge * candidate_vector**2))
             if np.isfinite(loss) and np.all(np.isfinite(candidate_sums.gradient)) and \
-                    loss <= current + slack * (abs(current) + 1):
+                    armijo_accepts(loss, current, alpha, slope, slack):
                 accepted = True
                 break
             alpha /= 2

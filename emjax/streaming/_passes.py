@@ -1,13 +1,13 @@
 r"""Full-data quantities summed over a stream of batches: the loss, its gradient and information matrices.
 
 Every mean over samples is a sum of per-batch sums, so one pass over the batches gives the
-full-data $L(\theta)$, $\nabla L(\theta)$, $I_c(\theta)$ (the Hessian of the EM surrogate, MATH.md
+full-data $L(\theta)$, $\nabla L(\theta)$, $I_c(\theta)$ (the Hessian of the EM surrogate, docs/math.md
 §5.6) and $I_{miss}(\theta)$ exactly, in memory independent of n. One pass is enough for either
 full-batch polish step of :func:`emjax.streaming.fit_stream`:
 
 * ``"em_gradient"``: $\theta^+ = \theta - I_c(\theta)^{-1}\nabla L(\theta)$, Lange's (1995) *EM gradient*
   algorithm, the EM iteration with its M-step replaced by one Newton step on the surrogate. Its
-  Jacobian at a fixed point is $I - I_c^{-1}\nabla^2 L = I_c^{-1} I_{miss}$, EM's own (MATH.md §5): the
+  Jacobian at a fixed point is $I - I_c^{-1}\nabla^2 L = I_c^{-1} I_{miss}$, EM's own (docs/math.md §5): the
   same fixed point at the same local rate as full-batch EM.
 * ``"newton"``: $\theta^+ = \theta - (I_c - I_{miss})^{-1}\nabla L(\theta)$, Newton on L itself
   (Louis' identity $\nabla^2 L = I_c - I_{miss}$): the same fixed point, reached quadratically.
@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import validate
+from .._dtypes import as_arrays
 from .._information import complete_information, missing_information
-from .._likelihood import as_arrays
 
 
 def flatten(model, params) -> jax.Array:

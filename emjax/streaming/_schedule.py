@@ -1,4 +1,4 @@
-r"""Decreasing step sizes for stochastic EM (stochastic mirror descent, MATH.md §4.4-§4.6)."""
+r"""Decreasing step sizes for stochastic EM (stochastic mirror descent, docs/math.md §4.4-§4.6)."""
 
 from __future__ import annotations
 

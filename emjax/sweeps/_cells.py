@@ -1,4 +1,4 @@
-r"""Ready-made sweep cells for the paper's experiments (MATH.md §8): draw, start, run, measure.
+r"""Ready-made sweep cells for the paper's experiments (docs/math.md §8): draw, start, run, measure.
 
 :class:`ConvergenceCell` draws one problem instance at a given SNR from its key, runs every method
 for ``num_steps`` iterations from the same start, and records everything the figures need:
@@ -12,10 +12,10 @@ for ``num_steps`` iterations from the same start, and records everything the fig
 * ``rate_truth``: $\lambda_{\max}(M(\theta^*))$, ``rate_final`` (methods,): $\lambda_{\max}(M(\theta_T))$;
 * ``status`` (methods,): each run's :class:`emjax.Status` code.
 
-SNR (MATH.md §6): $\|\beta^*\|/\sigma$ for Gaussian experts, $\|\beta^*\|$ otherwise; every expert
+SNR (docs/math.md §6): $\|\beta^*\|/\sigma$ for Gaussian experts, $\|\beta^*\|$ otherwise; every expert
 of a K-expert model gets that norm and every free gate row the norm ``gate_norm``. Data: x ~ N(0, I_d).
 Start: $\theta_0 = \theta^* + \delta$ with each block moved by a random direction of norm
-``start_error`` times its own norm (MATH.md §8); σ starts at the truth.
+``start_error`` times its own norm (docs/math.md §8); σ starts at the truth.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ STEPPED = ("md", "gradient_em", "gd", "adam")
 
 
 def expert_norm_for(model, snr, noise):
-    """‖β*‖ for an SNR: SNR·σ for Gaussian experts (SymMoLinE, MoLinE), SNR otherwise (MATH.md §6)."""
+    """‖β*‖ for an SNR: SNR·σ for Gaussian experts (SymMoLinE, MoLinE), SNR otherwise (docs/math.md §6)."""
     return model.snr_expert_norm(snr, noise)
 
 
@@ -226,7 +226,7 @@ class ConvergenceCell(eqx.Module):
 class RateCell(eqx.Module):
     r"""$\lambda_{\max}(M(\theta^*))$ on a fresh data set of ``n`` samples: ``cell(key, snr, gate_norm=None)``.
 
-    Cheap (no fitting), so it can use a large n to approach the population value (MATH.md §6 tables).
+    Cheap (no fitting), so it can use a large n to approach the population value (docs/math.md §6 tables).
     Returns ``{"rate": scalar}``.
     """
 

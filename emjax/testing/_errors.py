@@ -15,7 +15,7 @@ from ._problems import check_sym
 def relative_errors(estimate: SymParams, truth: SymParams) -> tuple[Array, Array]:
     r"""$(\|w - w^*\|/\|w^*\|,\ \|\beta - \beta^*\|/\|\beta^*\|)$ after resolving the label swap.
 
-    The estimate is flipped to $-\theta$ when $\langle\hat\beta, \beta^*\rangle < 0$ (MATH.md §1).
+    The estimate is flipped to $-\theta$ when $\langle\hat\beta, \beta^*\rangle < 0$ (docs/math.md §1).
     Works on a single iterate or on a history with leading axes.
     """
     check_sym(estimate, "estimate")

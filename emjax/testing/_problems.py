@@ -1,4 +1,4 @@
-"""Problem generators: random ground truths and perturbed starts (MATH.md §1, §8)."""
+"""Problem generators: random ground truths and perturbed starts (docs/math.md §1, §8)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _check_generator(key, d, gate_norm, expert_norm, sigma, dtype):
 
 def perturb(params: SymParams, key: Array, relative_error=1.0) -> SymParams:
     r"""$\theta_0 = \theta + \delta$ with $\|\delta_w\| = e\|w\|$ and $\|\delta_\beta\| = e\|\beta\|$ in random
-    directions (the Figure 1/2 initialisation of MATH.md §8, relative error e per block).
+    directions (the Figure 1/2 initialisation of docs/math.md §8, relative error e per block).
 
     Example:
         >>> import jax, emjax
