@@ -44,8 +44,8 @@ def _restore_xla_flags(monkeypatch):
 # ``--dist loadfile`` sends whole files to workers, by default in order of their number of tests. That puts the
 # costliest files, which hold few tests (notebooks, subprocess runs of sharded EM and the CLI, the large-n path
 # comparisons), at the end, where one worker runs them alone while the other idles. Here the costly files go first,
-# and three files whose tests share nothing (no module fixture, no compiled program between tests) are split into one
-# work unit per test, so that their tests spread over the workers. The other files keep loadfile's grouping: their
+# and three files whose tests share no module fixture are split into one work unit per test (test_paths.py's restart
+# test stays with the case whose compiled fit it reuses), so that their tests spread over the workers. The other files keep loadfile's grouping: their
 # tests share module fixtures and compiled programs. Which tests run, and how, is unchanged.
 
 # Roughly costliest first (CPU seconds on 2 cores); files not named follow, largest number of tests first.
@@ -79,6 +79,9 @@ def pytest_xdist_make_scheduler(config, log):
 
         def _split_scope(self, nodeid):
             file = nodeid.split("::", 1)[0]
+            if file == "tests/test_paths.py" and "::test_fit_restarts" in nodeid:
+                # It reuses the compiled fit of the first case's monotone check (CASES[0]): same worker.
+                return "tests/test_paths.py::test_every_path_gives_the_direct_answer[MoLinE3-float64-n20000]"
             return nodeid if file in SPLIT_PER_TEST else file
 
         def _rank(self, item):
