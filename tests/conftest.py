@@ -69,10 +69,14 @@ COSTLY_FIRST = (
 SPLIT_PER_TEST = ("tests/test_paths.py", "tests/test_notebooks.py", "tests/test_properties.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (-p no:xdist) nothing to do
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
+
+    if not all(hasattr(LoadFileScheduling, name) for name in ("_pending_of", "_assign_work_unit", "_reschedule")):
+        return None  # another pytest-xdist layout: its own loadfile scheduling
 
     class CostlyFirstScheduling(LoadFileScheduling):
         ordered = False
