@@ -45,8 +45,9 @@ def _restore_xla_flags(monkeypatch):
 # costliest files, which hold few tests (notebooks, subprocess runs of sharded EM and the CLI, the large-n path
 # comparisons), at the end, where one worker runs them alone while the other idles. Here the costly files go first,
 # and three files whose tests share no module fixture are split into one work unit per test (test_paths.py's restart
-# test stays with the case whose compiled fit it reuses), so that their tests spread over the workers. The other files keep loadfile's grouping: their
-# tests share module fixtures and compiled programs. Which tests run, and how, is unchanged.
+# test stays with the case whose compiled fit it reuses), so that their tests spread over the workers. The other
+# files keep loadfile's grouping: their tests share module fixtures and compiled programs. Which tests run, and
+# how, is unchanged.
 
 # Roughly costliest first (CPU seconds on 2 cores); files not named follow, largest number of tests first.
 COSTLY_FIRST = (
