@@ -38,3 +38,83 @@ def _release_compiled_programs():
 def _restore_xla_flags(monkeypatch):
     """``emjax.cli.main`` adds to XLA_FLAGS for its own process; keep in-process calls from leaking it."""
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+
+
+# ----------------------------------------------------------------------------- pytest-xdist scheduling
+# ``--dist loadfile`` sends whole files to workers, by default in order of their number of tests. That puts the
+# costliest files, which hold few tests (notebooks, subprocess runs of sharded EM and the CLI, the large-n path
+# comparisons), at the end, where one worker runs them alone while the other idles. Here the costly files go first,
+# and three files whose tests share no module fixture are split into one work unit per test (test_paths.py's restart
+# test stays with the case whose compiled fit it reuses), so that their tests spread over the workers. The other
+# files keep loadfile's grouping: their tests share module fixtures and compiled programs. Which tests run, and
+# how, is unchanged.
+
+# Roughly costliest first (CPU seconds on 2 cores); files not named follow, largest number of tests first.
+COSTLY_FIRST = (
+    "tests/test_paths.py",
+    "tests/test_notebooks.py",
+    "tests/test_properties.py",
+    "tests/test_parallel.py",
+    "tests/test_cli_resume.py",
+    "tests/test_sweeps.py",
+    "tests/test_experiments.py",
+    "tests/test_deep.py",
+    "tests/test_streaming.py",
+    "tests/test_moe_fit.py",
+    "tests/test_large_m_steps.py",
+    "tests/test_linear_newton.py",
+    "tests/test_table2.py",
+    "tests/test_restarts.py",
+    "tests/test_readme.py",
+)
+SPLIT_PER_TEST = ("tests/test_paths.py", "tests/test_notebooks.py", "tests/test_properties.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (-p no:xdist) nothing to do
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    if not all(hasattr(LoadFileScheduling, name) for name in ("_pending_of", "_assign_work_unit", "_reschedule")):
+        return None  # another pytest-xdist layout: its own loadfile scheduling
+
+    class CostlyFirstScheduling(LoadFileScheduling):
+        ordered = False
+
+        def _split_scope(self, nodeid):
+            file = nodeid.split("::", 1)[0]
+            if file == "tests/test_paths.py" and "::test_fit_restarts" in nodeid:
+                # It reuses the compiled fit of the first case's monotone check (CASES[0]): same worker.
+                return "tests/test_paths.py::test_every_path_gives_the_direct_answer[MoLinE3-float64-n20000]"
+            return nodeid if file in SPLIT_PER_TEST else file
+
+        def _rank(self, item):
+            scope, tests = item
+            file = scope.split("::", 1)[0]
+            if file in COSTLY_FIRST:
+                return (COSTLY_FIRST.index(file), 0)
+            return (len(COSTLY_FIRST), -len(tests))
+
+        def _assign_work_unit(self, node):
+            if not self.ordered:  # the queue is complete on the first call (xdist's schedule())
+                ordered = sorted(self.workqueue.items(), key=self._rank)  # stable: file order within a file
+                self.workqueue.clear()
+                self.workqueue.update(ordered)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+        def _reschedule(self, node):
+            # A worker holds back its last test until it knows the next one (or is told to stop), so one
+            # pending test is the least it can be left with; xdist's default keeps two, which hands a worker
+            # still busy with a costly test the next costly unit while the other worker runs dry.
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    return CostlyFirstScheduling(config, log)

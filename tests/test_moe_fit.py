@@ -68,7 +68,9 @@ def test_tolerance_stops_early_with_a_padded_trace():
 def test_recovers_the_truth_at_high_snr_up_to_label_permutation(kind, tolerance):
     norm = {"lin": 3.0, "log": 4.0, "poi": 1.0}[kind]
     model, truth, x, y = make_moe_problem(kind, seed=53, n=4000, gate_norm=3.0, expert_norm=norm, sigma=0.1)
-    result = emjax.fit_restarts(model, emjax.em(), jax.random.key(4), x, y, num_restarts=5, num_steps=300, tol=1e-8)
+    # 3 restarts (was 5): every restart reached the same loss and the best one is among the first three, for
+    # each family (restart losses agree to 1e-8), so the extra two only cost runtime (vmapped Newton loops).
+    result = emjax.fit_restarts(model, emjax.em(), jax.random.key(4), x, y, num_restarts=3, num_steps=300, tol=1e-8)
     assert int(result.status) in (emjax.Status.ok, emjax.Status.max_steps)
     matched = emjax.testing.match_experts(result.params, truth)
     expert_error = jnp.linalg.norm(matched.experts - truth.experts) / jnp.linalg.norm(truth.experts)
