@@ -107,10 +107,11 @@ def damped_newton(derivatives, line, u0: Array, aux0, f0: Array, max_steps: int)
         direction = -solve_psd(hess, grad, newton_shift(dtype), scale)
         phi, advance = line(u, aux, direction)
         alpha, f_alpha = armijo_search(phi, f, grad @ direction, dtype)
+        # No finite trial point: no step at all (the direction itself may be non-finite, and 0 * inf is NaN).
         finite = jnp.isfinite(f_alpha)
-        alpha = jnp.where(finite, alpha, 0)
-        new_u, new_aux = advance(alpha)
-        return new_u, new_aux, jnp.where(finite, f_alpha, f), jnp.max(jnp.abs(alpha * direction), initial=0), k + 1
+        new_u, new_aux = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), advance(alpha), (u, aux))
+        step = jnp.where(finite, alpha * direction, jnp.zeros_like(direction))
+        return new_u, new_aux, jnp.where(finite, f_alpha, f), jnp.max(jnp.abs(step), initial=0), k + 1
 
     init = (u0, aux0, f0, jnp.asarray(jnp.inf, dtype), 0)
     return lax.while_loop(keep_going, newton_step, init)[0]

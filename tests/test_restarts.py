@@ -55,8 +55,8 @@ def test_frozen_entries_keep_the_given_values_in_every_restart(batch_size):
 
 
 def _with_frozen(model, start, fixed, mask):
-    unpinned = emjax.model.free_mask(start, None)
-    free = emjax.model.free_mask(start, mask)
+    unpinned = model.free_mask(start, None)
+    free = model.free_mask(start, mask)
     return jax.tree_util.tree_map(lambda u, f, s, v: jnp.where(u & ~f, v, s), unpinned, free, start, fixed)
 
 
