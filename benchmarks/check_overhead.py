@@ -92,8 +92,10 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="on,off,raw,host", help="a subset of on,off,raw,host (on and off needed)")
     parser.add_argument("--target", type=float, default=1.1)
     args = parser.parse_args(argv)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), n = {args.n:,}, d = {D}, float32, "
-          f"{args.steps} em_step calls per loop, {args.repeats} repeats")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), n = {args.n:,}, d = {D}, float32, "
+        f"{args.steps} em_step calls per loop, {args.repeats} repeats"
+    )
     ok = True
     for name in args.models.split(","):
         model, params, x, y = problem(name, args.n)
@@ -110,8 +112,9 @@ def main(argv=None) -> int:
         cells = ", ".join(f"{mode} {1e3 * value / args.steps:.2f} ms/step" for mode, value in median.items())
         print(f"{name}: median loop time {', '.join(f'{m} {v:.3f} s' for m, v in median.items())}")
         print(f"  per step: {cells}")
-        others = ", ".join(f"{mode}/off = {median[mode] / median['off']:.3f}"
-                           for mode in ("raw", "host") if mode in median)
+        others = ", ".join(
+            f"{mode}/off = {median[mode] / median['off']:.3f}" for mode in ("raw", "host") if mode in median
+        )
         print(f"  on/off = {ratio:.3f} (target <= {args.target})" + (f", {others}" if others else ""))
         print("  all loops (s): " + "; ".join(f"{m}: " + " ".join(f"{v:.3f}" for v in vs) for m, vs in times.items()))
     return 0 if ok else 1

@@ -99,8 +99,17 @@ def digits_problem(seed: int = 0) -> Problem:
     x_train, _ = random_invert(key_train, jnp.asarray(data.x_train))
     x_test, flags = random_invert(key_test, jnp.asarray(data.x_test))
     xt, yt, xv, yv = _hold_out(np.asarray(x_train), np.asarray(data.y_train), 0.2, seed)
-    return Problem("digits", jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(xv), jnp.asarray(yv), x_test,
-                   jnp.asarray(data.y_test), flags, data.num_classes)
+    return Problem(
+        "digits",
+        jnp.asarray(xt),
+        jnp.asarray(yt),
+        jnp.asarray(xv),
+        jnp.asarray(yv),
+        x_test,
+        jnp.asarray(data.y_test),
+        flags,
+        data.num_classes,
+    )
 
 
 def synthetic_problem(n_train: int, n_test: int, seed: int = 0) -> Problem:
@@ -110,9 +119,19 @@ def synthetic_problem(n_train: int, n_test: int, seed: int = 0) -> Problem:
     x_test, y_test = deep.sample(truth, key_test, n_test, d)
     xt, yt, xv, yv = _hold_out(np.asarray(x), np.asarray(y), 0.2, seed)
     latent = jnp.argmax(jax.vmap(truth.gate)(x_test), axis=-1)
-    return Problem("synthetic", jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(xv), jnp.asarray(yv), x_test, y_test,
-                   latent, c, float(deep.cross_entropy(truth, x_test, y_test)),
-                   float(deep.accuracy(truth, x_test, y_test)))
+    return Problem(
+        "synthetic",
+        jnp.asarray(xt),
+        jnp.asarray(yt),
+        jnp.asarray(xv),
+        jnp.asarray(yv),
+        x_test,
+        y_test,
+        latent,
+        c,
+        float(deep.cross_entropy(truth, x_test, y_test)),
+        float(deep.accuracy(truth, x_test, y_test)),
+    )
 
 
 def _recovery(top1, latent, num_experts: int, binary: bool):
@@ -135,19 +154,28 @@ def make_fit(problem: Problem, method: str, num_experts: int, top_k: int, args):
 
     def fit(lr, key):
         key_init, key_fit = jax.random.split(key)
-        model = deep.DeepMoE.mlp(key_init, d, problem.num_classes, num_experts, top_k, expert_width=args.width,
-                                 gate_width=args.width)
+        model = deep.DeepMoE.mlp(
+            key_init, d, problem.num_classes, num_experts, top_k, expert_width=args.width, gate_width=args.width
+        )
         optimizer = optax.adam(lr)
         data = (model, key_fit, problem.x_train, problem.y_train)
         evaluation = dict(eval_data=(problem.x_test, problem.y_test))  # test CE after every fifth of the budget
         if not uses_em:
-            fitted, history = deep.fit_end_to_end(*data, optimizer=optimizer, num_steps=budget, batch_size=b,
-                                                  eval_every=budget // 5, **evaluation)
+            fitted, history = deep.fit_end_to_end(
+                *data, optimizer=optimizer, num_steps=budget, batch_size=b, eval_every=budget // 5, **evaluation
+            )
         else:
             batches = dict(batch_size=m * b, inner_batch_size=b) if sub_batches else dict(batch_size=b)
-            fitted, history = deep.fit_em(*data, optimizer=optimizer, num_em_steps=budget // m, inner_steps=m,
-                                          reset_optimizer=reset, eval_every=budget // m // 5, **batches,
-                                          **evaluation)
+            fitted, history = deep.fit_em(
+                *data,
+                optimizer=optimizer,
+                num_em_steps=budget // m,
+                inner_steps=m,
+                reset_optimizer=reset,
+                eval_every=budget // m // 5,
+                **batches,
+                **evaluation,
+            )
         top1 = jnp.argmax(jax.vmap(fitted.gate)(problem.x_test), axis=-1)
         binary = problem.name == "digits"
         return {
@@ -157,7 +185,8 @@ def make_fit(problem: Problem, method: str, num_experts: int, top_k: int, args):
             "test_acc": deep.accuracy(fitted, problem.x_test, problem.y_test),
             "routed": deep.load_statistics(fitted, problem.x_test).routed_fraction,
             "recovery": _recovery(top1, problem.latent_test, num_experts, binary)
-            if binary or num_experts == 4 else jnp.nan,
+            if binary or num_experts == 4
+            else jnp.nan,
             "grads": history.gradient_evaluations[-1],
             "forwards": history.forward_passes[-1],
         }
@@ -180,8 +209,13 @@ def run_configuration(problem: Problem, method: str, num_experts: int, top_k: in
     jax.block_until_ready(single(lrs[best], keys[0]))
     fit_seconds = time.perf_counter() - start
     chosen = {name: value[best] for name, value in out.items()}
-    return {"lr": float(lrs[best]), "grid_seconds": grid_seconds, "fit_seconds": fit_seconds, **chosen,
-            "val_by_lr": out["val_ce"].mean(axis=1)}
+    return {
+        "lr": float(lrs[best]),
+        "grid_seconds": grid_seconds,
+        "fit_seconds": fit_seconds,
+        **chosen,
+        "val_by_lr": out["val_ce"].mean(axis=1),
+    }
 
 
 def _pm(values, digits_=3) -> str:
@@ -201,16 +235,28 @@ def table(problem: Problem, rows: list[tuple[int, int, str, dict]]) -> str:
     head += ["routed fractions (test)", "grad evals", "extra fwd", "cost", "s / fit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k, top_k, method, r in rows:
-        cells = [str(k), str(top_k), method, f"{r['lr']:g}", _pm(r["test_acc"]), _pm(r["test_ce"]),
-                 _pm(r["test_ce_early"])]
+        cells = [
+            str(k),
+            str(top_k),
+            method,
+            f"{r['lr']:g}",
+            _pm(r["test_acc"]),
+            _pm(r["test_ce"]),
+            _pm(r["test_ce_early"]),
+        ]
         if synthetic:
             recovery = "–" if np.all(np.isnan(r["recovery"])) else _pm(r["recovery"], 2)
             cells += [_pm(np.asarray(r["test_ce"]) - problem.truth_ce), recovery]
         else:
             cells += [_pm(r["recovery"], 2)]
         grads, forwards = int(r["grads"][0]), int(r["forwards"][0])
-        cells += [_fractions(r["routed"]), str(grads), str(forwards), f"{grads + forwards / 3:.0f}",
-                  f"{r['fit_seconds']:.2f}"]
+        cells += [
+            _fractions(r["routed"]),
+            str(grads),
+            str(forwards),
+            f"{grads + forwards / 3:.0f}",
+            f"{r['fit_seconds']:.2f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -249,30 +295,39 @@ def main(argv=None) -> int:
     for name, configs in configurations.items():
         if args.only not in (None, name):
             continue
-        problem = digits_problem(args.seed) if name == "digits" else synthetic_problem(
-            args.synthetic_n, args.synthetic_n, args.seed)
+        problem = (
+            digits_problem(args.seed)
+            if name == "digits"
+            else synthetic_problem(args.synthetic_n, args.synthetic_n, args.seed)
+        )
+
         def run(k, top_k, method, problem=problem, name=name):
             result = run_configuration(problem, method, k, top_k, args)
-            print(f"{name} K={k} top-{top_k} {method:7s} lr={result['lr']:g} "
-                  f"test CE {_pm(result['test_ce'])} acc {_pm(result['test_acc'])} "
-                  f"(val CE by lr {np.round(result['val_by_lr'], 3).tolist()}, grid {result['grid_seconds']:.1f}s)",
-                  flush=True)
+            print(
+                f"{name} K={k} top-{top_k} {method:7s} lr={result['lr']:g} "
+                f"test CE {_pm(result['test_ce'])} acc {_pm(result['test_acc'])} "
+                f"(val CE by lr {np.round(result['val_by_lr'], 3).tolist()}, grid {result['grid_seconds']:.1f}s)",
+                flush=True,
+            )
             return (k, top_k, method, result)
 
         rows = [run(k, top_k, method) for k, top_k in configs for method in METHODS]
         ablation = [] if args.no_ablation else [run(*ABLATION_CONFIG[name], method) for method in ABLATIONS]
         budget = args.budget if name == "digits" else args.synthetic_budget
-        title = (f"### {name}: n_train={problem.x_train.shape[0]} (+{problem.x_val.shape[0]} held out), "
-                 f"n_test={problem.x_test.shape[0]}, d={problem.x_train.shape[1]}, C={problem.num_classes}, "
-                 f"{budget} gradient evaluations of batch {args.batch_size}")
+        title = (
+            f"### {name}: n_train={problem.x_train.shape[0]} (+{problem.x_val.shape[0]} held out), "
+            f"n_test={problem.x_test.shape[0]}, d={problem.x_train.shape[1]}, C={problem.num_classes}, "
+            f"{budget} gradient evaluations of batch {args.batch_size}"
+        )
         if problem.truth_ce is not None:
             title += f"; truth: test CE {problem.truth_ce:.3f}, accuracy {problem.truth_acc:.3f}"
         sections.append(title + "\n\n" + table(problem, rows))
         if ablation:
             k, top_k = ABLATION_CONFIG[name]
-            sections.append(f"Ablation on {name}, K={k}, top-{top_k} (m = inner steps; the main table uses "
-                            f"m = {args.inner_steps} and keeps Adam's state across E-steps):\n\n"
-                            + table(problem, ablation))
+            sections.append(
+                f"Ablation on {name}, K={k}, top-{top_k} (m = inner steps; the main table uses "
+                f"m = {args.inner_steps} and keeps Adam's state across E-steps):\n\n" + table(problem, ablation)
+            )
     total = time.perf_counter() - start
     command = "python benchmarks/deep_moe.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (

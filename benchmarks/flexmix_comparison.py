@@ -172,8 +172,17 @@ BATCH_SIZE = None  # set from --batch-size in main()
 def timed_emjax_fit(model, problem: Problem, num_steps: int, tol: float):
     key = jax.random.fold_in(jax.random.key(problem.seed), 1)
     start = time.perf_counter()
-    result = emjax.fit_restarts(model, emjax.em(), key, problem.x, problem.y, num_restarts=NUM_RESTARTS,
-                                num_steps=num_steps, tol=tol, batch_size=BATCH_SIZE)
+    result = emjax.fit_restarts(
+        model,
+        emjax.em(),
+        key,
+        problem.x,
+        problem.y,
+        num_restarts=NUM_RESTARTS,
+        num_steps=num_steps,
+        tol=tol,
+        batch_size=BATCH_SIZE,
+    )
     result = jax.block_until_ready(result)
     return result, time.perf_counter() - start
 
@@ -228,18 +237,27 @@ def write_csv(path: Path, problem: Problem) -> list[str]:
     return names
 
 
-def run_flexmix(kind: str, problem: Problem, num_experts: int, num_steps: int, tol: float,
-                minprior: float) -> FlexmixRun:
+def run_flexmix(
+    kind: str, problem: Problem, num_experts: int, num_steps: int, tol: float, minprior: float
+) -> FlexmixRun:
     with tempfile.TemporaryDirectory(prefix="emjax_flexmix_") as folder:
         csv = Path(folder) / "data.csv"
         names = write_csv(csv, problem)
         script = Path(folder) / "fit.R"
-        script.write_text(R_TEMPLATE.format(
-            csv=csv.as_posix(), seed=problem.seed, k=num_experts, nrep=NUM_RESTARTS, iter_max=num_steps,
-            tol=repr(tol), minprior=repr(minprior), terms=" + ".join(names),
-            response="y" if kind == "gaussian" else "cbind(y, 1 - y)",
-            family="gaussian" if kind == "gaussian" else "binomial",
-        ))
+        script.write_text(
+            R_TEMPLATE.format(
+                csv=csv.as_posix(),
+                seed=problem.seed,
+                k=num_experts,
+                nrep=NUM_RESTARTS,
+                iter_max=num_steps,
+                tol=repr(tol),
+                minprior=repr(minprior),
+                terms=" + ".join(names),
+                response="y" if kind == "gaussian" else "cbind(y, 1 - y)",
+                family="gaussian" if kind == "gaussian" else "binomial",
+            )
+        )
         start = time.perf_counter()
         done = subprocess.run(["Rscript", "--vanilla", str(script)], capture_output=True, text=True)
         process_seconds = time.perf_counter() - start
@@ -261,9 +279,23 @@ def run_flexmix(kind: str, problem: Problem, num_experts: int, num_steps: int, t
 # ----------------------------------------------------------------------------- report
 
 COLUMNS = [
-    ("seed", 5), ("n", 6), ("K", 2), ("emjax loglik", 13), ("flexmix loglik", 14), ("diff/n", 10),
-    ("emjax warm s", 12), ("emjax 1st s", 11), ("flexmix s", 9), ("R proc s", 8), ("speedup", 7),
-    ("em steps", 8), ("em status", 9), ("fx iter", 7), ("fx conv", 7), ("fx K", 4), ("at best em/fx", 13),
+    ("seed", 5),
+    ("n", 6),
+    ("K", 2),
+    ("emjax loglik", 13),
+    ("flexmix loglik", 14),
+    ("diff/n", 10),
+    ("emjax warm s", 12),
+    ("emjax 1st s", 11),
+    ("flexmix s", 9),
+    ("R proc s", 8),
+    ("speedup", 7),
+    ("em steps", 8),
+    ("em status", 9),
+    ("fx iter", 7),
+    ("fx conv", 7),
+    ("fx K", 4),
+    ("at best em/fx", 13),
 ]
 
 
@@ -279,14 +311,31 @@ def restarts_at_best(logliks: list[float], best: float, tolerance: float) -> int
 def table_row(problem: Problem, num_experts: int, em: EmjaxRun, fx: FlexmixRun, per_sample_tol: float) -> str:
     n = problem.x.shape[0]
     best = max(em.loglik, fx.loglik) if not math.isnan(fx.loglik) else em.loglik
-    hits = (f"{restarts_at_best(em.restart_logliks, best, per_sample_tol * n)}/"
-            f"{restarts_at_best(fx.restart_logliks, best, per_sample_tol * n)}")
-    return format_row([
-        problem.seed, n, num_experts, f"{em.loglik:.4f}", f"{fx.loglik:.4f}", f"{(em.loglik - fx.loglik) / n:+.2e}",
-        f"{em.warm_seconds:.3f}", f"{em.first_call_seconds:.3f}", f"{fx.fit_seconds:.3f}",
-        f"{fx.process_seconds:.2f}", f"{fx.fit_seconds / em.warm_seconds:.1f}x", em.best_steps, em.best_status,
-        fx.iterations, "yes" if fx.converged else "no", fx.components, hits,
-    ])
+    hits = (
+        f"{restarts_at_best(em.restart_logliks, best, per_sample_tol * n)}/"
+        f"{restarts_at_best(fx.restart_logliks, best, per_sample_tol * n)}"
+    )
+    return format_row(
+        [
+            problem.seed,
+            n,
+            num_experts,
+            f"{em.loglik:.4f}",
+            f"{fx.loglik:.4f}",
+            f"{(em.loglik - fx.loglik) / n:+.2e}",
+            f"{em.warm_seconds:.3f}",
+            f"{em.first_call_seconds:.3f}",
+            f"{fx.fit_seconds:.3f}",
+            f"{fx.process_seconds:.2f}",
+            f"{fx.fit_seconds / em.warm_seconds:.1f}x",
+            em.best_steps,
+            em.best_status,
+            fx.iterations,
+            "yes" if fx.converged else "no",
+            fx.components,
+            hits,
+        ]
+    )
 
 
 def parse_args(argv):
@@ -300,13 +349,20 @@ def parse_args(argv):
     parser.add_argument("--model", choices=["gaussian", "logistic"], default="gaussian")
     parser.add_argument("--steps", type=int, default=500, help="EM iteration cap of every restart (default 500)")
     parser.add_argument("--tol", type=float, default=1e-8, help="relative log-likelihood tolerance (default 1e-8)")
-    parser.add_argument("--batch-size", default="auto",
-                        help="fit_restarts batch_size: 'all' (one vmap over the restarts), an int (chunks), or "
-                             "'auto' (default: 1 on a CPU, where a vmapped while-loop waits for its slowest lane; "
-                             "'all' on an accelerator)")
+    parser.add_argument(
+        "--batch-size",
+        default="auto",
+        help="fit_restarts batch_size: 'all' (one vmap over the restarts), an int (chunks), or "
+        "'auto' (default: 1 on a CPU, where a vmapped while-loop waits for its slowest lane; "
+        "'all' on an accelerator)",
+    )
     parser.add_argument("--minprior", type=float, default=0.0, help="flexmix's minprior (default 0: keep K)")
-    parser.add_argument("--per-sample-tol", type=float, default=1e-3,
-                        help="emjax must reach flexmix's log-likelihood within this per sample (default 1e-3)")
+    parser.add_argument(
+        "--per-sample-tol",
+        type=float,
+        default=1e-3,
+        help="emjax must reach flexmix's log-likelihood within this per sample (default 1e-3)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.seeds = args.seeds if args.seeds is not None else (2 if quick else 5)
@@ -329,16 +385,22 @@ def main(argv=None) -> int:
         BATCH_SIZE = None if args.batch_size == "all" else int(args.batch_size)
 
     model = make_model(args.model, args.K)
-    print(f"emjax {args.model} mixture of {args.K} experts vs flexmix stepFlexmix; d = {args.d} + intercept, "
-          f"{NUM_RESTARTS} restarts, <= {args.steps} EM steps, tol {args.tol:g}, flexmix minprior {args.minprior:g}")
+    print(
+        f"emjax {args.model} mixture of {args.K} experts vs flexmix stepFlexmix; d = {args.d} + intercept, "
+        f"{NUM_RESTARTS} restarts, <= {args.steps} EM steps, tol {args.tol:g}, flexmix minprior {args.minprior:g}"
+    )
     layout = "all restarts in one vmap" if BATCH_SIZE is None else "per backend" if BATCH_SIZE == "auto" else "chunks"
-    print(f"CPU cores: {os.cpu_count()}; JAX devices: {jax.devices()}; float64; "
-          f"fit_restarts batch_size={BATCH_SIZE} ({layout})")
+    print(
+        f"CPU cores: {os.cpu_count()}; JAX devices: {jax.devices()}; float64; "
+        f"fit_restarts batch_size={BATCH_SIZE} ({layout})"
+    )
 
     warmup = make_problem(model, WARMUP_SEED, args.n, args.d)
     _, cold_seconds = timed_emjax_fit(model, warmup, args.steps, args.tol)
-    print(f"emjax first fit of the process (warm-up problem, seed {WARMUP_SEED}; JAX start-up + compile + run): "
-          f"{cold_seconds:.2f} s\n")
+    print(
+        f"emjax first fit of the process (warm-up problem, seed {WARMUP_SEED}; JAX start-up + compile + run): "
+        f"{cold_seconds:.2f} s\n"
+    )
 
     print(format_row([name for name, _ in COLUMNS]))
     print("-" * len(format_row([name for name, _ in COLUMNS])))
@@ -354,10 +416,14 @@ def main(argv=None) -> int:
 
     at_least_as_good = all(diff >= -args.per_sample_tol for diff in differences)
     print()
-    print(f"emjax >= flexmix - {args.per_sample_tol:g} per sample on all {len(differences)} data sets: "
-          f"{'yes' if at_least_as_good else 'NO'} (worst diff/n {min(differences):+.2e}, best {max(differences):+.2e})")
-    print(f"median speed ratio flexmix / emjax: {statistics.median(speedups):.1f}x (warm), "
-          f"{statistics.median(speedups_first):.1f}x (emjax first call incl. compile)")
+    print(
+        f"emjax >= flexmix - {args.per_sample_tol:g} per sample on all {len(differences)} data sets: "
+        f"{'yes' if at_least_as_good else 'NO'} (worst diff/n {min(differences):+.2e}, best {max(differences):+.2e})"
+    )
+    print(
+        f"median speed ratio flexmix / emjax: {statistics.median(speedups):.1f}x (warm), "
+        f"{statistics.median(speedups_first):.1f}x (emjax first call incl. compile)"
+    )
     return 0 if at_least_as_good else 1
 
 

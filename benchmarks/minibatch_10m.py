@@ -84,8 +84,9 @@ def stream_worker(args, folder: str, n: int) -> dict:
     batches = NpyBatches(os.path.join(folder, f"x_{n}.npy"), os.path.join(folder, f"y_{n}.npy"), args.batch_size)
     schedule = RobbinsMonro(initial=1.0, decay=args.decay, delay=args.delay)
     stochastic = fit_stream(model, start, batches, num_epochs=args.epochs, step_size=schedule)
-    polished = fit_stream(model, stochastic.params, batches, num_epochs=0, polish_steps=args.polish_steps,
-                          polish_tol=args.polish_tol)
+    polished = fit_stream(
+        model, stochastic.params, batches, num_epochs=0, polish_steps=args.polish_steps, polish_tol=args.polish_tol
+    )
     flat = lambda p: np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(p)]).tolist()  # noqa: E731
     return {
         "n": n,
@@ -114,18 +115,26 @@ def reference_fit(args, folder: str, polished) -> dict:
     leaves, treedef = jax.tree_util.tree_flatten(like)
     vector, parts, offset = np.asarray(polished), [], 0
     for leaf in leaves:
-        parts.append(vector[offset:offset + leaf.size].reshape(leaf.shape))
+        parts.append(vector[offset : offset + leaf.size].reshape(leaf.shape))
         offset += leaf.size
     start = jax.tree_util.tree_unflatten(treedef, parts)
     started = time.perf_counter()
     result = emjax.fit(model, emjax.em(), start, x, y, args.reference_steps, keep_history=True)
     seconds = time.perf_counter() - started
     flat = lambda p: np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(p)])  # noqa: E731
-    history = [flat(jax.tree_util.tree_map(lambda a, t=t: a[t], result.params_history))
-               for t in range(args.reference_steps + 1)]
+    history = [
+        flat(jax.tree_util.tree_map(lambda a, t=t: a[t], result.params_history))
+        for t in range(args.reference_steps + 1)
+    ]
     moves = [float(np.max(np.abs(b - a))) for a, b in zip(history, history[1:], strict=False)]
-    return {"params": history[-1].tolist(), "steps": args.reference_steps, "seconds": seconds, "moves": moves,
-            "loss": float(np.asarray(result.losses)[-1]), "status": int(result.status)}
+    return {
+        "params": history[-1].tolist(),
+        "steps": args.reference_steps,
+        "seconds": seconds,
+        "moves": moves,
+        "loss": float(np.asarray(result.losses)[-1]),
+        "status": int(result.status),
+    }
 
 
 def compare(args, folder: str, vectors: dict) -> dict:
@@ -139,7 +148,7 @@ def compare(args, folder: str, vectors: dict) -> dict:
     def unflat(vector):
         vector, parts, offset = np.asarray(vector), [], 0
         for leaf in leaves:
-            parts.append(vector[offset:offset + leaf.size].reshape(leaf.shape))
+            parts.append(vector[offset : offset + leaf.size].reshape(leaf.shape))
             offset += leaf.size
         return jax.tree_util.tree_unflatten(treedef, parts)
 
@@ -188,28 +197,38 @@ def main(argv=None) -> None:
     if not os.path.exists(os.path.join(folder, f"x_{args.rows}.npy")):
         write_data(args, folder)
     print(f"data written to {folder} in {time.perf_counter() - started:.0f} s", flush=True)
-    base = [sys.executable, os.path.abspath(__file__)] + (argv if argv is not None else sys.argv[1:]) + [
-        "--dir", folder]
+    base = (
+        [sys.executable, os.path.abspath(__file__)] + (argv if argv is not None else sys.argv[1:]) + ["--dir", folder]
+    )
 
     def run(job, extra=(), stdin=None):
-        done = subprocess.run(base + ["--job", job, *extra], input=stdin, stdout=subprocess.PIPE, text=True,
-                              check=True)
+        done = subprocess.run(base + ["--job", job, *extra], input=stdin, stdout=subprocess.PIPE, text=True, check=True)
         line = [entry for entry in done.stdout.splitlines() if entry.startswith("RESULT ")][-1]
-        return json.loads(line[len("RESULT "):])
+        return json.loads(line[len("RESULT ") :])
 
     sizes = sorted({n for n in (100_000, 1_000_000, args.rows) if n <= args.rows})
     streamed = {}
     for n in sizes:
         streamed[n] = run("stream", ["--worker", str(n)])
-        print(f"streamed n={n:,}: peak {streamed[n]['peak_mib']:.0f} MiB, "
-              f"mini-batch {streamed[n]['stochastic_seconds']:.1f} s, "
-              f"polish {streamed[n]['polish_passes']} passes in {streamed[n]['polish_seconds']:.1f} s", flush=True)
+        print(
+            f"streamed n={n:,}: peak {streamed[n]['peak_mib']:.0f} MiB, "
+            f"mini-batch {streamed[n]['stochastic_seconds']:.1f} s, "
+            f"polish {streamed[n]['polish_passes']} passes in {streamed[n]['polish_seconds']:.1f} s",
+            flush=True,
+        )
     full = streamed[args.rows]
     reference = run("reference", stdin=json.dumps(full["polished"]))
-    print(f"full-batch EM from the polished point: {reference['steps']} steps in {reference['seconds']:.1f} s, "
-          f"moves {reference['moves']}", flush=True)
-    found = run("compare", stdin=json.dumps({"stochastic": full["stochastic"], "polished": full["polished"],
-                                             "reference": reference["params"]}))
+    print(
+        f"full-batch EM from the polished point: {reference['steps']} steps in {reference['seconds']:.1f} s, "
+        f"moves {reference['moves']}",
+        flush=True,
+    )
+    found = run(
+        "compare",
+        stdin=json.dumps(
+            {"stochastic": full["stochastic"], "polished": full["polished"], "reference": reference["params"]}
+        ),
+    )
     lines = [
         f"# Mini-batch EM on {args.rows:,} streamed rows (MoLinE({args.experts}), d = {args.dim}, float64)",
         "",

@@ -191,10 +191,17 @@ def worker_machine(spec):
         jax.block_until_ready(softplus(values))
         seconds, _ = _median_time(lambda values=values: jax.block_until_ready(softplus(values)), repeats)
         elementwise[dtype] = seconds / values.size * 1e9
-    return {"bandwidth_gbs": bandwidth, "best_bandwidth_gbs": max(bandwidth.values()),
-            "softplus_ns_per_value": elementwise,
-            "matmul_gflops": rates, "matmul_size": size, "bandwidth_bytes": spec["bandwidth_bytes"],
-            "cores": os.cpu_count(), "jax": jax.__version__, "devices": [str(dev) for dev in jax.devices()]}
+    return {
+        "bandwidth_gbs": bandwidth,
+        "best_bandwidth_gbs": max(bandwidth.values()),
+        "softplus_ns_per_value": elementwise,
+        "matmul_gflops": rates,
+        "matmul_size": size,
+        "bandwidth_bytes": spec["bandwidth_bytes"],
+        "cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "devices": [str(dev) for dev in jax.devices()],
+    }
 
 
 def _perturbed(jax, emjax, model, truth, key, error: float):
@@ -214,13 +221,17 @@ def _perturbed(jax, emjax, model, truth, key, error: float):
         return leaf + scale * noise
 
     sigma = None if truth.sigma is None else truth.sigma * (1 + error)
-    return emjax.MoEParams(gate=move(truth.gate, pinned.gate, keys[0]),
-                           experts=move(truth.experts, pinned.experts, keys[1]), sigma=sigma)
+    return emjax.MoEParams(
+        gate=move(truth.gate, pinned.gate, keys[0]), experts=move(truth.experts, pinned.experts, keys[1]), sigma=sigma
+    )
 
 
 def make_model(emjax, name: str):
-    return {"sym": lambda: emjax.SymMoLinE(), "moline": lambda: emjax.MoLinE(3),
-            "mologe": lambda: emjax.MoLogE(2, num_classes=3)}[name]()
+    return {
+        "sym": lambda: emjax.SymMoLinE(),
+        "moline": lambda: emjax.MoLinE(3),
+        "mologe": lambda: emjax.MoLogE(2, num_classes=3),
+    }[name]()
 
 
 def time_calls(jax, fn, args, repeats: int, seconds: float) -> dict:
@@ -268,17 +279,28 @@ def worker_model(spec):
             continue
         key_truth, key_data, key_start = jax.random.split(jax.random.key(spec["seed"]), 3)
         if not hasattr(emjax, "testing"):  # a copy from before emjax.testing: its two generators
-            truth = (emjax.random_params(key_truth, d, 2.0, 2.0, jnp.dtype(dtype)) if name == "sym"
-                     else emjax.random_moe_params(model, key_truth, d=d, dtype=jnp.dtype(dtype)))
+            truth = (
+                emjax.random_params(key_truth, d, 2.0, 2.0, jnp.dtype(dtype))
+                if name == "sym"
+                else emjax.random_moe_params(model, key_truth, d=d, dtype=jnp.dtype(dtype))
+            )
         elif name == "sym":
-            truth = emjax.testing.random_params(model, key_truth, d, gate_norm=2.0, expert_norm=2.0,
-                                                dtype=jnp.dtype(dtype))
+            truth = emjax.testing.random_params(
+                model, key_truth, d, gate_norm=2.0, expert_norm=2.0, dtype=jnp.dtype(dtype)
+            )
         else:
             truth = emjax.testing.random_params(model, key_truth, d=d, dtype=jnp.dtype(dtype))
         x, y = jax.jit(lambda t, k, n=n: emjax.sample(model, t, k, n))(truth, key_data)
         start = _perturbed(jax, emjax, model, truth, key_start, spec["start_error"])
-        row.update(time_calls(jax, jax.jit(lambda p, x, y: emjax.em_step(model, p, x, y)), (start, x, y),
-                              spec["repeats"], spec["seconds_per_cell"]))
+        row.update(
+            time_calls(
+                jax,
+                jax.jit(lambda p, x, y: emjax.em_step(model, p, x, y)),
+                (start, x, y),
+                spec["repeats"],
+                spec["seconds_per_cell"],
+            )
+        )
         row["x_bytes"] = int(x.nbytes)
         rows.append(row)
         predicted_next = row["seconds"] * 10
@@ -301,7 +323,7 @@ def run_worker(spec, timeout):
         return {"error": f"timed out after {timeout} s"}
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
+            result = json.loads(line[len(RESULT_TAG) :])
             result["process_s"] = time.perf_counter() - tic
             return result
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -348,8 +370,17 @@ def roofline_table(rows):
             reason = row.get("skipped") or row.get("error", "failed")
             body.append(label + [row.get("dtype") or "-", "-", f"skipped: {reason}", "-", "-", "-"])
             continue
-        body.append(label + [row["dtype"], row["n"] * row["d"] * itemsize(row["dtype"]) / 1e6, row["seconds"] * 1e3,
-                             row["memory_floor_s"] * 1e3, row["flop_floor_s"] * 1e3, row["ratio"]])
+        body.append(
+            label
+            + [
+                row["dtype"],
+                row["n"] * row["d"] * itemsize(row["dtype"]) / 1e6,
+                row["seconds"] * 1e3,
+                row["memory_floor_s"] * 1e3,
+                row["flop_floor_s"] * 1e3,
+                row["ratio"],
+            ]
+        )
     return table(headers, body)
 
 
@@ -363,8 +394,14 @@ def machine_lines(machine):
         f"best **{machine['best_bandwidth_gbs']:.1f} GB/s**.",
         f"Matmul {size} x {size}: **{rates['float64']:.1f} GFLOP/s** float64, "
         f"**{rates['float32']:.1f} GFLOP/s** float32.",
-    ] + ([f"Elementwise (not in the floors): softplus of 2^24 values, {soft['float64']:.2f} ns per value "
-          f"float64, {soft['float32']:.2f} float32."] if (soft := machine.get("softplus_ns_per_value")) else [])
+    ] + (
+        [
+            f"Elementwise (not in the floors): softplus of 2^24 values, {soft['float64']:.2f} ns per value "
+            f"float64, {soft['float32']:.2f} float32."
+        ]
+        if (soft := machine.get("softplus_ns_per_value"))
+        else []
+    )
 
 
 def compare_table(before, after):
@@ -380,39 +417,75 @@ def compare_table(before, after):
         if old is None:
             body.append(label + [row["dtype"], "not run", row["seconds"] * 1e3, "-", "-", row["ratio"]])
             continue
-        body.append(label + [row["dtype"], old["seconds"] * 1e3, row["seconds"] * 1e3,
-                             old["seconds"] / row["seconds"], old["ratio"], row["ratio"]])
+        body.append(
+            label
+            + [
+                row["dtype"],
+                old["seconds"] * 1e3,
+                row["seconds"] * 1e3,
+                old["seconds"] / row["seconds"],
+                old["ratio"],
+                row["ratio"],
+            ]
+        )
     return table(headers, body)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="n in {1e3, 1e4, 1e5}, d in {2, 32}, models sym and moline, 256 MiB bandwidth array")
-    parser.add_argument("--models", default=None, help="comma-separated subset of sym,moline,mologe (default all; "
-                                                         "--quick: sym,moline)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="n in {1e3, 1e4, 1e5}, d in {2, 32}, models sym and moline, 256 MiB bandwidth array",
+    )
+    parser.add_argument(
+        "--models", default=None, help="comma-separated subset of sym,moline,mologe (default all; --quick: sym,moline)"
+    )
     parser.add_argument("--ns", default=None, help="comma-separated sizes n (default 1e3,...,1e7)")
     parser.add_argument("--ds", default=None, help="comma-separated dimensions d (default 2,8,32,128,256)")
-    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"),
-                        help="preferred dtype; float32 where x would not fit in --max-x-gb (default float64)")
+    parser.add_argument(
+        "--dtype",
+        default="float64",
+        choices=("float64", "float32"),
+        help="preferred dtype; float32 where x would not fit in --max-x-gb (default float64)",
+    )
     parser.add_argument("--max-x-gb", type=float, default=2.0, help="largest x in GB (default 2)")
-    parser.add_argument("--max-call-seconds", type=float, default=60.0,
-                        help="skip a cell when the previous n, scaled linearly, predicts more than this per call")
-    parser.add_argument("--max-rss-gb", type=float, default=8.0,
-                        help="skip a cell when the previous n's peak memory, scaled linearly, predicts more "
-                             "than this (default 8; the machine is shared)")
+    parser.add_argument(
+        "--max-call-seconds",
+        type=float,
+        default=60.0,
+        help="skip a cell when the previous n, scaled linearly, predicts more than this per call",
+    )
+    parser.add_argument(
+        "--max-rss-gb",
+        type=float,
+        default=8.0,
+        help="skip a cell when the previous n's peak memory, scaled linearly, predicts more "
+        "than this (default 8; the machine is shared)",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="most timed calls per cell (default 7)")
-    parser.add_argument("--seconds-per-cell", type=float, default=3.0,
-                        help="timed calls per cell: as many as fit in this many seconds (at least 1)")
+    parser.add_argument(
+        "--seconds-per-cell",
+        type=float,
+        default=3.0,
+        help="timed calls per cell: as many as fit in this many seconds (at least 1)",
+    )
     parser.add_argument("--start-error", type=float, default=0.1, help="relative error of the start (default 0.1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--emjax-path", default=None,
-                        help="import emjax from this directory (e.g. an older copy, for before/after)")
+    parser.add_argument(
+        "--emjax-path", default=None, help="import emjax from this directory (e.g. an older copy, for before/after)"
+    )
     parser.add_argument("--out", default=None, help="also write the markdown report to this file")
     parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
-    parser.add_argument("--compare", nargs=2, metavar=("BEFORE_JSON", "AFTER_JSON"), default=None,
-                        help="print the before/after table of two --json files and exit")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BEFORE_JSON", "AFTER_JSON"),
+        default=None,
+        help="print the before/after table of two --json files and exit",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -445,9 +518,15 @@ def main(argv=None):
         lines.append(text)
 
     start = time.perf_counter()
-    machine = run_worker({"task": "machine", "repeats": 3 if args.quick else 7,
-                          "bandwidth_bytes": (2**28 if args.quick else 2**30),
-                          "matmul_size": 2048 if args.quick else 4096}, timeout=600)
+    machine = run_worker(
+        {
+            "task": "machine",
+            "repeats": 3 if args.quick else 7,
+            "bandwidth_bytes": (2**28 if args.quick else 2**30),
+            "matmul_size": 2048 if args.quick else 4096,
+        },
+        timeout=600,
+    )
     if "error" in machine:
         say(f"machine measurement failed: {machine['error']}")
         return 1
@@ -459,11 +538,21 @@ def main(argv=None):
     report = {"args": vars(args), "machine": machine, "rows": []}
     for name in models:
         for d in ds:
-            spec = {"task": "model", "model": name, "d": d, "ns": list(ns), "dtype": args.dtype,
-                    "max_x_bytes": args.max_x_gb * 1e9, "max_call_seconds": args.max_call_seconds,
-                    "max_rss_gb": args.max_rss_gb,
-                    "repeats": args.repeats, "seconds_per_cell": args.seconds_per_cell,
-                    "start_error": args.start_error, "seed": args.seed, "emjax_path": args.emjax_path}
+            spec = {
+                "task": "model",
+                "model": name,
+                "d": d,
+                "ns": list(ns),
+                "dtype": args.dtype,
+                "max_x_bytes": args.max_x_gb * 1e9,
+                "max_call_seconds": args.max_call_seconds,
+                "max_rss_gb": args.max_rss_gb,
+                "repeats": args.repeats,
+                "seconds_per_cell": args.seconds_per_cell,
+                "start_error": args.start_error,
+                "seed": args.seed,
+                "emjax_path": args.emjax_path,
+            }
             result = run_worker(spec, timeout=3600)
             if "error" in result:
                 rows = [{"model": name, "n": n, "d": d, "dtype": None, "error": result["error"][:120]} for n in ns]
@@ -471,9 +560,12 @@ def main(argv=None):
             else:
                 rows = [add_floors(row, machine) for row in result["rows"]]
                 done = [r for r in rows if "seconds" in r]
-                print(f"{name} d={d}: " + ", ".join(f"n={r['n']}: {r['seconds'] * 1e3:.3g} ms" for r in done)
-                      + f" ({result['process_s']:.0f} s, peak {result['peak_mb']:.0f} MB, {result['emjax_file']})",
-                      flush=True)
+                print(
+                    f"{name} d={d}: "
+                    + ", ".join(f"n={r['n']}: {r['seconds'] * 1e3:.3g} ms" for r in done)
+                    + f" ({result['process_s']:.0f} s, peak {result['peak_mb']:.0f} MB, {result['emjax_file']})",
+                    flush=True,
+                )
             report["rows"].extend(rows)
     order = {name: i for i, name in enumerate(models)}
     report["rows"].sort(key=lambda r: (order[r["model"]], r["d"], r["n"]))
@@ -483,8 +575,10 @@ def main(argv=None):
     measured = [r for r in report["rows"] if "ratio" in r]
     if measured:
         worst = max(measured, key=lambda r: r["ratio"])
-        say(f"Largest ratio: {worst['ratio']:.0f} ({MODEL_NAMES[worst['model']]}, n = {worst['n']}, d = {worst['d']}). "
-            f"Total run {time.perf_counter() - start:.0f} s.")
+        say(
+            f"Largest ratio: {worst['ratio']:.0f} ({MODEL_NAMES[worst['model']]}, n = {worst['n']}, d = {worst['d']}). "
+            f"Total run {time.perf_counter() - start:.0f} s."
+        )
     report["total_s"] = time.perf_counter() - start
     if args.out:
         with open(args.out, "w") as f:

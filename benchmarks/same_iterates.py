@@ -35,9 +35,14 @@ NUM_STEPS = 50
 
 
 def _models(emjax):
-    return {"SymMoLinE": emjax.SymMoLinE(), "SymMoLogE": emjax.SymMoLogE(), "MoLinE(3)": emjax.MoLinE(3),
-            "MoLinE(3, ridge)": emjax.MoLinE(3, ridge=0.1), "MoLogE(2, 3)": emjax.MoLogE(2, num_classes=3),
-            "MoPoE(3)": emjax.MoPoE(3)}
+    return {
+        "SymMoLinE": emjax.SymMoLinE(),
+        "SymMoLogE": emjax.SymMoLogE(),
+        "MoLinE(3)": emjax.MoLinE(3),
+        "MoLinE(3, ridge)": emjax.MoLinE(3, ridge=0.1),
+        "MoLogE(2, 3)": emjax.MoLogE(2, num_classes=3),
+        "MoPoE(3)": emjax.MoPoE(3),
+    }
 
 
 def _truth(emjax, model, rng):
@@ -56,17 +61,23 @@ def _truth(emjax, model, rng):
 
 def _frozen(emjax, params):
     if isinstance(params, emjax.MoEParams):
-        return emjax.MoEParams(gate=np.asarray(False), experts=np.asarray(True),
-                               sigma=None if params.sigma is None else np.asarray(True))
+        return emjax.MoEParams(
+            gate=np.asarray(False), experts=np.asarray(True), sigma=None if params.sigma is None else np.asarray(True)
+        )
     return emjax.SymParams(w=np.asarray(False), beta=np.asarray(True))
 
 
 def _solvers(emjax, params):
     import optax
 
-    return {"em": emjax.em(), "md": emjax.mirror_descent(0.5), "gem": emjax.gradient_em(0.1, 3),
-            "gd": emjax.gradient_descent(0.1), "adam": emjax.from_optax(optax.adam(1e-2)),
-            "em-frozen": emjax.em(trainable=_frozen(emjax, params))}
+    return {
+        "em": emjax.em(),
+        "md": emjax.mirror_descent(0.5),
+        "gem": emjax.gradient_em(0.1, 3),
+        "gd": emjax.gradient_descent(0.1),
+        "adam": emjax.from_optax(optax.adam(1e-2)),
+        "em-frozen": emjax.em(trainable=_frozen(emjax, params)),
+    }
 
 
 def worker(path: str | None, out: str) -> None:
@@ -116,8 +127,9 @@ def _run(path: str | None, out: str) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=False, help="directory holding the 'before' emjax package")
-    parser.add_argument("--after", default=None,
-                        help="directory holding the 'after' emjax (default: the installed one)")
+    parser.add_argument(
+        "--after", default=None, help="directory holding the 'after' emjax (default: the installed one)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--emjax-path", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -149,8 +149,11 @@ def make_cell(n: int, d: int, steps: int, kind: str = "emjax"):
         if kind == "proto":
             w, beta, losses, _ = proto_fit(x, y, start.w, start.beta, SIGMA, steps)
             ok = jnp.isfinite(losses[-1]) & jnp.all(jnp.isfinite(w)) & jnp.all(jnp.isfinite(beta))
-            return {"params": emjax.SymParams(w=w, beta=beta), "losses": losses,
-                    "status": jnp.where(ok, 0, 2).astype(jnp.int32)}
+            return {
+                "params": emjax.SymParams(w=w, beta=beta),
+                "losses": losses,
+                "status": jnp.where(ok, 0, 2).astype(jnp.int32),
+            }
         result = emjax.fit(model, emjax.em(), start, x, y, steps)
         return {"params": result.params, "losses": result.losses, "status": result.status}
 
@@ -204,8 +207,7 @@ def worker_sweep(spec):
     out = {"base_mb": base, "devices": len(jax.devices())}
 
     def run():
-        return sweep(cell, 0, grid, chunk_size=spec.get("chunk_size"), batch_size=spec["batch_size"],
-                     progress=False)
+        return sweep(cell, 0, grid, chunk_size=spec.get("chunk_size"), batch_size=spec["batch_size"], progress=False)
 
     try:
         result = run()
@@ -263,8 +265,15 @@ def worker_loop(spec):
     compile_s = time.perf_counter() - tic
     done, run_s = timed_loop(spec, one)
     last = [losses[-1] for losses, _, _ in done]
-    return {"base_mb": base, "cells": len(done), "compile_s": compile_s, "run_s": run_s,
-            "cells_per_s": len(done) / run_s, "final_loss_mean": float(np.nanmean(last)), "peak_mb": rss_mb()}
+    return {
+        "base_mb": base,
+        "cells": len(done),
+        "compile_s": compile_s,
+        "run_s": run_s,
+        "cells_per_s": len(done) / run_s,
+        "final_loss_mean": float(np.nanmean(last)),
+        "peak_mb": rss_mb(),
+    }
 
 
 def proto_fit(x, y, w0, b0, sigma, num_steps: int, max_newton: int = MAX_NEWTON):
@@ -348,8 +357,12 @@ def proto_fit(x, y, w0, b0, sigma, num_steps: int, max_newton: int = MAX_NEWTON)
 
                 alpha, fa, sa, za, _ = lax.while_loop(reject, halve, (jnp.ones((), dt), f1, s1, z1, 0))
                 ok = jnp.isfinite(fa)
-                return (jnp.where(ok, alpha, 0) * direction, jnp.where(ok, za, z), jnp.where(ok, sa, sig),
-                        jnp.where(ok, fa, f))
+                return (
+                    jnp.where(ok, alpha, 0) * direction,
+                    jnp.where(ok, za, z),
+                    jnp.where(ok, sa, sig),
+                    jnp.where(ok, fa, f),
+                )
 
             step, z, sig, f = lax.cond(jnp.max(jnp.abs(direction)) < tol, full, search, None)
             return u + step, z, sig, f, jnp.max(jnp.abs(step)), k + 1, rhs
@@ -558,9 +571,16 @@ def worker_numpy(spec):
 
     last, run_s = timed_loop(spec, one)
     cells = len(last)
-    return {"base_mb": base, "cells": cells, "run_s": run_s, "cells_per_s": cells / run_s,
-            "final_loss_mean": float(np.nanmean(last)), "newton_per_step": counts[0] / counts[2],
-            "armijo_per_step": counts[1] / counts[2], "peak_mb": rss_mb()}
+    return {
+        "base_mb": base,
+        "cells": cells,
+        "run_s": run_s,
+        "cells_per_s": cells / run_s,
+        "final_loss_mean": float(np.nanmean(last)),
+        "newton_per_step": counts[0] / counts[2],
+        "armijo_per_step": counts[1] / counts[2],
+        "peak_mb": rss_mb(),
+    }
 
 
 def import_torch(threads=None):
@@ -589,9 +609,16 @@ def worker_torch(spec):
     with torch.inference_mode():
         last, run_s = timed_loop(spec, one)
     cells = len(last)
-    return {"base_mb": base, "cells": cells, "run_s": run_s, "cells_per_s": cells / run_s,
-            "final_loss_mean": float(np.nanmean(last)), "threads": torch.get_num_threads(),
-            "version": torch.__version__, "peak_mb": rss_mb()}
+    return {
+        "base_mb": base,
+        "cells": cells,
+        "run_s": run_s,
+        "cells_per_s": cells / run_s,
+        "final_loss_mean": float(np.nanmean(last)),
+        "threads": torch.get_num_threads(),
+        "version": torch.__version__,
+        "peak_mb": rss_mb(),
+    }
 
 
 # ============================================================================ verification, profile, machine
@@ -626,8 +653,10 @@ def worker_verify(spec):
     out = {}
 
     def diffs(w, b, losses):
-        return {"params": float(np.max(np.abs(np.concatenate([np.asarray(w), np.asarray(b)]) - ref_params))),
-                "losses": float(np.max(np.abs(np.asarray(losses) - ref_losses)))}
+        return {
+            "params": float(np.max(np.abs(np.concatenate([np.asarray(w), np.asarray(b)]) - ref_params))),
+            "losses": float(np.max(np.abs(np.asarray(losses) - ref_losses))),
+        }
 
     counts = [0, 0, 0]
     out["numpy"] = diffs(*np_fit(xn, yn, w0, b0, SIGMA, steps, counts))
@@ -636,8 +665,9 @@ def worker_verify(spec):
         out["torch"] = {"skipped": why}
     else:
         with torch.inference_mode():
-            out["torch"] = diffs(*torch_fit(torch, *(torch.from_numpy(a.copy()) for a in (xn, yn, w0, b0)),
-                                            SIGMA, steps))
+            out["torch"] = diffs(
+                *torch_fit(torch, *(torch.from_numpy(a.copy()) for a in (xn, yn, w0, b0)), SIGMA, steps)
+            )
     w, b, losses, _ = jax.jit(proto_fit, static_argnums=(5,))(x, y, start.w, start.beta, SIGMA, steps)
     out["proto"] = diffs(w, b, losses)
     return out
@@ -675,14 +705,16 @@ def worker_profile(spec):
     xn, yn = np.asarray(x), np.asarray(y)
     for label, p in (("at start", start), ("at the fitted point", fitted)):
         w0, b0 = np.asarray(p.w), np.asarray(p.beta)
-        out[f"NumPy EM step (+ loss), {label}"] = _time_min(
-            lambda w0=w0, b0=b0: np_fit(xn, yn, w0, b0, SIGMA, 1, [0, 0, 0]), 30) * 1e6
+        out[f"NumPy EM step (+ loss), {label}"] = (
+            _time_min(lambda w0=w0, b0=b0: np_fit(xn, yn, w0, b0, SIGMA, 1, [0, 0, 0]), 30) * 1e6
+        )
 
     fit = lambda: jax.block_until_ready(emjax.fit(model, emjax.em(), start, x, y, steps))  # noqa: E731
     out["emjax.fit, per EM step"] = _time_min(fit, 5) / steps * 1e6
     proto = jax.jit(proto_fit, static_argnums=(5,))
-    out["prototype fit, per EM step"] = _time_min(
-        lambda: jax.block_until_ready(proto(x, y, start.w, start.beta, SIGMA, steps)), 5) / steps * 1e6
+    out["prototype fit, per EM step"] = (
+        _time_min(lambda: jax.block_until_ready(proto(x, y, start.w, start.beta, SIGMA, steps)), 5) / steps * 1e6
+    )
     w0, b0 = np.asarray(start.w), np.asarray(start.beta)
     out["NumPy fit, per EM step"] = _time_min(lambda: np_fit(xn, yn, w0, b0, SIGMA, steps, [0, 0, 0]), 3) / steps * 1e6
 
@@ -700,14 +732,20 @@ def worker_profile(spec):
 
     small = 1e-7
     pieces = [
-        ("em_step (emjax) at the fitted point",
-         lambda u, x, xt, t: emjax.em_step(model, emjax.SymParams(w=u, beta=fitted.beta), x, y).w),
-        ("loss (emjax loss_raw)",
-         lambda u, x, xt, t: u + small * loss_raw(model, emjax.SymParams(w=u, beta=fitted.beta), x, y)),
+        (
+            "em_step (emjax) at the fitted point",
+            lambda u, x, xt, t: emjax.em_step(model, emjax.SymParams(w=u, beta=fitted.beta), x, y).w,
+        ),
+        (
+            "loss (emjax loss_raw)",
+            lambda u, x, xt, t: u + small * loss_raw(model, emjax.SymParams(w=u, beta=fitted.beta), x, y),
+        ),
         ("Newton solve (emjax), warm at the optimum", lambda u, x, xt, t: soft_logistic_regression(x, t, u)),
         ("X^T X (recomputed every EM step today)", lambda u, x, xt, t: u + small * ((x + small * u[0]).T @ x)[0]),
-        ("Hessian (x*w).T @ x, (n, d) layout (today)",
-         lambda u, x, xt, t: u + small * ((x * (t + u[0])[:, None]).T @ x)[0]),
+        (
+            "Hessian (x*w).T @ x, (n, d) layout (today)",
+            lambda u, x, xt, t: u + small * ((x * (t + u[0])[:, None]).T @ x)[0],
+        ),
         ("Hessian (xt*w) @ xt.T, (d, n) layout", lambda u, x, xt, t: u + small * ((xt * (t + u[0])) @ xt.T)[0]),
         ("X^T v, (n, d) layout (today)", lambda u, x, xt, t: u + small * (x.T @ (t + u[0]))),
         ("X^T v, (d, n) layout", lambda u, x, xt, t: u + small * (xt @ (t + u[0]))),
@@ -732,8 +770,9 @@ def worker_machine(spec):
     size = 2048
     n, d, reps = spec["n"], spec["d"], 500
     dot = jax.jit(lambda m: m @ m)
-    hessians = jax.jit(lambda u, xt, wt: lax.fori_loop(
-        0, reps, lambda i, u: u + 1e-7 * ((xt * (wt + u[0])) @ xt.T)[0], u))
+    hessians = jax.jit(
+        lambda u, xt, wt: lax.fori_loop(0, reps, lambda i, u: u + 1e-7 * ((xt * (wt + u[0])) @ xt.T)[0], u)
+    )
     for name in ("float32", "float64"):
         a = np.random.default_rng(0).standard_normal((size, size)).astype(name)
         aj = jnp.asarray(a)
@@ -775,15 +814,30 @@ def worker_scaling(spec):
         grid = grid_values(jax, seeds, spec["snrs"])
         result = sweep(cell, 0, grid, batch_size=spec["batch_size"], progress=False)
         cells = int(np.prod(result.shape))
-        rows.append({"cells": cells, "n": n, "d": d, "compile_s": result.compile_seconds,
-                     "run_s": result.run_seconds, "cells_per_s": cells / result.run_seconds,
-                     "ms_per_cell": 1e3 * result.run_seconds / cells})
+        rows.append(
+            {
+                "cells": cells,
+                "n": n,
+                "d": d,
+                "compile_s": result.compile_seconds,
+                "run_s": result.run_seconds,
+                "cells_per_s": cells / result.run_seconds,
+                "ms_per_cell": 1e3 * result.run_seconds / cells,
+            }
+        )
     return {"rows": rows, "peak_mb": rss_mb()}
 
 
-WORKERS = {"sweep": worker_sweep, "loop": worker_loop, "numpy": worker_numpy, "torch": worker_torch,
-           "verify": worker_verify, "profile": worker_profile, "machine": worker_machine,
-           "scaling": worker_scaling}
+WORKERS = {
+    "sweep": worker_sweep,
+    "loop": worker_loop,
+    "numpy": worker_numpy,
+    "torch": worker_torch,
+    "verify": worker_verify,
+    "profile": worker_profile,
+    "machine": worker_machine,
+    "scaling": worker_scaling,
+}
 
 
 def run_worker(spec, timeout=900):
@@ -793,7 +847,7 @@ def run_worker(spec, timeout=900):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
+            result = json.loads(line[len(RESULT_TAG) :])
             result["process_s"] = time.perf_counter() - tic
             return result
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -828,28 +882,43 @@ def table(headers, rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="5 seeds (40 cells), no prototypes, profile or scaling: about 50 s")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="5 seeds (40 cells), no prototypes, profile or scaling: about 50 s"
+    )
     parser.add_argument("--seeds", type=int, default=None, help="seeds per SNR (default 50, --quick 5)")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--d", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--dtypes", default="float32,float64")
-    parser.add_argument("--batch-sizes", default=None,
-                        help="comma-separated, 'none' = vmap the whole chunk (default none,1,4,16,64; --quick none,4)")
-    parser.add_argument("--loop-seeds", type=int, default=None,
-                        help="seeds per SNR for the loops (b), (c), (d) (default: the same as --seeds)")
-    parser.add_argument("--loop-budget", type=float, default=None,
-                        help="seconds after which a loop (b, c, d) stops at the end of an SNR round "
-                             "(default 60, --quick 10); cells/s is over the cells it did")
-    parser.add_argument("--no-prototypes", action="store_true",
-                        help="skip the two-device runs and proto_fit (skipped by --quick)")
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="comma-separated, 'none' = vmap the whole chunk (default none,1,4,16,64; --quick none,4)",
+    )
+    parser.add_argument(
+        "--loop-seeds",
+        type=int,
+        default=None,
+        help="seeds per SNR for the loops (b), (c), (d) (default: the same as --seeds)",
+    )
+    parser.add_argument(
+        "--loop-budget",
+        type=float,
+        default=None,
+        help="seconds after which a loop (b, c, d) stops at the end of an SNR round "
+        "(default 60, --quick 10); cells/s is over the cells it did",
+    )
+    parser.add_argument(
+        "--no-prototypes", action="store_true", help="skip the two-device runs and proto_fit (skipped by --quick)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the where-the-time-goes table")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
-    parser.add_argument("--scaling-dtype", default=None,
-                        help="dtype of the scaling table (default: the first of --dtypes)")
+    parser.add_argument(
+        "--scaling-dtype", default=None, help="dtype of the scaling table (default: the first of --dtypes)"
+    )
     parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -877,8 +946,10 @@ def main(argv=None):
     def say(text=""):
         print(text, flush=True)
 
-    say(f"Sweep throughput: SymMoLinE, {len(SNRS)} SNRs x {seeds} seeds = {len(SNRS) * seeds} cells, "
-        f"{args.steps} EM steps, n = {args.n}, d = {args.d}; loops (b, c, d) on {len(SNRS) * loop_seeds} cells")
+    say(
+        f"Sweep throughput: SymMoLinE, {len(SNRS)} SNRs x {seeds} seeds = {len(SNRS) * seeds} cells, "
+        f"{args.steps} EM steps, n = {args.n}, d = {args.d}; loops (b, c, d) on {len(SNRS) * loop_seeds} cells"
+    )
     machine = run_worker({"task": "machine", **common})
     report["machine"] = machine
     if "error" in machine:
@@ -886,12 +957,14 @@ def main(argv=None):
         machine = {}
     else:
         m = machine
-        say(f"machine: {m['cores']} cores; matmul 2048^2 GFLOP/s float32 numpy {m['matmul_gflops_numpy_float32']:.0f}"
+        say(
+            f"machine: {m['cores']} cores; matmul 2048^2 GFLOP/s float32 numpy {m['matmul_gflops_numpy_float32']:.0f}"
             f" / jax {m['matmul_gflops_jax_float32']:.0f}, float64 numpy {m['matmul_gflops_numpy_float64']:.0f}"
             f" / jax {m['matmul_gflops_jax_float64']:.0f}; Hessian shape ({args.d}x{args.n})({args.n}x{args.d})"
             f" jax float32 {m['hessian_shape_gflops_jax_float32']:.1f},"
             f" float64 {m['hessian_shape_gflops_jax_float64']:.1f};"
-            f" read GB/s one core: L2-resident {m['l2_read_gbs_one_core']:.0f}, DRAM {m['dram_read_gbs_one_core']:.0f}")
+            f" read GB/s one core: L2-resident {m['l2_read_gbs_one_core']:.0f}, DRAM {m['dram_read_gbs_one_core']:.0f}"
+        )
 
     for dtype in dtypes:
         say(f"\n=== {dtype} ===")
@@ -914,8 +987,10 @@ def main(argv=None):
         say(f"(c) NumPy loop: {json.dumps(res['c'])}")
         res["d"] = run_worker({"task": "torch", **loop_base})
         if "skipped" in res["d"]:
-            say(f"(d) PyTorch loop skipped: torch is not importable ({res['d']['skipped']}); install it with "
-                "pip install torch --index-url https://download.pytorch.org/whl/cpu")
+            say(
+                f"(d) PyTorch loop skipped: torch is not importable ({res['d']['skipped']}); install it with "
+                "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+            )
             res["d1"] = res["d"]
         else:
             say(f"(d) PyTorch loop, threads = cores: {json.dumps(res['d'])}")
@@ -925,8 +1000,9 @@ def main(argv=None):
             # label -> (batch_size, plain lax.map for batch_size 1)
             variants = {"1": (1, False), "1 seq": (1, True), "4": (4, False), "16": (16, False)}
             for label, (b, sequential) in variants.items():
-                r = run_worker({"task": "sweep", **base, "batch_size": b, "kind": "proto",
-                                "sequential_map": sequential})
+                r = run_worker(
+                    {"task": "sweep", **base, "batch_size": b, "kind": "proto", "sequential_map": sequential}
+                )
                 res["p"][label] = r
                 say(f"(p) emjax.sweep of proto_fit, batch_size={label}: {json.dumps(r)}")
             okp = {k: v for k, v in res["p"].items() if "cells_per_s" in v}
@@ -935,45 +1011,97 @@ def main(argv=None):
             emjax_variant = (best_int, False)
             proto_variant = variants.get(best_p, (1, True))
             for kind, (b, sequential) in (("emjax", emjax_variant), ("proto", proto_variant)):
-                r = run_worker({"task": "sweep", **base, "batch_size": b, "kind": kind, "devices": 2,
-                                "sequential_map": sequential})
+                r = run_worker(
+                    {"task": "sweep", **base, "batch_size": b, "kind": kind, "devices": 2, "sequential_map": sequential}
+                )
                 label = f"{b}{' seq' if sequential else ''}"
                 res["a2"][kind] = {**r, "batch_size": label}
                 say(f"(a2) two CPU devices, {kind}, batch_size={label}: {json.dumps(r)}")
         if profile:
             res["profile"] = run_worker({"task": "profile", **base})
         if scaling and dtype == scaling_dtype:
-            configs = [(6, args.n, args.d), (12, args.n, args.d), (50, args.n, args.d),
-                       (12, args.n // 4, args.d), (12, args.n * 4, args.d),
-                       (12, args.n, max(1, args.d // 2)), (12, args.n, args.d * 4)]
+            configs = [
+                (6, args.n, args.d),
+                (12, args.n, args.d),
+                (50, args.n, args.d),
+                (12, args.n // 4, args.d),
+                (12, args.n * 4, args.d),
+                (12, args.n, max(1, args.d // 2)),
+                (12, args.n, args.d * 4),
+            ]
             res["scaling"] = run_worker({"task": "scaling", **base, "configs": configs, "batch_size": best_int})
         report["dtypes"][dtype] = res
 
     # ------------------------------------------------------------------ summary
     say("\n" + "=" * 100)
-    say(f"SUMMARY ({len(SNRS) * seeds} cells x {args.steps} EM steps, n = {args.n}, d = {args.d}; "
-        f"loops on {len(SNRS) * loop_seeds} cells; total wall {time.perf_counter() - start_time:.0f} s)")
+    say(
+        f"SUMMARY ({len(SNRS) * seeds} cells x {args.steps} EM steps, n = {args.n}, d = {args.d}; "
+        f"loops on {len(SNRS) * loop_seeds} cells; total wall {time.perf_counter() - start_time:.0f} s)"
+    )
     rows = []
     for dtype, res in report["dtypes"].items():
         for b, r in res["a"].items():
-            rows.append([dtype, f"(a) emjax.sweep batch_size={b}", r.get("cells_per_s"), r.get("compile_s"),
-                         r.get("run_s"), r.get("peak_mb"), r.get("base_mb"), r.get("error", "")[:80]])
-        for label, key in (("(b) loop of emjax.fit", "b"), ("(c) NumPy loop", "c"),
-                           ("(d) PyTorch loop, threads = cores", "d"), ("(d1) PyTorch loop, 1 thread", "d1")):
+            rows.append(
+                [
+                    dtype,
+                    f"(a) emjax.sweep batch_size={b}",
+                    r.get("cells_per_s"),
+                    r.get("compile_s"),
+                    r.get("run_s"),
+                    r.get("peak_mb"),
+                    r.get("base_mb"),
+                    r.get("error", "")[:80],
+                ]
+            )
+        for label, key in (
+            ("(b) loop of emjax.fit", "b"),
+            ("(c) NumPy loop", "c"),
+            ("(d) PyTorch loop, threads = cores", "d"),
+            ("(d1) PyTorch loop, 1 thread", "d1"),
+        ):
             r = res[key]
             note = r.get("skipped") or r.get("error", "")
             if "cells" in r:
                 note = f"{r['cells']} cells; " + note
-            rows.append([dtype, label, r.get("cells_per_s"), r.get("compile_s"), r.get("run_s"), r.get("peak_mb"),
-                         r.get("base_mb"), note[:80]])
+            rows.append(
+                [
+                    dtype,
+                    label,
+                    r.get("cells_per_s"),
+                    r.get("compile_s"),
+                    r.get("run_s"),
+                    r.get("peak_mb"),
+                    r.get("base_mb"),
+                    note[:80],
+                ]
+            )
         for b, r in res["p"].items():
-            rows.append([dtype, f"(p) sweep of proto_fit batch_size={b}", r.get("cells_per_s"), r.get("compile_s"),
-                         r.get("run_s"), r.get("peak_mb"), r.get("base_mb"), r.get("error", "")[:80]])
+            rows.append(
+                [
+                    dtype,
+                    f"(p) sweep of proto_fit batch_size={b}",
+                    r.get("cells_per_s"),
+                    r.get("compile_s"),
+                    r.get("run_s"),
+                    r.get("peak_mb"),
+                    r.get("base_mb"),
+                    r.get("error", "")[:80],
+                ]
+            )
         for kind, r in res["a2"].items():
             note = "needed check_vma=False" if "unpatched_error" in r else ""
-            rows.append([dtype, f"(a2) 2 CPU devices, {kind}, batch_size={r.get('batch_size')}", r.get("cells_per_s"),
-                         r.get("compile_s"), r.get("run_s"), r.get("peak_mb"), r.get("base_mb"),
-                         (r.get("error") or note)[:80]])
+            rows.append(
+                [
+                    dtype,
+                    f"(a2) 2 CPU devices, {kind}, batch_size={r.get('batch_size')}",
+                    r.get("cells_per_s"),
+                    r.get("compile_s"),
+                    r.get("run_s"),
+                    r.get("peak_mb"),
+                    r.get("base_mb"),
+                    (r.get("error") or note)[:80],
+                ]
+            )
     say(table(["dtype", "method", "cells/s", "compile s", "run s", "peak MB", "base MB", "note"], rows))
 
     say("")
@@ -999,19 +1127,64 @@ def main(argv=None):
             floor_cps = 1 / per_cell
         best_p = res["p"].get(str(res.get("best_proto_batch_size")), {}).get("cells_per_s")
         best_2 = max([v.get("cells_per_s") or 0 for v in res["a2"].values()] or [0]) or None
-        res["summary"] = {"a": a, "best_batch_size": res["best_batch_size"], "a_over_c": ratio(a, c),
-                          "a_over_d": ratio(a, dd), "a_over_b": ratio(a, bb), "newton_per_step": newton,
-                          "armijo_per_step": armijo, "flops_per_step": flops, "bytes_per_step": data_bytes,
-                          "floor_cells_per_s": floor_cps, "floor_over_a": ratio(floor_cps, a),
-                          "proto_over_c": ratio(best_p, c), "proto_2dev_over_c": ratio(best_2, c),
-                          "floor_over_best_prototype": ratio(floor_cps, max(best_p or 0, best_2 or 0) or None)}
+        res["summary"] = {
+            "a": a,
+            "best_batch_size": res["best_batch_size"],
+            "a_over_c": ratio(a, c),
+            "a_over_d": ratio(a, dd),
+            "a_over_b": ratio(a, bb),
+            "newton_per_step": newton,
+            "armijo_per_step": armijo,
+            "flops_per_step": flops,
+            "bytes_per_step": data_bytes,
+            "floor_cells_per_s": floor_cps,
+            "floor_over_a": ratio(floor_cps, a),
+            "proto_over_c": ratio(best_p, c),
+            "proto_2dev_over_c": ratio(best_2, c),
+            "floor_over_best_prototype": ratio(floor_cps, max(best_p or 0, best_2 or 0) or None),
+        }
         s = res["summary"]
-        rows.append([dtype, a, str(res["best_batch_size"]), s["a_over_c"], s["a_over_d"], s["a_over_b"],
-                     newton, armijo, flops and flops / 1e6, data_bytes and data_bytes / 1e6, floor_cps,
-                     s["floor_over_a"], s["proto_over_c"], s["proto_2dev_over_c"], s["floor_over_best_prototype"]])
-    say(table(["dtype", "(a) cells/s", "best batch", "(a)/(c)", "(a)/(best d)", "(a)/(b)", "Newton it/step",
-               "Armijo ev/step", "MFLOP/step", "MB/step", "floor cells/s", "floor/(a)", "(p)/(c)",
-               "(p, 2 dev)/(c)", "floor/best prototype"], rows))
+        rows.append(
+            [
+                dtype,
+                a,
+                str(res["best_batch_size"]),
+                s["a_over_c"],
+                s["a_over_d"],
+                s["a_over_b"],
+                newton,
+                armijo,
+                flops and flops / 1e6,
+                data_bytes and data_bytes / 1e6,
+                floor_cps,
+                s["floor_over_a"],
+                s["proto_over_c"],
+                s["proto_2dev_over_c"],
+                s["floor_over_best_prototype"],
+            ]
+        )
+    say(
+        table(
+            [
+                "dtype",
+                "(a) cells/s",
+                "best batch",
+                "(a)/(c)",
+                "(a)/(best d)",
+                "(a)/(b)",
+                "Newton it/step",
+                "Armijo ev/step",
+                "MFLOP/step",
+                "MB/step",
+                "floor cells/s",
+                "floor/(a)",
+                "(p)/(c)",
+                "(p, 2 dev)/(c)",
+                "floor/best prototype",
+            ],
+            rows,
+        )
+    )
     say("targets (issue 4): (a)/(c) >= 15, (a)/(d) >= 20, floor/(a) <= 3")
 
     for dtype, res in report["dtypes"].items():
@@ -1022,9 +1195,15 @@ def main(argv=None):
         scaling = res.get("scaling", {})
         if "rows" in scaling:
             say(f"\nscaling of (a), {dtype}, batch_size={res['best_batch_size']}")
-            say(table(["cells", "n", "d", "compile s", "run s", "cells/s", "ms/cell"],
-                      [[r["cells"], r["n"], r["d"], r["compile_s"], r["run_s"], r["cells_per_s"], r["ms_per_cell"]]
-                       for r in scaling["rows"]]))
+            say(
+                table(
+                    ["cells", "n", "d", "compile s", "run s", "cells/s", "ms/cell"],
+                    [
+                        [r["cells"], r["n"], r["d"], r["compile_s"], r["run_s"], r["cells_per_s"], r["ms_per_cell"]]
+                        for r in scaling["rows"]
+                    ],
+                )
+            )
         elif scaling:
             say(f"\nscaling {dtype}: {scaling}")
     if args.json:

@@ -47,8 +47,9 @@ def write_fake_fashion_mnist(folder: Path, seed: int = 0) -> None:
 
 def seconds_per_iteration(settings: Table2Settings, data, method: str, iterations: int) -> float:
     settings = Table2Settings(**{**settings.__dict__, "num_iterations": iterations})
-    cell = Table2Cell.from_settings(settings, data, step_sizes={"gd": 0.01, "gradient_em": 0.01, "adam": 0.001},
-                                    methods=(method,))
+    cell = Table2Cell.from_settings(
+        settings, data, step_sizes={"gd": 0.01, "gradient_em": 0.01, "adam": 0.001}, methods=(method,)
+    )
     run = eqx.filter_jit(lambda c, key: c(key))
     jax.block_until_ready(run(cell, jax.random.key(0)))  # compile
     tic = time.perf_counter()
@@ -68,8 +69,24 @@ def main() -> None:
             path.mkdir()
             write_fake_fashion_mnist(path)
         tic = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "emjax", "reproduce", "table2", "--data", "fmnist", "--path", str(path),
-                        "--quick", "--no-progress", "--out", str(Path(scratch) / "out")], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "emjax",
+                "reproduce",
+                "table2",
+                "--data",
+                "fmnist",
+                "--path",
+                str(path),
+                "--quick",
+                "--no-progress",
+                "--out",
+                str(Path(scratch) / "out"),
+            ],
+            check=True,
+        )
         quick = time.perf_counter() - tic
         settings = Table2Settings(data="fmnist", path=str(path))
         data = settings.load()
@@ -80,10 +97,14 @@ def main() -> None:
     tuning = sum(per_iteration[m] for m in ("gradient_em", "gd", "adam")) * t * 3 * len(TABLE2_STEP_GRIDS["gd"])
     runs = sum(per_iteration.values()) * t * settings.num_instances
     print(f"\ndevices: {devices}; quick run (`--quick`, 3,000/1,000 images, 2 instances): {quick:.0f} s wall")
-    print("full size, seconds per iteration (one instance on one device): "
-          + ", ".join(f"{m} {s:.2f}" for m, s in per_iteration.items()))
-    print(f"full run estimate: tuning {tuning / devices / 60:.0f} min + 25 instances x 100 iterations "
-          f"{runs / devices / 60:.0f} min over {devices} devices")
+    print(
+        "full size, seconds per iteration (one instance on one device): "
+        + ", ".join(f"{m} {s:.2f}" for m, s in per_iteration.items())
+    )
+    print(
+        f"full run estimate: tuning {tuning / devices / 60:.0f} min + 25 instances x 100 iterations "
+        f"{runs / devices / 60:.0f} min over {devices} devices"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,15 @@ from emjax.experiments._table2 import Table2Cell, Table2Settings  # noqa: E402
 def validation_data() -> ImageDataset:
     data = digits()
     fit_index, validation_index = stratified_split(data.y_train, 0.2, seed=1)
-    return ImageDataset(x_train=data.x_train[fit_index], y_train=data.y_train[fit_index],
-                        x_test=data.x_train[validation_index], y_test=data.y_train[validation_index],
-                        image_shape=data.image_shape, num_classes=data.num_classes, name="digits-validation")
+    return ImageDataset(
+        x_train=data.x_train[fit_index],
+        y_train=data.y_train[fit_index],
+        x_test=data.x_train[validation_index],
+        y_test=data.y_train[validation_index],
+        image_shape=data.image_shape,
+        num_classes=data.num_classes,
+        name="digits-validation",
+    )
 
 
 def main() -> None:
@@ -43,23 +49,33 @@ def main() -> None:
     args = parser.parse_args()
     data = validation_data()
     print(f"{data!r}; EM, 100 iterations, {args.instances} instances per ridge, devices {jax.devices()}")
-    print("| ridge | L-BFGS steps | init scale | validation cross-entropy | validation accuracy | gate finds the flag "
-          "| train L | seconds |")
+    print(
+        "| ridge | L-BFGS steps | init scale | validation cross-entropy | validation accuracy | gate finds the flag "
+        "| train L | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|")
-    grid = [(float(r), int(s), float(i)) for r in args.ridges.split(",") for s in args.lbfgs_steps.split(",")
-            for i in args.init_scales.split(",")]
+    grid = [
+        (float(r), int(s), float(i))
+        for r in args.ridges.split(",")
+        for s in args.lbfgs_steps.split(",")
+        for i in args.init_scales.split(",")
+    ]
     for ridge, steps, scale in grid:
-        settings = dataclasses.replace(Table2Settings(), ridge=ridge, lbfgs_steps=steps, init_scale=scale,
-                                       methods=("em",))
+        settings = dataclasses.replace(
+            Table2Settings(), ridge=ridge, lbfgs_steps=steps, init_scale=scale, methods=("em",)
+        )
         cell = Table2Cell.from_settings(settings, data)
         tic = time.perf_counter()
         out = emjax.sweep(cell, 0, {"instance": np.arange(args.instances)}, progress=False).outputs
         seconds = time.perf_counter() - tic
         loss, accuracy = out["test_loss"][:, 0, -1], out["test_accuracy"][:, 0, -1]
-        print(f"| {ridge:g} | {steps} | {scale:g} | {loss.mean():.3f} ± {loss.std():.3f} | "
-              f"{100 * accuracy.mean():.1f}% ± {100 * accuracy.std():.1f} | "
-              f"{100 * out['flag_agreement'][:, 0].mean():.1f}% | "
-              f"{out['train_loss'][:, 0, -1].mean():.3f} | {seconds:.0f} |", flush=True)
+        print(
+            f"| {ridge:g} | {steps} | {scale:g} | {loss.mean():.3f} ± {loss.std():.3f} | "
+            f"{100 * accuracy.mean():.1f}% ± {100 * accuracy.std():.1f} | "
+            f"{100 * out['flag_agreement'][:, 0].mean():.1f}% | "
+            f"{out['train_loss'][:, 0, -1].mean():.3f} | {seconds:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

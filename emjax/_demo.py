@@ -35,8 +35,15 @@ def demo_solvers(model, x) -> dict:
     }
 
 
-def run_demo(n: int = 5000, d: int = 10, num_steps: int = 100, seed: int = 0, dtype=jnp.float32,
-             checkpoints=(0, 1, 5, 10, 25, 50, 100), models=tuple(DEMO_PROBLEMS)) -> dict:
+def run_demo(
+    n: int = 5000,
+    d: int = 10,
+    num_steps: int = 100,
+    seed: int = 0,
+    dtype=jnp.float32,
+    checkpoints=(0, 1, 5, 10, 25, 50, 100),
+    models=tuple(DEMO_PROBLEMS),
+) -> dict:
     """Fit every model with every solver; return ``{model: {solver: rows}}`` of metrics.
 
     Each row is ``(t, L(θ_t) - L(θ*), ‖w_t - w*‖/‖w*‖, ‖β_t - β*‖/‖β*‖)`` for t in ``checkpoints``.
@@ -55,7 +62,8 @@ def run_demo(n: int = 5000, d: int = 10, num_steps: int = 100, seed: int = 0, dt
             w_err, b_err = relative_errors(result.params_history, truth)
             rows = [
                 (t, float(result.losses[t] - reference), float(w_err[t]), float(b_err[t]))
-                for t in checkpoints if t <= num_steps
+                for t in checkpoints
+                if t <= num_steps
             ]
             out[name][label] = rows
     return out

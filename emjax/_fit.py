@@ -129,22 +129,19 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
 
     healthy0 = _healthy_start(params, x, y, loss0)
     init = (params, state0, healthy0, jnp.zeros((), jnp.int32))
-    (params, state, healthy, applied), (losses, history) = lax.scan(
-        step, init, jnp.arange(num_steps, dtype=jnp.int32)
-    )
+    (params, state, healthy, applied), (losses, history) = lax.scan(step, init, jnp.arange(num_steps, dtype=jnp.int32))
     losses = jnp.concatenate([loss0[None], losses])
     if keep_history:
-        history = jax.tree_util.tree_map(
-            lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history
-        )
+        history = jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history)
     status = final_status(healthy, False, False, jnp.where).astype(jnp.int32)
     status = _final_status(model, params, x, y, status)
     return FitResult(params, losses, applied, status, jnp.asarray(False), state, history)
 
 
 @eqx.filter_jit
-def _fit_until(model, solver, params, x, y, max_steps: int, rtol, atol, keep_history: bool,
-               progress_every: int) -> FitResult:
+def _fit_until(
+    model, solver, params, x, y, max_steps: int, rtol, atol, keep_history: bool, progress_every: int
+) -> FitResult:
     dtype = x.dtype
     loss0 = _loss(model, params, x, y)
     losses = jnp.full((max_steps + 1,), jnp.nan, dtype).at[0].set(loss0)
@@ -153,8 +150,16 @@ def _fit_until(model, solver, params, x, y, max_steps: int, rtol, atol, keep_his
         history = jax.tree_util.tree_map(
             lambda leaf: jnp.full((max_steps + 1,) + leaf.shape, jnp.nan, leaf.dtype).at[0].set(leaf), params
         )
-    init = (jnp.zeros((), jnp.int32), params, solver.init(params), loss0, losses, history,
-            _healthy_start(params, x, y, loss0), jnp.asarray(False))
+    init = (
+        jnp.zeros((), jnp.int32),
+        params,
+        solver.init(params),
+        loss0,
+        losses,
+        history,
+        _healthy_start(params, x, y, loss0),
+        jnp.asarray(False),
+    )
 
     def keep_going(carry):
         t, _, _, _, _, _, finite, converged = carry

@@ -47,8 +47,9 @@ def _lbfgs(objective, u0: Array, free: Array, max_steps: int) -> Array:
         # direction (a combination of gradients and gradient differences) leaves them alone.
         return objective(jnp.where(free > 0, u, fixed))
 
-    optimiser = optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(
-        max_linesearch_steps=20, initial_guess_strategy="one"))
+    optimiser = optax.lbfgs(
+        memory_size=10, linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+    )
     value_and_grad = optax.value_and_grad_from_state(restricted)
 
     def keep_going(state):
@@ -58,8 +59,7 @@ def _lbfgs(objective, u0: Array, free: Array, max_steps: int) -> Array:
     def lbfgs_step(state):
         u, opt_state, _, k, _ = state
         value, gradient = value_and_grad(u, state=opt_state)
-        updates, new_state = optimiser.update(
-            gradient, opt_state, u, value=value, grad=gradient, value_fn=restricted)
+        updates, new_state = optimiser.update(gradient, opt_state, u, value=value, grad=gradient, value_fn=restricted)
         new_u = optax.apply_updates(u, updates)
         new_value, new_gradient = value_and_grad(new_u, state=new_state)
         healthy = jnp.isfinite(new_value) & jnp.all(jnp.isfinite(new_u)) & (new_value <= value)
@@ -127,6 +127,6 @@ def masked_minimize(objective, init: Array, free, method: str = "auto", max_step
     method = resolve_method(method, init.size)
     if method == "newton":
         return masked_newton(objective, init, free, MAX_NEWTON_STEPS if max_steps is None else max_steps)
-    return implicit_solve(objective, init, free, _lbfgs, _cg_tangent_solve,
-                          LBFGS_MAX_STEPS if max_steps is None else max_steps)
-
+    return implicit_solve(
+        objective, init, free, _lbfgs, _cg_tangent_solve, LBFGS_MAX_STEPS if max_steps is None else max_steps
+    )

@@ -222,7 +222,7 @@ def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array) -> tuple
         tail = count * BLOCK_ROWS
         total = product(x[tail:], gradients[tail:], curvatures[tail:])
         total = lax.fori_loop(0, count, accumulate, total)
-    return total[blocks * d:].T, total[: blocks * d].reshape(blocks, d, d)
+    return total[blocks * d :].T, total[: blocks * d].reshape(blocks, d, d)
 
 
 def _score_derivatives(loss, z):
@@ -277,8 +277,18 @@ def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _
     return damped_newton(newton_derivatives, line, u0, z0, value(u0, z0), max_steps).reshape(-1)
 
 
-def linear_newton(loss, x: Array, init: Array, free, columns, penalty, ridge: float,
-                  max_steps: int = MAX_NEWTON_STEPS, scores: Array | None = None, derivatives=None) -> Array:
+def linear_newton(
+    loss,
+    x: Array,
+    init: Array,
+    free,
+    columns,
+    penalty,
+    ridge: float,
+    max_steps: int = MAX_NEWTON_STEPS,
+    scores: Array | None = None,
+    derivatives=None,
+) -> Array:
     r"""Masked damped Newton for $f(U) = \mathrm{mean}_n\,\ell_n(x_n U) + \mathrm{penalty}(U)$, U of shape (d, m).
 
     The same iterates as ``masked_newton(f, init, free)`` (round-off aside): the same loop, shift,
@@ -319,8 +329,17 @@ def linear_newton(loss, x: Array, init: Array, free, columns, penalty, ridge: fl
 
     if derivatives is None:
         derivatives = functools.partial(_score_derivatives, loss)
-    loop = functools.partial(_linear_loop, loss, derivatives, x, init.shape, tuple(int(c) for c in columns),
-                             penalty, ridge, None if scores is None else lax.stop_gradient(scores))
+    loop = functools.partial(
+        _linear_loop,
+        loss,
+        derivatives,
+        x,
+        init.shape,
+        tuple(int(c) for c in columns),
+        penalty,
+        ridge,
+        None if scores is None else lax.stop_gradient(scores),
+    )
     return implicit_solve(objective, init, free, loop, dense_tangent_solve, max_steps)
 
 
@@ -363,6 +382,16 @@ def soft_logistic_regression(
         return p - t, lambda i, j: (p * (1 - p))[:, 0]
 
     free = jnp.ones((init.shape[0], 1), bool)
-    u = linear_newton(loss, x, init[:, None], free, (0,), lambda u: 0.0, 0.0, max_steps,
-                      None if scores is None else scores[:, None], derivatives)
+    u = linear_newton(
+        loss,
+        x,
+        init[:, None],
+        free,
+        (0,),
+        lambda u: 0.0,
+        0.0,
+        max_steps,
+        None if scores is None else scores[:, None],
+        derivatives,
+    )
     return u[:, 0]

@@ -101,8 +101,10 @@ class ChunkProgress:
         filled = int(width * self.done_chunks / self.num_chunks)
         bar = "#" * filled + "." * (width - filled)
         eta = _clock(left) if left == left else "?"
-        line = (f"{self.label} [{bar}] {self.done_chunks}/{self.num_chunks} chunks, "
-                f"{self.done_cells}/{self.num_cells} cells, {rate:.1f} cells/s, eta {eta}")
+        line = (
+            f"{self.label} [{bar}] {self.done_chunks}/{self.num_chunks} chunks, "
+            f"{self.done_cells}/{self.num_cells} cells, {rate:.1f} cells/s, eta {eta}"
+        )
         if self.interactive:
             end = "\n" if self.done_chunks == self.num_chunks else ""
             self.stream.write("\r" + line + end)

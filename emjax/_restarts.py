@@ -25,8 +25,7 @@ def final_losses(result: FitResult) -> Array:
 
 
 @eqx.filter_jit
-def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen,
-              fixed) -> FitResult:
+def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen, fixed) -> FitResult:
     def one(key):
         start = init_params.unguarded(model, key, x, y)  # non-finite data: Status.nonfinite, not an error
         start, _, _ = as_arrays(start, x, y)
@@ -44,12 +43,34 @@ def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, 
     score = jnp.where(jnp.isnan(score), jnp.inf, score)
     best = jnp.argmin(score)
     chosen = jax.tree_util.tree_map(lambda leaf: leaf[best], results)
-    return FitResult(chosen.params, chosen.losses, chosen.num_steps, chosen.status, chosen.converged,
-                     chosen.state, None, losses, best.astype(jnp.int32))
+    return FitResult(
+        chosen.params,
+        chosen.losses,
+        chosen.num_steps,
+        chosen.status,
+        chosen.converged,
+        chosen.state,
+        None,
+        losses,
+        best.astype(jnp.int32),
+    )
 
 
-def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: int = 500, *, params=None,
-                 tol=None, atol=0.0, progress: bool | int = False, batch_size: int | str | None = "auto") -> FitResult:
+def fit_restarts(
+    model,
+    solver,
+    key: Array,
+    x,
+    y,
+    num_restarts: int,
+    num_steps: int = 500,
+    *,
+    params=None,
+    tol=None,
+    atol=0.0,
+    progress: bool | int = False,
+    batch_size: int | str | None = "auto",
+) -> FitResult:
     r"""Fit from ``num_restarts`` data-driven starts in one compiled program and return the best.
 
     Restart r starts at ``init_params(model, jax.random.split(key, num_restarts)[r], x, y)`` (with
@@ -99,7 +120,7 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
     if batch_size == "auto":
         batch_size = auto_batch_size()
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"batch_size must be \"auto\", None or a Python int >= 1; got {batch_size!r}")
+        raise ValueError(f'batch_size must be "auto", None or a Python int >= 1; got {batch_size!r}')
     check_key(key)
     _, d = check_features(x)
     check_fit_arguments(model, solver, model.placeholder(d) if params is None else params, x, y, num_steps)
@@ -119,8 +140,20 @@ def fit_restarts(model, solver, key: Array, x, y, num_restarts: int, num_steps: 
         frozen, fixed = _frozen_entries(model, solver, placeholder), as_arrays(params, x, y)[0]
     if tol is None:
         return _restarts(model, solver, keys, x, y, num_steps, None, None, progress_every, batch_size, frozen, fixed)
-    return _restarts(model, solver, keys, x, y, num_steps, jnp.asarray(tol, dtype), jnp.asarray(atol, dtype),
-                     progress_every, batch_size, frozen, fixed)
+    return _restarts(
+        model,
+        solver,
+        keys,
+        x,
+        y,
+        num_steps,
+        jnp.asarray(tol, dtype),
+        jnp.asarray(atol, dtype),
+        progress_every,
+        batch_size,
+        frozen,
+        fixed,
+    )
 
 
 def _frozen_entries(model, solver, placeholder):

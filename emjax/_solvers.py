@@ -108,8 +108,10 @@ class GradientEM(AbstractSolver):
     inner_steps: int = eqx.field(static=True, default=3)
 
     def update(self, model, params, state, x, y):
-        return (gradient_em_step.unguarded(model, params, x, y, self.step_size, self.inner_steps, self.trainable),
-                state)
+        return (
+            gradient_em_step.unguarded(model, params, x, y, self.step_size, self.inner_steps, self.trainable),
+            state,
+        )
 
 
 class OptaxSolver(AbstractSolver):

@@ -62,6 +62,9 @@ def check_tolerances(tol, atol) -> None:
 
 def tree_all_finite(tree) -> Array:
     """True when every floating leaf of ``tree`` is finite (a traced boolean)."""
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

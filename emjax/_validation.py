@@ -243,8 +243,9 @@ def check_finite(value, name: str) -> None:
 def _raise_if_failed(out, specs, values):
     """``out`` with the compiled value checks attached: one ``equinox.error_if`` on a scalar zero that
     every numeric output leaf then depends on (``leaf - 0``, exact, signed zeros included)."""
-    failed = jnp.stack([jnp.any(bad(_numbers(value), *args)) for (bad, args, _), value in zip(specs, values,
-                                                                                                strict=True)])
+    failed = jnp.stack(
+        [jnp.any(bad(_numbers(value), *args)) for (bad, args, _), value in zip(specs, values, strict=True)]
+    )
     messages = [message for _, _, message in specs]
     # The error rides on a scalar: an error branch on whole arrays would make XLA gather row-sharded
     # data onto every device; subtracting the scalar from the outputs keeps the check from being removed.
@@ -294,8 +295,7 @@ def check_params(params, d: int, name: str = "params") -> None:
         shape = shape_of(getattr(params, field), f"{name}.{field}")
         if shape != (d,):
             raise ValueError(
-                f"{name}.{field} must have shape (d,) = ({d},) to match x of shape (n, {d}); "
-                f"got shape {shape}"
+                f"{name}.{field} must have shape (d,) = ({d},) to match x of shape (n, {d}); got shape {shape}"
             )
         check_real(getattr(params, field), f"{name}.{field}")
         check_finite(getattr(params, field), f"{name}.{field}")
@@ -344,8 +344,9 @@ def check_inner_steps(inner_steps) -> None:
 @eqx.filter_jit
 def _first_failure(specs, values):
     """The index of the first failed value check, or -1 (an int32 scalar, computed where the data are)."""
-    failed = jnp.stack([jnp.any(bad(_numbers(value), *args))
-                        for (bad, args, _), value in zip(specs, values, strict=True)])
+    failed = jnp.stack(
+        [jnp.any(bad(_numbers(value), *args)) for (bad, args, _), value in zip(specs, values, strict=True)]
+    )
     return jnp.where(jnp.any(failed), jnp.argmax(failed), -1)
 
 

@@ -27,8 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"{jnp.dtype(dtype).name}, devices {jax.devices()}",
         flush=True,
     )
-    results = run_demo(n=args.n, d=args.d, num_steps=args.steps, seed=args.seed, dtype=dtype,
-                       checkpoints=checkpoints)
+    results = run_demo(n=args.n, d=args.d, num_steps=args.steps, seed=args.seed, dtype=dtype, checkpoints=checkpoints)
     print(format_demo(results))
     return 0
 
@@ -77,12 +76,24 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     experiments = EXPERIMENTS if "all" in names else tuple(dict.fromkeys(names))
     if args.data == "fmnist" and args.path is None and "table2" in experiments:
-        raise SystemExit("emjax reproduce: error: --data fmnist needs --path DIR (the folder holding the four "
-                         "Fashion-MNIST IDX files; nothing is downloaded)")
-    print(f"emjax reproduce {' '.join(names)}{' --quick' if args.quick else ''} -> {args.out} "
-          f"({'float32' if args.float32 else 'float64'}; Table 2 in float32; devices {jax.devices()})", flush=True)
-    files = reproduce(experiments, args.out, quick=args.quick, progress=False if args.no_progress else None,
-                      batch_size=_batch_size(args), data=args.data, path=args.path)
+        raise SystemExit(
+            "emjax reproduce: error: --data fmnist needs --path DIR (the folder holding the four "
+            "Fashion-MNIST IDX files; nothing is downloaded)"
+        )
+    print(
+        f"emjax reproduce {' '.join(names)}{' --quick' if args.quick else ''} -> {args.out} "
+        f"({'float32' if args.float32 else 'float64'}; Table 2 in float32; devices {jax.devices()})",
+        flush=True,
+    )
+    files = reproduce(
+        experiments,
+        args.out,
+        quick=args.quick,
+        progress=False if args.no_progress else None,
+        batch_size=_batch_size(args),
+        data=args.data,
+        path=args.path,
+    )
     print("wrote " + ", ".join(str(path) for path in files))
     return 0
 
@@ -129,21 +140,37 @@ def _sweep(args: argparse.Namespace) -> int:
         model = models.SymMoLinE(sigma=1.0) if args.model == "SymMoLinE" else models.SymMoLogE()
     else:
         model = getattr(models, args.model)(args.experts)
-    cell = ConvergenceCell(model, methods, args.steps, args.n, args.d, gate_norm=args.gate_norm,
-                           with_rates=not args.no_rates)
-    options = {"progress": False if args.no_progress else None, "batch_size": _batch_size(args),
-               "chunk_size": args.chunk_size}
+    cell = ConvergenceCell(
+        model, methods, args.steps, args.n, args.d, gate_norm=args.gate_norm, with_rates=not args.no_rates
+    )
+    options = {
+        "progress": False if args.no_progress else None,
+        "batch_size": _batch_size(args),
+        "chunk_size": args.chunk_size,
+    }
     need = [m for m in methods if m in STEPPED and m not in steps]
     snr_axis = {"snr": np.asarray(snrs)}
     if need:
         tuning_out = None if args.out is None else Path(args.out) / "tuning"
-        tuned = tune_step_sizes(dataclasses_replace(cell, methods=tuple(need)), args.seed, snrs,
-                                num_instances=args.tuning_instances, out=tuning_out, **options)
+        tuned = tune_step_sizes(
+            dataclasses_replace(cell, methods=tuple(need)),
+            args.seed,
+            snrs,
+            num_instances=args.tuning_instances,
+            out=tuning_out,
+            **options,
+        )
         snr_axis["step_sizes"] = {m: tuned.step_sizes[m] for m in need}
         print("tuned steps per SNR: " + "; ".join(f"{m} {list(map(float, v))}" for m, v in tuned.step_sizes.items()))
     cell = dataclasses_replace(cell, step_sizes=steps)
-    result = sweep(cell, args.seed, {"snr": snr_axis, "seed": np.arange(args.seeds)}, key_axes=("seed",),
-                   out=None if args.out is None else Path(args.out) / "sweep", **options)
+    result = sweep(
+        cell,
+        args.seed,
+        {"snr": snr_axis, "seed": np.arange(args.seeds)},
+        key_axes=("seed",),
+        out=None if args.out is None else Path(args.out) / "sweep",
+        **options,
+    )
     o = result.outputs
     if jax.process_index() != 0:
         return 0
@@ -153,19 +180,37 @@ def _sweep(args: argparse.Namespace) -> int:
     for s, snr in enumerate(snrs):
         for i, method in enumerate(methods):
             rate = measured_rate(o["step_length"][s, :, i], floor)
-            rows.append([snr, method, float(np.nanmean(o["loss"][s, :, i, -1] - best[s, :, 0, 0])),
-                         float(np.mean(o["expert_error"][s, :, i, -1])), float(np.mean(o["gate_error"][s, :, i, -1])),
-                         float(np.mean(o["rate_truth"][s])), float(nan_median(rate[None])[0]),
-                         int(np.sum(o["status"][s, :, i] != 0))])
-    header = ["snr", "method", "final_gap_to_best", "expert_error", "gate_error", "rate_truth", "rate_measured",
-              "runs_not_ok"]
+            rows.append(
+                [
+                    snr,
+                    method,
+                    float(np.nanmean(o["loss"][s, :, i, -1] - best[s, :, 0, 0])),
+                    float(np.mean(o["expert_error"][s, :, i, -1])),
+                    float(np.mean(o["gate_error"][s, :, i, -1])),
+                    float(np.mean(o["rate_truth"][s])),
+                    float(nan_median(rate[None])[0]),
+                    int(np.sum(o["status"][s, :, i] != 0)),
+                ]
+            )
+    header = [
+        "snr",
+        "method",
+        "final_gap_to_best",
+        "expert_error",
+        "gate_error",
+        "rate_truth",
+        "rate_measured",
+        "runs_not_ok",
+    ]
     if args.out is not None:
         write_csv(Path(args.out) / "summary.csv", header, rows)
     print(" ".join(f"{h:>18}" for h in header))
     for row in rows:
         print(" ".join(f"{v:>18.6g}" if isinstance(v, float) else f"{v!s:>18}" for v in row))
-    print(f"compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s, "
-          f"{result.computed_chunks} chunks computed, {result.loaded_chunks} loaded")
+    print(
+        f"compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s, "
+        f"{result.computed_chunks} chunks computed, {result.loaded_chunks} loaded"
+    )
     return 0
 
 
@@ -181,13 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     reproduce = commands.add_parser("reproduce", help="the paper's figures and Table 2: PNGs, CSVs, Markdown")
-    reproduce.add_argument("experiment", nargs="+", choices=("figure1", "figure2", "mim", "table2", "all"),
-                           help="one or more experiments, or all")
+    reproduce.add_argument(
+        "experiment",
+        nargs="+",
+        choices=("figure1", "figure2", "mim", "table2", "all"),
+        help="one or more experiments, or all",
+    )
     reproduce.add_argument("--quick", action="store_true", help="reduced sizes (about a minute each on 2 cores)")
-    reproduce.add_argument("--data", choices=("digits", "fmnist"), default="digits",
-                           help="Table 2's data: scikit-learn's digits (default) or Fashion-MNIST from --path")
-    reproduce.add_argument("--path", default=None,
-                           help="folder with the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
+    reproduce.add_argument(
+        "--data",
+        choices=("digits", "fmnist"),
+        default="digits",
+        help="Table 2's data: scikit-learn's digits (default) or Fashion-MNIST from --path",
+    )
+    reproduce.add_argument(
+        "--path", default=None, help="folder with the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)"
+    )
     reproduce.add_argument("--out", default="emjax-results", help="output folder (default emjax-results)")
     _common_sweep_flags(reproduce)
     reproduce.set_defaults(func=_reproduce)
@@ -197,18 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--experts", type=int, default=3, help="K for MoLinE/MoLogE/MoPoE (default 3)")
     grid.add_argument("--snr", default="0.5,1,2,4", help="comma-separated SNRs (default 0.5,1,2,4)")
     grid.add_argument("--seeds", type=int, default=10, help="instances per SNR (default 10)")
-    grid.add_argument("--methods", default="em,gradient_em,gd,adam",
-                      help="comma-separated from em, md, gradient_em, gd, adam")
-    grid.add_argument("--step", action="append", metavar="METHOD=STEP",
-                      help="fix a step size (repeatable); stepped methods without one are tuned per SNR")
+    grid.add_argument(
+        "--methods", default="em,gradient_em,gd,adam", help="comma-separated from em, md, gradient_em, gd, adam"
+    )
+    grid.add_argument(
+        "--step",
+        action="append",
+        metavar="METHOD=STEP",
+        help="fix a step size (repeatable); stepped methods without one are tuned per SNR",
+    )
     grid.add_argument("--tuning-instances", type=int, default=3, help="instances per SNR for tuning (default 3)")
     grid.add_argument("--steps", type=int, default=100, help="iterations per method (default 100)")
     grid.add_argument("--n", type=int, default=2000, help="samples per instance (default 2000)")
     grid.add_argument("--d", type=int, default=10, help="features (default 10)")
     grid.add_argument("--gate-norm", type=float, default=2.0, help="||w*|| or gate row norm (default 2)")
     grid.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    grid.add_argument("--no-rates", action="store_true",
-                      help="skip lambda_max(M) (the K-expert MIM needs memory growing fast in n)")
+    grid.add_argument(
+        "--no-rates", action="store_true", help="skip lambda_max(M) (the K-expert MIM needs memory growing fast in n)"
+    )
     grid.add_argument("--chunk-size", type=int, default=None, help="cells per compiled call and per file")
     grid.add_argument("--out", default=None, help="output folder (resumable); none: keep in memory")
     _common_sweep_flags(grid)
@@ -218,12 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _common_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="cells per lax.map group on each device; 0 vmaps a device's whole share "
-                             "(default: 1 on CPU, whole share on GPU)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="cells per lax.map group on each device; 0 vmaps a device's whole share "
+        "(default: 1 on CPU, whole share on GPU)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() first (multi-host; see emjax.sweep)")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host; see emjax.sweep)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

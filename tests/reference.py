@@ -76,8 +76,9 @@ def _soft_logistic(x, t):
         p = expit(x @ u)
         return (x * (p * (1 - p))[:, None]).T @ x / n
 
-    result = optimize.minimize(f, np.zeros(x.shape[1]), jac=g, hess=h, method="trust-exact",
-                               options={"gtol": 1e-13, "maxiter": 500})
+    result = optimize.minimize(
+        f, np.zeros(x.shape[1]), jac=g, hess=h, method="trust-exact", options={"gtol": 1e-13, "maxiter": 500}
+    )
     return result.x
 
 

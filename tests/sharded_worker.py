@@ -39,8 +39,11 @@ def devices():
     # moline_20k: the row count and width at which jaxlib 0.10.2 miscompiled the σ update (issue 13). It is the
     # MoLinE(3) check (each fit is two compilations; MoLinE(3) at n = 4000 was the same check on fewer rows, and
     # that size still runs below: the compiled step's collectives, the cells mesh and the two-process run).
-    for name, model, n, d in (("symlog", emjax.SymMoLogE(), 4000, 3), ("mologe", emjax.MoLogE(2, 3), 4000, 3),
-                              ("moline_20k", emjax.MoLinE(3), 20_000, 5)):
+    for name, model, n, d in (
+        ("symlog", emjax.SymMoLogE(), 4000, 3),
+        ("mologe", emjax.MoLogE(2, 3), 4000, 3),
+        ("moline_20k", emjax.MoLinE(3), 20_000, 5),
+    ):
         x, y, start = problem(model, n, d)
         single = emjax.fit(model, emjax.em(), start, x, y, 15)
         xs, ys = parallel.shard_rows(mesh, x, y)
@@ -62,10 +65,15 @@ def devices():
     cells_mesh = parallel.data_mesh(num_cells=2)
     starts = jax.vmap(lambda key: emjax.testing.random_params(model, key, d=3))(jax.random.split(jax.random.key(7), 4))
     grid = parallel.fit_cells(model, emjax.em(), starts, x, y, 10, cells_mesh)
-    loop = [emjax.fit(model, emjax.em(), jax.tree_util.tree_map(lambda a, i=i: a[i], starts), x, y, 10)
-            for i in range(4)]
-    out["cells"] = float(max(np.max(np.abs(flat(jax.tree_util.tree_map(lambda a, i=i: a[i], grid.params))
-                                         - flat(r.params))) for i, r in enumerate(loop)))
+    loop = [
+        emjax.fit(model, emjax.em(), jax.tree_util.tree_map(lambda a, i=i: a[i], starts), x, y, 10) for i in range(4)
+    ]
+    out["cells"] = float(
+        max(
+            np.max(np.abs(flat(jax.tree_util.tree_map(lambda a, i=i: a[i], grid.params)) - flat(r.params)))
+            for i, r in enumerate(loop)
+        )
+    )
     try:
         parallel.shard_rows(mesh, x[:-1], y[:-1])
         out["uneven"] = "accepted"
@@ -86,9 +94,12 @@ def process():
     losses = np.asarray(multihost_utils.process_allgather(sharded.losses, tiled=True))
     params = flat(multihost_utils.process_allgather(sharded.params, tiled=True))
     single = emjax.fit(model, emjax.em(), start, x, y, 15)  # every row, on this process's first device
-    return {"processes": count, "devices": jax.device_count(),
-            "losses": float(np.max(np.abs(losses - np.asarray(single.losses)))),
-            "params": float(np.max(np.abs(params - flat(single.params))))}
+    return {
+        "processes": count,
+        "devices": jax.device_count(),
+        "losses": float(np.max(np.abs(losses - np.asarray(single.losses)))),
+        "params": float(np.max(np.abs(params - flat(single.params)))),
+    }
 
 
 if __name__ == "__main__":

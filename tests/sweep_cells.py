@@ -27,8 +27,9 @@ def _pause(x):
 def slow_cell(key, snr, seed):
     """``em_cell`` plus a host pause per chunk of work, so a test can kill a run in mid-sweep."""
     out = em_cell(key, snr, seed)
-    loss = jax.pure_callback(_pause, jax.ShapeDtypeStruct(out["loss"].shape, out["loss"].dtype), out["loss"],
-                             vmap_method="sequential")
+    loss = jax.pure_callback(
+        _pause, jax.ShapeDtypeStruct(out["loss"].shape, out["loss"].dtype), out["loss"], vmap_method="sequential"
+    )
     return dict(out, loss=loss)
 
 

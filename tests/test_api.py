@@ -4,29 +4,84 @@ import emjax
 
 CONTRACT = {
     # issue 2
-    "SymMoLinE", "SymMoLogE", "SymParams", "sample", "responsibilities", "neg_log_likelihood", "em_step",
-    "mirror_map", "bregman_divergence", "mirror_descent_step", "gradient_descent_step", "gradient_em_step",
-    "complete_information", "missing_information", "observed_information", "missing_information_matrix",
-    "em_rate", "em", "mirror_descent", "gradient_em", "gradient_descent", "from_optax", "fit",
+    "SymMoLinE",
+    "SymMoLogE",
+    "SymParams",
+    "sample",
+    "responsibilities",
+    "neg_log_likelihood",
+    "em_step",
+    "mirror_map",
+    "bregman_divergence",
+    "mirror_descent_step",
+    "gradient_descent_step",
+    "gradient_em_step",
+    "complete_information",
+    "missing_information",
+    "observed_information",
+    "missing_information_matrix",
+    "em_rate",
+    "em",
+    "mirror_descent",
+    "gradient_em",
+    "gradient_descent",
+    "from_optax",
+    "fit",
     # issue 3
-    "MoLinE", "MoLogE", "MoPoE", "MoEParams", "init_params", "fit_restarts", "standard_errors", "aic", "bic",
+    "MoLinE",
+    "MoLogE",
+    "MoPoE",
+    "MoEParams",
+    "init_params",
+    "fit_restarts",
+    "standard_errors",
+    "aic",
+    "bic",
     "Status",
     # issue 4
-    "sweep", "SweepResult", "ConfigurationMismatch", "sweeps",
+    "sweep",
+    "SweepResult",
+    "ConfigurationMismatch",
+    "sweeps",
     # issue 5
-    "datasets", "deep",
+    "datasets",
+    "deep",
 }
 
 DATASETS_CONTRACT = {"digits", "fashion_mnist", "random_invert", "read_idx", "add_intercept", "ImageDataset"}
-DEEP_CONTRACT = {"DeepMoE", "fit_em", "fit_end_to_end", "top_k_mask", "load_statistics", "neg_log_likelihood",
-                 "surrogate", "responsibilities", "synthetic_nonlinear_moe"}
+DEEP_CONTRACT = {
+    "DeepMoE",
+    "fit_em",
+    "fit_end_to_end",
+    "top_k_mask",
+    "load_statistics",
+    "neg_log_likelihood",
+    "surrogate",
+    "responsibilities",
+    "synthetic_nonlinear_moe",
+}
 
-STREAMING_CONTRACT = {"fit_stream", "ArrayBatches", "NpyBatches", "RobbinsMonro", "StreamResult", "full_pass",
-                      "PassSums"}
+STREAMING_CONTRACT = {
+    "fit_stream",
+    "ArrayBatches",
+    "NpyBatches",
+    "RobbinsMonro",
+    "StreamResult",
+    "full_pass",
+    "PassSums",
+}
 PARALLEL_CONTRACT = {"data_mesh", "shard_rows", "shard_cells", "fit_cells", "initialize"}
 
-SWEEPS_CONTRACT = {"sweep", "ConvergenceCell", "RateCell", "tune_step_sizes", "STEP_GRIDS", "METHODS",
-                   "SweepResult", "ConfigurationMismatch"}
+SWEEPS_CONTRACT = {
+    "sweep",
+    "ConvergenceCell",
+    "RateCell",
+    "tune_step_sizes",
+    "STEP_GRIDS",
+    "METHODS",
+    "SweepResult",
+    "ConfigurationMismatch",
+}
 
 
 def test_sweeps_names_are_exported():
@@ -36,8 +91,12 @@ def test_sweeps_names_are_exported():
 
 
 def test_datasets_and_deep_names_are_exported():
-    for module, names in ((emjax.datasets, DATASETS_CONTRACT), (emjax.deep, DEEP_CONTRACT),
-                          (emjax.streaming, STREAMING_CONTRACT), (emjax.parallel, PARALLEL_CONTRACT)):
+    for module, names in (
+        (emjax.datasets, DATASETS_CONTRACT),
+        (emjax.deep, DEEP_CONTRACT),
+        (emjax.streaming, STREAMING_CONTRACT),
+        (emjax.parallel, PARALLEL_CONTRACT),
+    ):
         for name in names:
             assert hasattr(module, name), name
             assert getattr(module, name).__doc__, name
@@ -79,9 +138,12 @@ def test_solvers_have_one_public_form_the_factories():
 
     for name in SOLVER_CLASSES:
         assert name not in emjax.__all__ and not hasattr(emjax, name), name
-    for factory, cls in ((emjax.em(), _solvers.EM), (emjax.mirror_descent(0.5), _solvers.MirrorDescent),
-                         (emjax.gradient_descent(0.1), _solvers.GradientDescent),
-                         (emjax.gradient_em(0.1), _solvers.GradientEM)):
+    for factory, cls in (
+        (emjax.em(), _solvers.EM),
+        (emjax.mirror_descent(0.5), _solvers.MirrorDescent),
+        (emjax.gradient_descent(0.1), _solvers.GradientDescent),
+        (emjax.gradient_em(0.1), _solvers.GradientEM),
+    ):
         assert isinstance(factory, cls) and isinstance(factory, emjax.AbstractSolver)
 
 
@@ -102,12 +164,15 @@ def test_one_calling_rule_model_params_key_data_options():
     before_key = {"model", "cell", "solver", "params", "truth"}
     checked = 0
     for name, function in _public_functions():
-        positional = [p.name for p in inspect.signature(function).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        positional = [
+            p.name
+            for p in inspect.signature(function).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         if "model" in positional:
             assert positional[0] == "model", (name, positional)
         if "key" in positional:
-            head = positional[:positional.index("key")]
+            head = positional[: positional.index("key")]
             assert set(head) <= before_key, (name, positional)
             checked += 1
     assert checked >= 8

@@ -24,8 +24,12 @@ def test_backend_sums_fused_products_correctly(n):
     x, y, w, c = rng.normal(size=(n, 5)), rng.normal(size=n), rng.random((n, 3)), rng.normal(size=(3, 5))
     f = jax.jit(lambda x, y, w, c: jnp.sum(w.T * jnp.square(y[None] - c @ x.T), axis=1))
     oracle = np.sum(w.T * np.square(y[None] - c @ x.T), axis=1)
-    np.testing.assert_allclose(np.asarray(f(x, y, w, c)), oracle, rtol=1e-12,
-                               err_msg="this jaxlib miscompiles fused row sums; see emjax._backend")
+    np.testing.assert_allclose(
+        np.asarray(f(x, y, w, c)),
+        oracle,
+        rtol=1e-12,
+        err_msg="this jaxlib miscompiles fused row sums; see emjax._backend",
+    )
 
 
 def _issue_data(n=20_000):
@@ -57,7 +61,9 @@ def test_issue_script_sigma_is_the_same_on_every_path():
     start = emjax.init_params(model, jax.random.key(0), x, y)
     direct = emjax.em_step(model, start, x, y)
     batched = jax.vmap(lambda p: emjax.em_step(model, p, x, y))(jax.tree_util.tree_map(lambda leaf: leaf[None], start))
-    mapped = jax.lax.map(lambda p: emjax.em_step(model, p, x, y), jax.tree_util.tree_map(lambda leaf: leaf[None], start))
+    mapped = jax.lax.map(
+        lambda p: emjax.em_step(model, p, x, y), jax.tree_util.tree_map(lambda leaf: leaf[None], start)
+    )
     oracle = _sigma_oracle(model, start, direct, x, y)
     np.testing.assert_allclose(np.asarray(direct.sigma), oracle, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(batched.sigma[0]), oracle, rtol=1e-10)

@@ -8,8 +8,13 @@ from emjax.cli import main
 
 
 def test_demo_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "emjax", "demo", "--n", "300", "--d", "3", "--steps", "5"],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "emjax", "demo", "--n", "300", "--d", "3", "--steps", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     for label in ("SymMoLinE", "SymMoLogE", "EM", "MD eta=0.5", "gradient EM", "GD", "Adam", "t=5"):
         assert label in out, label
 

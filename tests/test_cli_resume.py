@@ -127,10 +127,17 @@ def test_store_compares_a_configuration_with_its_own_json_form(tmp_path):
     SweepStore(tmp_path, _record(CONFIGURATION), 1).open()
     stored = json.loads((tmp_path / RECORD).read_text())["configuration"]
     assert math.isnan(stored.pop("missing"))
-    assert stored == {"methods": ["em", "gd"], "pairs": [["SymMoLinE", 2.0], ["SymMoLogE", 4.0]], "step": 0.25,
-                      "count": 3, "dtype": "float32", "scalar_type": "float64", "jax_type": "float32",
-                      "grid": [0.0, 1.0, 2.0],
-                      "nested": {"a": None, "b": [1, 2]}}
+    assert stored == {
+        "methods": ["em", "gd"],
+        "pairs": [["SymMoLinE", 2.0], ["SymMoLogE", 4.0]],
+        "step": 0.25,
+        "count": 3,
+        "dtype": "float32",
+        "scalar_type": "float64",
+        "jax_type": "float32",
+        "grid": [0.0, 1.0, 2.0],
+        "nested": {"a": None, "b": [1, 2]},
+    }
     # A re-run builds the same tuples and NumPy values again; NaN is not equal to itself as a float.
     SweepStore(tmp_path, _record(CONFIGURATION), 1).open()
     SweepStore(tmp_path, _record(to_json(CONFIGURATION)), 1).open()
@@ -147,4 +154,3 @@ def test_sweep_with_a_tuple_config_resumes_and_returns_what_it_stored(tmp_path):
     assert (again.computed_chunks, again.loaded_chunks) == (0, first.computed_chunks)
     assert again.configuration == json.loads((tmp_path / RECORD).read_text())["configuration"]
     assert again.configuration["user"] == {"settings": {"methods": ["em"], "step": 0.5}}
-

@@ -38,24 +38,38 @@ def test_symmetric_closed_forms_equal_the_generic_autodiff_defaults(kind):
     _tree_close(model.e_step(point, x, y), generic.e_step(model, point, x, y), rtol=1e-11, atol=1e-14)
     _tree_close(model.loss_gradient(point, x, y), generic.loss_gradient(model, point, x, y), rtol=1e-10, atol=1e-13)
     _tree_close(model.mirror_map_grad(point, x), generic.mirror_map_grad(model, point, x), rtol=1e-11, atol=1e-14)
-    _tree_close(model.posterior_statistics(point, x, y), generic.posterior_statistics(model, point, x, y),
-                rtol=1e-10, atol=1e-13)
+    _tree_close(
+        model.posterior_statistics(point, x, y),
+        generic.posterior_statistics(model, point, x, y),
+        rtol=1e-10,
+        atol=1e-13,
+    )
     other = emjax.testing.perturb(truth, jax.random.key(2), 0.3)
-    np.testing.assert_allclose(model.bregman_divergence(point, other, x),
-                               generic.bregman_divergence(model, point, other, x), rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(
+        model.bregman_divergence(point, other, x),
+        generic.bregman_divergence(model, point, other, x),
+        rtol=1e-9,
+        atol=1e-14,
+    )
     # The generic I_c is the Hessian of the surrogate with the responsibilities as anchor: for a
     # linear exponential family it is the mirror map's Hessian, y-free.
-    _tree_close(model.complete_information(point, x, y), generic.complete_information(model, point, x, y),
-                rtol=1e-9, atol=1e-13)
-    _tree_close(model.missing_information(point, x, y), generic.missing_information(model, point, x, y),
-                rtol=1e-9, atol=1e-13)
+    _tree_close(
+        model.complete_information(point, x, y), generic.complete_information(model, point, x, y), rtol=1e-9, atol=1e-13
+    )
+    _tree_close(
+        model.missing_information(point, x, y), generic.missing_information(model, point, x, y), rtol=1e-9, atol=1e-13
+    )
     # The closed-form surrogate gradient, grad A(u) - s(theta), against autodiff of the generic EM
     # surrogate -mean sum_c gamma_c log p(y, z=c | x; u) with the responsibilities at theta.
     free = model.free_mask(point)
     gamma = generic.surrogate_anchor(model, point, x, y)
     autodiff = jax.grad(lambda u: generic.surrogate(model, u, x, y, gamma))(other)
-    _tree_close(model.surrogate_gradient(other, x, y, model.surrogate_anchor(point, x, y), free), autodiff,
-                rtol=1e-9, atol=1e-13)
+    _tree_close(
+        model.surrogate_gradient(other, x, y, model.surrogate_anchor(point, x, y), free),
+        autodiff,
+        rtol=1e-9,
+        atol=1e-13,
+    )
 
 
 @pytest.mark.parametrize("kind", ["lin", "log", "poi"])
@@ -81,8 +95,12 @@ def test_em_is_the_m_step_of_the_posterior_targets_and_mirror_descent_of_the_ble
         targets, scores = model.posterior_targets(start, x, y)
         solved = model.solve(start, x, targets, model.free_mask(start), scores)
         _tree_close(solved, emjax.em_step(model, start, x, y), rtol=1e-12, atol=1e-13)
-        _tree_close(emjax.mirror_descent_step(model, start, x, y, 1.0), emjax.em_step(model, start, x, y),
-                    rtol=1e-10, atol=1e-12)
+        _tree_close(
+            emjax.mirror_descent_step(model, start, x, y, 1.0),
+            emjax.em_step(model, start, x, y),
+            rtol=1e-10,
+            atol=1e-12,
+        )
 
 
 class _PlainMoLinE(emjax.MixtureOfExperts):
@@ -116,8 +134,9 @@ class _TwoCoins(AbstractModel):
         return emjax.MoEParams(gate=like.gate.at[1].set(vector[:d]), experts=vector[d:].reshape(2, d))
 
     def free_mask(self, params, trainable=None):
-        return emjax.MoEParams(gate=jnp.zeros(params.gate.shape, bool).at[1].set(True),
-                               experts=jnp.ones(params.experts.shape, bool))
+        return emjax.MoEParams(
+            gate=jnp.zeros(params.gate.shape, bool).at[1].set(True), experts=jnp.ones(params.experts.shape, bool)
+        )
 
     def log_joint(self, params, x, y):
         log_gate = jax.nn.log_softmax(x @ params.gate.T, axis=-1)
@@ -141,7 +160,9 @@ class _TwoCoins(AbstractModel):
             logits = x @ p.experts.T
             return -jnp.mean(jnp.sum(weights * log_gate + heads * logits - weights * jax.nn.softplus(logits), axis=-1))
 
-        solved = emjax._newton.masked_newton(objective, self.flatten(params), jnp.ones(self.flatten(params).shape, bool))
+        solved = emjax._newton.masked_newton(
+            objective, self.flatten(params), jnp.ones(self.flatten(params).shape, bool)
+        )
         return self.unflatten(solved, params)
 
     def mirror_map(self, params, x):
@@ -192,6 +213,7 @@ def test_no_code_outside_validation_branches_on_the_model_type():
         relative = path.relative_to(ROOT).as_posix()
         if relative in allowed:
             continue
-        offenders += [f"{relative}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
-                      if pattern.search(line)]
+        offenders += [
+            f"{relative}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)
+        ]
     assert offenders == [], offenders

@@ -117,12 +117,21 @@ def test_fisher_identity_dense_linear_and_sparse_mlp(linear, mlp):
 def test_converged_m_step_equals_em_step(linear):
     """One E-step and an M-step minimised by L-BFGS give MoLogE's em_step predictions (to 1e-6)."""
     model, params, x, y, dm = linear
-    fitted, history = deep.fit_em(dm, jax.random.key(0), x, y.astype(jnp.int32), optimizer=optax.lbfgs(),
-                                  num_em_steps=1, inner_steps=100, reset_optimizer=True)
+    fitted, history = deep.fit_em(
+        dm,
+        jax.random.key(0),
+        x,
+        y.astype(jnp.int32),
+        optimizer=optax.lbfgs(),
+        num_em_steps=1,
+        inner_steps=100,
+        reset_optimizer=True,
+    )
     reference = deep.DeepMoE.from_moe_params(emjax.em_step(model, params, x, y))
     _close(jnp.exp(deep.gate_log_probs(fitted, x)), jnp.exp(deep.gate_log_probs(reference, x)), rtol=0, atol=1e-6)
-    _close(jax.nn.softmax(expert_logits(fitted, x), -1), jax.nn.softmax(expert_logits(reference, x), -1),
-           rtol=0, atol=1e-6)
+    _close(
+        jax.nn.softmax(expert_logits(fitted, x), -1), jax.nn.softmax(expert_logits(reference, x), -1), rtol=0, atol=1e-6
+    )
     assert float(history.surrogate[0, 1]) < float(history.surrogate[0, 0]) - 1e-3
 
 
@@ -161,8 +170,9 @@ def test_em_decreases_surrogate_and_loss_and_matches_a_python_loop(mlp):
 def test_sub_batches_match_a_python_loop(mlp):
     """inner_batch_size: one E-step on a shuffled batch, inner step j on its sub-batch j mod (batch / sub)."""
     model, x, y, _ = mlp
-    fitted, history = deep.fit_em(model, jax.random.key(5), x, y, optimizer=SGD, num_em_steps=3, inner_steps=4,
-                                  inner_batch_size=32)
+    fitted, history = deep.fit_em(
+        model, jax.random.key(5), x, y, optimizer=SGD, num_em_steps=3, inner_steps=4, inner_batch_size=32
+    )
     indices = np.asarray(batch_indices(jax.random.key(5), x.shape[0], 3, x.shape[0]))
     assert sorted(indices[1]) == list(range(x.shape[0]))  # each E-step batch is a permutation of the data
 
@@ -187,8 +197,7 @@ def test_sub_batches_match_a_python_loop(mlp):
 def test_minibatch_em_and_end_to_end_learn(mlp):
     model, x, y, _ = mlp
     fitted_em, h_em = _adam_em(jax.random.key(3), model, x, y)
-    fitted_ee, h_ee = deep.fit_end_to_end(model, jax.random.key(3), x, y, optimizer=ADAM, num_steps=90,
-                                          batch_size=32)
+    fitted_ee, h_ee = deep.fit_end_to_end(model, jax.random.key(3), x, y, optimizer=ADAM, num_steps=90, batch_size=32)
     start = float(deep.neg_log_likelihood(model, x, y))
     for fitted, history in ((fitted_em, h_em), (fitted_ee, h_ee)):
         assert float(deep.neg_log_likelihood(fitted, x, y)) < start - 0.1
@@ -204,8 +213,9 @@ def test_minibatch_em_and_end_to_end_learn(mlp):
     assert h_ee.surrogate is None and h_em.surrogate.shape == (30, 2) and h_ee.eval_loss is None
     assert h_em.eval_loss.shape == (3,)
     # One inner step per E-step on the same batches is end-to-end training (Fisher's identity, docs/math.md §9).
-    fitted_m1, h_m1 = deep.fit_em(model, jax.random.key(3), x, y, optimizer=ADAM, num_em_steps=90, inner_steps=1,
-                                  batch_size=32)
+    fitted_m1, h_m1 = deep.fit_em(
+        model, jax.random.key(3), x, y, optimizer=ADAM, num_em_steps=90, inner_steps=1, batch_size=32
+    )
     _assert_models_close(fitted_m1, fitted_ee, rtol=1e-8, atol=1e-10)
     _close(h_m1.loss, h_ee.loss, rtol=1e-10)
 
@@ -267,13 +277,15 @@ def test_synthetic_latent_is_routed():
 
 
 def _adam_em(key, model, x, y):
-    return deep.fit_em(model, key, x, y, optimizer=ADAM, num_em_steps=30, inner_steps=3, batch_size=32,
-                       eval_data=(x, y), eval_every=10)
+    return deep.fit_em(
+        model, key, x, y, optimizer=ADAM, num_em_steps=30, inner_steps=3, batch_size=32, eval_data=(x, y), eval_every=10
+    )
 
 
 def _assert_models_close(a, b, **tolerances):
-    jax.tree_util.tree_map(lambda u, v: _close(u, v, **tolerances), eqx.filter(a, eqx.is_array),
-                           eqx.filter(b, eqx.is_array))
+    jax.tree_util.tree_map(
+        lambda u, v: _close(u, v, **tolerances), eqx.filter(a, eqx.is_array), eqx.filter(b, eqx.is_array)
+    )
 
 
 def test_vmap_over_keys_equals_a_loop(mlp):
@@ -282,8 +294,12 @@ def test_vmap_over_keys_equals_a_loop(mlp):
     batched = eqx.filter_vmap(lambda k: _adam_em(k, model, x, y))(keys)
     for i in range(2):
         single = _adam_em(keys[i], model, x, y)
-        _assert_models_close(jax.tree_util.tree_map(lambda a, i=i: a[i], eqx.filter(batched, eqx.is_array)),
-                             eqx.filter(single, eqx.is_array), rtol=1e-10, atol=1e-12)
+        _assert_models_close(
+            jax.tree_util.tree_map(lambda a, i=i: a[i], eqx.filter(batched, eqx.is_array)),
+            eqx.filter(single, eqx.is_array),
+            rtol=1e-10,
+            atol=1e-12,
+        )
     assert not np.allclose(batched.history.loss[0], batched.history.loss[1])  # the two keys drew different batches
 
 
@@ -340,7 +356,16 @@ def test_bad_inputs_raise(mlp):
     with pytest.raises(ValueError, match="divide"):
         deep.fit_end_to_end(model, jax.random.key(0), x, y, optimizer=opt, num_steps=5, eval_data=(x, y), eval_every=2)
     with pytest.raises(ValueError, match="inner_batch_size"):
-        deep.fit_em(model, jax.random.key(0), x, y, optimizer=opt, num_em_steps=2, inner_steps=2, batch_size=64,
-                    inner_batch_size=30)
+        deep.fit_em(
+            model,
+            jax.random.key(0),
+            x,
+            y,
+            optimizer=opt,
+            num_em_steps=2,
+            inner_steps=2,
+            batch_size=64,
+            inner_batch_size=30,
+        )
     with pytest.raises(ValueError, match="bias-free"):
         model.to_moe_params()

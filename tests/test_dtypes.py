@@ -38,8 +38,10 @@ def test_default_float_follows_x64():
     import subprocess
     import sys
 
-    code = ("import numpy as np; from emjax._dtypes import working_dtype; "
-            "print(working_dtype(np.zeros(2, 'int64'), np.zeros(2, 'int64')))")
+    code = (
+        "import numpy as np; from emjax._dtypes import working_dtype; "
+        "print(working_dtype(np.zeros(2, 'int64'), np.zeros(2, 'int64')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "float32"
 

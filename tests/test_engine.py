@@ -59,8 +59,9 @@ ADAM = optax.adam(3e-2)
 
 
 def _deep(model, x, y, **kwargs):
-    return deep.fit_em(model, jax.random.key(5), x, y, optimizer=ADAM, num_em_steps=kwargs.pop("steps", 6),
-                       inner_steps=2, **kwargs)
+    return deep.fit_em(
+        model, jax.random.key(5), x, y, optimizer=ADAM, num_em_steps=kwargs.pop("steps", 6), inner_steps=2, **kwargs
+    )
 
 
 # ----------------------------------------------------------------------------- one result type
@@ -82,8 +83,9 @@ def test_every_trainer_returns_a_fit_result(moline, mlp):
     np.testing.assert_allclose(streamed.batch_losses, np.asarray(two.losses[:2]), rtol=1e-12)
     # final_loss is the loss at the final parameters for each trainer.
     assert float(fitted.final_loss) == float(fitted.losses[3])
-    assert float(trained.final_loss) == pytest.approx(float(deep.neg_log_likelihood(trained.params, *mlp[1:])),
-                                                      rel=1e-12)
+    assert float(trained.final_loss) == pytest.approx(
+        float(deep.neg_log_likelihood(trained.params, *mlp[1:])), rel=1e-12
+    )
     # The deep result still unpacks as (model, history), its earlier return value.
     model_, history = trained
     assert model_ is trained.params and history is trained.history
@@ -100,9 +102,14 @@ def test_a_tolerance_stop_follows_the_same_rule_in_every_trainer(moline, mlp):
     # One full batch per epoch with eta = 1: each epoch is one EM step, its loss fit's loss before that step.
     streamed = fit_stream(model, start, [(x, y)], num_epochs=200, step_size=1.0, tol=tol)
     deep_tol = 1e-4  # Adam on a small network: a looser tolerance, the same rule
-    trained = deep.fit_em(mlp[0], jax.random.key(5), *mlp[1:], optimizer=ADAM, num_em_steps=400, inner_steps=2, tol=deep_tol)
-    for result, trace, rtol in ((fitted, np.asarray(fitted.losses), tol), (streamed, streamed.epoch_losses, tol),
-                                (trained, np.asarray(trained.history.loss), deep_tol)):
+    trained = deep.fit_em(
+        mlp[0], jax.random.key(5), *mlp[1:], optimizer=ADAM, num_em_steps=400, inner_steps=2, tol=deep_tol
+    )
+    for result, trace, rtol in (
+        (fitted, np.asarray(fitted.losses), tol),
+        (streamed, streamed.epoch_losses, tol),
+        (trained, np.asarray(trained.history.loss), deep_tol),
+    ):
         assert bool(result.converged) and int(result.status) == OK
         trace = trace[np.isfinite(trace)]
         changes = np.abs(np.diff(trace))
@@ -114,7 +121,7 @@ def test_a_tolerance_stop_follows_the_same_rule_in_every_trainer(moline, mlp):
     np.testing.assert_allclose(streamed.epoch_losses, np.asarray(fitted.losses[: k + 1]), rtol=1e-10)
     # The deep trainer stops before the step that detected the tolerance: that step is not applied.
     steps = int(trained.num_steps)
-    assert 0 < steps < 400 and np.isnan(trained.losses[steps + 1:]).all()
+    assert 0 < steps < 400 and np.isnan(trained.losses[steps + 1 :]).all()
 
 
 def test_an_unmet_tolerance_is_max_steps_in_every_trainer(moline, mlp):
@@ -137,14 +144,18 @@ def test_non_finite_values_are_status_nonfinite_in_every_trainer(moline, mlp):
     deep_model, dx, dy = mlp
     nan_x = dx.at[0, 0].set(jnp.nan)  # traced inside jit, so not refused at the boundary
     trained = eqx.filter_jit(lambda a: _deep(deep_model, a, dy, tol=1e-8))(nan_x)
-    ended = eqx.filter_jit(lambda a: deep.fit_end_to_end(deep_model, jax.random.key(5), a, dy, optimizer=ADAM,
-                                                         num_steps=3))(nan_x)
+    ended = eqx.filter_jit(
+        lambda a: deep.fit_end_to_end(deep_model, jax.random.key(5), a, dy, optimizer=ADAM, num_steps=3)
+    )(nan_x)
     for result in (fitted, streamed, trained, ended):
         assert int(result.status) == NONFINITE and not bool(result.converged)
         assert int(result.num_steps) == 0
     # the parameters are the last finite iterate, the start
-    for leaf, first in zip(jax.tree_util.tree_leaves(eqx.filter(trained.params, eqx.is_array)),
-                           jax.tree_util.tree_leaves(eqx.filter(deep_model, eqx.is_array)), strict=True):
+    for leaf, first in zip(
+        jax.tree_util.tree_leaves(eqx.filter(trained.params, eqx.is_array)),
+        jax.tree_util.tree_leaves(eqx.filter(deep_model, eqx.is_array)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(leaf, first)
     assert np.all(np.asarray(trained.history.gradient_evaluations) == 2)  # only the first step ran
 

@@ -18,8 +18,9 @@ CELL = ConvergenceCell(emjax.SymMoLinE(), ("em", "gd"), num_steps=40, n=400, d=3
 
 @pytest.fixture(scope="module")
 def traces():
-    return emjax.sweep(CELL, 0, {"snr": jnp.array([1.0, 4.0]), "seed": jnp.arange(3)}, key_axes=("seed",),
-                       progress=False).outputs
+    return emjax.sweep(
+        CELL, 0, {"snr": jnp.array([1.0, 4.0]), "seed": jnp.arange(3)}, key_axes=("seed",), progress=False
+    ).outputs
 
 
 def test_convergence_cell_records_every_trace(traces):
@@ -73,8 +74,12 @@ def test_tuning_chooses_the_best_candidate_on_separate_instances():
     assert scores[1] < scores[0]  # and a tiny one is slow
     assert tuned.step_sizes["gd"][0] == 0.5
     with pytest.raises(ValueError, match="same length"):
-        tune_step_sizes(ConvergenceCell(emjax.SymMoLinE(), ("gd", "adam"), 5, 50, 2), 0, [1.0],
-                        grids={"gd": (0.1, 1.0), "adam": (0.1,)})
+        tune_step_sizes(
+            ConvergenceCell(emjax.SymMoLinE(), ("gd", "adam"), 5, 50, 2),
+            0,
+            [1.0],
+            grids={"gd": (0.1, 1.0), "adam": (0.1,)},
+        )
 
 
 def test_convergence_cell_rejects_bad_configuration():
@@ -89,9 +94,19 @@ def test_convergence_cell_rejects_bad_configuration():
 def test_reproduce_quick_writes_every_file(tmp_path, capsys):
     # The synthetic experiments; Table 2 has its own, smaller, test (tests/test_table2.py).
     assert main(["reproduce", "figure1", "figure2", "mim", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
-    expected = ["figure1.png", "figure2.png", "mim.png", "figure1.csv", "figure2.csv", "mim_rates.csv",
-                "mim_fits.csv", "mim_iterations.csv", "step_sizes_figures.csv", "step_sizes_mim.csv",
-                "reproduce.json"]
+    expected = [
+        "figure1.png",
+        "figure2.png",
+        "mim.png",
+        "figure1.csv",
+        "figure2.csv",
+        "mim_rates.csv",
+        "mim_fits.csv",
+        "mim_iterations.csv",
+        "step_sizes_figures.csv",
+        "step_sizes_mim.csv",
+        "reproduce.json",
+    ]
     for name in expected:
         assert (tmp_path / name).stat().st_size > 0, name
     for name in ("figure1.png", "figure2.png", "mim.png"):
@@ -111,8 +126,26 @@ def test_reproduce_quick_writes_every_file(tmp_path, capsys):
 
 
 def test_sweep_command_writes_a_summary_and_refuses_a_changed_grid(tmp_path, capsys):
-    args = ["sweep", "--snr", "1,4", "--seeds", "2", "--steps", "15", "--n", "200", "--d", "3", "--methods",
-            "em,gd", "--step", "gd=0.5", "--out", str(tmp_path), "--no-progress"]
+    args = [
+        "sweep",
+        "--snr",
+        "1,4",
+        "--seeds",
+        "2",
+        "--steps",
+        "15",
+        "--n",
+        "200",
+        "--d",
+        "3",
+        "--methods",
+        "em,gd",
+        "--step",
+        "gd=0.5",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert main(args) == 0
     with open(tmp_path / "summary.csv") as stream:
         rows = list(csv.DictReader(stream))

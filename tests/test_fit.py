@@ -112,8 +112,9 @@ def test_fit_keeps_dtype_and_float32_tracks_float64(kind, dtype):
     model, truth, x, y = make_problem(kind, n=500, d=3, seed=33)
     start = emjax.testing.perturb(truth, jax.random.key(3))
     cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
-    result = emjax.fit(model, emjax.from_optax(optax.adam(0.05)), jax.tree_util.tree_map(cast, start),
-                       cast(x), cast(y), 5)
+    result = emjax.fit(
+        model, emjax.from_optax(optax.adam(0.05)), jax.tree_util.tree_map(cast, start), cast(x), cast(y), 5
+    )
     assert result.params.w.dtype == dtype and result.losses.dtype == dtype
     em32 = emjax.fit(model, emjax.em(), jax.tree_util.tree_map(cast, start), cast(x), cast(y), 30)
     em64 = emjax.fit(model, emjax.em(), start, x, y, 30)
@@ -195,8 +196,8 @@ def test_tolerance_stop_matches_the_fixed_step_trace(kind):
     k = int(until.num_steps)
     assert bool(until.converged) and int(until.status) == emjax.Status.ok and 0 < k < 200
     np.testing.assert_allclose(until.losses[: k + 1], full.losses[: k + 1], rtol=1e-13)
-    assert np.all(np.isnan(np.asarray(until.losses[k + 1:])))
-    assert np.all(np.isnan(np.asarray(until.params_history.w[k + 1:])))
+    assert np.all(np.isnan(np.asarray(until.losses[k + 1 :])))
+    assert np.all(np.isnan(np.asarray(until.params_history.w[k + 1 :])))
     np.testing.assert_allclose(until.params.flatten(), full.params_history.flatten()[k], atol=1e-13)
     # The stop rule: the k-th change is within tol, the one before is not.
     change = np.abs(np.diff(np.asarray(full.losses)))
@@ -205,8 +206,9 @@ def test_tolerance_stop_matches_the_fixed_step_trace(kind):
 
 def test_tolerance_not_met_reports_max_steps():
     model, truth, x, y = make_problem("log", n=300, d=3, seed=71)
-    result = emjax.fit(model, emjax.gradient_descent(0.01), emjax.testing.perturb(truth, jax.random.key(11)), x, y, 5,
-                       tol=1e-12)
+    result = emjax.fit(
+        model, emjax.gradient_descent(0.01), emjax.testing.perturb(truth, jax.random.key(11)), x, y, 5, tol=1e-12
+    )
     assert int(result.status) == emjax.Status.max_steps and not bool(result.converged)
     assert int(result.num_steps) == 5 and np.all(np.isfinite(np.asarray(result.losses)))
 
@@ -252,8 +254,13 @@ def test_tolerances_are_traced():
     cache = emjax._fit._fit_until._cached
     steps = []
     for i, tol in enumerate([1e-3, 1e-6, 1e-9]):
-        steps.append(int(emjax.fit(model, emjax.em(), emjax.testing.perturb(truth, jax.random.key(1)), x, y, 100,
-                                   tol=tol).num_steps))
+        steps.append(
+            int(
+                emjax.fit(
+                    model, emjax.em(), emjax.testing.perturb(truth, jax.random.key(1)), x, y, 100, tol=tol
+                ).num_steps
+            )
+        )
         if i == 0:
             size = cache._cache_size()
     assert cache._cache_size() == size

@@ -52,15 +52,16 @@ def test_em_jacobian_equals_dlr_formula_anywhere(kind):
     # jacobian(em_step)(theta) = hess A(F(theta))^-1 I_miss(theta)  (docs/math.md §5.3), at any theta.
     model, truth, x, y = make_problem(kind, n=300, d=3, seed=22)
     point = emjax.testing.perturb(truth, jax.random.key(1), 0.3)
-    jac = jax.jacobian(lambda th: emjax.em_step(model, emjax.SymParams.unflatten(th), x, y).flatten())(
-        point.flatten())
+    jac = jax.jacobian(lambda th: emjax.em_step(model, emjax.SymParams.unflatten(th), x, y).flatten())(point.flatten())
     mapped = emjax.em_step(model, point, x, y)
-    expected = jnp.linalg.solve(emjax.complete_information(model, mapped, x, y),
-                                emjax.missing_information(model, point, x, y))
+    expected = jnp.linalg.solve(
+        emjax.complete_information(model, mapped, x, y), emjax.missing_information(model, point, x, y)
+    )
     np.testing.assert_allclose(jac, expected, atol=1e-8)
     # Forward mode gives the same.
     jac_fwd = jax.jacfwd(lambda th: emjax.em_step(model, emjax.SymParams.unflatten(th), x, y).flatten())(
-        point.flatten())
+        point.flatten()
+    )
     np.testing.assert_allclose(jac_fwd, jac, atol=1e-10)
 
 
@@ -73,8 +74,7 @@ def test_mim_at_a_fitted_optimum(kind):
     mim = emjax.missing_information_matrix(model, fitted, x, y)
     np.testing.assert_allclose(np.sort(np.linalg.eigvals(np.asarray(mim)).real), eigenvalues, atol=1e-10)
     # The Jacobian of the EM map at the fixed point is M, and its spectral radius is em_rate.
-    jac = jax.jacobian(lambda th: emjax.em_step(model, emjax.SymParams.unflatten(th), x, y).flatten())(
-        fitted.flatten())
+    jac = jax.jacobian(lambda th: emjax.em_step(model, emjax.SymParams.unflatten(th), x, y).flatten())(fitted.flatten())
     np.testing.assert_allclose(jac, mim, atol=1e-8)
     radius = np.max(np.abs(np.linalg.eigvals(np.asarray(jac))))
     np.testing.assert_allclose(radius, emjax.em_rate(model, fitted, x, y), atol=1e-4)
@@ -86,8 +86,9 @@ def test_em_contracts_at_the_rate_of_the_mim():
     fitted = _converged(model, truth, x, y, steps=600)
     rate = float(emjax.em_rate(model, fitted, x, y))
     assert 0.3 < rate < 0.99
-    result = emjax.fit(model, emjax.em(), emjax.testing.perturb(truth, jax.random.key(5), 0.5), x, y, 200,
-                       keep_history=True)
+    result = emjax.fit(
+        model, emjax.em(), emjax.testing.perturb(truth, jax.random.key(5), 0.5), x, y, 200, keep_history=True
+    )
     history = jnp.concatenate([result.params_history.w, result.params_history.beta], axis=1)
     distance = np.asarray(jnp.linalg.norm(history - fitted.flatten()[None, :], axis=1))
     window = (distance[:-1] < 1e-4) & (distance[:-1] > 1e-10)
@@ -103,8 +104,7 @@ def test_mim_matches_reference(kind):
     complete, missing = reference.information(*args)
     np.testing.assert_allclose(emjax.complete_information(model, point, x, y), complete, atol=1e-12)
     np.testing.assert_allclose(emjax.missing_information(model, point, x, y), missing, atol=1e-12)
-    np.testing.assert_allclose(emjax.missing_information_matrix(model, point, x, y), reference.mim(*args),
-                               atol=1e-10)
+    np.testing.assert_allclose(emjax.missing_information_matrix(model, point, x, y), reference.mim(*args), atol=1e-10)
 
 
 def test_grad_of_em_rate_matches_finite_differences(kind):
@@ -121,10 +121,16 @@ def test_grad_of_em_rate_matches_finite_differences(kind):
         np.testing.assert_allclose(grad[i], fd, rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize(("kind_", "w_norm", "snr", "expected"), [
-    ("lin", 1.0, 1.0, 0.663), ("lin", 2.0, 2.0, 0.436), ("lin", 0.5, 8.0, 0.106),
-    ("log", 4.0, 4.0, 0.757), ("log", 2.0, 2.0, 0.935),
-])
+@pytest.mark.parametrize(
+    ("kind_", "w_norm", "snr", "expected"),
+    [
+        ("lin", 1.0, 1.0, 0.663),
+        ("lin", 2.0, 2.0, 0.436),
+        ("lin", 0.5, 8.0, 0.106),
+        ("log", 4.0, 4.0, 0.757),
+        ("log", 2.0, 2.0, 0.935),
+    ],
+)
 def test_rate_at_truth_matches_math_table(kind_, w_norm, snr, expected):
     # docs/math.md §6 Monte Carlo table (x ~ N(0, I_10), w* orthogonal to beta*); sanity ranges.
     model, _, _, _ = make_problem(kind_, n=10, d=10)

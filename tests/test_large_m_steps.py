@@ -46,8 +46,7 @@ def test_lbfgs_solution_map_is_differentiable_like_newtons():
 
     def minimiser(scale, method):
         objective, _, _ = _softmax_problem(seed=1)
-        return masked_minimize(lambda c: objective(c) + 0.5 * scale * jnp.sum(c**2), start, free, method,
-                               max_steps=300)
+        return masked_minimize(lambda c: objective(c) + 0.5 * scale * jnp.sum(c**2), start, free, method, max_steps=300)
 
     def summary(scale, method):
         return jnp.sum(jnp.sin(minimiser(scale, method)))
@@ -76,8 +75,11 @@ def test_em_step_with_lbfgs_equals_em_step_with_newton():
     newton = emjax.MoLogE(3, num_classes=3, m_step_method="newton")
     lbfgs = emjax.MoLogE(3, num_classes=3, m_step_method="lbfgs", m_step_max_steps=300)
     start = emjax.init_params(newton, jax.random.key(3), x, y)
-    for a, b in zip(jax.tree_util.tree_leaves(em_step(lbfgs, start, x, y)),
-                    jax.tree_util.tree_leaves(em_step(newton, start, x, y)), strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(em_step(lbfgs, start, x, y)),
+        jax.tree_util.tree_leaves(em_step(newton, start, x, y)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -88,7 +90,9 @@ def test_capped_lbfgs_em_is_a_generalized_em_that_never_increases_the_objective(
         start = emjax.init_params(model, jax.random.key(4), x, y)
         result = emjax.fit(model, emjax.em(), start, x, y, 8, keep_history=True)
         free = model.free_mask(start)
-        penalties = jax.vmap(lambda p: model.penalty(p, free) if ridge else jnp.zeros(()))(result.params_history)
+        penalties = jax.vmap(
+            lambda p, model=model, free=free, ridge=ridge: model.penalty(p, free) if ridge else jnp.zeros(())
+        )(result.params_history)
         objective = np.asarray(result.losses + penalties)
         assert np.all(np.diff(objective) <= 1e-12), objective
         assert objective[-1] < objective[0] - 1e-3

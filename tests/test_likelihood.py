@@ -15,8 +15,9 @@ def test_responsibilities_match_bayes_rule(kind):
     rng = np.random.default_rng(0)
     for _ in range(5):
         point = random_point(rng, 3, scale=0.7)
-        expected = reference.responsibilities(kind, np.asarray(point.w), np.asarray(point.beta),
-                                              np.asarray(x), np.asarray(y))
+        expected = reference.responsibilities(
+            kind, np.asarray(point.w), np.asarray(point.beta), np.asarray(x), np.asarray(y)
+        )
         got = emjax.responsibilities(model, point, x, y)
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-14)
@@ -46,8 +47,7 @@ def test_extreme_scores_stay_finite(kind, scale):
     x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]])
     params = emjax.SymParams(w=jnp.array([scale, -scale]), beta=jnp.array([-scale, scale]))
     y = jnp.array([1.0, 0.0, 1.0, 0.0]) if kind == "log" else jnp.array([3.0, -2.0, 0.1, 1e3])
-    for fn in (emjax.responsibilities, emjax.neg_log_likelihood, emjax.observed_information,
-               emjax.missing_information):
+    for fn in (emjax.responsibilities, emjax.neg_log_likelihood, emjax.observed_information, emjax.missing_information):
         assert np.all(np.isfinite(np.asarray(fn(model, params, x, y)))), fn.__name__
     assert np.all(np.isfinite(np.asarray(emjax.complete_information(model, params, x, y))))
     assert np.isfinite(emjax.mirror_map(model, params, x))

@@ -27,7 +27,7 @@ def test_gradient_and_hessian_equals_the_plain_products(n, blocks):
     np.testing.assert_allclose(xg, x.T @ gradients, rtol=1e-12, atol=1e-10)
     assert hessians.shape == (blocks, 5, 5)
     for p in range(blocks):
-        np.testing.assert_allclose(hessians[p], (x * curvatures[:, p:p + 1]).T @ x, rtol=1e-12, atol=1e-10)
+        np.testing.assert_allclose(hessians[p], (x * curvatures[:, p : p + 1]).T @ x, rtol=1e-12, atol=1e-10)
 
 
 def _softmax_problem(seed, n=300, d=4, classes=3):
@@ -56,9 +56,12 @@ def test_linear_newton_takes_masked_newtons_steps(ridge, closed_form):
 
     derivatives = _moe_solve.softmax_derivatives(weights, targets) if closed_form else None
     for steps in (1, 2, 50):  # every partial iterate, not only the minimiser
-        fast = jax.jit(lambda u: linear_newton(loss, x, u, free, (1, 2), penalty, ridge, steps,
-                                               derivatives=derivatives))(init)
-        reference = jax.jit(lambda u: masked_newton(lambda v: jnp.mean(loss(x @ v)) + penalty(v), u, free, steps))(init)
+        fast = jax.jit(
+            lambda u, n=steps: linear_newton(loss, x, u, free, (1, 2), penalty, ridge, n, derivatives=derivatives)
+        )(init)
+        reference = jax.jit(
+            lambda u, steps=steps: masked_newton(lambda v: jnp.mean(loss(x @ v)) + penalty(v), u, free, steps)
+        )(init)
         np.testing.assert_allclose(fast, reference, rtol=1e-11, atol=1e-12)
         np.testing.assert_array_equal(fast[~free], init[~free])
 
@@ -70,8 +73,16 @@ def test_given_scores_change_nothing_and_derivatives_are_those_of_the_solution_m
 
     def fast(scale, scores=None):
         scaled = x * scale
-        return linear_newton(lambda z: weights * jax.nn.logsumexp(z, axis=-1) - jnp.sum(targets * z, axis=-1),
-                             scaled, init, free, (1, 2), lambda u: 0.0, 0.0, scores=scores)
+        return linear_newton(
+            lambda z: weights * jax.nn.logsumexp(z, axis=-1) - jnp.sum(targets * z, axis=-1),
+            scaled,
+            init,
+            free,
+            (1, 2),
+            lambda u: 0.0,
+            0.0,
+            scores=scores,
+        )
 
     def reference(scale):
         scaled = x * scale
@@ -103,17 +114,23 @@ class _AutodiffMoPoE(emjax.MoPoE):
 def test_em_and_mirror_steps_equal_those_of_the_autodiff_m_step(kind):
     model, truth, x, y = make_moe_problem(kind, seed=3)
     params = jax.tree_util.tree_map(lambda a: 0.7 * a, truth)  # mid-fit: several Newton steps per M-step
-    slow = (_AutodiffMoLogE(model.num_experts, num_classes=model.expert.num_classes, ridge=0.05) if kind == "log"
-            else _AutodiffMoPoE(model.num_experts, ridge=0.05))
-    fast = type(model)(model.num_experts, **({"num_classes": model.expert.num_classes} if kind == "log" else {}),
-                       ridge=0.05)
+    slow = (
+        _AutodiffMoLogE(model.num_experts, num_classes=model.expert.num_classes, ridge=0.05)
+        if kind == "log"
+        else _AutodiffMoPoE(model.num_experts, ridge=0.05)
+    )
+    fast = type(model)(
+        model.num_experts, **({"num_classes": model.expert.num_classes} if kind == "log" else {}), ridge=0.05
+    )
     trainable = jax.tree_util.tree_map(lambda a: jnp.ones(a.shape, bool), params)
     # One gate entry frozen, so the fast path meets a partly free row.
-    trainable = emjax.MoEParams(gate=trainable.gate.at[1, 0].set(False), experts=trainable.experts,
-                                sigma=trainable.sigma)
-    for step in (lambda m: emjax.mirror_descent_step(m, params, x, y, 0.7),
-                 lambda m: emjax.em_step(m, params, x, y, trainable=trainable)):
+    trainable = emjax.MoEParams(
+        gate=trainable.gate.at[1, 0].set(False), experts=trainable.experts, sigma=trainable.sigma
+    )
+    for step in (
+        lambda m: emjax.mirror_descent_step(m, params, x, y, 0.7),
+        lambda m: emjax.em_step(m, params, x, y, trainable=trainable),
+    ):
         got, want = step(fast), step(slow)
-        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
-

@@ -16,8 +16,9 @@ def test_gradient_matches_autodiff(kind):
     closed = emjax.neg_log_likelihood_grad(model, point, x, y)
     np.testing.assert_allclose(closed.flatten(), auto.flatten(), rtol=1e-11, atol=1e-13)
     mirror_auto = jax.grad(lambda p: emjax.mirror_map(model, p, x))(point)
-    np.testing.assert_allclose(emjax.mirror_map_grad(model, point, x).flatten(), mirror_auto.flatten(),
-                               rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(
+        emjax.mirror_map_grad(model, point, x).flatten(), mirror_auto.flatten(), rtol=1e-11, atol=1e-13
+    )
 
 
 def _surrogate(model, u, theta, x, y):
@@ -40,8 +41,9 @@ def test_fisher_identity(kind):
     model, _, x, y = make_problem(kind, n=80, d=3, seed=4)
     theta = random_point(np.random.default_rng(3), 3)
     grad_q = jax.grad(lambda u: _surrogate(model, u, theta, x, y))(theta)
-    np.testing.assert_allclose(grad_q.flatten(), emjax.neg_log_likelihood_grad(model, theta, x, y).flatten(),
-                               rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(
+        grad_q.flatten(), emjax.neg_log_likelihood_grad(model, theta, x, y).flatten(), rtol=1e-11, atol=1e-13
+    )
     # Q(u | theta) = A(u) - <u, s_bar(theta)> + const (docs/math.md §4.3): the difference is constant in u.
     s_bar = emjax.posterior_statistics(model, theta, x, y).flatten()
     rng = np.random.default_rng(4)
@@ -70,8 +72,11 @@ def test_bregman_is_kl_with_reference_first(kind):
     np.testing.assert_allclose(got, kl_ref_first, rtol=1e-12)
     assert abs(kl_ref_first - kl_reverse) > 1e-3 * kl_ref_first  # the direction is really tested
     # And the definition A(theta) - A(ref) - <grad A(ref), theta - ref>.
-    definition = (emjax.mirror_map(model, theta, x) - emjax.mirror_map(model, ref, x)
-                  - emjax.mirror_map_grad(model, ref, x).flatten() @ (theta.flatten() - ref.flatten()))
+    definition = (
+        emjax.mirror_map(model, theta, x)
+        - emjax.mirror_map(model, ref, x)
+        - emjax.mirror_map_grad(model, ref, x).flatten() @ (theta.flatten() - ref.flatten())
+    )
     np.testing.assert_allclose(got, definition, rtol=1e-10)
 
 

@@ -27,8 +27,9 @@ def test_init_params_is_data_driven_and_key_dependent(moe_kind):
     assert _all_finite(a) and bool(jnp.all(a.gate[0] == 0))
     assert bool(jnp.all(a.experts == again.experts))
     assert float(jnp.max(jnp.abs(a.experts - b.experts))) > 1e-3
-    start = emjax.MoEParams(gate=jnp.zeros_like(a.gate), experts=jnp.zeros_like(a.experts),
-                            sigma=None if a.sigma is None else jnp.ones(3))
+    start = emjax.MoEParams(
+        gate=jnp.zeros_like(a.gate), experts=jnp.zeros_like(a.experts), sigma=None if a.sigma is None else jnp.ones(3)
+    )
     assert emjax.neg_log_likelihood(model, a, x, y) < emjax.neg_log_likelihood(model, start, x, y)
 
 
@@ -47,8 +48,9 @@ def test_restarts_under_vmap_equal_a_loop():
     np.testing.assert_allclose(result.params.experts, best.params.experts, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(result.losses, best.losses, rtol=1e-10)
     assert int(result.num_steps) == int(best.num_steps) and int(result.status) == int(best.status)
-    chunked = emjax.fit_restarts(model, emjax.em(), jax.random.key(3), x, y, num_restarts=3, num_steps=40, tol=1e-9,
-                                 batch_size=2)
+    chunked = emjax.fit_restarts(
+        model, emjax.em(), jax.random.key(3), x, y, num_restarts=3, num_steps=40, tol=1e-9, batch_size=2
+    )
     np.testing.assert_allclose(chunked.restart_losses, finals, rtol=1e-10)
 
 
@@ -83,8 +85,11 @@ def test_match_experts_undoes_a_permutation():
     model = emjax.MoLinE(3)
     truth = emjax.testing.random_params(model, jax.random.key(0), 3)
     order = jnp.array([2, 0, 1])
-    shuffled = emjax.MoEParams(gate=truth.gate[order] - truth.gate[order][:1], experts=truth.experts[order],
-                               sigma=truth.sigma[order] * jnp.array([1.0, 1.1, 1.2]))
+    shuffled = emjax.MoEParams(
+        gate=truth.gate[order] - truth.gate[order][:1],
+        experts=truth.experts[order],
+        sigma=truth.sigma[order] * jnp.array([1.0, 1.1, 1.2]),
+    )
     matched = emjax.testing.match_experts(shuffled, truth)
     np.testing.assert_allclose(matched.experts, truth.experts)
     np.testing.assert_allclose(matched.gate, truth.gate, atol=1e-12)
@@ -96,8 +101,9 @@ def test_match_experts_undoes_a_permutation():
 def test_an_expert_without_data_stays_finite_and_is_reported(moe_kind):
     model, truth, x, y = make_moe_problem(moe_kind, seed=54, n=200)
     x = x.at[:, 0].set(1.0)  # an intercept column, so one gate row can switch an expert off everywhere
-    dead = emjax.MoEParams(gate=truth.gate.at[2].set(jnp.array([-80.0, 0.0, 0.0])), experts=truth.experts,
-                           sigma=truth.sigma)
+    dead = emjax.MoEParams(
+        gate=truth.gate.at[2].set(jnp.array([-80.0, 0.0, 0.0])), experts=truth.experts, sigma=truth.sigma
+    )
     result = emjax.fit(model, emjax.em(), dead, x, y, 30)
     assert _all_finite(result.params) and bool(jnp.all(jnp.isfinite(result.losses)))
     assert int(result.status) == emjax.Status.degenerate
@@ -136,12 +142,12 @@ def test_thousands_of_random_fits_never_give_nan(moe_kind, solver_name):
     def one(key):
         keys = jax.random.split(key, 5)
         scale = jnp.exp(jax.random.uniform(keys[0], (), minval=-2.0, maxval=2.0))
-        truth = emjax.testing.random_params(model, keys[1], d, gate_norm=3 * scale, expert_norm=scale,
-                                        sigma=0.01 + scale / 4)
+        truth = emjax.testing.random_params(
+            model, keys[1], d, gate_norm=3 * scale, expert_norm=scale, sigma=0.01 + scale / 4
+        )
         x, y = emjax.sample(model, truth, keys[2], n)
         start = emjax.init_params(model, keys[3], x, y)
-        wild = jax.tree_util.tree_map(lambda a, b: jnp.where(jax.random.bernoulli(keys[4]), 20 * a, b),
-                                      truth, start)
+        wild = jax.tree_util.tree_map(lambda a, b: jnp.where(jax.random.bernoulli(keys[4]), 20 * a, b), truth, start)
         wild = emjax.MoEParams(gate=wild.gate.at[0].set(0), experts=wild.experts, sigma=start.sigma)
         result = emjax.fit(model, solver, wild, x, y, 25)
         return result, model.is_degenerate(result.params, x, y)

@@ -24,7 +24,8 @@ def test_louis_identity_observed_information_is_the_hessian(moe_kind):
     model, truth, x, y = make_moe_problem(moe_kind, seed=40, n=200)
     point = emjax.init_params(model, jax.random.key(1), x, y)
     hessian = jax.hessian(moe_flat_fn(model, lambda p: emjax.neg_log_likelihood(model, p, x, y), point))(
-        moe_flatten(model, point))
+        moe_flatten(model, point)
+    )
     complete = emjax.complete_information(model, point, x, y)
     missing = emjax.missing_information(model, point, x, y)
     np.testing.assert_allclose(complete - missing, hessian, atol=1e-10)
@@ -42,7 +43,8 @@ def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(moe_kind
     step = moe_flatten(model, emjax.em_step(model, fitted, x, y)) - moe_flatten(model, fitted)
     assert float(jnp.max(jnp.abs(step))) < 1e-10
     jacobian = jax.jacobian(moe_flat_fn(model, lambda p: moe_flatten(model, emjax.em_step(model, p, x, y)), fitted))(
-        moe_flatten(model, fitted))
+        moe_flatten(model, fitted)
+    )
     mim = emjax.missing_information_matrix(model, fitted, x, y)
     np.testing.assert_allclose(jacobian, mim, atol=2e-6)
     eigenvalues = emjax.mim_eigenvalues(model, fitted, x, y)

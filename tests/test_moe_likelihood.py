@@ -40,8 +40,9 @@ def test_responsibilities_and_loss_match_brute_force(moe_kind):
 def test_bregman_divergence_is_the_complete_data_kl_reference_first(moe_kind):
     model, truth, x, _ = make_moe_problem(moe_kind, seed=3, n=50)
     a, b = _arbitrary_point(model, truth, seed=4), _arbitrary_point(model, truth, seed=5)
-    np.testing.assert_allclose(emjax.bregman_divergence(model, a, b, x), reference.complete_kl(model, a, b, x),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        emjax.bregman_divergence(model, a, b, x), reference.complete_kl(model, a, b, x), rtol=1e-10
+    )
     assert abs(float(emjax.bregman_divergence(model, a, b, x)) - reference.complete_kl(model, b, a, x)) > 1e-6
     assert float(emjax.bregman_divergence(model, a, a, x)) == pytest.approx(0.0, abs=1e-14)
 
@@ -63,16 +64,25 @@ def test_two_expert_mixtures_are_the_symmetric_models():
 
     y = jnp.asarray(rng.normal(size=80) * 2)
     lin = emjax.MoEParams(gate=gate, experts=jnp.stack([-beta, beta]), sigma=jnp.array([0.7, 0.7]))
-    np.testing.assert_allclose(emjax.neg_log_likelihood(emjax.MoLinE(2), lin, x, y),
-                               emjax.neg_log_likelihood(emjax.SymMoLinE(0.7), sym, x, y), rtol=1e-13)
-    np.testing.assert_allclose(emjax.responsibilities(emjax.MoLinE(2), lin, x, y),
-                               emjax.responsibilities(emjax.SymMoLinE(0.7), sym, x, y), atol=1e-13)
+    np.testing.assert_allclose(
+        emjax.neg_log_likelihood(emjax.MoLinE(2), lin, x, y),
+        emjax.neg_log_likelihood(emjax.SymMoLinE(0.7), sym, x, y),
+        rtol=1e-13,
+    )
+    np.testing.assert_allclose(
+        emjax.responsibilities(emjax.MoLinE(2), lin, x, y),
+        emjax.responsibilities(emjax.SymMoLinE(0.7), sym, x, y),
+        atol=1e-13,
+    )
 
     labels = jnp.asarray(rng.integers(0, 2, size=80)).astype(jnp.float64)
     columns = [jnp.stack([jnp.zeros(3), -beta], axis=1), jnp.stack([jnp.zeros(3), beta], axis=1)]
     log = emjax.MoEParams(gate=gate, experts=jnp.stack(columns))
-    np.testing.assert_allclose(emjax.neg_log_likelihood(emjax.MoLogE(2, 2), log, x, labels),
-                               emjax.neg_log_likelihood(emjax.SymMoLogE(), sym, x, labels), rtol=1e-13)
+    np.testing.assert_allclose(
+        emjax.neg_log_likelihood(emjax.MoLogE(2, 2), log, x, labels),
+        emjax.neg_log_likelihood(emjax.SymMoLogE(), sym, x, labels),
+        rtol=1e-13,
+    )
 
 
 def test_sample_draws_from_the_model(moe_kind):
@@ -81,7 +91,8 @@ def test_sample_draws_from_the_model(moe_kind):
     model.expert.check_labels(y)  # valid responses for the family
     # The sample is drawn from the model: the true parameters fit it better than a perturbed point.
     assert emjax.neg_log_likelihood(model, truth, x, y) < emjax.neg_log_likelihood(
-        model, _arbitrary_point(model, truth, seed=8, scale=0.3), x, y)
+        model, _arbitrary_point(model, truth, seed=8, scale=0.3), x, y
+    )
 
 
 def test_extreme_scores_stay_finite(moe_kind):
@@ -91,8 +102,12 @@ def test_extreme_scores_stay_finite(moe_kind):
     assert bool(jnp.all(jnp.isfinite(gamma)))
     np.testing.assert_allclose(jnp.sum(gamma, axis=1), 1.0, rtol=1e-12)
     assert bool(jnp.isfinite(emjax.neg_log_likelihood(model, huge, x, y)))
-    assert bool(jax.tree_util.tree_reduce(lambda a, b: a & b, jax.tree_util.tree_map(
-        lambda leaf: jnp.all(jnp.isfinite(leaf)), emjax.em_step(model, huge, x, y))))
+    assert bool(
+        jax.tree_util.tree_reduce(
+            lambda a, b: a & b,
+            jax.tree_util.tree_map(lambda leaf: jnp.all(jnp.isfinite(leaf)), emjax.em_step(model, huge, x, y)),
+        )
+    )
 
 
 def test_float32_runs_in_float32(moe_kind):

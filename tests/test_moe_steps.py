@@ -39,8 +39,11 @@ def test_em_step_is_the_exact_m_step(moe_kind):
 def test_mirror_descent_with_unit_step_is_em(moe_kind):
     model, _, x, y = make_moe_problem(moe_kind, seed=21, n=200)
     params = _start(model, x, y)
-    for a, b in zip(_leaves(emjax.mirror_descent_step(model, params, x, y, 1.0)),
-                    _leaves(emjax.em_step(model, params, x, y)), strict=True):
+    for a, b in zip(
+        _leaves(emjax.mirror_descent_step(model, params, x, y, 1.0)),
+        _leaves(emjax.em_step(model, params, x, y)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
 
 
@@ -73,8 +76,9 @@ def _mask(model, params):
     """Freeze a gate entry, all of expert 1 and (linear experts) sigma_2, in one mask."""
     k = model.num_experts
     sigma = None if params.sigma is None else jnp.arange(k) != 2
-    return emjax.MoEParams(gate=jnp.ones(params.gate.shape, bool).at[2, 0].set(False),
-                           experts=jnp.arange(k) != 1, sigma=sigma)
+    return emjax.MoEParams(
+        gate=jnp.ones(params.gate.shape, bool).at[2, 0].set(False), experts=jnp.arange(k) != 1, sigma=sigma
+    )
 
 
 def _check_frozen(model, before, after, mask):
@@ -112,8 +116,10 @@ def test_symmetric_models_freeze_whole_blocks():
     truth = emjax.SymParams(w=jnp.array([1.0, 0.0]), beta=jnp.array([0.0, 2.0]))
     x, y = emjax.sample(model, truth, jax.random.key(0), 200)
     start = emjax.SymParams(w=jnp.array([0.3, 0.3]), beta=jnp.array([1.0, 1.0]))
-    for solver in (emjax.em(trainable=emjax.SymParams(w=False, beta=True)),
-                   emjax.gradient_descent(0.1, trainable=emjax.SymParams(w=False, beta=True))):
+    for solver in (
+        emjax.em(trainable=emjax.SymParams(w=False, beta=True)),
+        emjax.gradient_descent(0.1, trainable=emjax.SymParams(w=False, beta=True)),
+    ):
         result = emjax.fit(model, solver, start, x, y, 3)
         assert bool(jnp.all(result.params.w == start.w)) and bool(jnp.any(result.params.beta != start.beta))
 
@@ -124,8 +130,9 @@ def test_freezing_a_separable_block_leaves_the_rest_of_the_m_step_unchanged():
     params = _start(model, x, y)
     free = emjax.em_step(model, params, x, y)
     sigma_all = True if params.sigma is not None else None
-    gate_fixed = emjax.em_step(model, params, x, y, trainable=emjax.MoEParams(gate=False, experts=True,
-                                                                               sigma=sigma_all))
+    gate_fixed = emjax.em_step(
+        model, params, x, y, trainable=emjax.MoEParams(gate=False, experts=True, sigma=sigma_all)
+    )
     np.testing.assert_allclose(gate_fixed.experts, free.experts, rtol=1e-12, atol=1e-12)
     mask = emjax.MoEParams(gate=True, experts=jnp.array([True, False, True]), sigma=sigma_all)
     expert_fixed = emjax.em_step(model, params, x, y, trainable=mask)
@@ -149,8 +156,11 @@ def test_a_frozen_gate_entry_is_a_constrained_optimum():
 def test_gradient_solvers_descend(moe_kind, solver_name):
     model, _, x, y = make_moe_problem(moe_kind, seed=26, n=200)
     params = _start(model, x, y)
-    solver = {"gd": emjax.gradient_descent(0.02), "gem": emjax.gradient_em(0.02, 3),
-              "adam": emjax.from_optax(optax.adam(0.01))}[solver_name]
+    solver = {
+        "gd": emjax.gradient_descent(0.02),
+        "gem": emjax.gradient_em(0.02, 3),
+        "adam": emjax.from_optax(optax.adam(0.01)),
+    }[solver_name]
     result = emjax.fit(model, solver, params, x, y, 20)
     assert int(result.status) in (emjax.Status.ok, emjax.Status.degenerate)
     assert float(result.losses[-1]) < float(result.losses[0])
@@ -160,8 +170,11 @@ def test_gradient_em_with_one_inner_step_is_gradient_descent(moe_kind):
     """Fisher's identity: grad_u Q(u | theta)|_{u=theta} = grad L(theta)."""
     model, _, x, y = make_moe_problem(moe_kind, seed=27, n=200)
     params = _start(model, x, y)
-    for a, b in zip(_leaves(emjax.gradient_em_step(model, params, x, y, 0.03, 1)),
-                    _leaves(emjax.gradient_descent_step(model, params, x, y, 0.03)), strict=True):
+    for a, b in zip(
+        _leaves(emjax.gradient_em_step(model, params, x, y, 0.03, 1)),
+        _leaves(emjax.gradient_descent_step(model, params, x, y, 0.03)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -192,8 +205,11 @@ def test_a_new_expert_family_needs_only_the_interface():
         return emjax.MoEParams(gate=p.gate, experts=jnp.stack([jnp.zeros_like(p.experts), p.experts], axis=-1))
 
     start = emjax.init_params(custom, jax.random.key(2), x, y)
-    np.testing.assert_allclose(emjax.neg_log_likelihood(custom, start, x, y),
-                               emjax.neg_log_likelihood(builtin, as_softmax(start), x, y), rtol=1e-12)
+    np.testing.assert_allclose(
+        emjax.neg_log_likelihood(custom, start, x, y),
+        emjax.neg_log_likelihood(builtin, as_softmax(start), x, y),
+        rtol=1e-12,
+    )
     custom_step = emjax.em_step(custom, start, x, y)
     builtin_step = emjax.em_step(builtin, as_softmax(start), x, y)
     np.testing.assert_allclose(as_softmax(custom_step).experts, builtin_step.experts, atol=1e-8)

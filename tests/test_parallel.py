@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _result(output: str) -> dict:
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert lines, output[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _env():
@@ -60,8 +60,16 @@ def _free_port() -> int:
 
 def test_two_processes_with_two_devices_each_match_one_device():
     address = f"127.0.0.1:{_free_port()}"
-    workers = [subprocess.Popen([sys.executable, WORKER, "process", address, "2", str(index)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=_env()) for index in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, WORKER, "process", address, "2", str(index)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for index in range(2)
+    ]
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=600)

@@ -99,18 +99,41 @@ CASES = [
     # fit_restarts, which puts init_params and EM under vmap and lax.map (RESTARTS_COVER).
     Case("MoLinE", np.float64, 20_000, 3, ("em_step",), k=3, num_steps=5, seed=1),
     Case("MoLinE", np.float64, 24_000, 5, ("mirror_descent_step",), k=5, num_steps=6, seed=2),
-    Case("SymMoLinE", np.float64, 24_000, 3,
-         ("gradient_descent_step", "fit:em", "fit:mirror_descent", "fit:gradient_descent", "fit:adam"), step=0.5,
-         num_steps=10, seed=3),
+    Case(
+        "SymMoLinE",
+        np.float64,
+        24_000,
+        3,
+        ("gradient_descent_step", "fit:em", "fit:mirror_descent", "fit:gradient_descent", "fit:adam"),
+        step=0.5,
+        num_steps=10,
+        seed=3,
+    ),
     # Small n: the rest of the matrix. The Newton M-steps, the costliest to compile, run mostly on the symmetric
     # models, which take every path; the K-expert cases skip the batch of 1.
-    Case("SymMoLinE", np.float32, 500, 3, ("mirror_descent_step", "gradient_em_step", "fit:gradient_em"), step=0.5,
-         seed=4),
+    Case(
+        "SymMoLinE",
+        np.float32,
+        500,
+        3,
+        ("mirror_descent_step", "gradient_em_step", "fit:gradient_em"),
+        step=0.5,
+        seed=4,
+    ),
     Case("SymMoLogE", np.float32, 700, 4, ("init_params", "em_step", "fit:mirror_descent"), seed=5),
     Case("MoLinE", np.float32, 900, 3, ("init_params", "fit:em"), k=2, seed=7, paths=SMALL_MOE),
     Case("MoLogE", np.float64, 800, 3, ("gradient_em_step", "fit:gradient_em"), k=4, c=3, seed=8, paths=SMALL_MOE),
-    Case("MoPoE", np.float32, 1000, 2, ("gradient_descent_step", "fit:gradient_descent", "fit:adam"), k=5, step=0.05,
-         seed=9, paths=SMALL_MOE),
+    Case(
+        "MoPoE",
+        np.float32,
+        1000,
+        2,
+        ("gradient_descent_step", "fit:gradient_descent", "fit:adam"),
+        k=5,
+        step=0.05,
+        seed=9,
+        paths=SMALL_MOE,
+    ),
 ]
 # Checked on CASES[0]'s problem by the fit_restarts test (float64, large n): counted for its dtype and model.
 RESTARTS_COVER = ("init_params", "fit:em")
@@ -131,8 +154,13 @@ def _functions(case: Case):
     def fitted(solver):
         def run(model, key, start, x, y):
             result = emjax.fit(model, solver, start, x, y, case.num_steps)
-            return {"params": result.params, "losses": result.losses, "status": result.status,
-                    "num_steps": result.num_steps}
+            return {
+                "params": result.params,
+                "losses": result.losses,
+                "status": result.status,
+                "num_steps": result.num_steps,
+            }
+
         return run
 
     table = {
@@ -175,8 +203,9 @@ def _draw(case: Case, rng: np.random.Generator):
             y = sign * (x @ beta) + rng.normal(size=n)
         else:
             y = (rng.uniform(size=n) < 1 / (1 + np.exp(-sign * (x @ beta)))).astype(float)
-        start = emjax.SymParams(w=w + _directions(rng, (1, d), 0.7 * norm)[0],
-                                beta=beta + _directions(rng, (1, d), 0.7 * norm)[0])
+        start = emjax.SymParams(
+            w=w + _directions(rng, (1, d), 0.7 * norm)[0], beta=beta + _directions(rng, (1, d), 0.7 * norm)[0]
+        )
     else:
         k = case.k
         gate = _directions(rng, (k, d), 2.0)
@@ -253,7 +282,8 @@ def _disagreements(reference, paths, tolerance):
                     if not gap <= tolerance:
                         messages.append(
                             f"{path}, lane {lane}: {name}{jax.tree_util.keystr(where)} off by {gap:.3g}: "
-                            f"direct {np.asarray(want).ravel()[:3]}, {path} {np.asarray(leaf).ravel()[:3]}")
+                            f"direct {np.asarray(want).ravel()[:3]}, {path} {np.asarray(leaf).ravel()[:3]}"
+                        )
     return messages, largest
 
 
@@ -286,9 +316,13 @@ def test_every_path_gives_the_direct_answer(case):
 
     reference = jax.device_get([{name: fn(model, *lane) for name, fn in functions.items()} for lane in lanes])
     # A fit that stopped early (non-finite, degenerate) would compare its padding, not its steps.
-    unhealthy = [(i, name) for i, outputs in enumerate(reference) for name, out in outputs.items()
-                 if name.startswith("fit:") and (int(out["status"]) != emjax.Status.ok
-                                                 or int(out["num_steps"]) != case.num_steps)]
+    unhealthy = [
+        (i, name)
+        for i, outputs in enumerate(reference)
+        for name, out in outputs.items()
+        if name.startswith("fit:")
+        and (int(out["status"]) != emjax.Status.ok or int(out["num_steps"]) != case.num_steps)
+    ]
     assert not unhealthy, f"direct fits that did not run every step healthily: {unhealthy}"
 
     def every(key, start, x, y):
@@ -296,8 +330,10 @@ def test_every_path_gives_the_direct_answer(case):
 
     paths = jax.jit(lambda batch: {path: PATHS[path](every, batch) for path in case.paths})  # one compilation
     out = jax.device_get(paths((keys, starts, xs, ys)))
-    out = {path: [_lane(lanes_out, i) for i in range(len(jax.tree_util.tree_leaves(lanes_out)[0]))]
-           for path, lanes_out in out.items()}
+    out = {
+        path: [_lane(lanes_out, i) for i in range(len(jax.tree_util.tree_leaves(lanes_out)[0]))]
+        for path, lanes_out in out.items()
+    }
     messages, largest = _disagreements(reference, out, TOLERANCE[np.dtype(case.dtype)])
     print(f"{case.id}: largest gap between paths {largest:.3g}")
 
@@ -325,11 +361,23 @@ def test_fit_restarts_reproducible_and_independent_of_batch_size():
     x, y = xs[0], ys[0]
     key, num_restarts = jax.random.key(7), 4
     tolerance = TOLERANCE[np.dtype(case.dtype)]
-    runs = [(batch_size, jax.device_get(emjax.fit_restarts(model, emjax.em(), key, x, y, num_restarts,
-                                                          case.num_steps, tol=None, batch_size=batch_size)))
-            for batch_size in (None, 1, 2)]
-    alone = jax.device_get([emjax.fit(model, emjax.em(), emjax.init_params(model, start_key, x, y), x, y,
-                                      case.num_steps) for start_key in jax.random.split(key, num_restarts)])
+    runs = [
+        (
+            batch_size,
+            jax.device_get(
+                emjax.fit_restarts(
+                    model, emjax.em(), key, x, y, num_restarts, case.num_steps, tol=None, batch_size=batch_size
+                )
+            ),
+        )
+        for batch_size in (None, 1, 2)
+    ]
+    alone = jax.device_get(
+        [
+            emjax.fit(model, emjax.em(), emjax.init_params(model, start_key, x, y), x, y, case.num_steps)
+            for start_key in jax.random.split(key, num_restarts)
+        ]
+    )
     final = np.array([run.losses[run.num_steps] for run in alone])
     ordered = np.sort(final)
     # Otherwise the choice of the best restart would be a tie broken by round-off.
@@ -339,15 +387,24 @@ def test_fit_restarts_reproducible_and_independent_of_batch_size():
     messages = []
     for batch_size, run in runs:
         if int(run.best_restart) != int(np.argmin(final)):
-            messages.append(f"batch_size={batch_size}: best restart {int(run.best_restart)}, but restart "
-                            f"{int(np.argmin(final))} is the best run alone (final losses {final})")
+            messages.append(
+                f"batch_size={batch_size}: best restart {int(run.best_restart)}, but restart "
+                f"{int(np.argmin(final))} is the best run alone (final losses {final})"
+            )
         best = alone[int(run.best_restart)]
-        for name, got, want in (("restart_losses", run.restart_losses, final), ("params", run.params, best.params),
-                                ("losses", run.losses, best.losses), ("status", run.status, best.status)):
-            for (where, leaf), ref in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree_util.tree_leaves(want),
-                                          strict=True):
+        for name, got, want in (
+            ("restart_losses", run.restart_losses, final),
+            ("params", run.params, best.params),
+            ("losses", run.losses, best.losses),
+            ("status", run.status, best.status),
+        ):
+            for (where, leaf), ref in zip(
+                jax.tree_util.tree_flatten_with_path(got)[0], jax.tree_util.tree_leaves(want), strict=True
+            ):
                 gap = _gap(leaf, ref)
                 if not gap <= tolerance:
-                    messages.append(f"batch_size={batch_size}: {name}{jax.tree_util.keystr(where)} off the restart "
-                                    f"run alone by {gap:.3g}: {np.ravel(leaf)[:4]} against {np.ravel(ref)[:4]}")
+                    messages.append(
+                        f"batch_size={batch_size}: {name}{jax.tree_util.keystr(where)} off the restart "
+                        f"run alone by {gap:.3g}: {np.ravel(leaf)[:4]} against {np.ravel(ref)[:4]}"
+                    )
     assert not messages, f"{len(messages)} disagreements:\n" + "\n".join(messages[:15])

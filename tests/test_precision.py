@@ -39,18 +39,25 @@ def _problem(name, seed):
         model = emjax.SymMoLogE()
         truth = emjax.testing.random_params(model, key_truth, D, 4.0, 4.0)
     else:
-        model, norms = {"MoLinE": (emjax.MoLinE(2), (3.0, 3.0)), "MoLogE": (emjax.MoLogE(2, 3), (3.0, 4.0)),
-                        "MoPoE": (emjax.MoPoE(2), (3.0, 1.0))}[name]
+        model, norms = {
+            "MoLinE": (emjax.MoLinE(2), (3.0, 3.0)),
+            "MoLogE": (emjax.MoLogE(2, 3), (3.0, 4.0)),
+            "MoPoE": (emjax.MoPoE(2), (3.0, 1.0)),
+        }[name]
         truth = emjax.testing.random_params(model, key_truth, D, *norms, sigma=0.5)
     x, y = emjax.sample(model, truth, key_data, N)
     leaves, tree = jax.tree_util.tree_flatten(truth)
     keys = jax.random.split(key_start, len(leaves))
-    start = tree.unflatten([leaf + 0.2 * jax.random.normal(key, leaf.shape, leaf.dtype)
-                            for leaf, key in zip(leaves, keys, strict=True)])
+    start = tree.unflatten(
+        [leaf + 0.2 * jax.random.normal(key, leaf.shape, leaf.dtype) for leaf, key in zip(leaves, keys, strict=True)]
+    )
     if isinstance(model, emjax.MixtureOfExperts):  # pinned entries stay 0, σ stays at the truth
         pinned = model.pinned(D)
-        start = emjax.MoEParams(gate=jnp.where(pinned.gate, truth.gate, start.gate),
-                                experts=jnp.where(pinned.experts, truth.experts, start.experts), sigma=truth.sigma)
+        start = emjax.MoEParams(
+            gate=jnp.where(pinned.gate, truth.gate, start.gate),
+            experts=jnp.where(pinned.experts, truth.experts, start.experts),
+            sigma=truth.sigma,
+        )
     return model, start, x, y
 
 

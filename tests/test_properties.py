@@ -8,7 +8,8 @@ LAPACK can deadlock on two cores). Shapes, K, C and the dtype come from a fixed 
 ``CHECKED`` counts the problems evaluated; every bucket checks at least ``MIN_PROBLEMS`` of them.
 
 **Which inputs.** Adversarial but finite: an overall feature scale from 1e-2 to 10 with columns up to 1.5
-decades apart, zero columns, a constant (intercept) column, nearly collinear pairs (1% apart) and exact copies, fewer samples than
+decades apart, zero columns, a constant (intercept) column, nearly collinear pairs (1% apart) and exact copies,
+fewer samples than
 features; parameters from 1e-3 to 30 (logits up to ~10^3), σ from 1e-2 to 10, responses from 1e-2 to 1e2,
 constant responses, one class only, all-zero counts; explicit examples at the corners of these ranges
 (``CORNERS``). Two limits keep the exact answers representable: Poisson experts are rescaled so that
@@ -73,24 +74,65 @@ class Bucket:
         return f"{self.model}-K{self.k}-n{self.n}-d{self.d}-{jnp.dtype(self.dtype).name}"
 
 
-COMMON = ("neg_log_likelihood", "responsibilities", "mirror_map", "bregman_divergence", "neg_log_likelihood_grad",
-          "gradient_descent_step")
+COMMON = (
+    "neg_log_likelihood",
+    "responsibilities",
+    "mirror_map",
+    "bregman_divergence",
+    "neg_log_likelihood_grad",
+    "gradient_descent_step",
+)
 INFORMATION = ("complete_information", "missing_information", "rate")
-SYM_ONLY = ("mirror_map_grad", "posterior_statistics", "observed_information", "missing_information_matrix",
-            "em_step", "mirror_descent_step", "init_params")
+SYM_ONLY = (
+    "mirror_map_grad",
+    "posterior_statistics",
+    "observed_information",
+    "missing_information_matrix",
+    "em_step",
+    "mirror_descent_step",
+    "init_params",
+)
 # Compilation dominates this file, and the Newton M-steps of the K-expert models dominate compilation; so the
 # K-expert models run their M-steps (EM and mirror-descent fits, which call em_step and mirror_descent_step) in
 # float32, where round-off is the larger risk, and their information matrices and gradient-EM in float64. The
 # symmetric models run everything in both dtypes. Every model x solver runs in at least one dtype.
 BUCKETS = [
-    Bucket("SymMoLinE", 40, 3, jnp.float32, batch=64, examples=16,
-           functions=COMMON + INFORMATION + SYM_ONLY + ("fit_em", "fit_md", "fit_gd", "fit_adam")),
-    Bucket("SymMoLinE", 6, 5, jnp.float64, batch=64, examples=16,
-           functions=COMMON + INFORMATION + SYM_ONLY + ("gradient_em_step", "fit_em_tol", "fit_gem", "fit_adam")),
-    Bucket("SymMoLogE", 40, 3, jnp.float32, batch=64, examples=16,
-           functions=COMMON + INFORMATION + SYM_ONLY + ("fit_em", "fit_md", "fit_gd", "fit_adam")),
-    Bucket("SymMoLogE", 6, 5, jnp.float64, batch=64, examples=16,
-           functions=COMMON + INFORMATION + SYM_ONLY + ("gradient_em_step", "fit_em_tol", "fit_gem", "fit_adam")),
+    Bucket(
+        "SymMoLinE",
+        40,
+        3,
+        jnp.float32,
+        batch=64,
+        examples=16,
+        functions=COMMON + INFORMATION + SYM_ONLY + ("fit_em", "fit_md", "fit_gd", "fit_adam"),
+    ),
+    Bucket(
+        "SymMoLinE",
+        6,
+        5,
+        jnp.float64,
+        batch=64,
+        examples=16,
+        functions=COMMON + INFORMATION + SYM_ONLY + ("gradient_em_step", "fit_em_tol", "fit_gem", "fit_adam"),
+    ),
+    Bucket(
+        "SymMoLogE",
+        40,
+        3,
+        jnp.float32,
+        batch=64,
+        examples=16,
+        functions=COMMON + INFORMATION + SYM_ONLY + ("fit_em", "fit_md", "fit_gd", "fit_adam"),
+    ),
+    Bucket(
+        "SymMoLogE",
+        6,
+        5,
+        jnp.float64,
+        batch=64,
+        examples=16,
+        functions=COMMON + INFORMATION + SYM_ONLY + ("gradient_em_step", "fit_em_tol", "fit_gem", "fit_adam"),
+    ),
 ]
 MOE_F32 = COMMON + ("fit_em", "fit_md", "fit_gd", "fit_adam")
 MOE_F64 = COMMON + INFORMATION + ("gradient_em_step", "fit_gem", "fit_adam")
@@ -107,8 +149,11 @@ BUCKETS += [
 def make_model(name: str, k: int, c: int, sigma=1.0):
     """The model of a bucket (SymMoLinE's σ may be traced: it is drawn per problem)."""
     return {
-        "SymMoLinE": lambda: emjax.SymMoLinE(sigma), "SymMoLogE": lambda: emjax.SymMoLogE(),
-        "MoLinE": lambda: emjax.MoLinE(k), "MoLogE": lambda: emjax.MoLogE(k, c), "MoPoE": lambda: emjax.MoPoE(k),
+        "SymMoLinE": lambda: emjax.SymMoLinE(sigma),
+        "SymMoLogE": lambda: emjax.SymMoLogE(),
+        "MoLinE": lambda: emjax.MoLinE(k),
+        "MoLogE": lambda: emjax.MoLogE(k, c),
+        "MoPoE": lambda: emjax.MoPoE(k),
     }[name]()
 
 
@@ -124,7 +169,8 @@ def _log_uniform(rng, shape, low, high):
 
 def _features(rng, b, n, d, x_scale):
     """Columns with scales over 1.5 decades; each column but the first is, with probability 1/6 each, zero, a
-    1%-perturbed copy of column 0 (nearly collinear) or an exact copy of it, and the last one is constant (an intercept) in one
+    1%-perturbed copy of column 0 (nearly collinear) or an exact copy of it, and the last one is constant (an
+    intercept) in one
     problem in four."""
     x = rng.normal(size=(b, n, d)) * _log_uniform(rng, (b, 1, d), -1.5, 0.0)
     kind = rng.integers(0, 6, size=(b, 1, d))
@@ -153,8 +199,10 @@ def _parameters(rng, model, b, d, p_scale, sigma_scale):
     """A batch of parameter points as a dict of arrays (leading axis b)."""
     if isinstance(model, emjax.MixtureOfExperts):
         k = model.num_experts
-        params = {"gate": p_scale * rng.normal(size=(b, k, d)),
-                  "experts": p_scale * rng.normal(size=(b, k) + model.expert.coef_shape(d))}
+        params = {
+            "gate": p_scale * rng.normal(size=(b, k, d)),
+            "experts": p_scale * rng.normal(size=(b, k) + model.expert.coef_shape(d)),
+        }
         if model.expert.has_scale:
             params["sigma"] = sigma_scale * _log_uniform(rng, (b, k), -0.5, 0.5)
         return params
@@ -201,8 +249,16 @@ def draw_batch(bucket: Bucket, seed: int, scales) -> dict:
     params = _limit_poisson(model, _parameters(rng, model, b, bucket.d, 10.0**lp, 10.0**ls), x)
     other = _limit_poisson(model, _parameters(rng, model, b, bucket.d, 10.0**lp, 10.0**ls), x)
     eta = 10.0 ** rng.uniform(lu - 0.5, lu, size=b) / _curvature(model, params, x, y, sigma)
-    batch = {"x": x, "y": y, "params": params, "other": other, "sigma": sigma, "eta": eta,
-             "md": _log_uniform(rng, (b,), -2.0, 0.0), "lr": np.full(b, 10.0**llr)}
+    batch = {
+        "x": x,
+        "y": y,
+        "params": params,
+        "other": other,
+        "sigma": sigma,
+        "eta": eta,
+        "md": _log_uniform(rng, (b,), -2.0, 0.0),
+        "lr": np.full(b, 10.0**llr),
+    }
     return jax.tree_util.tree_map(lambda a: np.asarray(a, bucket.dtype), batch)
 
 
@@ -313,7 +369,11 @@ def checker(bucket: Bucket):
 
 
 SCALES = {  # hypothesis ranges of the log10 scales (see draw_batch)
-    "x": (-2.0, 1.0), "params": (-3.0, 1.5), "y": (-2.0, 2.0), "sigma": (-2.0, 1.0), "u": (-2.0, 0.3),
+    "x": (-2.0, 1.0),
+    "params": (-3.0, 1.5),
+    "y": (-2.0, 2.0),
+    "sigma": (-2.0, 1.0),
+    "u": (-2.0, 0.3),
     "lr": (-3.0, -0.5),
 }
 # Explicit examples at the corners, which a few random examples rarely reach together: saturated logits (large
@@ -336,13 +396,26 @@ def check_bucket(bucket: Bucket) -> int:
     run = checker(bucket)
     checked = 0
 
-    @settings(max_examples=bucket.examples, deadline=None, derandomize=True, database=None,
-              phases=(Phase.explicit, Phase.reuse, Phase.generate), suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=bucket.examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=(Phase.explicit, Phase.reuse, Phase.generate),
+        suppress_health_check=list(HealthCheck),
+    )
     @example(**CORNERS[0])
     @example(**CORNERS[1])
     @example(**CORNERS[2])
-    @given(seed=st.integers(0, 2**31 - 1), lx=_scale("x"), lp=_scale("params"), ly=_scale("y"),
-           ls=_scale("sigma"), lu=_scale("u"), llr=_scale("lr"))
+    @given(
+        seed=st.integers(0, 2**31 - 1),
+        lx=_scale("x"),
+        lp=_scale("params"),
+        ly=_scale("y"),
+        ls=_scale("sigma"),
+        lu=_scale("u"),
+        llr=_scale("lr"),
+    )
     def prop(seed, lx, lp, ly, ls, lu, llr):
         nonlocal checked
         scales = [lx, lp, ly, ls, lu, llr]

@@ -38,17 +38,20 @@ def test_agrees_with_independent_implementation(kind, seed):
     model, sigma, x, y, (w, b), (w2, b2) = _problem(kind, seed)
     params = emjax.SymParams(w=jnp.asarray(w), beta=jnp.asarray(b))
     ref = emjax.SymParams(w=jnp.asarray(w2), beta=jnp.asarray(b2))
-    np.testing.assert_allclose(emjax.responsibilities(model, params, x, y),
-                               reference.responsibilities(kind, w, b, x, y, sigma), atol=TOL)
-    np.testing.assert_allclose(emjax.neg_log_likelihood(model, params, x, y),
-                               reference.loss(kind, w, b, x, y, sigma), atol=TOL)
-    np.testing.assert_allclose(emjax.mirror_map(model, params, x), reference.mirror_map(kind, w, b, x, sigma),
-                               atol=TOL)
-    np.testing.assert_allclose(emjax.bregman_divergence(model, params, ref, x),
-                               reference.mean_kl(kind, (w2, b2), (w, b), x, sigma), atol=TOL)
+    np.testing.assert_allclose(
+        emjax.responsibilities(model, params, x, y), reference.responsibilities(kind, w, b, x, y, sigma), atol=TOL
+    )
+    np.testing.assert_allclose(
+        emjax.neg_log_likelihood(model, params, x, y), reference.loss(kind, w, b, x, y, sigma), atol=TOL
+    )
+    np.testing.assert_allclose(emjax.mirror_map(model, params, x), reference.mirror_map(kind, w, b, x, sigma), atol=TOL)
+    np.testing.assert_allclose(
+        emjax.bregman_divergence(model, params, ref, x), reference.mean_kl(kind, (w2, b2), (w, b), x, sigma), atol=TOL
+    )
     w_new, b_new = reference.em_step(kind, w, b, x, y, sigma)
     new = emjax.em_step(model, params, x, y)
     np.testing.assert_allclose(new.w, w_new, atol=TOL)
     np.testing.assert_allclose(new.beta, b_new, atol=TOL)
-    np.testing.assert_allclose(emjax.missing_information_matrix(model, params, x, y),
-                               reference.mim(kind, w, b, x, y, sigma), atol=TOL)
+    np.testing.assert_allclose(
+        emjax.missing_information_matrix(model, params, x, y), reference.mim(kind, w, b, x, y, sigma), atol=TOL
+    )

@@ -13,11 +13,13 @@ def _restricted_problem():
     """MoLinE(2) whose gate ignores column 2 and whose expert 1 ignores column 1 (both truly 0)."""
     model = emjax.MoLinE(2)
     truth = emjax.testing.random_params(model, jax.random.key(0), d=3, gate_norm=2.5, expert_norm=3.0, sigma=0.4)
-    truth = emjax.MoEParams(gate=truth.gate.at[1, 2].set(0.0), experts=truth.experts.at[1, 1].set(0.0),
-                            sigma=truth.sigma)
+    truth = emjax.MoEParams(
+        gate=truth.gate.at[1, 2].set(0.0), experts=truth.experts.at[1, 1].set(0.0), sigma=truth.sigma
+    )
     x, y = emjax.sample(model, truth, jax.random.key(1), 1500)
-    mask = emjax.MoEParams(gate=jnp.ones((2, 3), bool).at[1, 2].set(False),
-                           experts=jnp.ones((2, 3), bool).at[1, 1].set(False), sigma=None)
+    mask = emjax.MoEParams(
+        gate=jnp.ones((2, 3), bool).at[1, 2].set(False), experts=jnp.ones((2, 3), bool).at[1, 1].set(False), sigma=None
+    )
     return model, truth, x, y, mask
 
 
@@ -38,11 +40,11 @@ def test_pinned_only_masks_need_no_values():
 @pytest.mark.parametrize("batch_size", [None, 1, 2])
 def test_frozen_entries_keep_the_given_values_in_every_restart(batch_size):
     model, truth, x, y, mask = _restricted_problem()
-    fixed = emjax.MoEParams(gate=jnp.zeros((2, 3)), experts=jnp.zeros((2, 3)).at[1, 1].set(0.25),
-                            sigma=jnp.ones(2))
+    fixed = emjax.MoEParams(gate=jnp.zeros((2, 3)), experts=jnp.zeros((2, 3)).at[1, 1].set(0.25), sigma=jnp.ones(2))
     solver = emjax.em(trainable=mask)
-    result = emjax.fit_restarts(model, solver, jax.random.key(2), x, y, 4, 200, params=fixed,
-                                batch_size=batch_size, tol=1e-8)
+    result = emjax.fit_restarts(
+        model, solver, jax.random.key(2), x, y, 4, 200, params=fixed, batch_size=batch_size, tol=1e-8
+    )
     assert float(result.params.gate[1, 2]) == 0.0
     assert float(result.params.experts[1, 1]) == 0.25 or float(result.params.experts[0, 1]) == 0.25
     # The best restart is the restricted model's fit from its own start, re-run alone.
@@ -50,8 +52,9 @@ def test_frozen_entries_keep_the_given_values_in_every_restart(batch_size):
     start = emjax.init_params(model, keys[int(result.best_restart)], x, y)
     start = _with_frozen(model, start, fixed, mask)
     alone = emjax.fit(model, solver, start, x, y, 200, tol=1e-8)
-    np.testing.assert_allclose(np.asarray(alone.params.experts), np.asarray(result.params.experts),
-                               rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(alone.params.experts), np.asarray(result.params.experts), rtol=1e-8, atol=1e-10
+    )
 
 
 def _with_frozen(model, start, fixed, mask):

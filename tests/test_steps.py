@@ -16,8 +16,9 @@ def test_em_step_matches_exact_m_step(kind):
     rng = np.random.default_rng(10)
     for _ in range(3):
         point = emjax.testing.perturb(truth, jax.random.key(int(rng.integers(1 << 30))), 0.8)
-        w_ref, b_ref = reference.em_step(kind, np.asarray(point.w), np.asarray(point.beta),
-                                         np.asarray(x), np.asarray(y))
+        w_ref, b_ref = reference.em_step(
+            kind, np.asarray(point.w), np.asarray(point.beta), np.asarray(x), np.asarray(y)
+        )
         new = emjax.em_step(model, point, x, y)
         np.testing.assert_allclose(new.w, w_ref, atol=1e-8)
         np.testing.assert_allclose(new.beta, b_ref, atol=1e-8)
@@ -27,16 +28,23 @@ def test_m_step_satisfies_moment_matching(kind):
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=11)
     point = emjax.testing.perturb(truth, jax.random.key(1))
     new = emjax.em_step(model, point, x, y)
-    np.testing.assert_allclose(emjax.mirror_map_grad(model, new, x).flatten(),
-                               emjax.posterior_statistics(model, point, x, y).flatten(), atol=1e-11)
+    np.testing.assert_allclose(
+        emjax.mirror_map_grad(model, new, x).flatten(),
+        emjax.posterior_statistics(model, point, x, y).flatten(),
+        atol=1e-11,
+    )
 
 
 def test_mirror_step_with_unit_step_is_em(kind):
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=12)
     for seed in range(3):
         point = emjax.testing.perturb(truth, jax.random.key(seed))
-        np.testing.assert_allclose(emjax.mirror_descent_step(model, point, x, y, 1.0).flatten(),
-                                   emjax.em_step(model, point, x, y).flatten(), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(
+            emjax.mirror_descent_step(model, point, x, y, 1.0).flatten(),
+            emjax.em_step(model, point, x, y).flatten(),
+            rtol=0,
+            atol=1e-10,
+        )
 
 
 @pytest.mark.parametrize("eta", [0.1, 0.5, 0.9])
@@ -46,13 +54,19 @@ def test_mirror_step_solves_the_mirror_equation(kind, eta):
     point = emjax.testing.perturb(truth, jax.random.key(2))
     new = emjax.mirror_descent_step(model, point, x, y, eta)
     lhs = emjax.mirror_map_grad(model, new, x).flatten()
-    rhs = (emjax.mirror_map_grad(model, point, x).flatten()
-           - eta * emjax.neg_log_likelihood_grad(model, point, x, y).flatten())
+    rhs = (
+        emjax.mirror_map_grad(model, point, x).flatten()
+        - eta * emjax.neg_log_likelihood_grad(model, point, x, y).flatten()
+    )
     np.testing.assert_allclose(lhs, rhs, atol=1e-11)
+
     # ... and it is the argmin of <grad L, u> + D_A(u, theta)/eta: the objective's gradient vanishes.
     def objective(u):
-        return (emjax.neg_log_likelihood_grad(model, point, x, y).flatten() @ u.flatten()
-                + emjax.bregman_divergence(model, u, point, x) / eta)
+        return (
+            emjax.neg_log_likelihood_grad(model, point, x, y).flatten() @ u.flatten()
+            + emjax.bregman_divergence(model, u, point, x) / eta
+        )
+
     np.testing.assert_allclose(jax.grad(objective)(new).flatten(), 0.0, atol=1e-10)
 
 
@@ -61,8 +75,13 @@ def test_em_and_mirror_descent_never_increase_the_loss(kind, seed):
     # Per-step decrease L(t) - L(t+1) >= D_A(theta_t, theta_{t+1}) / eta >= 0 (docs/math.md §5.4, §5.5.8),
     # over random problems, random starts (including far from the truth) and several steps.
     rng = np.random.default_rng(100 + seed)
-    model, _, x, y = make_problem(kind, n=150, d=int(rng.integers(1, 5)), seed=200 + seed,
-                                  norms=(float(rng.uniform(0.3, 5)), float(rng.uniform(0.3, 5))))
+    model, _, x, y = make_problem(
+        kind,
+        n=150,
+        d=int(rng.integers(1, 5)),
+        seed=200 + seed,
+        norms=(float(rng.uniform(0.3, 5)), float(rng.uniform(0.3, 5))),
+    )
     d = x.shape[1]
     for eta in (1.0, 0.5):
         params = random_point(rng, d, scale=2.0)
@@ -78,8 +97,11 @@ def test_em_and_mirror_descent_never_increase_the_loss(kind, seed):
 def test_gradient_em_with_one_inner_step_is_gradient_descent(kind):
     model, truth, x, y = make_problem(kind, n=200, d=3, seed=14)
     point = emjax.testing.perturb(truth, jax.random.key(3))
-    np.testing.assert_allclose(emjax.gradient_em_step(model, point, x, y, 0.3, inner_steps=1).flatten(),
-                               emjax.gradient_descent_step(model, point, x, y, 0.3).flatten(), rtol=1e-13)
+    np.testing.assert_allclose(
+        emjax.gradient_em_step(model, point, x, y, 0.3, inner_steps=1).flatten(),
+        emjax.gradient_descent_step(model, point, x, y, 0.3).flatten(),
+        rtol=1e-13,
+    )
 
 
 def test_gradient_em_definition(kind):
@@ -142,5 +164,7 @@ def test_fewer_samples_than_features_stays_finite(kind):
     model, truth, x, y = make_problem(kind, n=3, d=6, seed=60)
     for step in (emjax.em_step(model, truth, x, y), emjax.mirror_descent_step(model, truth, x, y, 0.5)):
         assert np.all(np.isfinite(np.asarray(step.flatten())))
-    assert emjax.neg_log_likelihood(model, emjax.em_step(model, truth, x, y), x, y) <= \
-        emjax.neg_log_likelihood(model, truth, x, y) + 1e-12
+    assert (
+        emjax.neg_log_likelihood(model, emjax.em_step(model, truth, x, y), x, y)
+        <= emjax.neg_log_likelihood(model, truth, x, y) + 1e-12
+    )

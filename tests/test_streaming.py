@@ -48,13 +48,16 @@ def test_npy_batches_read_the_files_in_order(tmp_path):
     np.testing.assert_array_equal(np.concatenate([p[1] for p in list(batches)]), y)  # re-iterable
 
 
-@pytest.mark.parametrize("case, error, match", [
-    ("missing", FileNotFoundError, "no such .npy file"),
-    ("rows", ValueError, "same number of rows"),
-    ("rank", ValueError, r"shape \(n, d\)"),
-    ("not_npy", ValueError, ".npy arrays"),
-    ("batch_size", ValueError, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("missing", FileNotFoundError, "no such .npy file"),
+        ("rows", ValueError, "same number of rows"),
+        ("rank", ValueError, r"shape \(n, d\)"),
+        ("not_npy", ValueError, ".npy arrays"),
+        ("batch_size", ValueError, "batch_size"),
+    ],
+)
 def test_npy_batches_reject_bad_files(tmp_path, case, error, match):
     np.save(tmp_path / "x.npy", np.ones((4, 2)))
     np.save(tmp_path / "y.npy", np.ones(4))
@@ -90,8 +93,7 @@ def test_a_pass_sums_to_the_full_data_loss_gradient_and_information(moline_probl
     sums = full_pass(model, start, ArrayBatches(x, y, 700))
     assert sums.num_rows == len(y)
     assert sums.loss == pytest.approx(float(emjax.neg_log_likelihood(model, start, x, y)), rel=1e-12)
-    np.testing.assert_allclose(sums.information, emjax.complete_information(model, start, x, y), rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(sums.information, emjax.complete_information(model, start, x, y), rtol=1e-10, atol=1e-12)
     grad = emjax.neg_log_likelihood_grad(model, start, x, y)
     free = ~model.pinned(2).gate
     expected = np.concatenate([np.asarray(grad.gate)[free], np.ravel(grad.experts), np.ravel(grad.sigma)])
@@ -144,7 +146,7 @@ def test_polish_alone_converges_for_a_symmetric_model_and_a_ridge():
 
 def test_generators_run_one_epoch_and_bad_arguments_are_refused(moline_problem):
     model, x, y, start, _ = moline_problem
-    generator = ((x[i:i + 1000], y[i:i + 1000]) for i in range(0, 3000, 1000))
+    generator = ((x[i : i + 1000], y[i : i + 1000]) for i in range(0, 3000, 1000))
     assert fit_stream(model, start, generator).num_batches == 3
     with pytest.raises(ValueError, match="one-shot iterator"):
         fit_stream(model, start, iter([(x, y)]), polish_steps=1)

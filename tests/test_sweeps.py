@@ -40,8 +40,12 @@ def test_sweep_compiles_once_and_equals_a_loop_over_cells():
         for j, seed in enumerate(GRID["seed"]):
             key = jax.random.fold_in(jax.random.fold_in(base, i), j)
             expected = one_cell(key, snr, seed)
-            chex.assert_trees_all_close(jax.tree_util.tree_map(lambda leaf, i=i, j=j: leaf[i, j], result.outputs),
-                                        expected, rtol=1e-10, atol=1e-12)
+            chex.assert_trees_all_close(
+                jax.tree_util.tree_map(lambda leaf, i=i, j=j: leaf[i, j], result.outputs),
+                expected,
+                rtol=1e-10,
+                atol=1e-12,
+            )
 
 
 def test_chunked_batched_and_unchunked_sweeps_agree():
@@ -55,8 +59,9 @@ def test_chunked_batched_and_unchunked_sweeps_agree():
 
 
 def test_key_axes_give_common_random_numbers():
-    result = emjax.sweep(lambda key, snr, seed: {"u": jax.random.uniform(key)}, 0, GRID, key_axes=("seed",),
-                         progress=False)
+    result = emjax.sweep(
+        lambda key, snr, seed: {"u": jax.random.uniform(key)}, 0, GRID, key_axes=("seed",), progress=False
+    )
     u = result.outputs["u"]
     np.testing.assert_array_equal(u[0], u[2])  # same seed, different SNR: same key
     assert len(np.unique(u[0])) == 5
@@ -99,14 +104,22 @@ def test_a_changed_configuration_is_refused(tmp_path):
 
 
 def _python(code, **env):
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_killing_a_run_loses_at_most_the_chunk_in_flight(tmp_path):
     out = tmp_path / "run"
-    code = ("import jax; jax.config.update('jax_enable_x64', True); import emjax, tests.sweep_cells as c; "
-            f"emjax.sweep(c.slow_cell, 1, c.GRID, chunk_size=2, out={str(out)!r}, progress=False)")
+    code = (
+        "import jax; jax.config.update('jax_enable_x64', True); import emjax, tests.sweep_cells as c; "
+        f"emjax.sweep(c.slow_cell, 1, c.GRID, chunk_size=2, out={str(out)!r}, progress=False)"
+    )
     process = _python(code)
     chunks = out / "chunks"
     deadline = time.time() + 120
@@ -125,12 +138,14 @@ def test_killing_a_run_loses_at_most_the_chunk_in_flight(tmp_path):
 
 
 def test_four_host_devices_give_the_single_device_result(tmp_path):
-    code = ("import jax; jax.config.update('jax_enable_x64', True); import numpy as np, emjax, tests.sweep_cells as c; "
-            "r = emjax.sweep(c.em_cell, 2, c.GRID, chunk_size=8, progress=False); "
-            "assert r.num_devices == 4 and len(jax.devices()) == 4, r.num_devices; "
-            "g = emjax.sweep(c.em_cell, 2, c.GRID, chunk_size=8, batch_size=1, progress=False); "
-            f"np.savez({str(tmp_path / 'four.npz')!r}, **r.outputs); "
-            f"np.savez({str(tmp_path / 'grouped.npz')!r}, **g.outputs)")
+    code = (
+        "import jax; jax.config.update('jax_enable_x64', True); import numpy as np, emjax, tests.sweep_cells as c; "
+        "r = emjax.sweep(c.em_cell, 2, c.GRID, chunk_size=8, progress=False); "
+        "assert r.num_devices == 4 and len(jax.devices()) == 4, r.num_devices; "
+        "g = emjax.sweep(c.em_cell, 2, c.GRID, chunk_size=8, batch_size=1, progress=False); "
+        f"np.savez({str(tmp_path / 'four.npz')!r}, **r.outputs); "
+        f"np.savez({str(tmp_path / 'grouped.npz')!r}, **g.outputs)"
+    )
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     process = _python(code, XLA_FLAGS=flags.strip())
     _, err = process.communicate(timeout=300)

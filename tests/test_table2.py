@@ -16,8 +16,10 @@ from tests.test_datasets import fake_fashion
 
 def test_predictive_distribution_and_flag_agreement_by_hand():
     x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    params = MoEParams(gate=jnp.array([[0.0, 0.0], [2.0, -1.0]]),
-                       experts=jnp.array([[[0.0, 1.0], [0.0, -1.0]], [[0.0, 0.5], [0.0, 2.0]]]))
+    params = MoEParams(
+        gate=jnp.array([[0.0, 0.0], [2.0, -1.0]]),
+        experts=jnp.array([[[0.0, 1.0], [0.0, -1.0]], [[0.0, 0.5], [0.0, 2.0]]]),
+    )
     gate = jax.nn.softmax(x @ params.gate.T, axis=-1)
     experts = jnp.stack([jax.nn.softmax(x @ params.experts[k], axis=-1) for k in range(2)], axis=1)
     expected = jnp.log(jnp.sum(gate[:, :, None] * experts, axis=1))
@@ -41,8 +43,18 @@ def test_settings_validate_their_data_source():
 def test_reproduce_table2_on_a_fashion_mnist_format_folder(tmp_path, capsys):
     fake_fashion(tmp_path / "fm", n_train=80, n_test=30, size=(5, 5), compressed=("train-images-idx3-ubyte",))
     out = tmp_path / "out"
-    args = ["reproduce", "table2", "--data", "fmnist", "--path", str(tmp_path / "fm"), "--quick", "--out", str(out),
-            "--no-progress"]
+    args = [
+        "reproduce",
+        "table2",
+        "--data",
+        "fmnist",
+        "--path",
+        str(tmp_path / "fm"),
+        "--quick",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     for name in ("table2.md", "table2.csv", "table2_trajectory.csv", "table2.png", "reproduce.json"):
         assert (out / name).stat().st_size > 0, name

@@ -13,9 +13,15 @@ P = emjax.SymParams(w=jnp.zeros(2), beta=jnp.ones(2))
 LIN, LOG = emjax.SymMoLinE(), emjax.SymMoLogE()
 
 DATA_FUNCTIONS = [
-    emjax.responsibilities, emjax.neg_log_likelihood, emjax.em_step, emjax.missing_information,
-    emjax.observed_information, emjax.missing_information_matrix, emjax.em_rate,
-    emjax.neg_log_likelihood_grad, emjax.posterior_statistics,
+    emjax.responsibilities,
+    emjax.neg_log_likelihood,
+    emjax.em_step,
+    emjax.missing_information,
+    emjax.observed_information,
+    emjax.missing_information_matrix,
+    emjax.em_rate,
+    emjax.neg_log_likelihood_grad,
+    emjax.posterior_statistics,
     lambda m, p, x, y: emjax.mirror_descent_step(m, p, x, y, 0.5),
     lambda m, p, x, y: emjax.gradient_descent_step(m, p, x, y, 0.5),
     lambda m, p, x, y: emjax.gradient_em_step(m, p, x, y, 0.5, 2),
@@ -24,17 +30,20 @@ DATA_FUNCTIONS = [
 
 
 @pytest.mark.parametrize("fn", DATA_FUNCTIONS)
-@pytest.mark.parametrize(("x", "y", "params", "match"), [
-    (jnp.ones(4), Y, P, r"x must have shape \(n, d\)"),
-    (jnp.ones((4, 2, 1)), Y, P, r"x must have shape \(n, d\)"),
-    (X, jnp.ones((4, 1)), P, r"y must have shape \(n,\)"),
-    (X, jnp.ones(3), P, r"y must have one entry per row of x: x has n=4"),
-    (X.at[0, 0].set(jnp.nan), Y, P, "x must be finite"),
-    (X.at[1, 1].set(jnp.inf), Y, P, "x must be finite"),
-    (X, Y.at[2].set(jnp.nan), P, "y must be finite"),
-    (X, Y, emjax.SymParams(w=jnp.zeros(3), beta=jnp.ones(3)), r"params.w must have shape \(d,\) = \(2,\)"),
-    (jnp.ones((0, 2)), jnp.ones(0), P, "at least one row"),
-])
+@pytest.mark.parametrize(
+    ("x", "y", "params", "match"),
+    [
+        (jnp.ones(4), Y, P, r"x must have shape \(n, d\)"),
+        (jnp.ones((4, 2, 1)), Y, P, r"x must have shape \(n, d\)"),
+        (X, jnp.ones((4, 1)), P, r"y must have shape \(n,\)"),
+        (X, jnp.ones(3), P, r"y must have one entry per row of x: x has n=4"),
+        (X.at[0, 0].set(jnp.nan), Y, P, "x must be finite"),
+        (X.at[1, 1].set(jnp.inf), Y, P, "x must be finite"),
+        (X, Y.at[2].set(jnp.nan), P, "y must be finite"),
+        (X, Y, emjax.SymParams(w=jnp.zeros(3), beta=jnp.ones(3)), r"params.w must have shape \(d,\) = \(2,\)"),
+        (jnp.ones((0, 2)), jnp.ones(0), P, "at least one row"),
+    ],
+)
 def test_bad_data_raises(fn, x, y, params, match):
     for model in (LIN, LOG):
         with pytest.raises(ValueError, match=match):
@@ -131,12 +140,17 @@ PG = emjax.testing.random_params(MG, KEY, 2)
 PP = emjax.testing.random_params(MP, KEY, 2)
 # (model, params, labels) for every model; labels valid for each.
 ALL_MODELS = {
-    "SymMoLinE": (LIN, P, Y), "SymMoLogE": (LOG, P, Y), "MoLinE": (ML, PL, Y), "MoLogE": (MG, PG, Y),
+    "SymMoLinE": (LIN, P, Y),
+    "SymMoLogE": (LOG, P, Y),
+    "MoLinE": (ML, PL, Y),
+    "MoLogE": (MG, PG, Y),
     "MoPoE": (MP, PP, Y),
 }
 ONE_STEP = {
-    "neg_log_likelihood": emjax.neg_log_likelihood, "responsibilities": emjax.responsibilities,
-    "em_step": emjax.em_step, "missing_information": emjax.missing_information,
+    "neg_log_likelihood": emjax.neg_log_likelihood,
+    "responsibilities": emjax.responsibilities,
+    "em_step": emjax.em_step,
+    "missing_information": emjax.missing_information,
     "neg_log_likelihood_grad": emjax.neg_log_likelihood_grad,
     "mirror_descent_step": lambda m, p, x, y: emjax.mirror_descent_step(m, p, x, y, 0.5),
     "gradient_descent_step": lambda m, p, x, y: emjax.gradient_descent_step(m, p, x, y, 0.5),
@@ -202,19 +216,30 @@ INVALID = [
     ("params.gate wrong d", lambda: NLL(ML, _moe(PL, gate=jnp.zeros((2, 3))), X, Y), "params.gate", r"\(2, 2\)"),
     ("params.gate rank 1", lambda: NLL(ML, _moe(PL, gate=jnp.zeros(2)), X, Y), "params.gate", "shape"),
     ("params.experts wrong C", lambda: NLL(emjax.MoLogE(2, 4), PG, X, Y), "params.experts", r"\(2, 2, 4\)"),
-    ("params.experts complex", lambda: NLL(MP, _moe(PP, experts=PP.experts.astype(complex)), X, Y),
-     "params.experts", "real numbers"),
-    ("params.experts Inf", lambda: NLL(MG, _moe(PG, experts=PG.experts.at[0, 0, 1].set(jnp.inf)), X, Y),
-     "params.experts", "finite"),
+    (
+        "params.experts complex",
+        lambda: NLL(MP, _moe(PP, experts=PP.experts.astype(complex)), X, Y),
+        "params.experts",
+        "real numbers",
+    ),
+    (
+        "params.experts Inf",
+        lambda: NLL(MG, _moe(PG, experts=PG.experts.at[0, 0, 1].set(jnp.inf)), X, Y),
+        "params.experts",
+        "finite",
+    ),
     ("params.sigma missing", lambda: NLL(ML, _moe(PL, sigma=None), X, Y), "params.sigma", "shape"),
     ("params.sigma for MoLogE", lambda: NLL(MG, _moe(PG, sigma=jnp.ones(2)), X, Y), "params.sigma", "None"),
     ("params.sigma zero", lambda: NLL(ML, _moe(PL, sigma=jnp.array([1.0, 0.0])), X, Y), "params.sigma", "positive"),
     ("params.sigma negative", lambda: NLL(ML, _moe(PL, sigma=-PL.sigma), X, Y), "params.sigma", "positive"),
-    ("params.sigma NaN", lambda: NLL(ML, _moe(PL, sigma=PL.sigma.at[1].set(jnp.nan)), X, Y), "params.sigma",
-     "finite"),
+    ("params.sigma NaN", lambda: NLL(ML, _moe(PL, sigma=PL.sigma.at[1].set(jnp.nan)), X, Y), "params.sigma", "finite"),
     ("ref type", lambda: emjax.bregman_divergence(ML, PL, P, X), "ref", "emjax.MoEParams"),
-    ("ref.sigma negative", lambda: emjax.bregman_divergence(ML, PL, _moe(PL, sigma=-PL.sigma), X), "ref.sigma",
-     "positive"),
+    (
+        "ref.sigma negative",
+        lambda: emjax.bregman_divergence(ML, PL, _moe(PL, sigma=-PL.sigma), X),
+        "ref.sigma",
+        "positive",
+    ),
     ("model type", lambda: NLL("SymMoLinE", P, X, Y), "model", "emjax model"),
     # labels outside what the model can produce
     ("SymMoLogE label 2", lambda: NLL(LOG, P, X, Y.at[0].set(2.0)), "y", r"\{0, 1\}"),
@@ -255,16 +280,36 @@ INVALID = [
     ("step None", lambda: emjax.mirror_descent(None), "step_size", "real number"),
     ("step vector", lambda: emjax.mirror_descent_step(LOG, P, X, Y, jnp.ones(2)), "step_size", "scalar"),
     ("mirror step per block", lambda: emjax.mirror_descent(_sym(w=0.1, beta=0.1)), "step_size", "real numbers"),
-    ("block step negative", lambda: emjax.gradient_descent_step(LIN, P, X, Y, _sym(w=0.1, beta=-0.1)),
-     "step_size.beta", "positive"),
-    ("block step wrong type", lambda: emjax.gradient_descent_step(ML, PL, X, Y, _sym(w=0.1, beta=0.1)),
-     "step_size", "emjax.MoEParams"),
-    ("block step missing sigma", lambda: emjax.gradient_em_step(ML, PL, X, Y, emjax.MoEParams(gate=0.1, experts=0.1)),
-     "step_size.sigma", "positive number"),
-    ("block step extra sigma", lambda: emjax.gradient_descent_step(
-        MG, PG, X, Y, emjax.MoEParams(gate=0.1, experts=0.1, sigma=0.1)), "step_size.sigma", "None"),
-    ("solver block step wrong type", lambda: emjax.fit(ML, emjax.gradient_descent(_sym(w=0.1, beta=0.1)), PL, X, Y, 2),
-     "solver.step_size", "emjax.MoEParams"),
+    (
+        "block step negative",
+        lambda: emjax.gradient_descent_step(LIN, P, X, Y, _sym(w=0.1, beta=-0.1)),
+        "step_size.beta",
+        "positive",
+    ),
+    (
+        "block step wrong type",
+        lambda: emjax.gradient_descent_step(ML, PL, X, Y, _sym(w=0.1, beta=0.1)),
+        "step_size",
+        "emjax.MoEParams",
+    ),
+    (
+        "block step missing sigma",
+        lambda: emjax.gradient_em_step(ML, PL, X, Y, emjax.MoEParams(gate=0.1, experts=0.1)),
+        "step_size.sigma",
+        "positive number",
+    ),
+    (
+        "block step extra sigma",
+        lambda: emjax.gradient_descent_step(MG, PG, X, Y, emjax.MoEParams(gate=0.1, experts=0.1, sigma=0.1)),
+        "step_size.sigma",
+        "None",
+    ),
+    (
+        "solver block step wrong type",
+        lambda: emjax.fit(ML, emjax.gradient_descent(_sym(w=0.1, beta=0.1)), PL, X, Y, 2),
+        "solver.step_size",
+        "emjax.MoEParams",
+    ),
     # loop lengths, tolerances, counts
     ("num_steps negative", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, -1), "num_steps", ">= 0"),
     ("num_steps float", lambda: emjax.fit(ML, emjax.em(), PL, X, Y, 2.0), "num_steps", "Python int"),
@@ -283,16 +328,28 @@ INVALID = [
     ("atol negative without tol", lambda: emjax.fit(LIN, emjax.em(), P, X, Y, 2, atol=-1.0), "atol", ">= 0"),
     ("restarts atol", lambda: emjax.fit_restarts(ML, emjax.em(), KEY, X, Y, 2, atol=-1.0), "atol", ">= 0"),
     ("sample n 0", lambda: emjax.sample(LIN, P, KEY, 0), "n", "positive Python int"),
-    ("sample d 0", lambda: emjax.sample(LIN, emjax.SymParams(w=jnp.zeros(0), beta=jnp.zeros(0)), KEY, 3),
-     "params", "d >= 1"),
+    (
+        "sample d 0",
+        lambda: emjax.sample(LIN, emjax.SymParams(w=jnp.zeros(0), beta=jnp.zeros(0)), KEY, 3),
+        "params",
+        "d >= 1",
+    ),
     # solvers and masks
     ("solver type", lambda: emjax.fit(LIN, "em", P, X, Y, 2), "solver", "emjax solver"),
     ("optax type", lambda: emjax.from_optax(lambda g: g), "transformation", "optax.GradientTransformation"),
     ("trainable type", lambda: emjax.em(trainable=True), "trainable", "emjax.SymParams or emjax.MoEParams"),
-    ("trainable dtype", lambda: emjax.em_step(LIN, P, X, Y, trainable=_sym(w=1.0, beta=True)), "trainable.w",
-     "booleans"),
-    ("solver.trainable type", lambda: emjax.fit(ML, emjax.em(trainable=_sym(w=True, beta=False)), PL, X, Y, 2),
-     "solver.trainable", "emjax.MoEParams"),
+    (
+        "trainable dtype",
+        lambda: emjax.em_step(LIN, P, X, Y, trainable=_sym(w=1.0, beta=True)),
+        "trainable.w",
+        "booleans",
+    ),
+    (
+        "solver.trainable type",
+        lambda: emjax.fit(ML, emjax.em(trainable=_sym(w=True, beta=False)), PL, X, Y, 2),
+        "solver.trainable",
+        "emjax.MoEParams",
+    ),
     # keys
     ("sample key", lambda: emjax.sample(LIN, P, 0, 5), "key", "jax.random key"),
     ("init_params key", lambda: emjax.init_params(ML, 0, X, Y), "key", "jax.random key"),
@@ -301,15 +358,31 @@ INVALID = [
     ("key batch", lambda: emjax.testing.random_params(ML, jax.random.split(KEY, 2), 2), "key", "single"),
     # generators of ground truths and starts: dimensions, norms and scales
     ("random_params d 0", lambda: emjax.testing.random_params(LIN, KEY, 0), "d", ">= 1"),
-    ("random_params gate_norm sym", lambda: emjax.testing.random_params(LIN, KEY, 2, gate_norm=-1.0), "gate_norm",
-     ">= 0"),
-    ("random_params expert_norm sym", lambda: emjax.testing.random_params(LIN, KEY, 2, expert_norm=float("inf")),
-     "expert_norm", ">= 0"),
+    (
+        "random_params gate_norm sym",
+        lambda: emjax.testing.random_params(LIN, KEY, 2, gate_norm=-1.0),
+        "gate_norm",
+        ">= 0",
+    ),
+    (
+        "random_params expert_norm sym",
+        lambda: emjax.testing.random_params(LIN, KEY, 2, expert_norm=float("inf")),
+        "expert_norm",
+        ">= 0",
+    ),
     ("random_params moe d", lambda: emjax.testing.random_params(ML, KEY, 2.5), "d", "Python int"),
-    ("random_params moe gate_norm", lambda: emjax.testing.random_params(ML, KEY, 2, gate_norm=-2.0), "gate_norm",
-     ">= 0"),
-    ("random_params moe expert_norm", lambda: emjax.testing.random_params(MG, KEY, 2, expert_norm=float("nan")),
-     "expert_norm", ">= 0"),
+    (
+        "random_params moe gate_norm",
+        lambda: emjax.testing.random_params(ML, KEY, 2, gate_norm=-2.0),
+        "gate_norm",
+        ">= 0",
+    ),
+    (
+        "random_params moe expert_norm",
+        lambda: emjax.testing.random_params(MG, KEY, 2, expert_norm=float("nan")),
+        "expert_norm",
+        ">= 0",
+    ),
     ("random_params moe sigma 0", lambda: emjax.testing.random_params(ML, KEY, 2, sigma=0.0), "sigma", "> 0"),
     ("random_params moe sigma < 0", lambda: emjax.testing.random_params(ML, KEY, 2, sigma=-0.5), "sigma", "> 0"),
     ("random_params moe dtype", lambda: emjax.testing.random_params(ML, KEY, 2, dtype=jnp.int32), "dtype", "floating"),
@@ -317,8 +390,12 @@ INVALID = [
     ("perturb relative_error", lambda: emjax.testing.perturb(P, KEY, -0.5), "relative_error", ">= 0"),
     ("perturb params", lambda: emjax.testing.perturb(PL, KEY), "params", "emjax.SymParams"),
     ("relative_errors", lambda: emjax.testing.relative_errors(PL, PL), "estimate", "emjax.SymParams"),
-    ("match_experts K", lambda: emjax.testing.match_experts(PL, emjax.testing.random_params(emjax.MoLinE(3), KEY, 2)),
-     "estimate.gate", "same shape"),
+    (
+        "match_experts K",
+        lambda: emjax.testing.match_experts(PL, emjax.testing.random_params(emjax.MoLinE(3), KEY, 2)),
+        "estimate.gate",
+        "same shape",
+    ),
     ("match_experts type", lambda: emjax.testing.match_experts(P, PL), "estimate", "emjax.MoEParams"),
     ("num_parameters params", lambda: emjax.num_parameters(LIN, "params"), "params", "emjax.SymParams"),
 ]
@@ -341,7 +418,8 @@ def test_integer_and_boolean_inputs_that_are_converted():
     assert emjax.em_step(LIN, integer_params, X, Y).w.dtype == jnp.float64
     counts = jnp.array([0, 3, 1, 7], jnp.int32)
     assert float(emjax.neg_log_likelihood(MP, PP, X, counts)) == pytest.approx(
-        float(emjax.neg_log_likelihood(MP, PP, X, counts.astype(jnp.float64))), rel=1e-12)
+        float(emjax.neg_log_likelihood(MP, PP, X, counts.astype(jnp.float64))), rel=1e-12
+    )
     assert emjax.fit(LIN, emjax.em(), P, X, Y, 0, tol=0.0).losses.shape == (1,)  # zero steps and tol = 0 are valid
 
 
@@ -365,7 +443,9 @@ JITTED = {
 # The guard lives in the one decorator every public function goes through; every function runs on the cheap
 # symmetric model, a few on K-expert ones.
 JIT_CASES = [("SymMoLinE", name) for name in sorted(JITTED)] + [
-    ("MoLogE", "neg_log_likelihood"), ("MoLogE", "gradient_em_step"), ("MoLinE", "em_step"),
+    ("MoLogE", "neg_log_likelihood"),
+    ("MoLogE", "gradient_em_step"),
+    ("MoLinE", "em_step"),
     ("MoPoE", "responsibilities"),
 ]
 
@@ -394,8 +474,9 @@ def test_nonfinite_data_under_jit_give_nonfinite_status(model_name):
             result = run(bad_x, bad_y)
             assert int(result.status) == emjax.Status.nonfinite and int(result.num_steps) == 0
             assert not bool(result.converged)
-            for leaf, start in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(params),
-                                   strict=True):
+            for leaf, start in zip(
+                jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(params), strict=True
+            ):
                 assert bool(jnp.all(leaf == start))
 
 
@@ -416,8 +497,10 @@ def test_nonfinite_parameters_under_jit_are_never_reported_healthy():
 
 
 def test_mirror_step_needs_one_step_size_and_safe_step_size_is_for_symmetric_models():
-    for model, params, y, tree in ((LOG, P, Y, emjax.SymParams(w=0.5, beta=0.5)),
-                                   (ML, PL, Y, emjax.MoEParams(gate=0.5, experts=0.5, sigma=0.5))):
+    for model, params, y, tree in (
+        (LOG, P, Y, emjax.SymParams(w=0.5, beta=0.5)),
+        (ML, PL, Y, emjax.MoEParams(gate=0.5, experts=0.5, sigma=0.5)),
+    ):
         with pytest.raises(ValueError, match="step_size of a mirror-descent step must be one positive number"):
             emjax.mirror_descent_step(model, params, X, y, tree)
     with pytest.raises(ValueError, match="safe_step_size needs a global bound on the curvature"):
@@ -431,7 +514,10 @@ def test_mirror_step_needs_one_step_size_and_safe_step_size_is_for_symmetric_mod
 # at run time with the same message.
 
 DEVICE_CASES = {
-    "SymMoLinE": (LIN, P, Y), "SymMoLogE": (LOG, P, Y), "MoLinE": (ML, PL, Y), "MoLogE": (MG, PG, Y),
+    "SymMoLinE": (LIN, P, Y),
+    "SymMoLogE": (LOG, P, Y),
+    "MoLinE": (ML, PL, Y),
+    "MoLogE": (MG, PG, Y),
     "MoPoE": (MP, PP, Y),
 }
 
@@ -467,12 +553,19 @@ def test_eager_value_checks_never_call_np_asarray_on_device_data(monkeypatch):
         emjax.em_step(LOG, P, X.at[0, 0].set(jnp.nan), Y)
 
 
-@pytest.mark.parametrize(("model_name", "bad_y", "match"), [
-    ("SymMoLogE", Y.at[0].set(2.0), r"y must hold binary labels in \{0, 1\} for SymMoLogE; got values such as \[2\.\]"),
-    ("MoLogE", Y.at[1].set(3.0), r"y must hold class labels in \{0, ..., 2\}; got values such as \[3\.\]"),
-    ("MoPoE", Y.at[2].set(-1.0), r"y must hold counts \(integers >= 0\) for Poisson experts"),
-    ("MoLinE", Y.at[3].set(jnp.nan), "y must be finite"),
-])
+@pytest.mark.parametrize(
+    ("model_name", "bad_y", "match"),
+    [
+        (
+            "SymMoLogE",
+            Y.at[0].set(2.0),
+            r"y must hold binary labels in \{0, 1\} for SymMoLogE; got values such as \[2\.\]",
+        ),
+        ("MoLogE", Y.at[1].set(3.0), r"y must hold class labels in \{0, ..., 2\}; got values such as \[3\.\]"),
+        ("MoPoE", Y.at[2].set(-1.0), r"y must hold counts \(integers >= 0\) for Poisson experts"),
+        ("MoLinE", Y.at[3].set(jnp.nan), "y must be finite"),
+    ],
+)
 def test_bad_labels_raise_value_errors_eagerly_and_at_run_time_under_jit(model_name, bad_y, match):
     model, params, _ = DEVICE_CASES[model_name]
     with pytest.raises(ValueError, match=match):

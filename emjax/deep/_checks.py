@@ -43,8 +43,10 @@ def check_data(model, x, y=None) -> tuple[int, int]:
         gate_shape = eqx.filter_eval_shape(gate_logits, model, batch).shape
         expert_shape = eqx.filter_eval_shape(expert_logits, model, batch).shape
     except Exception as error:  # noqa: BLE001 - any failure here means the networks do not take (d,) inputs
-        raise ValueError(f"the gate and experts must map x of shape (d,) = ({d},) to logits; calling them failed: "
-                         f"{type(error).__name__}: {error}") from error
+        raise ValueError(
+            f"the gate and experts must map x of shape (d,) = ({d},) to logits; calling them failed: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     if gate_shape != (1, model.num_experts):
         raise ValueError(
             f"the gate must map x of shape ({d},) to {model.num_experts} logits; got shape {gate_shape[1:]}"

@@ -57,15 +57,33 @@ def _network(key: Array, in_size: int, out_size: int, width: int, depth: int, us
         network = eqx.nn.Linear(in_size, out_size, use_bias=use_bias, dtype=dtype, key=key)
     else:
         network = eqx.nn.MLP(
-            in_size, out_size, width, depth, activation=activation, use_bias=use_bias, use_final_bias=use_bias,
-            dtype=dtype, key=key,
+            in_size,
+            out_size,
+            width,
+            depth,
+            activation=activation,
+            use_bias=use_bias,
+            use_final_bias=use_bias,
+            dtype=dtype,
+            key=key,
         )
     return _draw_in_one_call(key, network)
 
 
 @eqx.filter_jit
-def _build_networks(key, in_size, num_classes, num_experts, expert_width, expert_depth, gate_width, gate_depth,
-                    use_bias, activation, dtype):
+def _build_networks(
+    key,
+    in_size,
+    num_classes,
+    num_experts,
+    expert_width,
+    expert_depth,
+    gate_width,
+    gate_depth,
+    use_bias,
+    activation,
+    dtype,
+):
     """The gate and the stacked experts, built in one compiled program (equinox's ensembling trick)."""
     key_gate, key_experts = jax.random.split(key)
     gate = _network(key_gate, in_size, num_experts, gate_width, gate_depth, use_bias, activation, dtype)
@@ -186,8 +204,12 @@ class DeepMoE(eqx.Module):
             ((2, 3), (2, 2, 3))
         """
         for name, value, minimum in (
-            ("in_size", in_size, 1), ("expert_width", expert_width, 1), ("gate_width", gate_width, 1),
-            ("expert_depth", expert_depth, 0), ("gate_depth", gate_depth, 0), ("num_experts", num_experts, 1),
+            ("in_size", in_size, 1),
+            ("expert_width", expert_width, 1),
+            ("gate_width", gate_width, 1),
+            ("expert_depth", expert_depth, 0),
+            ("gate_depth", gate_depth, 0),
+            ("num_experts", num_experts, 1),
         ):
             if not _is_count(value, minimum):
                 raise ValueError(f"{name} must be a Python int >= {minimum}; got {value!r}")
@@ -198,8 +220,17 @@ class DeepMoE(eqx.Module):
                 f"top_k must be a Python int with 1 <= top_k <= num_experts = {num_experts}; got {top_k!r}"
             )
         gate, experts = _build_networks(
-            key, in_size, num_classes, num_experts, expert_width, expert_depth, gate_width, gate_depth, use_bias,
-            activation, None if dtype is None else jnp.dtype(dtype),
+            key,
+            in_size,
+            num_classes,
+            num_experts,
+            expert_width,
+            expert_depth,
+            gate_width,
+            gate_depth,
+            use_bias,
+            activation,
+            None if dtype is None else jnp.dtype(dtype),
         )
         return cls(gate, experts, num_experts, num_classes, top_k)
 

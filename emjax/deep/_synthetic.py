@@ -97,8 +97,18 @@ def synthetic_nonlinear_moe(
     """
     check_count(n, "n")
     key_truth, key_data = jax.random.split(key)
-    truth = DeepMoE.mlp(key_truth, d, num_classes, num_experts, top_k, expert_width=width, expert_depth=depth,
-                        gate_width=width, gate_depth=depth, dtype=dtype)
+    truth = DeepMoE.mlp(
+        key_truth,
+        d,
+        num_classes,
+        num_experts,
+        top_k,
+        expert_width=width,
+        expert_depth=depth,
+        gate_width=width,
+        gate_depth=depth,
+        dtype=dtype,
+    )
     truth = eqx.tree_at(lambda m: m.gate, truth, scale_output(truth.gate, gate_scale))
     truth = eqx.tree_at(lambda m: m.experts, truth, scale_output(truth.experts, expert_scale))
     x, y = sample(truth, key_data, n, d)

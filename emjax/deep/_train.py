@@ -133,8 +133,9 @@ def _check_eval(model, eval_data, eval_every, num_steps: int, d: int) -> None:
         raise ValueError(f"eval_every = {every} must divide the number of steps {num_steps}")
 
 
-def _check_fit(model, x, y, optimizer, num_steps, batch_size, eval_data, eval_every, inner_steps=1,
-               inner_batch_size=None) -> None:
+def _check_fit(
+    model, x, y, optimizer, num_steps, batch_size, eval_data, eval_every, inner_steps=1, inner_batch_size=None
+) -> None:
     n, d = check_data(model, x, y)
     check_count(num_steps, "the number of steps")
     check_count(inner_steps, "inner_steps")
@@ -246,16 +247,26 @@ def _guarded(step, num_steps: int, rule, label: str, progress_every: int):
             return params, opt_state, info, jnp.asarray(True), jnp.asarray(False), jnp.asarray(False)
 
         new_params, new_state, info, healthy, stop, apply = lax.cond(done, skip, run, None)
-        control = (t + 1, jnp.where(done, previous, info.loss), done | ~healthy | stop, finite & healthy,
-                   converged | stop)
+        control = (
+            t + 1,
+            jnp.where(done, previous, info.loss),
+            done | ~healthy | stop,
+            finite & healthy,
+            converged | stop,
+        )
         return (new_params, new_state, control), (info, ~done, apply)
 
     return guarded
 
 
 def _control(dtype):
-    return (jnp.zeros((), jnp.int32), jnp.asarray(jnp.nan, dtype), jnp.asarray(False), jnp.asarray(True),
-            jnp.asarray(False))
+    return (
+        jnp.zeros((), jnp.int32),
+        jnp.asarray(jnp.nan, dtype),
+        jnp.asarray(False),
+        jnp.asarray(True),
+        jnp.asarray(False),
+    )
 
 
 def _result(static, x, y, carry, infos, ran, applied, evaluations, rule, grads_per_step, forwards_per_step):
@@ -269,13 +280,28 @@ def _result(static, x, y, carry, infos, ran, applied, evaluations, rule, grads_p
     losses = jnp.concatenate([infos.loss, jnp.where(done, jnp.nan, final)[None]])
     status = final_status(finite, converged, rule is not None, jnp.where).astype(jnp.int32)
     history = _history(infos, ran, evaluations, grads_per_step, forwards_per_step)
-    return DeepFitResult(model, losses, jnp.sum(applied.astype(jnp.int32)), status, converged & finite, opt_state,
-                         history=history)
+    return DeepFitResult(
+        model, losses, jnp.sum(applied.astype(jnp.int32)), status, converged & finite, opt_state, history=history
+    )
 
 
 @eqx.filter_jit
-def _fit_em(key, model, x, y, optimizer, num_em_steps, inner_steps, batch_size, inner_batch_size, reset_optimizer,
-            eval_data, eval_every, rule, progress_every):
+def _fit_em(
+    key,
+    model,
+    x,
+    y,
+    optimizer,
+    num_em_steps,
+    inner_steps,
+    batch_size,
+    inner_batch_size,
+    reset_optimizer,
+    eval_data,
+    eval_every,
+    rule,
+    progress_every,
+):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = optax.with_extra_args_support(optimizer)
     e_batch = x.shape[0] if batch_size is None else batch_size
@@ -448,12 +474,25 @@ def fit_em(
         >>> history.gradient_evaluations[-1].item(), bool(history.loss[-1] < history.loss[0]), int(result.status)
         (60, True, 0)
     """
-    _check_fit(model, x, y, optimizer, num_em_steps, batch_size, eval_data, eval_every, inner_steps,
-               inner_batch_size)
+    _check_fit(model, x, y, optimizer, num_em_steps, batch_size, eval_data, eval_every, inner_steps, inner_batch_size)
     every = progress_interval(progress)
     x, y = as_working(model, x, y)
-    return _fit_em(key, model, x, y, optimizer, num_em_steps, inner_steps, batch_size, inner_batch_size,
-                   bool(reset_optimizer), _prepare_eval(model, eval_data), eval_every, _rule(tol, atol, x.dtype), every)
+    return _fit_em(
+        key,
+        model,
+        x,
+        y,
+        optimizer,
+        num_em_steps,
+        inner_steps,
+        batch_size,
+        inner_batch_size,
+        bool(reset_optimizer),
+        _prepare_eval(model, eval_data),
+        eval_every,
+        _rule(tol, atol, x.dtype),
+        every,
+    )
 
 
 def fit_end_to_end(
@@ -498,5 +537,16 @@ def fit_end_to_end(
     _check_fit(model, x, y, optimizer, num_steps, batch_size, eval_data, eval_every)
     every = progress_interval(progress)
     x, y = as_working(model, x, y)
-    return _fit_end_to_end(key, model, x, y, optimizer, num_steps, batch_size, _prepare_eval(model, eval_data),
-                           eval_every, _rule(tol, atol, x.dtype), every)
+    return _fit_end_to_end(
+        key,
+        model,
+        x,
+        y,
+        optimizer,
+        num_steps,
+        batch_size,
+        _prepare_eval(model, eval_data),
+        eval_every,
+        _rule(tol, atol, x.dtype),
+        every,
+    )

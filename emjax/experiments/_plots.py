@@ -54,8 +54,10 @@ def _finish_trace_figure(figure, axes, title: str, path: Path) -> Path:
 
 
 def _synthetic_title(name: str, settings) -> str:
-    return (f"{name}: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr:g}, "
-            f"{settings.num_instances} instances (mean, 10-90% band)")
+    return (
+        f"{name}: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr:g}, "
+        f"{settings.num_instances} instances (mean, 10-90% band)"
+    )
 
 
 def plot_figure1(outputs, settings, path: Path) -> Path:
@@ -101,10 +103,20 @@ def plot_mim(run: dict, settings, path: Path, floor: float) -> Path:
         em = list(settings.methods).index("em")
         measured = measured_rate(fits["step_length"][:, :, em], floor)
         median = nan_median(measured)
-        left.plot(snrs, median, "ks", fillstyle="none", markersize=8,
-                  label=rf"EM rate measured from traces ($\|w^*\|={r['gate_norm']:g}$)")
-        left.plot(snrs, np.median(fits["rate_final"][:, :, em], axis=1), "kx",
-                  label=r"$\lambda_{\max}(M(\theta_T))$ at EM's final iterate")
+        left.plot(
+            snrs,
+            median,
+            "ks",
+            fillstyle="none",
+            markersize=8,
+            label=rf"EM rate measured from traces ($\|w^*\|={r['gate_norm']:g}$)",
+        )
+        left.plot(
+            snrs,
+            np.median(fits["rate_final"][:, :, em], axis=1),
+            "kx",
+            label=r"$\lambda_{\max}(M(\theta_T))$ at EM's final iterate",
+        )
         _snr_axis(left, snrs)
         left.set_xlabel(r"SNR ($\|\beta^*\|/\sigma$)" if name == "SymMoLinE" else r"SNR ($\|\beta^*\|$)")
         left.set_ylabel("EM rate")
@@ -114,10 +126,15 @@ def plot_mim(run: dict, settings, path: Path, floor: float) -> Path:
         iterations = iterations_to(fits["loss"] - best, settings.tolerance)
         for i, method in enumerate(settings.methods):
             its = iterations[:, :, i].astype(float)
-            right.plot(snrs, np.median(its, axis=1), marker="o", color=COLOURS.get(method),
-                       label=METHOD_LABELS[method])
-            right.fill_between(snrs, np.quantile(its, 0.1, axis=1), np.quantile(its, 0.9, axis=1),
-                               color=COLOURS.get(method), alpha=0.15, linewidth=0)
+            right.plot(snrs, np.median(its, axis=1), marker="o", color=COLOURS.get(method), label=METHOD_LABELS[method])
+            right.fill_between(
+                snrs,
+                np.quantile(its, 0.1, axis=1),
+                np.quantile(its, 0.9, axis=1),
+                color=COLOURS.get(method),
+                alpha=0.15,
+                linewidth=0,
+            )
         right.axhline(settings.num_steps + 1, color="grey", linestyle=":", linewidth=1)
         _snr_axis(right, snrs)
         right.set_yscale("log")
@@ -139,6 +156,8 @@ def plot_table2(run: dict, settings, path: Path) -> Path:
     _bands(axes[0, 1], outputs["test_loss"], settings.methods, t)
     axes[0, 1].set_yscale("log")
     axes[0, 1].set_title("test cross-entropy L")
-    title = (f"Table 2 setting: 2-expert MoLogE on Random-Invert {data.name} (n_train={data.x_train.shape[0]}), "
-             f"{settings.num_instances} instances (mean, 10-90% band)")
+    title = (
+        f"Table 2 setting: 2-expert MoLogE on Random-Invert {data.name} (n_train={data.x_train.shape[0]}), "
+        f"{settings.num_instances} instances (mean, 10-90% band)"
+    )
     return _finish_trace_figure(figure, axes, title, path)

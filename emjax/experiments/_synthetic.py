@@ -76,8 +76,15 @@ class MimSettings:
 
     @classmethod
     def quick(cls) -> MimSettings:
-        return cls(snrs=(0.5, 1.0, 2.0, 4.0, 8.0), rate_n=5000, rate_instances=2, n=1000, num_instances=4,
-                   num_steps=100, tuning_instances=2)
+        return cls(
+            snrs=(0.5, 1.0, 2.0, 4.0, 8.0),
+            rate_n=5000,
+            rate_instances=2,
+            n=1000,
+            num_instances=4,
+            num_steps=100,
+            tuning_instances=2,
+        )
 
 
 def _steps_floor(dtype) -> float:
@@ -90,23 +97,38 @@ def _timing(results) -> str:
     run_s = sum(r.run_seconds for r in results)
     computed = sum(r.computed_chunks for r in results)
     loaded = sum(r.loaded_chunks for r in results)
-    return (f"{len(results)} sweeps: compile {compile_s:.1f} s, run {run_s:.1f} s "
-            f"({computed} chunks computed, {loaded} loaded)")
+    return (
+        f"{len(results)} sweeps: compile {compile_s:.1f} s, run {run_s:.1f} s "
+        f"({computed} chunks computed, {loaded} loaded)"
+    )
 
 
 def run_figures(settings: FigureSettings, folder: Path, *, progress=None, batch_size="auto") -> dict:
     """Tune the baselines, run the Figure 1-2 sweep; return the traces and the tuned steps."""
-    cell = ConvergenceCell(SymMoLinE(sigma=1.0), settings.methods, settings.num_steps, settings.n, settings.d,
-                           gate_norm=settings.gate_norm)
+    cell = ConvergenceCell(
+        SymMoLinE(sigma=1.0), settings.methods, settings.num_steps, settings.n, settings.d, gate_norm=settings.gate_norm
+    )
     options = {"progress": progress, "batch_size": batch_size}
-    tuned = tune_step_sizes(cell, settings.seed, [settings.snr], num_instances=settings.tuning_instances,
-                            out=folder / "figures-tuning", **options)
+    tuned = tune_step_sizes(
+        cell,
+        settings.seed,
+        [settings.snr],
+        num_instances=settings.tuning_instances,
+        out=folder / "figures-tuning",
+        **options,
+    )
     steps = {m: np.asarray(v[0]) for m, v in tuned.step_sizes.items()}
     cell = dataclasses.replace(cell, step_sizes=steps)
-    result = sweep(cell, settings.seed, {"snr": np.asarray([settings.snr]), "seed": np.arange(settings.num_instances)},
-                   key_axes=("seed",), out=folder / "figures",
-                   config={"settings": dataclasses.asdict(settings)},
-                   chunk_size=max(1, settings.num_instances // 2), **options)
+    result = sweep(
+        cell,
+        settings.seed,
+        {"snr": np.asarray([settings.snr]), "seed": np.arange(settings.num_instances)},
+        key_axes=("seed",),
+        out=folder / "figures",
+        config={"settings": dataclasses.asdict(settings)},
+        chunk_size=max(1, settings.num_instances // 2),
+        **options,
+    )
     outputs = jax.tree_util.tree_map(lambda leaf: leaf[0], result.outputs)  # drop the one-point SNR axis
     return {"outputs": outputs, "tuned": tuned, "steps": steps, "sweeps": [tuned.sweep, result]}
 
@@ -123,22 +145,34 @@ def run_mim(settings: MimSettings, folder: Path, *, progress=None, batch_size="a
             RateCell(model, settings.rate_n, settings.d, orthogonal=True),
             seed,
             {"gate_norm": np.asarray(settings.gate_norms), "snr": snrs, "seed": np.arange(settings.rate_instances)},
-            key_axes=("seed",), out=folder / f"mim-rates-{name}", **options,
+            key_axes=("seed",),
+            out=folder / f"mim-rates-{name}",
+            **options,
         )
         gate_norm = dict(settings.fit_gate_norm)[name]
-        cell = ConvergenceCell(model, settings.methods, settings.num_steps, settings.n, settings.d,
-                               gate_norm=gate_norm, orthogonal=True)
-        tuned = tune_step_sizes(cell, seed, snrs, num_instances=settings.tuning_instances,
-                                out=folder / f"mim-tuning-{name}", **options)
+        cell = ConvergenceCell(
+            model, settings.methods, settings.num_steps, settings.n, settings.d, gate_norm=gate_norm, orthogonal=True
+        )
+        tuned = tune_step_sizes(
+            cell, seed, snrs, num_instances=settings.tuning_instances, out=folder / f"mim-tuning-{name}", **options
+        )
         fits = sweep(
             cell,
             seed,
             {"snr": {"snr": snrs, "step_sizes": tuned.step_sizes}, "seed": np.arange(settings.num_instances)},
-            key_axes=("seed",), out=folder / f"mim-fits-{name}",
-            config={"settings": dataclasses.asdict(settings)}, chunk_size=settings.num_instances * 2, **options,
+            key_axes=("seed",),
+            out=folder / f"mim-fits-{name}",
+            config={"settings": dataclasses.asdict(settings)},
+            chunk_size=settings.num_instances * 2,
+            **options,
         )
-        out[name] = {"rates": rates.outputs["rate"], "fits": fits.outputs, "tuned": tuned, "gate_norm": gate_norm,
-                     "sweeps": [rates, tuned.sweep, fits]}
+        out[name] = {
+            "rates": rates.outputs["rate"],
+            "fits": fits.outputs,
+            "tuned": tuned,
+            "gate_norm": gate_norm,
+            "sweeps": [rates, tuned.sweep, fits],
+        }
     return out
 
 
@@ -155,19 +189,56 @@ def summarise_figures(run: dict, settings: FigureSettings, out: Path) -> list[Pa
         bt, bf = band(gap_truth[:, i]), band(gap_final[:, i])
         be, we = band(o["expert_error"][:, i]), band(o["gate_error"][:, i])
         for t in range(settings.num_steps + 1):
-            rows1.append([t, method, bt["mean"][t], bt["q10"][t], bt["q90"][t], bf["mean"][t], bf["q10"][t],
-                          bf["q90"][t]])
-            rows2.append([t, method, be["mean"][t], be["q10"][t], be["q90"][t], we["mean"][t], we["q10"][t],
-                          we["q90"][t]])
+            rows1.append(
+                [t, method, bt["mean"][t], bt["q10"][t], bt["q90"][t], bf["mean"][t], bf["q10"][t], bf["q90"][t]]
+            )
+            rows2.append(
+                [t, method, be["mean"][t], be["q10"][t], be["q90"][t], we["mean"][t], we["q10"][t], we["q90"][t]]
+            )
     files = [out / "figure1.csv", out / "figure2.csv", out / "step_sizes_figures.csv"]
-    write_csv(files[0], ["iteration", "method", "gap_truth_mean", "gap_truth_q10", "gap_truth_q90",
-                         "gap_final_mean", "gap_final_q10", "gap_final_q90"], rows1)
-    write_csv(files[1], ["iteration", "method", "beta_error_mean", "beta_error_q10", "beta_error_q90",
-                         "w_error_mean", "w_error_q10", "w_error_q90"], rows2)
+    write_csv(
+        files[0],
+        [
+            "iteration",
+            "method",
+            "gap_truth_mean",
+            "gap_truth_q10",
+            "gap_truth_q90",
+            "gap_final_mean",
+            "gap_final_q10",
+            "gap_final_q90",
+        ],
+        rows1,
+    )
+    write_csv(
+        files[1],
+        [
+            "iteration",
+            "method",
+            "beta_error_mean",
+            "beta_error_q10",
+            "beta_error_q90",
+            "w_error_mean",
+            "w_error_q10",
+            "w_error_q90",
+        ],
+        rows2,
+    )
     tuned = run["tuned"]
-    write_csv(files[2], ["snr", "method", "chosen_step", "candidates", "scores"],
-              [[settings.snr, m, float(run["steps"][m]), " ".join(f"{c:g}" for c in tuned.candidates[m]),
-                " ".join(f"{s:.3g}" for s in tuned.scores[m][0])] for m in tuned.step_sizes])
+    write_csv(
+        files[2],
+        ["snr", "method", "chosen_step", "candidates", "scores"],
+        [
+            [
+                settings.snr,
+                m,
+                float(run["steps"][m]),
+                " ".join(f"{c:g}" for c in tuned.candidates[m]),
+                " ".join(f"{s:.3g}" for s in tuned.scores[m][0]),
+            ]
+            for m in tuned.step_sizes
+        ],
+    )
     return files
 
 
@@ -184,27 +255,59 @@ def summarise_mim(run: dict, settings: MimSettings, out: Path, floor: float) -> 
         best = np.nanmin(fits["loss"], axis=(2, 3), keepdims=True)
         iterations = iterations_to(fits["loss"] - best, settings.tolerance)  # (snr, instance, method)
         for s, snr in enumerate(settings.snrs):
-            fit_rows.append([name, r["gate_norm"], snr, float(np.mean(fits["rate_truth"][s])),
-                             float(np.mean(fits["rate_final"][s, :, em])), float(nan_median(measured[s][None])[0]),
-                             int(np.sum(np.isfinite(measured[s])))])
+            fit_rows.append(
+                [
+                    name,
+                    r["gate_norm"],
+                    snr,
+                    float(np.mean(fits["rate_truth"][s])),
+                    float(np.mean(fits["rate_final"][s, :, em])),
+                    float(nan_median(measured[s][None])[0]),
+                    int(np.sum(np.isfinite(measured[s]))),
+                ]
+            )
             for i, method in enumerate(settings.methods):
                 its = iterations[s, :, i]
-                iteration_rows.append([name, snr, method, float(np.median(its)), float(np.quantile(its, 0.1)),
-                                       float(np.quantile(its, 0.9)), float(np.mean(its <= settings.num_steps))])
+                iteration_rows.append(
+                    [
+                        name,
+                        snr,
+                        method,
+                        float(np.median(its)),
+                        float(np.quantile(its, 0.1)),
+                        float(np.quantile(its, 0.9)),
+                        float(np.mean(its <= settings.num_steps)),
+                    ]
+                )
                 if method in r["tuned"].step_sizes:
                     step_rows.append([name, snr, method, float(r["tuned"].step_sizes[method][s])])
     files = [out / "mim_rates.csv", out / "mim_fits.csv", out / "mim_iterations.csv", out / "step_sizes_mim.csv"]
     write_csv(files[0], ["model", "gate_norm", "snr", "rate_truth_mean", "rate_truth_std"], rate_rows)
-    write_csv(files[1], ["model", "gate_norm", "snr", "rate_truth", "rate_em_final", "rate_em_measured_median",
-                         "instances_measured"], fit_rows)
-    write_csv(files[2], ["model", "snr", "method", "iterations_median", "iterations_q10", "iterations_q90",
-                         "fraction_reached"], iteration_rows)
+    write_csv(
+        files[1],
+        ["model", "gate_norm", "snr", "rate_truth", "rate_em_final", "rate_em_measured_median", "instances_measured"],
+        fit_rows,
+    )
+    write_csv(
+        files[2],
+        ["model", "snr", "method", "iterations_median", "iterations_q10", "iterations_q90", "fraction_reached"],
+        iteration_rows,
+    )
     write_csv(files[3], ["model", "snr", "method", "chosen_step"], step_rows)
     return files
 
 
-def reproduce(experiments=EXPERIMENTS, out="emjax-results", *, quick: bool = False, progress=None,
-              batch_size="auto", log=print, data: str = "digits", path=None) -> list[Path]:
+def reproduce(
+    experiments=EXPERIMENTS,
+    out="emjax-results",
+    *,
+    quick: bool = False,
+    progress=None,
+    batch_size="auto",
+    log=print,
+    data: str = "digits",
+    path=None,
+) -> list[Path]:
     """Run ``experiments`` (a subset of :data:`EXPERIMENTS`), write PNGs and CSVs to ``out``; return the files.
 
     Sweeps are kept under ``out/sweeps/{quick,full}/`` so an interrupted run resumes where it stopped.
@@ -227,8 +330,10 @@ def reproduce(experiments=EXPERIMENTS, out="emjax-results", *, quick: bool = Fal
     written = []
     if {"figure1", "figure2"} & set(experiments):
         settings = FigureSettings.quick() if quick else FigureSettings()
-        log(f"figures 1-2: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr}, "
-            f"{settings.num_instances} instances x {settings.num_steps} iterations")
+        log(
+            f"figures 1-2: SymMoLinE, n={settings.n}, d={settings.d}, SNR {settings.snr}, "
+            f"{settings.num_instances} instances x {settings.num_steps} iterations"
+        )
         run = run_figures(settings, folder, progress=progress, batch_size=batch_size)
         log("  tuned steps: " + ", ".join(f"{METHOD_LABELS[m]} {float(s):g}" for m, s in run["steps"].items()))
         log("  " + _timing(run["sweeps"]))
@@ -239,20 +344,26 @@ def reproduce(experiments=EXPERIMENTS, out="emjax-results", *, quick: bool = Fal
             written.append(plot_figure2(run["outputs"], settings, out / "figure2.png"))
     if "mim" in experiments:
         settings = MimSettings.quick() if quick else MimSettings()
-        log(f"mim: SNR {list(settings.snrs)}, ||w*|| {list(settings.gate_norms)}; fits n={settings.n}, "
-            f"{settings.num_instances} instances x {settings.num_steps} iterations")
+        log(
+            f"mim: SNR {list(settings.snrs)}, ||w*|| {list(settings.gate_norms)}; fits n={settings.n}, "
+            f"{settings.num_instances} instances x {settings.num_steps} iterations"
+        )
         run = run_mim(settings, folder, progress=progress, batch_size=batch_size)
         log("  " + _timing([s for r in run.values() for s in r["sweeps"]]))
         floor = _steps_floor(dtype)
         written += summarise_mim(run, settings, out, floor)
         written.append(plot_mim(run, settings, out / "mim.png", floor))
     if table2_settings is not None:
-        run = run_table2(table2_settings, folder / f"table2-{data}", progress=progress, batch_size=batch_size,
-                         log=log)
+        run = run_table2(table2_settings, folder / f"table2-{data}", progress=progress, batch_size=batch_size, log=log)
         written += summarise_table2(run, table2_settings, out)
         written.append(plot_table2(run, table2_settings, out / "table2.png"))
-    record = {"experiments": list(experiments), "quick": quick, "dtype": str(dtype),
-              "devices": [str(d) for d in jax.devices()], "files": [p.name for p in written]}
+    record = {
+        "experiments": list(experiments),
+        "quick": quick,
+        "dtype": str(dtype),
+        "devices": [str(d) for d in jax.devices()],
+        "files": [p.name for p in written],
+    }
     (out / "reproduce.json").write_text(json.dumps(record, indent=2))
     written.append(out / "reproduce.json")
     return written

@@ -164,8 +164,9 @@ class Table2Cell(eqx.Module):
     fingerprint: str = eqx.field(static=True)
 
     @classmethod
-    def from_settings(cls, settings: Table2Settings, data: ImageDataset, step_sizes: dict | None = None,
-                      methods: tuple | None = None) -> Table2Cell:
+    def from_settings(
+        cls, settings: Table2Settings, data: ImageDataset, step_sizes: dict | None = None, methods: tuple | None = None
+    ) -> Table2Cell:
         methods = tuple(settings.methods if methods is None else methods)
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
@@ -173,11 +174,19 @@ class Table2Cell(eqx.Module):
         steps = {m: jnp.asarray(1.0, jnp.float32) for m in methods if m in STEPPED}
         steps.update({m: jnp.asarray(s, jnp.float32) for m, s in (step_sizes or {}).items() if m in steps})
         return cls(
-            x_train=jnp.asarray(data.x_train), y_train=jnp.asarray(data.y_train),
-            x_test=jnp.asarray(data.x_test), y_test=jnp.asarray(data.y_test), step_sizes=steps,
-            methods=methods, num_classes=data.num_classes, num_iterations=settings.num_iterations,
-            ridge=settings.ridge, lbfgs_steps=settings.lbfgs_steps, init_scale=settings.init_scale,
-            invert_p=settings.invert_p, data_name=data.name,
+            x_train=jnp.asarray(data.x_train),
+            y_train=jnp.asarray(data.y_train),
+            x_test=jnp.asarray(data.x_test),
+            y_test=jnp.asarray(data.y_test),
+            step_sizes=steps,
+            methods=methods,
+            num_classes=data.num_classes,
+            num_iterations=settings.num_iterations,
+            ridge=settings.ridge,
+            lbfgs_steps=settings.lbfgs_steps,
+            init_scale=settings.init_scale,
+            invert_p=settings.invert_p,
+            data_name=data.name,
             fingerprint=_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test),
         )
 
@@ -185,16 +194,24 @@ class Table2Cell(eqx.Module):
     def model(self) -> MoLogE:
         # L-BFGS for every sub-problem, also the gate's 2 x 65: it keeps the program free of batched
         # LAPACK calls, which vmapped on a CPU can deadlock in jaxlib 0.10 (see emjax.sweeps).
-        return MoLogE(2, self.num_classes, ridge=self.ridge, m_step_method="lbfgs",
-                      m_step_max_steps=self.lbfgs_steps)
+        return MoLogE(2, self.num_classes, ridge=self.ridge, m_step_method="lbfgs", m_step_max_steps=self.lbfgs_steps)
 
     def describe(self) -> dict:
         """JSON record of the cell (what a resumed sweep compares); the data enter by fingerprint."""
-        return {"name": "emjax.experiments.Table2Cell", "data": self.data_name, "fingerprint": self.fingerprint,
-                "n_train": int(self.x_train.shape[0]), "n_test": int(self.x_test.shape[0]),
-                "methods": list(self.methods), "num_iterations": self.num_iterations, "ridge": self.ridge,
-                "lbfgs_steps": self.lbfgs_steps, "init_scale": self.init_scale, "invert_p": self.invert_p,
-                "step_sizes": {m: float(s) for m, s in self.step_sizes.items()}}
+        return {
+            "name": "emjax.experiments.Table2Cell",
+            "data": self.data_name,
+            "fingerprint": self.fingerprint,
+            "n_train": int(self.x_train.shape[0]),
+            "n_test": int(self.x_test.shape[0]),
+            "methods": list(self.methods),
+            "num_iterations": self.num_iterations,
+            "ridge": self.ridge,
+            "lbfgs_steps": self.lbfgs_steps,
+            "init_scale": self.init_scale,
+            "invert_p": self.invert_p,
+            "step_sizes": {m: float(s) for m, s in self.step_sizes.items()},
+        }
 
     def initial_params(self, key: Array, d: int) -> MoEParams:
         """Small random start, N(0, init_scale²) on every free entry (pinned gate row and class column 0)."""
@@ -214,16 +231,23 @@ class Table2Cell(eqx.Module):
         y_train = self.y_train.astype(x_train.dtype)
         start = self.initial_params(key_init, x_train.shape[1])
         model = self.model
-        outputs = {name: [] for name in ("train_loss", "test_accuracy", "test_loss", "flag_agreement",
-                                         "expert1_share", "status")}
+        outputs = {
+            name: []
+            for name in ("train_loss", "test_accuracy", "test_loss", "flag_agreement", "expert1_share", "status")
+        }
         for method in self.methods:
             solver = METHODS[method](steps.get(method, 1.0))
             result = fit(model, solver, start, x_train, y_train, self.num_iterations, keep_history=True)
             accuracy, loss = jax.vmap(lambda p: test_metrics(p, x_test, self.y_test))(result.params_history)
             agreement, share = flag_agreement(result.params, x_test, test_flags)
-            for name, value in (("train_loss", result.losses), ("test_accuracy", accuracy), ("test_loss", loss),
-                                ("flag_agreement", agreement), ("expert1_share", share),
-                                ("status", result.status)):
+            for name, value in (
+                ("train_loss", result.losses),
+                ("test_accuracy", accuracy),
+                ("test_loss", loss),
+                ("flag_agreement", agreement),
+                ("expert1_share", share),
+                ("status", result.status),
+            ):
                 outputs[name].append(value)
         return {name: jnp.stack(values) for name, values in outputs.items()}
 
@@ -231,8 +255,10 @@ class Table2Cell(eqx.Module):
 def run_table2(settings: Table2Settings, folder: Path, *, progress=None, batch_size="auto", log=print) -> dict:
     """Tune the baselines' steps, then run every instance; returns outputs, steps and sweep results."""
     data = settings.load()
-    log(f"table 2: {data!r}, {settings.num_instances} instances x {settings.num_iterations} iterations, "
-        f"ridge {settings.ridge:g}, L-BFGS {settings.lbfgs_steps} steps per M-step sub-problem")
+    log(
+        f"table 2: {data!r}, {settings.num_instances} instances x {settings.num_iterations} iterations, "
+        f"ridge {settings.ridge:g}, L-BFGS {settings.lbfgs_steps} steps per M-step sub-problem"
+    )
     key = jax.random.key(settings.seed)
     steps = {m: float(v) for m, v in (settings.step_sizes or {}).items() if m in settings.methods}
     stepped = tuple(m for m in settings.methods if m in STEPPED and m not in steps)
@@ -240,18 +266,31 @@ def run_table2(settings: Table2Settings, folder: Path, *, progress=None, batch_s
     if stepped:
         grids = {m: np.asarray(TABLE2_STEP_GRIDS[m], np.float32) for m in stepped}
         tuning_cell = Table2Cell.from_settings(settings, data, methods=stepped)
-        tuning = sweep(tuning_cell, jax.random.fold_in(key, TUNING_STREAM),
-                       {"candidate": {"step_sizes": grids}, "instance": np.arange(settings.tuning_instances)},
-                       key_axes=("instance",),
-                       out=folder / "tuning", batch_size=batch_size, progress=progress)
+        tuning = sweep(
+            tuning_cell,
+            jax.random.fold_in(key, TUNING_STREAM),
+            {"candidate": {"step_sizes": grids}, "instance": np.arange(settings.tuning_instances)},
+            key_axes=("instance",),
+            out=folder / "tuning",
+            batch_size=batch_size,
+            progress=progress,
+        )
         scores = candidate_scores(tuning.outputs["train_loss"], tuning.outputs["status"])
         steps.update({m: float(grids[m][np.argmin(scores[:, i])]) for i, m in enumerate(stepped)})
         log("  tuned steps: " + ", ".join(f"{METHOD_LABELS[m]} {s:g}" for m, s in steps.items()))
     cell = Table2Cell.from_settings(settings, data, step_sizes=steps)
-    result = sweep(cell, key, {"instance": np.arange(settings.num_instances)}, out=folder / "runs",
-                   batch_size=batch_size, progress=progress)
-    log(f"  compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s "
-        f"({result.computed_chunks} chunks computed, {result.loaded_chunks} loaded)")
+    result = sweep(
+        cell,
+        key,
+        {"instance": np.arange(settings.num_instances)},
+        out=folder / "runs",
+        batch_size=batch_size,
+        progress=progress,
+    )
+    log(
+        f"  compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s "
+        f"({result.computed_chunks} chunks computed, {result.loaded_chunks} loaded)"
+    )
     return {"outputs": result.outputs, "steps": steps, "data": data, "sweeps": [s for s in (tuning, result) if s]}
 
 
@@ -267,10 +306,18 @@ def table2_rows(run: dict, settings: Table2Settings) -> list[dict]:
         accuracy = _mean_std(outputs["test_accuracy"][:, i, -1])
         loss = _mean_std(outputs["test_loss"][:, i, -1])
         flags = _mean_std(outputs["flag_agreement"][:, i])
-        rows.append({"method": method, "label": METHOD_LABELS[method], "step": run["steps"].get(method),
-                     "accuracy": accuracy, "cross_entropy": loss, "flag_agreement": flags,
-                     "train_loss": _mean_std(outputs["train_loss"][:, i, -1]),
-                     "expert1_share": _mean_std(outputs["expert1_share"][:, i])})
+        rows.append(
+            {
+                "method": method,
+                "label": METHOD_LABELS[method],
+                "step": run["steps"].get(method),
+                "accuracy": accuracy,
+                "cross_entropy": loss,
+                "flag_agreement": flags,
+                "train_loss": _mean_std(outputs["train_loss"][:, i, -1]),
+                "expert1_share": _mean_std(outputs["expert1_share"][:, i]),
+            }
+        )
     return rows
 
 
@@ -292,9 +339,14 @@ def _markdown(rows: list[dict], settings: Table2Settings, data: ImageDataset) ->
             f"| {row['label']} | {step} | {100 * row['accuracy'][0]:.1f}% ± {100 * row['accuracy'][1]:.1f} | "
             f"{row['cross_entropy'][0]:.3f} ± {row['cross_entropy'][1]:.3f} | "
             f"{100 * row['flag_agreement'][0]:.1f}% ± {100 * row['flag_agreement'][1]:.1f} | "
-            f"{row['train_loss'][0]:.3f} |")
-    lines += ["", "The paper (Fashion-MNIST): " + ", ".join(
-        f"{METHOD_LABELS[m]} {100 * a:.1f}% / {ce:.3g}" for m, (a, ce) in PAPER_TABLE2.items()) + "."]
+            f"{row['train_loss'][0]:.3f} |"
+        )
+    lines += [
+        "",
+        "The paper (Fashion-MNIST): "
+        + ", ".join(f"{METHOD_LABELS[m]} {100 * a:.1f}% / {ce:.3g}" for m, (a, ce) in PAPER_TABLE2.items())
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -305,18 +357,58 @@ def summarise_table2(run: dict, settings: Table2Settings, out: Path) -> list[Pat
     markdown = out / "table2.md"
     markdown.write_text(_markdown(rows, settings, data))
     summary = out / "table2.csv"
-    write_csv(summary, ["method", "step", "accuracy_mean", "accuracy_std", "cross_entropy_mean", "cross_entropy_std",
-                        "flag_agreement_mean", "flag_agreement_std", "train_loss_mean", "expert1_share_mean"],
-              [[r["method"], "" if r["step"] is None else r["step"], *r["accuracy"], *r["cross_entropy"],
-                *r["flag_agreement"], r["train_loss"][0], r["expert1_share"][0]] for r in rows])
+    write_csv(
+        summary,
+        [
+            "method",
+            "step",
+            "accuracy_mean",
+            "accuracy_std",
+            "cross_entropy_mean",
+            "cross_entropy_std",
+            "flag_agreement_mean",
+            "flag_agreement_std",
+            "train_loss_mean",
+            "expert1_share_mean",
+        ],
+        [
+            [
+                r["method"],
+                "" if r["step"] is None else r["step"],
+                *r["accuracy"],
+                *r["cross_entropy"],
+                *r["flag_agreement"],
+                r["train_loss"][0],
+                r["expert1_share"][0],
+            ]
+            for r in rows
+        ],
+    )
     trajectory = out / "table2_trajectory.csv"
     outputs = run["outputs"]
     trajectory_rows = []
     for i, method in enumerate(settings.methods):
         for t in range(settings.num_iterations + 1):
-            trajectory_rows.append([method, t, *_mean_std(outputs["test_accuracy"][:, i, t]),
-                                    *_mean_std(outputs["test_loss"][:, i, t]),
-                                    float(np.mean(outputs["train_loss"][:, i, t]))])
-    write_csv(trajectory, ["method", "iteration", "accuracy_mean", "accuracy_std", "cross_entropy_mean",
-                           "cross_entropy_std", "train_loss_mean"], trajectory_rows)
+            trajectory_rows.append(
+                [
+                    method,
+                    t,
+                    *_mean_std(outputs["test_accuracy"][:, i, t]),
+                    *_mean_std(outputs["test_loss"][:, i, t]),
+                    float(np.mean(outputs["train_loss"][:, i, t])),
+                ]
+            )
+    write_csv(
+        trajectory,
+        [
+            "method",
+            "iteration",
+            "accuracy_mean",
+            "accuracy_std",
+            "cross_entropy_mean",
+            "cross_entropy_std",
+            "train_loss_mean",
+        ],
+        trajectory_rows,
+    )
     return [markdown, summary, trajectory]

@@ -72,8 +72,11 @@ class AbstractModel(eqx.Module):
 
     def flat_free_mask(self, params, trainable=None) -> Array:
         """:meth:`free_mask` flattened like the parameters (True where the flat entry may change)."""
-        free = jax.tree_util.tree_map(lambda f, p: jnp.broadcast_to(f, jnp.shape(p)).astype(jnp.float32),
-                                      self.free_mask(params, trainable), params)
+        free = jax.tree_util.tree_map(
+            lambda f, p: jnp.broadcast_to(f, jnp.shape(p)).astype(jnp.float32),
+            self.free_mask(params, trainable),
+            params,
+        )
         return self.flatten(free) > 0
 
     # ------------------------------------------------------------------------------ likelihood
@@ -160,9 +163,15 @@ class AbstractModel(eqx.Module):
     def bregman_divergence(self, params, ref, x: Array) -> Array:
         r"""$D_A(\theta, \theta') = A(\theta) - A(\theta') - \langle\nabla A(\theta'), \theta - \theta'\rangle$."""
         gradient = self.mirror_map_grad(ref, x)
-        inner = sum(jnp.vdot(g, p - r) for g, p, r in zip(jax.tree_util.tree_leaves(gradient),
-                                                           jax.tree_util.tree_leaves(params),
-                                                           jax.tree_util.tree_leaves(ref), strict=True))
+        inner = sum(
+            jnp.vdot(g, p - r)
+            for g, p, r in zip(
+                jax.tree_util.tree_leaves(gradient),
+                jax.tree_util.tree_leaves(params),
+                jax.tree_util.tree_leaves(ref),
+                strict=True,
+            )
+        )
         return jnp.maximum(self.mirror_map(params, x) - self.mirror_map(ref, x) - inner, 0)
 
     # ------------------------------------------------------------------------------ information

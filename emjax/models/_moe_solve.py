@@ -30,6 +30,7 @@ def expand_prefix(mask, shape) -> Array:
 def _uses_default_minimize(model) -> bool:
     return getattr(type(model).minimize, "_emjax_default", False)
 
+
 def _linear_newton_steps(model, size: int) -> int | None:
     """Newton's step bound when the model's M-step sub-problem of ``size`` entries is a default Newton
     solve (so :func:`~emjax._newton.linear_newton` may run it); None otherwise."""
@@ -56,8 +57,18 @@ def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array, logits: 
     if steps is not None:
         # The same Newton solve on W^T (d, K): the scores x W^T are linear in it (_minimize.linear_newton).
         rows = tuple(k for k in range(gate.shape[0]) if not np.all(model.pinned(gate.shape[1]).gate[k]))
-        return linear_newton(loss, x, gate.T, free.T, rows, lambda u: penalty(u.T), model.ridge, steps,
-                             logits, softmax_derivatives(row_mass, targets)).T
+        return linear_newton(
+            loss,
+            x,
+            gate.T,
+            free.T,
+            rows,
+            lambda u: penalty(u.T),
+            model.ridge,
+            steps,
+            logits,
+            softmax_derivatives(row_mass, targets),
+        ).T
 
     def objective(w):
         return jnp.mean(loss(x @ w.T)) + penalty(w)
@@ -82,7 +93,8 @@ def _solve_experts_jointly(model, params: MoEParams, x, weights: Array, stats: A
 
     def objective(coefs):
         per_expert = jax.vmap(family.m_step_objective, in_axes=(0, None, 1, 2, 0, None))(
-            coefs, x, weights, stats, params.sigma, model.ridge)
+            coefs, x, weights, stats, params.sigma, model.ridge
+        )
         return jnp.sum(per_expert)
 
     return masked_minimize(objective, params.experts, free.experts, "lbfgs", model.m_step_max_steps)
@@ -124,7 +136,8 @@ def _linear_experts(model, params: MoEParams) -> int | None:
     the family keeps the generic M-step and declares ``linear_natural``; None otherwise."""
     family = type(model.expert)
     generic = family.m_step is AbstractExpertFamily.m_step and (
-        family.m_step_objective is AbstractExpertFamily.m_step_objective)
+        family.m_step_objective is AbstractExpertFamily.m_step_objective
+    )
     if not (generic and model.expert.linear_natural):
         return None
     return _linear_newton_steps(model, params.experts[0].size)
@@ -147,15 +160,25 @@ def _solve_linear_experts(model, x, weights, stats, coefs, free, steps: int) -> 
             return 0.5 * model.ridge * jnp.sum(jnp.square(u))
 
         closed_form = _closed_form_derivatives(family)
-        u = linear_newton(loss, x, coef.reshape(d, -1), free_coef.reshape(d, -1), columns, penalty, model.ridge, steps,
-                          derivatives=None if closed_form is None else closed_form(w, t))
+        u = linear_newton(
+            loss,
+            x,
+            coef.reshape(d, -1),
+            free_coef.reshape(d, -1),
+            columns,
+            penalty,
+            model.ridge,
+            steps,
+            derivatives=None if closed_form is None else closed_form(w, t),
+        )
         return u.reshape(shape)
 
     return jax.vmap(solve, in_axes=(0, 1, 2, 0))(coefs, weights, stats, free.experts)
 
 
-def solve_targets(model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams,
-                  logits: Array | None = None) -> MoEParams:
+def solve_targets(
+    model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams, logits: Array | None = None
+) -> MoEParams:
     """Fit the gate to ``weights`` (n, K) and expert k to ``weights[:, k]``, ``stats[:, k]`` (n, S, K).
 
     ``logits``, if given, is the E-step's ``x @ params.gate.T``."""

@@ -263,8 +263,9 @@ class AbstractSymmetricModel(AbstractModel):
             v = jax.random.normal(key, (d,), dtype)
             return v / jnp.linalg.norm(v)
 
-        return SymParams(w=jnp.asarray(gate_norm, dtype) * direction(key_w),
-                         beta=jnp.asarray(expert_norm, dtype) * direction(key_b))
+        return SymParams(
+            w=jnp.asarray(gate_norm, dtype) * direction(key_w), beta=jnp.asarray(expert_norm, dtype) * direction(key_b)
+        )
 
     def curvature_bound(self, dtype) -> Array:
         r"""$\max(1/4, \text{expert smoothness})$: each diagonal block of $\nabla^2 A$ is below it

@@ -104,8 +104,9 @@ class MixtureOfExperts(AbstractModel):
     def placeholder(self, d: int, dtype=None) -> MoEParams:
         k = self.num_experts
         sigma = jnp.ones(k, dtype) if self.expert.has_scale else None
-        return MoEParams(gate=jnp.zeros((k, d), dtype), experts=jnp.zeros((k,) + self.expert.coef_shape(d), dtype),
-                         sigma=sigma)
+        return MoEParams(
+            gate=jnp.zeros((k, d), dtype), experts=jnp.zeros((k,) + self.expert.coef_shape(d), dtype), sigma=sigma
+        )
 
     def flatten(self, params: MoEParams) -> Array:
         """The free (non-pinned) entries in the documented order: gate rows 1.., experts, sigma."""
@@ -155,8 +156,14 @@ class MixtureOfExperts(AbstractModel):
         None (not even a zero term) when the ridge is 0."""
         if not self.ridge:
             return None
-        return 0.5 * self.ridge * (jnp.sum(jnp.square(jnp.where(free.gate, params.gate, 0)))
-                                   + jnp.sum(jnp.square(jnp.where(free.experts, params.experts, 0))))
+        return (
+            0.5
+            * self.ridge
+            * (
+                jnp.sum(jnp.square(jnp.where(free.gate, params.gate, 0)))
+                + jnp.sum(jnp.square(jnp.where(free.experts, params.experts, 0)))
+            )
+        )
 
     # ------------------------------------------------------------------ statistics and M-step
 
@@ -198,8 +205,11 @@ class MixtureOfExperts(AbstractModel):
         def expert_kl(coef, scale, coef_ref, scale_ref):
             natural, natural_ref = family.natural(coef, scale, x), family.natural(coef_ref, scale_ref, x)
             mean_ref = family.mean_statistic(coef_ref, scale_ref, x)
-            return (family.log_partition(natural) - family.log_partition(natural_ref)
-                    - jnp.sum(mean_ref * (natural - natural_ref), axis=-1))
+            return (
+                family.log_partition(natural)
+                - family.log_partition(natural_ref)
+                - jnp.sum(mean_ref * (natural - natural_ref), axis=-1)
+            )
 
         kls = jax.vmap(expert_kl, out_axes=-1)(params.experts, params.sigma, ref.experts, ref.sigma)
         per_sample = jnp.maximum(gate_kl, 0) + jnp.sum(gate_ref * jnp.maximum(kls, 0), axis=-1)
@@ -215,7 +225,8 @@ class MixtureOfExperts(AbstractModel):
         z = jax.random.categorical(key_z, x @ params.gate.T, axis=-1)
         keys = jax.random.split(key_y, self.num_experts)
         draws = jax.vmap(self.expert.sample, in_axes=(0, 0, 0, None), out_axes=-1)(
-            params.experts, params.sigma, keys, x)
+            params.experts, params.sigma, keys, x
+        )
         return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
 
     def init_params(self, key: Array, x: Array, y: Array) -> MoEParams:
@@ -340,8 +351,9 @@ class MoLinE(MixtureOfExperts):
         ((3, 2), (3,))
     """
 
-    def __init__(self, num_experts: int, ridge: float = 0.0, m_step_method: str = "auto",
-                 m_step_max_steps: int | None = None):
+    def __init__(
+        self, num_experts: int, ridge: float = 0.0, m_step_method: str = "auto", m_step_max_steps: int | None = None
+    ):
         self.expert = GaussianExpert()
         self.num_experts = num_experts
         self.ridge = ridge
@@ -357,8 +369,14 @@ class MoLogE(MixtureOfExperts):
     Newton while $d\cdot C \le 256$ and by L-BFGS above (``m_step_method``, ``m_step_max_steps``).
     """
 
-    def __init__(self, num_experts: int, num_classes: int = 2, ridge: float = 0.0, m_step_method: str = "auto",
-                 m_step_max_steps: int | None = None):
+    def __init__(
+        self,
+        num_experts: int,
+        num_classes: int = 2,
+        ridge: float = 0.0,
+        m_step_method: str = "auto",
+        m_step_max_steps: int | None = None,
+    ):
         self.expert = SoftmaxExpert(num_classes=_check_classes(num_classes))
         self.num_experts = num_experts
         self.ridge = ridge
@@ -373,8 +391,9 @@ class MoPoE(MixtureOfExperts):
     interface (:class:`~emjax.models.experts.PoissonExpert`).
     """
 
-    def __init__(self, num_experts: int, ridge: float = 0.0, m_step_method: str = "auto",
-                 m_step_max_steps: int | None = None):
+    def __init__(
+        self, num_experts: int, ridge: float = 0.0, m_step_method: str = "auto", m_step_max_steps: int | None = None
+    ):
         self.expert = PoissonExpert()
         self.num_experts = num_experts
         self.ridge = ridge

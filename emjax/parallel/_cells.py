@@ -57,6 +57,12 @@ def _fit_cells(model, solver, params, x, y, num_steps, mesh, tol, atol):
 
     # Manual over "cells" (each group maps over its own starts); automatic over "data", where the
     # partitioner turns every mean over rows into local sums plus an all-reduce.
-    run = jax.shard_map(local, mesh=mesh, in_specs=(P(CELL_AXIS), P(), P()), out_specs=P(CELL_AXIS),
-                        axis_names={CELL_AXIS}, check_vma=False)
+    run = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(CELL_AXIS), P(), P()),
+        out_specs=P(CELL_AXIS),
+        axis_names={CELL_AXIS},
+        check_vma=False,
+    )
     return run(params, x, y)

@@ -19,8 +19,9 @@ import os
 import jax
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
     """Join a multi-process run (``jax.distributed.initialize``), from arguments or the environment.
 
     Args:
@@ -38,15 +39,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     num_processes = _integer(num_processes, "EMJAX_NUM_PROCESSES", "num_processes")
     process_id = _integer(process_id, "EMJAX_PROCESS_ID", "process_id")
     if not coordinator_address or ":" not in coordinator_address:
-        raise ValueError("coordinator_address (or $EMJAX_COORDINATOR) must be 'host:port' of process 0; "
-                         f"got {coordinator_address!r}")
+        raise ValueError(
+            f"coordinator_address (or $EMJAX_COORDINATOR) must be 'host:port' of process 0; got {coordinator_address!r}"
+        )
     if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise ValueError(f"need num_processes >= 1 and 0 <= process_id < num_processes; got {num_processes}, "
-                         f"{process_id}")
+        raise ValueError(
+            f"need num_processes >= 1 and 0 <= process_id < num_processes; got {num_processes}, {process_id}"
+        )
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or not _has_accelerator():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
 
 
 def _integer(value, variable: str, name: str) -> int:
@@ -65,5 +69,7 @@ def _has_accelerator() -> bool:
     # must come first; look for the plugins instead.
     import importlib.util
 
-    return any(importlib.util.find_spec(name) is not None for name in ("jax_cuda12_plugin", "jax_cuda13_plugin",
-                                                                        "jax_rocm60_plugin", "libtpu"))
+    return any(
+        importlib.util.find_spec(name) is not None
+        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu")
+    )

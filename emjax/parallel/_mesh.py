@@ -73,8 +73,10 @@ def shard_rows(mesh: Mesh, x, y=None):
     parts = mesh.shape[DATA_AXIS]
     total = n * jax.process_count()
     if total % parts:
-        raise ValueError(f"the {total} rows must split evenly over the {parts} devices of the {DATA_AXIS!r} axis; "
-                         f"use a multiple of {parts} rows (emjax does not pad: padding would change every mean)")
+        raise ValueError(
+            f"the {total} rows must split evenly over the {parts} devices of the {DATA_AXIS!r} axis; "
+            f"use a multiple of {parts} rows (emjax does not pad: padding would change every mean)"
+        )
     row_sharding = NamedSharding(mesh, P(DATA_AXIS, None))
     place = _local_to_global if jax.process_count() > 1 else jax.device_put
     x = place(x, row_sharding)

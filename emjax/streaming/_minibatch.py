@@ -159,7 +159,8 @@ class _Checkpoint:
         if state.get("fingerprint") != self.fingerprint:
             raise ValueError(
                 f"checkpoint {self.folder} was written for a different run ({state.get('fingerprint')}); "
-                f"this run is {self.fingerprint}. Use another folder or delete it.")
+                f"this run is {self.fingerprint}. Use another folder or delete it."
+            )
         params = eqx.tree_deserialise_leaves(self.params_path, like)
         with np.load(self.trace_path) as traces:
             state["traces"] = {name: list(traces[name]) for name in traces.files}
@@ -177,11 +178,14 @@ class _Checkpoint:
         os.replace(self.state_path + ".tmp", self.state_path)
 
 
-def _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows, tol=None,
-                 atol=0.0) -> str:
+def _fingerprint(
+    model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows, tol=None, atol=0.0
+) -> str:
     shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
-    text = (f"{model!r}|{shapes}|epochs={num_epochs}|{_schedule_fingerprint(schedule)}|"
-            f"polish={polish_steps} {polish_method} {curvature_rows}")
+    text = (
+        f"{model!r}|{shapes}|epochs={num_epochs}|{_schedule_fingerprint(schedule)}|"
+        f"polish={polish_steps} {polish_method} {curvature_rows}"
+    )
     return text if tol is None else f"{text}|tol={float(tol)!r} atol={float(atol)!r}"
 
 
@@ -197,10 +201,24 @@ def _schedule_fingerprint(schedule) -> str:
     return f"{name}{[float(schedule(t)) for t in range(8)]}"
 
 
-def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, polish_steps: int = 0,
-               polish_tol: float = 1e-8, polish_method: str = "newton", curvature_rows: int | None = 100_000,
-               trainable=None, progress: bool | int = False,
-               checkpoint=None, checkpoint_every: int = 100, tol=None, atol=0.0) -> StreamResult:
+def fit_stream(
+    model,
+    params,
+    batches,
+    *,
+    num_epochs: int = 1,
+    step_size=None,
+    polish_steps: int = 0,
+    polish_tol: float = 1e-8,
+    polish_method: str = "newton",
+    curvature_rows: int | None = 100_000,
+    trainable=None,
+    progress: bool | int = False,
+    checkpoint=None,
+    checkpoint_every: int = 100,
+    tol=None,
+    atol=0.0,
+) -> StreamResult:
     r"""Mini-batch EM over a stream of (x, y) batches, then an optional full-batch polish.
 
     Args:
@@ -253,8 +271,9 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
     checkpoint_every = _check_count(checkpoint_every, "checkpoint_every") or 1
     if not (isinstance(polish_tol, (int, float)) and np.isfinite(polish_tol) and polish_tol >= 0):
         raise ValueError(f"polish_tol must be a finite number >= 0; got {polish_tol!r}")
-    if curvature_rows is not None and (not isinstance(curvature_rows, int) or isinstance(curvature_rows, bool)
-                                       or curvature_rows < 1):
+    if curvature_rows is not None and (
+        not isinstance(curvature_rows, int) or isinstance(curvature_rows, bool) or curvature_rows < 1
+    ):
         raise ValueError(f"curvature_rows must be None or a Python int >= 1; got {curvature_rows!r}")
     if polish_method not in POLISH_METHODS:
         raise ValueError(f"polish_method must be one of {POLISH_METHODS}; got {polish_method!r}")
@@ -263,24 +282,42 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
     check_tolerances(tol, atol)
     rule = None if tol is None else (float(tol), float(atol))
     if _is_one_shot(batches) and (num_epochs > 1 or polish_steps > 0):
-        raise ValueError("a one-shot iterator can be walked once: pass a re-iterable source (ArrayBatches, "
-                         "NpyBatches, a list) for several epochs or a polish")
+        raise ValueError(
+            "a one-shot iterator can be walked once: pass a re-iterable source (ArrayBatches, "
+            "NpyBatches, a list) for several epochs or a polish"
+        )
     check_batch = _batch_checker(model, params)
 
-    store = None if checkpoint is None else _Checkpoint(
-        checkpoint, _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows,
-                                 tol, atol))
+    store = (
+        None
+        if checkpoint is None
+        else _Checkpoint(
+            checkpoint,
+            _fingerprint(model, params, num_epochs, schedule, polish_steps, polish_method, curvature_rows, tol, atol),
+        )
+    )
     traces = {"batch_losses": [], "step_sizes": [], "epoch_losses": [], "polish_losses": [], "polish_step_norms": []}
-    state = {"epoch": 0, "batch": 0, "step": 0, "rows": 0, "status": int(Status.ok), "polish_done": 0,
-             "converged": False, "epoch_first": 0, "epochs_converged": False}
+    state = {
+        "epoch": 0,
+        "batch": 0,
+        "step": 0,
+        "rows": 0,
+        "status": int(Status.ok),
+        "polish_done": 0,
+        "converged": False,
+        "epoch_first": 0,
+        "epochs_converged": False,
+    }
     resumed = store.load(params) if store is not None else None
     if resumed is not None:
         params, saved = resumed
         traces.update(saved.pop("traces"))
         state.update({key: saved[key] for key in state if key in saved})
         if progress:
-            print(f"emjax.fit_stream: resumed from {checkpoint} at epoch {state['epoch']}, batch {state['batch']}",
-                  flush=True)
+            print(
+                f"emjax.fit_stream: resumed from {checkpoint} at epoch {state['epoch']}, batch {state['batch']}",
+                flush=True,
+            )
 
     def save():
         if store is not None:
@@ -310,15 +347,20 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
             state["batch"] = index + 1
             state["rows"] += int(np.shape(x)[0])
             if every and state["step"] % every == 0:
-                report("emjax.fit_stream", state["step"], None, loss,
-                       f"epoch {state['epoch'] + 1}/{num_epochs}, batch {index + 1}, eta {eta:.3g}")
+                report(
+                    "emjax.fit_stream",
+                    state["step"],
+                    None,
+                    loss,
+                    f"epoch {state['epoch'] + 1}/{num_epochs}, batch {index + 1}, eta {eta:.3g}",
+                )
             if state["step"] % checkpoint_every == 0:
                 save()
         if state["status"] != Status.ok:
             break
         state["epoch"] += 1
         state["batch"] = 0
-        epoch = traces["batch_losses"][state["epoch_first"]:]
+        epoch = traces["batch_losses"][state["epoch_first"] :]
         state["epoch_first"] = len(traces["batch_losses"])
         if epoch:
             traces["epoch_losses"].append(float(np.mean(epoch)))
@@ -329,8 +371,22 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
 
     started = time.perf_counter()
     if polish_steps and state["status"] == Status.ok and state["polish_done"] < polish_steps:
-        params = _polish(model, params, batches, polish_steps, polish_tol, polish_method == "newton", curvature_rows,
-                         trainable, check_batch, state, traces, save, bool(progress), rule)
+        params = _polish(
+            model,
+            params,
+            batches,
+            polish_steps,
+            polish_tol,
+            polish_method == "newton",
+            curvature_rows,
+            trainable,
+            check_batch,
+            state,
+            traces,
+            save,
+            bool(progress),
+            rule,
+        )
     elif not polish_steps:
         finite = state["status"] != Status.nonfinite
         state["converged"] = bool(finite and state["epochs_converged"])
@@ -359,8 +415,22 @@ def fit_stream(model, params, batches, *, num_epochs: int = 1, step_size=None, p
 POLISH_METHODS = ("newton", "em_gradient")
 
 
-def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_rows, trainable, check_batch, state,
-            traces, save, verbose, rule=None):
+def _polish(
+    model,
+    params,
+    batches,
+    polish_steps,
+    polish_tol,
+    newton,
+    curvature_rows,
+    trainable,
+    check_batch,
+    state,
+    traces,
+    save,
+    verbose,
+    rule=None,
+):
     """Newton or EM-gradient passes (see :mod:`emjax.streaming._passes`), accepted only if L does not increase."""
     first = next(iter(batches))
     check_batch(*_split(first))
@@ -387,8 +457,11 @@ def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_
             candidate = unflatten(model, candidate_vector, params)
             candidate_sums = full_pass(model, candidate, batches, check_batch, newton, curvature_rows)
             loss = candidate_sums.loss + 0.5 * float(np.sum(ridge * candidate_vector**2))
-            if np.isfinite(loss) and np.all(np.isfinite(candidate_sums.gradient)) and \
-                    armijo_accepts(loss, current, alpha, slope, slack):
+            if (
+                np.isfinite(loss)
+                and np.all(np.isfinite(candidate_sums.gradient))
+                and armijo_accepts(loss, current, alpha, slope, slack)
+            ):
                 accepted = True
                 break
             alpha /= 2
@@ -402,8 +475,9 @@ def _polish(model, params, batches, polish_steps, polish_tol, newton, curvature_
         traces["polish_losses"].append(sums.loss)
         traces["polish_step_norms"].append(step_norm)
         if verbose:
-            report("emjax.fit_stream polish", state["polish_done"], polish_steps, sums.loss,
-                   f"max |step| {step_norm:.3g}")
+            report(
+                "emjax.fit_stream polish", state["polish_done"], polish_steps, sums.loss, f"max |step| {step_norm:.3g}"
+            )
         save()
         loss_rule = rule is not None and bool(loss_converged(*traces["polish_losses"][-2:], *rule))
         if step_norm <= polish_tol or loss_rule:

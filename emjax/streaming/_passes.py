@@ -95,8 +95,9 @@ class PassSums(eqx.Module):
     curvature_rows: int
 
 
-def full_pass(model, params, batches, validate_batch=None, with_missing: bool = False,
-              curvature_rows: int | None = None) -> PassSums:
+def full_pass(
+    model, params, batches, validate_batch=None, with_missing: bool = False, curvature_rows: int | None = None
+) -> PassSums:
     r"""One pass over ``batches``: exact full-data loss and gradient, information matrices on a prefix.
 
     Args:
@@ -115,8 +116,10 @@ def full_pass(model, params, batches, validate_batch=None, with_missing: bool = 
         concatenated data.
     """
     if validate_batch is None:
+
         def validate_batch(x, y):
             validate(model, params, x, y)
+
     loss, gradient, information, missing, rows, curved = 0.0, 0.0, 0.0, 0.0, 0, 0
     for x, y in batches:
         validate_batch(x, y)
@@ -131,8 +134,14 @@ def full_pass(model, params, batches, validate_batch=None, with_missing: bool = 
         rows += int(np.shape(x)[0])
     if rows == 0:
         raise ValueError("the batch source yielded no batches")
-    return PassSums(loss=loss / rows, gradient=gradient / rows, information=information / curved,
-                    missing=missing / curved, num_rows=rows, curvature_rows=curved)
+    return PassSums(
+        loss=loss / rows,
+        gradient=gradient / rows,
+        information=information / curved,
+        missing=missing / curved,
+        num_rows=rows,
+        curvature_rows=curved,
+    )
 
 
 def newton_direction(sums: PassSums, vector: np.ndarray, ridge: np.ndarray, free: np.ndarray) -> np.ndarray:

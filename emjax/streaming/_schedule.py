@@ -28,8 +28,9 @@ class RobbinsMonro:
 
     def __init__(self, initial: float = 1.0, decay: float = 0.6, delay: float = 10.0):
         if not (isinstance(initial, (int, float)) and 0 < initial <= 1):
-            raise ValueError(f"initial must be a number in (0, 1] (mirror-descent steps above 1 are not monotone); "
-                             f"got {initial!r}")
+            raise ValueError(
+                f"initial must be a number in (0, 1] (mirror-descent steps above 1 are not monotone); got {initial!r}"
+            )
         if not (isinstance(decay, (int, float)) and 0 <= decay <= 1):
             raise ValueError(f"decay must be a number in [0, 1] ((1/2, 1] for convergence); got {decay!r}")
         if not (isinstance(delay, (int, float)) and math.isfinite(delay) and delay > 0):

@@ -47,8 +47,13 @@ METHODS = {
 }
 
 #: Readable labels for figures and tables.
-METHOD_LABELS = {"em": "EM", "md": "mirror descent", "gradient_em": "gradient EM", "gd": "gradient descent",
-                 "adam": "Adam"}
+METHOD_LABELS = {
+    "em": "EM",
+    "md": "mirror descent",
+    "gradient_em": "gradient EM",
+    "gd": "gradient descent",
+    "adam": "Adam",
+}
 
 #: Methods that need a step size.
 STEPPED = ("md", "gradient_em", "gd", "adam")
@@ -75,8 +80,16 @@ def _draw_instance(cell, key_truth: Array, key_data: Array, snr, gate_norm):
     """(θ*, x, y, dtype) of one instance of ``cell`` (a ConvergenceCell or RateCell) at this SNR."""
     dtype = jnp.zeros((), float).dtype if cell.dtype is None else jnp.dtype(cell.dtype)
     gate_norm = cell.gate_norm if gate_norm is None else gate_norm
-    truth = draw_truth(cell.model, key_truth, cell.d, jnp.asarray(snr, dtype), jnp.asarray(gate_norm, dtype),
-                       noise=cell.noise, orthogonal=cell.orthogonal, dtype=dtype)
+    truth = draw_truth(
+        cell.model,
+        key_truth,
+        cell.d,
+        jnp.asarray(snr, dtype),
+        jnp.asarray(gate_norm, dtype),
+        noise=cell.noise,
+        orthogonal=cell.orthogonal,
+        dtype=dtype,
+    )
     x, y = sample(cell.model, truth, key_data, cell.n)
     return truth, x, y, dtype
 
@@ -100,7 +113,7 @@ def parameter_errors(history, truth):
     if isinstance(truth, SymParams):
         return relative_errors(history, truth)
     lead = history.gate.shape[:-2]
-    flat = jax.tree_util.tree_map(lambda leaf: leaf.reshape((-1,) + leaf.shape[len(lead):]), history)
+    flat = jax.tree_util.tree_map(lambda leaf: leaf.reshape((-1,) + leaf.shape[len(lead) :]), history)
     matched = jax.vmap(lambda estimate: match_experts(estimate, truth))(flat)
     count = matched.gate.shape[0]
     gate_error = jnp.linalg.norm((matched.gate - truth.gate[None]).reshape(count, -1), axis=-1)
@@ -180,10 +193,16 @@ class ConvergenceCell(eqx.Module):
             "cell": "emjax.sweeps.ConvergenceCell",
             "model": repr(self.model),
             "methods": list(self.methods),
-            "num_steps": self.num_steps, "n": self.n, "d": self.d,
+            "num_steps": self.num_steps,
+            "n": self.n,
+            "d": self.d,
             "step_sizes": {m: np.asarray(s).tolist() for m, s in sorted(steps.items())},
-            "gate_norm": self.gate_norm, "noise": self.noise, "start_error": self.start_error,
-            "orthogonal": self.orthogonal, "dtype": self.dtype, "with_rates": self.with_rates,
+            "gate_norm": self.gate_norm,
+            "noise": self.noise,
+            "start_error": self.start_error,
+            "orthogonal": self.orthogonal,
+            "dtype": self.dtype,
+            "with_rates": self.with_rates,
         }
 
     def __call__(self, key: Array, snr, gate_norm=None, step_sizes=None, seed=None) -> dict:
@@ -204,14 +223,16 @@ class ConvergenceCell(eqx.Module):
             result = fit(self.model, solver, start, x, y, self.num_steps, keep_history=True)
             gate_error, expert_error = parameter_errors(result.params_history, truth)
             flat_history = jax.vmap(_flat)(result.params_history)
-            records.append({
-                "loss": result.losses,
-                "gate_error": gate_error,
-                "expert_error": expert_error,
-                "step_length": jnp.linalg.norm(jnp.diff(flat_history, axis=0), axis=-1) / scale,
-                "rate_final": self._rate(result.params, x, y),
-                "status": result.status,
-            })
+            records.append(
+                {
+                    "loss": result.losses,
+                    "gate_error": gate_error,
+                    "expert_error": expert_error,
+                    "step_length": jnp.linalg.norm(jnp.diff(flat_history, axis=0), axis=-1) / scale,
+                    "rate_final": self._rate(result.params, x, y),
+                    "status": result.status,
+                }
+            )
         stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *records)
         stacked["loss_truth"] = neg_log_likelihood(self.model, truth, x, y)
         stacked["rate_truth"] = self._rate(truth, x, y)
@@ -239,8 +260,16 @@ class RateCell(eqx.Module):
     dtype: str | None = eqx.field(static=True, default=None)
 
     def describe(self) -> dict:
-        return {"cell": "emjax.sweeps.RateCell", "model": repr(self.model), "n": self.n, "d": self.d,
-                "gate_norm": self.gate_norm, "noise": self.noise, "orthogonal": self.orthogonal, "dtype": self.dtype}
+        return {
+            "cell": "emjax.sweeps.RateCell",
+            "model": repr(self.model),
+            "n": self.n,
+            "d": self.d,
+            "gate_norm": self.gate_norm,
+            "noise": self.noise,
+            "orthogonal": self.orthogonal,
+            "dtype": self.dtype,
+        }
 
     def __call__(self, key: Array, snr, gate_norm=None, seed=None) -> dict:
         del seed

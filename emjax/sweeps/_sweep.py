@@ -171,8 +171,13 @@ def _cell_program(cell, num_key_axes: int, batch_size: int | None, mesh: Mesh | 
         return map_lanes(one, (key_index, values), batch_size)
 
     if mesh is not None:
-        run_cells = jax.shard_map(run_cells, mesh=mesh, in_specs=(P(), P(), P(CELL_AXIS), P(CELL_AXIS)),
-                                  out_specs=P(CELL_AXIS), check_vma=False)
+        run_cells = jax.shard_map(
+            run_cells,
+            mesh=mesh,
+            in_specs=(P(), P(), P(CELL_AXIS), P(CELL_AXIS)),
+            out_specs=P(CELL_AXIS),
+            check_vma=False,
+        )
     return dynamic, jax.jit(run_cells)
 
 
@@ -283,8 +288,7 @@ def sweep(
     if not leaves:
         raise ValueError("cell must return a non-empty pytree of arrays")
     outputs = [
-        {"name": f"out{i}", "path": jax.tree_util.keystr(path), "shape": list(leaf.shape[1:]),
-         "dtype": str(leaf.dtype)}
+        {"name": f"out{i}", "path": jax.tree_util.keystr(path), "shape": list(leaf.shape[1:]), "dtype": str(leaf.dtype)}
         for i, (path, leaf) in enumerate(leaves)
     ]
 
@@ -299,15 +303,17 @@ def sweep(
         "outputs": outputs,
         "user": config,
     }
-    record = to_json({  # the JSON form: what sweep.json holds, what a re-run compares, what we return
-        "format": FORMAT,
-        "configuration": configuration,
-        "shape": list(grid.shape),
-        "num_cells": grid.num_cells,
-        "num_chunks": num_chunks,
-        "versions": {name: _package_version(name) for name in ("emjax", "jax", "jaxlib", "numpy")},
-        "devices": [str(device) for device in devices],
-    })
+    record = to_json(
+        {  # the JSON form: what sweep.json holds, what a re-run compares, what we return
+            "format": FORMAT,
+            "configuration": configuration,
+            "shape": list(grid.shape),
+            "num_cells": grid.num_cells,
+            "num_chunks": num_chunks,
+            "versions": {name: _package_version(name) for name in ("emjax", "jax", "jaxlib", "numpy")},
+            "devices": [str(device) for device in devices],
+        }
+    )
     store = None
     if out is not None:
         store = SweepStore(out, record, num_chunks)

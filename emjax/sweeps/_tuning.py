@@ -69,8 +69,9 @@ def candidate_scores(losses: np.ndarray, status: np.ndarray) -> np.ndarray:
     return np.where(finite, gaps, np.inf).mean(axis=-2)
 
 
-def tune_step_sizes(cell: ConvergenceCell, key, snrs, *, num_instances: int = 5, grids: dict | None = None,
-                    **sweep_options) -> TunedSteps:
+def tune_step_sizes(
+    cell: ConvergenceCell, key, snrs, *, num_instances: int = 5, grids: dict | None = None, **sweep_options
+) -> TunedSteps:
     r"""Choose each stepped method's step size per SNR, on instances that the reported sweep never sees.
 
     Args:
@@ -102,8 +103,11 @@ def tune_step_sizes(cell: ConvergenceCell, key, snrs, *, num_instances: int = 5,
     result = sweep(
         tuning_cell,
         key,
-        {"snr": snrs, "candidate": {"step_sizes": {m: np.asarray(g) for m, g in grids.items()}},
-         "seed": np.arange(num_instances)},
+        {
+            "snr": snrs,
+            "candidate": {"step_sizes": {m: np.asarray(g) for m, g in grids.items()}},
+            "seed": np.arange(num_instances),
+        },
         key_axes=("snr", "seed"),
         **sweep_options,
     )
@@ -112,5 +116,10 @@ def tune_step_sizes(cell: ConvergenceCell, key, snrs, *, num_instances: int = 5,
     for i, method in enumerate(methods):
         scores[method] = gaps[:, :, i]
         chosen[method] = np.asarray(grids[method])[np.argmin(gaps[:, :, i], axis=1)]
-    return TunedSteps(step_sizes=chosen, candidates={m: np.asarray(g) for m, g in grids.items()}, scores=scores,
-                      snrs=snrs, sweep=result)
+    return TunedSteps(
+        step_sizes=chosen,
+        candidates={m: np.asarray(g) for m, g in grids.items()},
+        scores=scores,
+        snrs=snrs,
+        sweep=result,
+    )
