@@ -240,6 +240,15 @@ def check_finite(value, name: str) -> None:
         check_values(value, nonfinite, f"{name} must be finite; it contains NaN or infinite values", show="none")
 
 
+def _check_zero(specs, values):
+    """A scalar int32 zero carrying one ``equinox.branched_error_if`` over the value checks."""
+    failed = jnp.stack(
+        [jnp.any(bad(_numbers(value), *args)) for (bad, args, _), value in zip(specs, values, strict=True)]
+    )
+    messages = [message for _, _, message in specs]
+    return eqx.branched_error_if(jnp.zeros((), jnp.int32), jnp.any(failed), jnp.argmax(failed), messages)
+
+
 def _raise_if_failed(out, specs, values):
     """``out`` with the compiled value checks attached: one ``equinox.error_if`` on a scalar zero that
     every numeric output leaf then depends on (``leaf - 0``, exact, signed zeros included)."""
@@ -409,6 +418,13 @@ def public(check, traced: tuple[str, ...] = ()):
                 index = int(_first_failure(specs, values))
                 if index >= 0:
                     raise checks[index].host_error()
+                return compiled(*bound.args, **bound.kwargs)
+            data = bound.arguments.get("x")
+            if isinstance(data, jax.Array) and jnp.issubdtype(data.dtype, jnp.inexact):
+                # Traced: the checks ride on a scalar zero added to x, which every output depends on.
+                # Placed on the input, XLA evaluates them once up front and the step's own program is
+                # left as it was (measured: checks on the outputs cost ~0.1 ms per small EM step).
+                bound.arguments["x"] = data + _check_zero(specs, values).astype(data.dtype)
                 return compiled(*bound.args, **bound.kwargs)
             try:
                 return compiled_checked(specs, values, bound.args, bound.kwargs)
