@@ -6,8 +6,9 @@ input; the loop ends with ``block_until_ready``), several repeats with the modes
 prints each mode's median and the ratios. Modes:
 
 * ``on``: ``emjax.em_step(model, params, x, y)``, the public function as users call it: static checks
-  in Python, value checks (finite x, y and parameters, labels) compiled into the step
-  (``equinox.error_if``), no copy of the data to the host;
+  in Python, value checks (finite x, y and parameters, labels) as one small compiled reduction on the
+  device that holds the data (only the index of a failed check, one integer, comes to the host),
+  no copy of the data to the host;
 * ``off``: ``emjax.em_step.unguarded(...)``, the same wrapper with the same static checks and the
   same dispatch, without the value checks: the fair "checks off" (it differs from ``on`` only by
   what issue 14 is about);
