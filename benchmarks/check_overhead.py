@@ -44,17 +44,13 @@ D = 10
 
 def problem(name: str, n: int):
     key_truth, key_data, key_start = jax.random.split(jax.random.key(0), 3)
-    if name == "SymMoLinE":
-        model = emjax.SymMoLinE()
-        truth = emjax.random_params(key_truth, D, dtype=jnp.float32)
-    else:
-        model = emjax.MoLinE(3)
-        truth = emjax.random_moe_params(model, key_truth, D, dtype=jnp.float32)
+    model = emjax.SymMoLinE() if name == "SymMoLinE" else emjax.MoLinE(3)
+    truth = emjax.testing.random_params(model, key_truth, D, dtype=jnp.float32)
     x, y = emjax.sample(model, truth, key_data, n)
     if name == "SymMoLinE":
-        start = emjax.perturb(key_start, truth, 0.5)
+        start = emjax.testing.perturb(truth, key_start, 0.5)
     else:
-        start = emjax.random_moe_params(model, key_start, D, dtype=jnp.float32)
+        start = emjax.testing.random_params(model, key_start, D, dtype=jnp.float32)
     x, y = jax.block_until_ready((x.astype(jnp.float32), y.astype(jnp.float32)))
     start = jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.float32), start)
     return model, start, x, y
