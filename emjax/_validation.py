@@ -240,25 +240,27 @@ def check_finite(value, name: str) -> None:
         check_values(value, nonfinite, f"{name} must be finite; it contains NaN or infinite values", show="none")
 
 
-def _check_zero(specs, values):
-    """A scalar int32 zero carrying one ``equinox.branched_error_if`` over the value checks."""
-    failed = jnp.stack(
+def _failed_checks(specs, values):
+    """One boolean per value check: True where the check failed (computed where the data are)."""
+    return jnp.stack(
         [jnp.any(bad(_numbers(value), *args)) for (bad, args, _), value in zip(specs, values, strict=True)]
     )
+
+
+def _check_zero(specs, values):
+    """A scalar int32 zero carrying one ``equinox.branched_error_if`` over the value checks.
+
+    The error rides on a scalar: an error branch on whole arrays would make XLA gather row-sharded
+    data onto every device."""
+    failed = _failed_checks(specs, values)
     messages = [message for _, _, message in specs]
     return eqx.branched_error_if(jnp.zeros((), jnp.int32), jnp.any(failed), jnp.argmax(failed), messages)
 
 
 def _raise_if_failed(out, specs, values):
-    """``out`` with the compiled value checks attached: one ``equinox.error_if`` on a scalar zero that
-    every numeric output leaf then depends on (``leaf - 0``, exact, signed zeros included)."""
-    failed = jnp.stack(
-        [jnp.any(bad(_numbers(value), *args)) for (bad, args, _), value in zip(specs, values, strict=True)]
-    )
-    messages = [message for _, _, message in specs]
-    # The error rides on a scalar: an error branch on whole arrays would make XLA gather row-sharded
-    # data onto every device; subtracting the scalar from the outputs keeps the check from being removed.
-    zero = eqx.branched_error_if(jnp.zeros((), jnp.int32), jnp.any(failed), jnp.argmax(failed), messages)
+    """``out`` with the compiled value checks attached: every numeric output leaf depends on the checks'
+    scalar zero (``leaf - 0``, exact, signed zeros included), so they cannot be removed."""
+    zero = _check_zero(specs, values)
 
     def attach(leaf):
         if not isinstance(leaf, jax.Array) or not (
@@ -353,9 +355,7 @@ def check_inner_steps(inner_steps) -> None:
 @eqx.filter_jit
 def _first_failure(specs, values):
     """The index of the first failed value check, or -1 (an int32 scalar, computed where the data are)."""
-    failed = jnp.stack(
-        [jnp.any(bad(_numbers(value), *args)) for (bad, args, _), value in zip(specs, values, strict=True)]
-    )
+    failed = _failed_checks(specs, values)
     return jnp.where(jnp.any(failed), jnp.argmax(failed), -1)
 
 

@@ -49,7 +49,7 @@ from .._progress import progress_interval, report
 from .._solvers import MirrorDescent
 from .._status import Status
 from .._stopping import check_tolerances, final_status, loss_converged, tree_all_finite
-from ._passes import flat_mask, flat_ridge, flatten, full_pass, newton_direction, unflatten
+from ._passes import flat_mask, flat_ridge, full_pass, newton_direction
 from ._schedule import RobbinsMonro, as_schedule, checked_step
 
 
@@ -438,7 +438,7 @@ def _polish(
     check_trainable(model, params, trainable)
     free = flat_mask(model, params, trainable)
     ridge = flat_ridge(model, params)
-    vector = np.asarray(flatten(model, params), np.float64)
+    vector = np.asarray(model.flatten(params), np.float64)
     eps = np.finfo(np.asarray(first[0]).dtype if np.asarray(first[0]).dtype.kind == "f" else np.float64).eps
     sums = full_pass(model, params, batches, check_batch, newton, curvature_rows)
     if not traces["polish_losses"]:
@@ -454,7 +454,7 @@ def _polish(
         alpha, accepted = 1.0, False
         for _ in range(MAX_HALVINGS + 1):
             candidate_vector = vector - alpha * direction
-            candidate = unflatten(model, candidate_vector, params)
+            candidate = model.unflatten(candidate_vector, params)
             candidate_sums = full_pass(model, candidate, batches, check_batch, newton, curvature_rows)
             loss = candidate_sums.loss + 0.5 * float(np.sum(ridge * candidate_vector**2))
             if (

@@ -30,16 +30,6 @@ from .._dtypes import as_arrays
 from .._information import complete_information, missing_information
 
 
-def flatten(model, params) -> jax.Array:
-    """The free parameters as one vector, in the model's documented order (symmetric: w then β)."""
-    return model.flatten(params)
-
-
-def unflatten(model, vector, like):
-    """Inverse of :func:`flatten`; pinned entries come from ``like``."""
-    return model.unflatten(vector, like)
-
-
 def flat_mask(model, params, trainable) -> np.ndarray:
     """What may change (not pinned, trainable), flattened like the parameters."""
     return np.asarray(model.flat_free_mask(params, trainable), bool)
@@ -67,7 +57,7 @@ def batch_gradient_sums(model, params, x, y):
     def mean_loss(vector):
         return model.loss(model.unflatten(vector, params), x, y)
 
-    loss, gradient = jax.value_and_grad(mean_loss)(flatten(model, params))
+    loss, gradient = jax.value_and_grad(mean_loss)(model.flatten(params))
     return count * loss, count * gradient
 
 
