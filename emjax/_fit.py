@@ -85,10 +85,6 @@ class FitResult(eqx.Module):
         return jnp.take_along_axis(losses, steps[..., None], axis=-1)[..., 0]
 
 
-def _loss(model, params, x, y):
-    return model.loss(params, x, y)
-
-
 def _final_status(model, params, x, y, status):
     """Flag a degenerate final iterate (a model that lost an expert); a non-finite run keeps its code."""
     degenerate = model.is_degenerate(params, x, y) & (status != Status.nonfinite)
@@ -106,30 +102,45 @@ def _healthy_start(params, x, y, loss0):
     return jnp.isfinite(loss0) & tree_all_finite((params, x, y))
 
 
-def _advance(model, solver, params, state, x, y, healthy):
-    """One solver step, accepted only if the run is healthy and the new iterate and loss are finite."""
-    new_params, new_state = solver.update(model, params, state, x, y)
-    new_loss = _loss(model, new_params, x, y)
+def _start(model, solver, params, x, y):
+    """What the loop carries in: the per-fit cache, the solver state, L(params) and its E-step."""
+    cache = model.precompute(x, y)
+    state = solver.init(params)
+    loss, expected = solver.expect(model, params, state, x, y, cache)
+    return cache, state, loss, expected
+
+
+def _advance(model, solver, params, state, expected, cache, x, y, healthy):
+    """One solver step, accepted only if the run is healthy and the new iterate and loss are finite.
+
+    The new iterate's loss comes with its E-step (``solver.expect``), which the next step reuses:
+    one pass over x per iteration for both (the lean step, docs/guides/scaling.md)."""
+    new_params, new_state = solver.advance(model, params, state, x, y, cache, expected)
+    new_loss, new_expected = solver.expect(model, new_params, new_state, x, y, cache)
     accept = healthy & tree_all_finite(new_params) & jnp.isfinite(new_loss)
-    return _where(accept, new_params, params), _where(accept, new_state, state), new_loss, accept
+    # A rejected step ends the run (nothing is applied after it), so its E-step is never reused.
+    return _where(accept, new_params, params), _where(accept, new_state, state), new_loss, new_expected, accept
 
 
 @eqx.filter_jit
 def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, progress_every: int) -> FitResult:
-    state0 = solver.init(params)
-    loss0 = _loss(model, params, x, y)
+    cache, state0, loss0, expected0 = _start(model, solver, params, x, y)
 
     def step(carry, t):
-        params, state, healthy, applied = carry
-        params, state, new_loss, accept = _advance(model, solver, params, state, x, y, healthy)
+        params, state, expected, healthy, applied = carry
+        params, state, new_loss, expected, accept = _advance(
+            model, solver, params, state, expected, cache, x, y, healthy
+        )
         maybe_report("emjax.fit", progress_every, t + 1, num_steps, new_loss)
         loss = jnp.where(accept, new_loss, jnp.nan)
-        carry = (params, state, accept, applied + accept.astype(jnp.int32))
+        carry = (params, state, expected, accept, applied + accept.astype(jnp.int32))
         return carry, (loss, params if keep_history else None)
 
     healthy0 = _healthy_start(params, x, y, loss0)
-    init = (params, state0, healthy0, jnp.zeros((), jnp.int32))
-    (params, state, healthy, applied), (losses, history) = lax.scan(step, init, jnp.arange(num_steps, dtype=jnp.int32))
+    init = (params, state0, expected0, healthy0, jnp.zeros((), jnp.int32))
+    (params, state, _, healthy, applied), (losses, history) = lax.scan(
+        step, init, jnp.arange(num_steps, dtype=jnp.int32)
+    )
     losses = jnp.concatenate([loss0[None], losses])
     if keep_history:
         history = jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history)
@@ -143,7 +154,7 @@ def _fit_until(
     model, solver, params, x, y, max_steps: int, rtol, atol, keep_history: bool, progress_every: int
 ) -> FitResult:
     dtype = x.dtype
-    loss0 = _loss(model, params, x, y)
+    cache, state0, loss0, expected0 = _start(model, solver, params, x, y)
     losses = jnp.full((max_steps + 1,), jnp.nan, dtype).at[0].set(loss0)
     history = None
     if keep_history:
@@ -153,7 +164,8 @@ def _fit_until(
     init = (
         jnp.zeros((), jnp.int32),
         params,
-        solver.init(params),
+        state0,
+        expected0,
         loss0,
         losses,
         history,
@@ -162,22 +174,25 @@ def _fit_until(
     )
 
     def keep_going(carry):
-        t, _, _, _, _, _, finite, converged = carry
+        t, _, _, _, _, _, _, finite, converged = carry
         return (t < max_steps) & finite & ~converged
 
     def step(carry):
-        t, params, state, loss, losses, history, _, _ = carry
+        t, params, state, expected, loss, losses, history, _, _ = carry
         # The loop stops at the first non-finite step, so every step it runs starts healthy.
-        new_params, new_state, new_loss, accept = _advance(model, solver, params, state, x, y, True)
+        new_params, new_state, new_loss, expected, accept = _advance(
+            model, solver, params, state, expected, cache, x, y, True
+        )
         maybe_report("emjax.fit", progress_every, t + 1, max_steps, new_loss)
         converged = accept & loss_converged(loss, new_loss, rtol, atol)
         losses = losses.at[t + 1].set(jnp.where(accept, new_loss, jnp.nan))
         if keep_history:
             history = jax.tree_util.tree_map(lambda h, leaf: h.at[t + 1].set(leaf), history, new_params)
         t = t + accept.astype(jnp.int32)
-        return (t, new_params, new_state, jnp.where(accept, new_loss, loss), losses, history, accept, converged)
+        loss = jnp.where(accept, new_loss, loss)
+        return (t, new_params, new_state, expected, loss, losses, history, accept, converged)
 
-    applied, params, state, _, losses, history, finite, converged = lax.while_loop(keep_going, step, init)
+    applied, params, state, _, _, losses, history, finite, converged = lax.while_loop(keep_going, step, init)
     status = final_status(finite, converged, True, jnp.where).astype(jnp.int32)
     status = _final_status(model, params, x, y, status)
     return FitResult(params, losses, applied, status, converged, state, history)

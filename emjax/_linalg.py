@@ -33,18 +33,26 @@ def solve_psd(matrix: Array, rhs: Array, relative: float | None = None, scale: A
     shift relative to ``scale`` (default: the mean diagonal).
 
     On an exactly singular matrix (two identical feature columns) the factorisation's own round-off
-    can exceed a shift of eps and leave a negative pivot; the solve is then redone with a shift of
-    sqrt(eps) (only then: a well-conditioned solve is unchanged), so the answer is always finite
+    can exceed a shift of eps and leave a negative pivot; the factorisation is then redone with a shift
+    of sqrt(eps) (only then: a well-conditioned solve is unchanged), so the answer is always finite
     for a finite PSD matrix and right-hand side.
     """
+    return cho_solve(psd_factor(matrix, relative, scale), rhs)
+
+
+def psd_factor(matrix: Array, relative: float | None = None, scale: Array | None = None):
+    """The jittered Cholesky factor :func:`solve_psd` solves with, for a matrix used many times.
+
+    A ``cho_factor`` pair: ``cho_solve(psd_factor(m), b)`` is ``solve_psd(m, b)``. A fit factors
+    SymMoLinE's $X^\top X$ once and solves with it at every EM step."""
     scale = jnp.trace(matrix) / matrix.shape[0] if scale is None else scale
 
-    def solve(shift):
-        return cho_solve(cho_factor(add_jitter(matrix, scale, shift), lower=True), rhs)
+    def factor(shift):
+        return cho_factor(add_jitter(matrix, scale, shift), lower=True)[0]
 
-    first = solve(relative)
+    first = factor(relative)
     safer = newton_shift(matrix.dtype) if relative is None else jnp.maximum(newton_shift(matrix.dtype), relative)
-    return lax.cond(jnp.all(jnp.isfinite(first)), lambda: first, lambda: solve(safer))
+    return lax.cond(jnp.all(jnp.isfinite(first)), lambda: first, lambda: factor(safer)), True
 
 
 def newton_shift(dtype) -> float:

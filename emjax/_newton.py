@@ -12,7 +12,8 @@ One loop, :func:`damped_newton`, solves them all:
   $f(u + \alpha\Delta) \le f(u) + c\,\alpha\,g^\top\Delta$, c = 1e-4, at most 40 halvings, with a
   round-off slack), and no step is taken when no finite trial is found;
 * it stops when $\|\alpha\Delta\|_\infty$ falls below 1e-10 (float64) or 1e-5 (float32), or after
-  ``max_steps`` steps (default 50).
+  ``max_steps`` steps (default 50); a full step already below that tolerance is the last one and is
+  taken without a line search (it is the step Armijo would accept, and its trial costs a pass over x).
 
 Problems differ only in how they supply the gradient and Hessian and how a trial point is
 evaluated: :func:`masked_newton` uses the dense autodiff Hessian of any objective;
@@ -101,17 +102,29 @@ def damped_newton(derivatives, line, u0: Array, aux0, f0: Array, max_steps: int)
         _, _, _, step_norm, k = state
         return (k < max_steps) & (step_norm >= tol)
 
-    def newton_step(state):
-        u, aux, f, _, k = state
-        grad, hess, scale = derivatives(u, aux)
-        direction = -solve_psd(hess, grad, newton_shift(dtype), scale)
+    def search(u, aux, f, grad, direction):
         phi, advance = line(u, aux, direction)
         alpha, f_alpha = armijo_search(phi, f, grad @ direction, dtype)
         # No finite trial point: no step at all (the direction itself may be non-finite, and 0 * inf is NaN).
         finite = jnp.isfinite(f_alpha)
         new_u, new_aux = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), advance(alpha), (u, aux))
         step = jnp.where(finite, alpha * direction, jnp.zeros_like(direction))
-        return new_u, new_aux, jnp.where(finite, f_alpha, f), jnp.max(jnp.abs(step), initial=0), k + 1
+        return new_u, new_aux, jnp.where(finite, f_alpha, f), jnp.max(jnp.abs(step), initial=0)
+
+    def last_step(u, aux, f, grad, direction):
+        # A full step below the tolerance ends the loop, which returns u alone: the trial that Armijo
+        # would accept (within its round-off slack) is not evaluated, and aux and f are left as they
+        # were (the new aux is never computed: it is dead code in this branch).
+        new_u, _ = line(u, aux, direction)[1](jnp.ones((), dtype))
+        return new_u, aux, f, jnp.max(jnp.abs(direction), initial=0)
+
+    def newton_step(state):
+        u, aux, f, _, k = state
+        grad, hess, scale = derivatives(u, aux)
+        direction = -solve_psd(hess, grad, newton_shift(dtype), scale)
+        below = jnp.max(jnp.abs(direction), initial=0) < tol
+        new_u, new_aux, new_f, step_norm = lax.cond(below, last_step, search, u, aux, f, grad, direction)
+        return new_u, new_aux, new_f, step_norm, k + 1
 
     init = (u0, aux0, f0, jnp.asarray(jnp.inf, dtype), 0)
     return lax.while_loop(keep_going, newton_step, init)[0]
@@ -184,43 +197,47 @@ BLOCK_ROWS = 1024
 rows: cache-sized)."""
 
 
-def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array) -> tuple[Array, Array]:
+def gradient_and_hessian(x: Array, gradients: Array, curvatures: Array, xt: Array | None = None) -> tuple[Array, Array]:
     r"""$X^\top G$ and the blocks $X^\top \mathrm{diag}(c_p) X$ from one matrix product (sums, not means).
 
     Args:
         x: (n, d). gradients: (n, m), the columns of $G$. curvatures: (n, P), one weight column per block.
+        xt: optionally ``x.T`` already laid out feature-major (a fit computes it once,
+            :meth:`emjax.models.AbstractModel.precompute`); taken from x otherwise.
 
     Returns:
         ``(X^T G, blocks)`` of shapes (d, m) and (P, d, d).
 
-    The product is $[x c_1, \dots, x c_P, G]^\top x$: x is read once for the gradient and all P
-    Hessian blocks. On a single CPU device it runs over blocks of :data:`BLOCK_ROWS` rows, so the scaled copies
-    of x live in cache and never travel to memory: XLA's single tall-and-skinny (n, d)-by-(n, d)
-    product runs far below its square-matmul rate at these shapes. A matrix-vector product in x's
-    (n, d) layout, ``x.T @ g``, is slow for the same reason.
+    The product is $[x c_1, \dots, x c_P, G]^\top x$ in the feature-major layout (d, n): x is read
+    once for the gradient and all P Hessian blocks, and every product contracts over the contiguous
+    axis (XLA's CPU dots in x's (n, d) layout ran 1.5-3x slower at the benchmark's shapes). On a single CPU
+    device it runs over blocks of :data:`BLOCK_ROWS` samples, so the scaled copies of x live in
+    cache and never travel to memory.
     """
     n, d = x.shape
+    xt = x.T if xt is None else xt
     blocks = curvatures.shape[1]
 
-    def product(rows, g, c):
-        scaled = (rows[:, None, :] * c[:, :, None]).reshape(rows.shape[0], blocks * d)
-        return jnp.concatenate([scaled, g], axis=1).T @ rows
+    def product(columns, g, c):
+        # columns: (d, b) samples of x; g: (b, m); c: (b, P)
+        scaled = (c.T[:, None, :] * columns[None, :, :]).reshape(blocks * d, columns.shape[1])
+        return jnp.concatenate([scaled, g.T], axis=0) @ columns.T
 
-    # Blocks only on a lone CPU device: slicing blocks out of rows sharded over several devices would
-    # make XLA move rows between them (collective permutes) instead of summing each shard in place.
+    # Blocks only on a lone CPU device: slicing blocks out of samples sharded over several devices would
+    # make XLA move samples between them (collective permutes) instead of summing each shard in place.
     if jax.default_backend() != "cpu" or jax.device_count() > 1 or n <= BLOCK_ROWS:
-        total = product(x, gradients, curvatures)
+        total = product(xt, gradients, curvatures)
     else:
         count = n // BLOCK_ROWS
 
         def accumulate(i, total):
-            def rows(a):
-                return lax.dynamic_slice_in_dim(a, i * BLOCK_ROWS, BLOCK_ROWS)
+            def rows(a, axis=0):
+                return lax.dynamic_slice_in_dim(a, i * BLOCK_ROWS, BLOCK_ROWS, axis=axis)
 
-            return total + product(rows(x), rows(gradients), rows(curvatures))
+            return total + product(rows(xt, 1), rows(gradients), rows(curvatures))
 
         tail = count * BLOCK_ROWS
-        total = product(x[tail:], gradients[tail:], curvatures[tail:])
+        total = product(xt[:, tail:], gradients[tail:], curvatures[tail:])
         total = lax.fori_loop(0, count, accumulate, total)
     return total[blocks * d :].T, total[: blocks * d].reshape(blocks, d, d)
 
@@ -250,6 +267,7 @@ def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _
     # The shift is relative to the mean diagonal of the whole masked Hessian, which has a unit
     # diagonal entry for each entry of the columns left out: the same shift as masked_newton's.
     outside = u0.size - d * width
+    xt = x.T  # once per solve: every product below contracts over the contiguous axis
 
     def value(u, z):
         return jnp.mean(loss(z)) + penalty(u)
@@ -257,7 +275,7 @@ def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _
     def newton_derivatives(u, z):
         score_grad, second = derivatives(z)
         curvatures = jnp.stack([second(columns[i], columns[j]) for i, j in pairs], axis=1)
-        xg, blocks = gradient_and_hessian(x, score_grad[:, cols], curvatures)
+        xg, blocks = gradient_and_hessian(x, score_grad[:, cols], curvatures, xt)
         grad = free_cols * (xg / n + ridge * u[:, cols]).reshape(-1)
         block = {}
         for p, (i, j) in enumerate(pairs):
@@ -269,7 +287,7 @@ def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _
 
     def line(u, z, solved):
         direction = jnp.zeros(shape, dtype).at[:, cols].set(solved.reshape(d, width))
-        along = jnp.zeros_like(z).at[:, cols].set(x @ direction[:, cols])
+        along = jnp.zeros_like(z).at[:, cols].set((direction[:, cols].T @ xt).T)
         return (lambda a: value(u + a * direction, z + a * along)), (lambda a: (u + a * direction, z + a * along))
 
     u0 = u0.reshape(shape)
@@ -344,7 +362,14 @@ def linear_newton(
 
 
 def soft_logistic_regression(
-    x: Array, targets: Array, init: Array, max_steps: int = MAX_NEWTON_STEPS, *, scores: Array | None = None
+    x: Array,
+    targets: Array,
+    init: Array,
+    max_steps: int = MAX_NEWTON_STEPS,
+    *,
+    scores: Array | None = None,
+    xt: Array | None = None,
+    value: Array | None = None,
 ) -> Array:
     r"""Minimise $\mathrm{mean}_n[\mathrm{softplus}(x_n\cdot u) - t_n x_n\cdot u]$ over $u$.
 
@@ -361,6 +386,9 @@ def soft_logistic_regression(
         max_steps: bound on Newton steps.
         scores: optionally ``x @ init``, when the caller has it already (an E-step does): it saves
             one pass over x. Derivatives never flow through it.
+        xt: optionally ``x.T`` laid out feature-major (:func:`gradient_and_hessian`).
+        value: optionally ``mean softplus(scores)`` (with ``scores``), the objective's first term at
+            ``init``, when the caller has it (the symmetric E-step does).
 
     Returns:
         The minimiser, shape (d,). Derivatives with respect to ``x`` and ``targets`` are exact
@@ -373,7 +401,8 @@ def soft_logistic_regression(
         >>> bool(abs(u[0]) < 1e-6)  # mean sigmoid(u) must equal mean t = 1/2
         True
     """
-    loop = functools.partial(_logistic_loop, x, targets, None if scores is None else lax.stop_gradient(scores))
+    start = None if scores is None else lax.stop_gradient((scores, value))
+    loop = functools.partial(_logistic_loop, x, None if xt is None else lax.stop_gradient(xt), targets, start)
 
     def objective(u):
         return jnp.mean(jax.nn.softplus(x @ u) - targets * (x @ u))
@@ -381,22 +410,28 @@ def soft_logistic_regression(
     return implicit_solve(objective, init, jnp.ones(init.shape, bool), loop, dense_tangent_solve, max_steps)
 
 
-def _logistic_loop(x, targets, scores, _objective, u0, free, max_steps):
+def _logistic_loop(x, xt, targets, start, _objective, u0, free, max_steps):
     """:func:`damped_newton` for one logistic column: the lightest form of :func:`linear_newton`'s problem
     (no column bookkeeping; its fixed per-iteration cost shows on small n, where EM calls it every step)."""
     n = x.shape[0]
+    xt = x.T if xt is None else xt
 
     def mean_loss(z):
         return jnp.mean(jax.nn.softplus(z) - targets * z)
 
     def derivatives(u, z):
         p = jax.nn.sigmoid(z)
-        grad, hess = gradient_and_hessian(x, (p - targets)[:, None], (p * (1 - p))[:, None])
+        grad, hess = gradient_and_hessian(x, (p - targets)[:, None], (p * (1 - p))[:, None], xt)
         return grad[:, 0] / n, hess[0] / n, None
 
     def line(u, z, direction):
-        along = x @ direction  # once per Newton step: each trial then costs O(n)
+        along = direction @ xt  # once per Newton step: each trial then costs O(n)
         return (lambda a: mean_loss(z + a * along)), (lambda a: (u + a * direction, z + a * along))
 
-    z0 = x @ u0 if scores is None else scores
-    return damped_newton(derivatives, line, u0, z0, mean_loss(z0), max_steps)
+    if start is None:
+        z0 = u0 @ xt
+        f0 = mean_loss(z0)
+    else:
+        z0, softplus_mean = start
+        f0 = mean_loss(z0) if softplus_mean is None else softplus_mean - jnp.mean(targets * z0)
+    return damped_newton(derivatives, line, u0, z0, f0, max_steps)

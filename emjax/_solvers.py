@@ -38,7 +38,7 @@ import optax
 from jax import Array
 
 from ._dtypes import as_arrays
-from ._steps import em_step, gradient_descent_step, gradient_em_step, mirror_descent_step
+from ._steps import em_step, gradient_descent_step, gradient_em_step, m_step, mirror_descent_step
 from ._validation import check_inner_steps, check_step_size
 from .models import MoEParams, SymParams, keep_frozen
 
@@ -55,6 +55,19 @@ class AbstractSolver(eqx.Module):
     @abc.abstractmethod
     def update(self, model, params, state: Any, x, y):
         """One iteration: returns ``(new_params, new_state)``."""
+
+    # The lean form of ``update`` that :func:`emjax.fit` runs: ``expect`` evaluates the loss at an
+    # iterate together with whatever the next step reuses from the same pass over x, so the loss
+    # the loop records for iterate t comes from the E-step of iteration t + 1; ``advance`` finishes
+    # the step. ``advance(expect(params)[1])`` is ``update(params)``.
+
+    def expect(self, model, params, state: Any, x, y, cache):
+        """``(L(params), expected)``: the loss and what :meth:`advance` reuses (default: the loss alone)."""
+        return model.loss(params, x, y), None
+
+    def advance(self, model, params, state: Any, x, y, cache, expected):
+        """The step from ``params`` given :meth:`expect`'s ``expected`` and the model's ``cache``."""
+        return self.update(model, params, state, x, y)
 
 
 def _as_step(step_size, per_block: bool = True):
@@ -76,11 +89,23 @@ def _as_mask(trainable):
     return trainable
 
 
+def _expect_targets(model, params, x, y, cache):
+    """EM's and mirror descent's ``expect``: the loss and the posterior targets from one E-step."""
+    loss, targets, scores = model.expectation(params, x, y, cache)
+    return loss, (targets, scores)
+
+
 class EM(AbstractSolver):
     """Exact EM: :func:`emjax.em_step` (mirror descent with unit step)."""
 
     def update(self, model, params, state, x, y):
         return em_step.unguarded(model, params, x, y, self.trainable), state
+
+    def expect(self, model, params, state, x, y, cache):
+        return _expect_targets(model, params, x, y, cache)
+
+    def advance(self, model, params, state, x, y, cache, expected):
+        return m_step(model, params, x, expected, None, model.free_mask(params, self.trainable), cache), state
 
 
 class MirrorDescent(AbstractSolver):
@@ -90,6 +115,13 @@ class MirrorDescent(AbstractSolver):
 
     def update(self, model, params, state, x, y):
         return mirror_descent_step.unguarded(model, params, x, y, self.step_size, self.trainable), state
+
+    def expect(self, model, params, state, x, y, cache):
+        return _expect_targets(model, params, x, y, cache)
+
+    def advance(self, model, params, state, x, y, cache, expected):
+        eta = jnp.asarray(self.step_size, x.dtype)
+        return m_step(model, params, x, expected, eta, model.free_mask(params, self.trainable), cache), state
 
 
 class GradientDescent(AbstractSolver):

@@ -32,17 +32,23 @@ def blend(prior, posterior, step_size):
     return jax.tree_util.tree_map(lambda p, q: p + step_size * (q - p), prior, posterior)
 
 
+def m_step(model, params, x, expected, step_size, free, cache=None):
+    """The M-step after an E-step whose ``(targets, scores)`` are ``expected``: fitted to the posterior
+    targets (``step_size`` None: EM) or to their blend with the prior ones (mirror descent)."""
+    targets, scores = expected
+    if step_size is not None:
+        targets = blend(model.prior_targets(params, x, scores), targets, step_size)
+    return model.solve(params, x, targets, free, scores, cache)
+
+
 def em_update(model, params, x, y, free):
     """One EM step on arrays already cast (no checks): the M-step fitted to the posterior targets."""
-    targets, scores = model.posterior_targets(params, x, y)
-    return model.solve(params, x, targets, free, scores)
+    return m_step(model, params, x, model.posterior_targets(params, x, y), None, free)
 
 
 def mirror_update(model, params, x, y, step_size, free):
     """One mirror-descent step on arrays already cast (no checks): the M-step fitted to blended targets."""
-    posterior, scores = model.posterior_targets(params, x, y)
-    prior = model.prior_targets(params, x, scores)
-    return model.solve(params, x, blend(prior, posterior, step_size), free, scores)
+    return m_step(model, params, x, model.posterior_targets(params, x, y), step_size, free)
 
 
 @public(_validate_em)

@@ -151,7 +151,7 @@ class _TwoCoins(AbstractModel):
         prior = jax.nn.softmax(x @ params.gate.T, axis=-1)
         return prior, prior * jax.nn.sigmoid(x @ params.experts.T)
 
-    def solve(self, params, x, targets, free, scores=None):
+    def solve(self, params, x, targets, free, scores=None, cache=None):
         weights, heads = targets
 
         def objective(u):

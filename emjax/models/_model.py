@@ -122,10 +122,34 @@ class AbstractModel(eqx.Module):
         """The same statistics expected under the model's own law of (y, z) given x."""
 
     @abc.abstractmethod
-    def solve(self, params, x: Array, targets, free, scores=None):
+    def solve(self, params, x: Array, targets, free, scores=None, cache=None):
         r"""The M-step for ``targets``: the θ whose expected statistics match them, $\nabla A(\theta) =
         \mathrm{mean}_n J_n^\top t_n$, warm-started at ``params``; entries not ``free`` are returned
-        unchanged. ``scores`` is what :meth:`posterior_targets` returned with the targets."""
+        unchanged. ``scores`` is what :meth:`posterior_targets` returned with the targets, ``cache``
+        what :meth:`precompute` returned for this x (both optional: they only save work)."""
+
+    # ------------------------------------------------------------------------------ the lean step
+
+    def precompute(self, x: Array, y: Array):
+        """What every M-step on this data can share, computed once per fit (default: nothing).
+
+        :func:`emjax.fit` calls it once, outside its loop, and hands the result to every
+        :meth:`expectation` and :meth:`solve`; a model returns any pytree of arrays (SymMoLinE: x in
+        the feature-major layout and the Cholesky factor of $X^\top X$). A model's answers must not
+        depend on whether the cache is given; only the work does."""
+        return None
+
+    def expectation(self, params, x: Array, y: Array, cache=None):
+        r"""The E-step and the loss together: ``(L(θ), targets, scores)``, the loss at ``params`` and
+        what :meth:`posterior_targets` returns.
+
+        An EM iteration needs both, and :func:`emjax.fit` records the loss of every iterate; the
+        default reads x twice (:meth:`loss` and :meth:`posterior_targets`), a model that has both from
+        one pass overrides it (the symmetric models: $\log p = \max(a, b) +
+        \mathrm{softplus}(-|a - b|)$ with $a - b$ the posterior log-odds the E-step computes anyway).
+        The loss must equal :meth:`loss` to round-off."""
+        targets, scores = self.posterior_targets(params, x, y)
+        return self.loss(params, x, y), targets, scores
 
     def surrogate_anchor(self, params, x: Array, y: Array):
         r"""What the EM surrogate $Q(\cdot\mid\theta_t)$ keeps from $\theta_t$ (default: the responsibilities)."""

@@ -16,7 +16,9 @@ $|x\cdot\beta|$ of order $10^3$ give exact 0/1 responsibilities and a finite los
 from __future__ import annotations
 
 import abc
+from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import Array
@@ -42,6 +44,27 @@ def _mean_times_x(x: Array, coefficients: Array) -> Array:
 
 def _weighted_gram(x: Array, weights: Array) -> Array:
     return (x * weights[:, None]).T @ x / x.shape[0]
+
+
+class SymmetricCache(eqx.Module):
+    """What every M-step of a symmetric model shares within one fit (:meth:`AbstractModel.precompute`).
+
+    Attributes:
+        xt: x.T laid out feature-major, (d, n): every product over the samples contracts over the
+            contiguous axis.
+        expert: whatever the expert's solve reuses (SymMoLinE: the Cholesky factor of $X^\top X$).
+    """
+
+    xt: Array
+    expert: Any = None
+
+
+class SymmetricScores(NamedTuple):
+    """The projections an E-step computed, for the M-step that follows it."""
+
+    xw: Array
+    xb: Array
+    gate_softplus: Array | None = None  # mean softplus(x.w): the gate solve's objective at its start
 
 
 class AbstractSymmetricModel(AbstractModel):
@@ -86,8 +109,13 @@ class AbstractSymmetricModel(AbstractModel):
         """``c`` with ``I_miss = mean r(1-r) [x; c x][x; c x]^T`` (docs/math.md §5.1)."""
 
     @abc.abstractmethod
-    def expert_solve(self, x: Array, targets: Array, beta0: Array) -> Array:
-        """Solve ``mean expert_mean(x.beta) x = mean targets x`` for beta (warm start beta0)."""
+    def expert_solve(self, x: Array, targets: Array, beta0: Array, cache: SymmetricCache, xb: Array | None) -> Array:
+        """Solve ``mean expert_mean(x.beta) x = mean targets x`` for beta (warm start beta0, whose
+        scores ``xb = x.beta0`` the E-step may have computed)."""
+
+    def expert_precompute(self, x: Array, xt: Array):
+        """The expert's part of :meth:`precompute` (default: nothing)."""
+        return None
 
     @abc.abstractmethod
     def sample_labels(self, key: Array, xb: Array, z: Array) -> Array:
@@ -121,10 +149,10 @@ class AbstractSymmetricModel(AbstractModel):
             return SymParams(w=block(None), beta=block(None))
         return SymParams(w=block(trainable.w), beta=block(trainable.beta))
 
-    def projections(self, params: SymParams, x: Array) -> tuple[Array, Array]:
-        """Gate and expert scores ``(x.w, x.beta)``, one pass over x."""
-        scores = x @ jnp.stack([params.w, params.beta], axis=1)
-        return scores[:, 0], scores[:, 1]
+    def projections(self, params: SymParams, x: Array, cache: SymmetricCache | None = None) -> tuple[Array, Array]:
+        """Gate and expert scores ``(x.w, x.beta)``, one pass over x (its feature-major copy, if cached)."""
+        scores = jnp.stack([params.w, params.beta]) @ (x.T if cache is None else cache.xt)
+        return scores[0], scores[1]
 
     def posterior_logit(self, xw: Array, xb: Array, y: Array) -> Array:
         r"""$\Delta = \log P(z=1\mid x,y) - \log P(z=0\mid x,y) = x\cdot w + (l_1 - l_0)$."""
@@ -135,9 +163,15 @@ class AbstractSymmetricModel(AbstractModel):
         l1, l0 = self.expert_log_likelihoods(xb, y)
         return jnp.stack([jax.nn.log_sigmoid(-xw) + l0, jax.nn.log_sigmoid(xw) + l1], axis=1)
 
-    def _log_likelihoods(self, xw: Array, xb: Array, y: Array) -> Array:
+    def _log_likelihoods(self, xw: Array, xb: Array, y: Array, logit=None, gate_softplus=None) -> Array:
+        r"""$\log p(y\mid x) = \mathrm{logaddexp}(a, b)$, $a = l_1 - \mathrm{softplus}(-x\cdot w)$,
+        $b = l_0 - \mathrm{softplus}(x\cdot w)$, written as $\max(a, b) + \mathrm{softplus}(-|a - b|)$
+        with $a - b = \Delta$, the posterior log-odds (and $\mathrm{softplus}(-t) = \mathrm{softplus}(t) - t$):
+        the E-step has Δ and softplus(x·w) already, so the loss costs it one more softplus."""
         l1, l0 = self.expert_log_likelihoods(xb, y)
-        return jnp.logaddexp(jax.nn.log_sigmoid(xw) + l1, jax.nn.log_sigmoid(-xw) + l0)
+        logit = self.posterior_logit(xw, xb, y) if logit is None else logit
+        softplus = jax.nn.softplus(xw) if gate_softplus is None else gate_softplus
+        return jnp.where(logit >= 0, l1 - (softplus - xw), l0 - softplus) + jax.nn.softplus(-jnp.abs(logit))
 
     def e_step(self, params: SymParams, x: Array, y: Array) -> tuple[Array, Array]:
         r"""Column 1 is $r = \mathrm{sigmoid}(\Delta)$, column 0 $\mathrm{sigmoid}(-\Delta)$ (both tails exact)."""
@@ -160,20 +194,37 @@ class AbstractSymmetricModel(AbstractModel):
 
     def posterior_targets(self, params: SymParams, x: Array, y: Array):
         r"""Per sample $(r, E[\text{expert statistic}\mid x, y])$; scores $(x\cdot w, x\cdot\beta)$."""
-        xw, xb = self.projections(params, x)
+        _, targets, scores = self.expectation(params, x, y)
+        return targets, scores
+
+    def expectation(self, params: SymParams, x: Array, y: Array, cache: SymmetricCache | None = None):
+        """Loss and targets from one pass over x (:meth:`_log_likelihoods`)."""
+        xw, xb = self.projections(params, x, cache)
         logit = self.posterior_logit(xw, xb, y)
-        return (jax.nn.sigmoid(logit), self.expert_posterior_statistic(logit, y)), (xw, xb)
+        gate_softplus = jax.nn.softplus(xw)
+        loss = -jnp.mean(self._log_likelihoods(xw, xb, y, logit, gate_softplus))
+        targets = (jax.nn.sigmoid(logit), self.expert_posterior_statistic(logit, y))
+        return loss, targets, SymmetricScores(xw, xb, jnp.mean(gate_softplus))
 
     def prior_targets(self, params: SymParams, x: Array, scores):
-        xw, xb = self.projections(params, x) if scores is None else scores
+        xw, xb = self.projections(params, x) if scores is None else scores[:2]
         return jax.nn.sigmoid(xw), self.expert_mean(xb)
 
-    def solve(self, params: SymParams, x: Array, targets, free, scores=None) -> SymParams:
+    def precompute(self, x: Array, y: Array | None = None) -> SymmetricCache:
+        """x feature-major and the expert's invariants (:class:`SymmetricCache`)."""
+        xt = x.T
+        return SymmetricCache(xt=xt, expert=self.expert_precompute(x, xt))
+
+    def solve(self, params: SymParams, x: Array, targets, free, scores=None, cache=None) -> SymParams:
         """Gate: soft-label logistic regression (damped Newton, warm-started); expert: ``expert_solve``."""
+        cache = self.precompute(x) if cache is None else cache
         gate_targets, expert_targets = targets
+        scores = SymmetricScores(*scores) if scores is not None else SymmetricScores(None, None)
         new = SymParams(
-            w=soft_logistic_regression(x, gate_targets, params.w, scores=None if scores is None else scores[0]),
-            beta=self.expert_solve(x, expert_targets, params.beta),
+            w=soft_logistic_regression(
+                x, gate_targets, params.w, scores=scores.xw, xt=cache.xt, value=scores.gate_softplus
+            ),
+            beta=self.expert_solve(x, expert_targets, params.beta, cache, scores.xb),
         )
         return keep_frozen(free, new, params)
 

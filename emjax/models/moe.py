@@ -170,10 +170,15 @@ class MixtureOfExperts(AbstractModel):
     def posterior_targets(self, params: MoEParams, x: Array, y: Array):
         r"""Weights $\gamma_{nk}$ (n, K) and expert statistics $\gamma_{nk}T(y_n)$ (n, S, K); scores: the
         gate logits."""
+        _, targets, logits = self.expectation(params, x, y)
+        return targets, logits
+
+    def expectation(self, params: MoEParams, x: Array, y: Array, cache=None):
+        """The loss and the posterior targets from one set of joint log-densities."""
         logits = x @ params.gate.T
-        gamma, _ = normalise(jax.nn.log_softmax(logits, axis=-1) + self.expert_log_probs(params, x, y))
+        gamma, log_likelihoods = normalise(jax.nn.log_softmax(logits, axis=-1) + self.expert_log_probs(params, x, y))
         stats = self.expert.statistic(y)[:, :, None] * gamma[:, None, :]
-        return (gamma, stats), logits
+        return -jnp.mean(log_likelihoods), (gamma, stats), logits
 
     def prior_targets(self, params: MoEParams, x: Array, scores):
         r"""Weights $\pi_k(x_n)$ and statistics $\pi_k(x_n)\,E_k[T\mid x_n]$."""
@@ -182,7 +187,7 @@ class MixtureOfExperts(AbstractModel):
         stats = self._per_expert(self.expert.mean_statistic, params, x) * prior[:, None, :]
         return prior, stats
 
-    def solve(self, params: MoEParams, x: Array, targets, free: MoEParams, scores=None) -> MoEParams:
+    def solve(self, params: MoEParams, x: Array, targets, free: MoEParams, scores=None, cache=None) -> MoEParams:
         weights, stats = targets
         return _moe_solve.solve_targets(self, params, x, weights, stats, free, scores)
 

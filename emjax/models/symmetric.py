@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.scipy.linalg import cho_solve
 
-from .._linalg import solve_psd
-from .._newton import gradient_and_hessian, soft_logistic_regression
+from .._linalg import psd_factor
+from .._newton import soft_logistic_regression
 from .._validation import check_real_scalar, check_values, is_concrete, not_binary
 from ._params import SymParams
 from ._symmetric import AbstractSymmetricModel, softplus_bregman
@@ -84,13 +85,15 @@ class SymMoLinE(AbstractSymmetricModel):
     def missing_coefficient(self, y):
         return 2 * y / self._variance(y)
 
-    def expert_solve(self, x, targets, beta0):
-        # mean (x.beta / sigma^2) x = mean t x  <=>  (X^T X) beta = sigma^2 X^T t (Cholesky).
-        # With fewer samples than features beta is not identified; solve_psd stays finite and
-        # x.beta (hence the loss) is the least-squares fit. X^T t and X^T X come from one product:
-        # one read of x, and no matrix-vector product in x's (n, d) layout (slow with XLA on a CPU).
-        xt_t, gram = gradient_and_hessian(x, targets[:, None], jnp.ones_like(targets)[:, None])
-        return solve_psd(gram[0], self._variance(x) * xt_t[:, 0])
+    def expert_precompute(self, x, xt):
+        """The jittered Cholesky factor of $X^\top X$ (:func:`emjax._linalg.psd_factor`): one per fit."""
+        return psd_factor(xt @ xt.T)
+
+    def expert_solve(self, x, targets, beta0, cache, xb):
+        # mean (x.beta / sigma^2) x = mean t x  <=>  (X^T X) beta = sigma^2 X^T t, with X^T X factored
+        # once per fit. With fewer samples than features beta is not identified; the jittered factor
+        # keeps it finite and x.beta (hence the loss) is the least-squares fit.
+        return cho_solve(cache.expert, cache.xt @ (self._variance(x) * targets))
 
     def sample_labels(self, key, xb, z):
         sign = 2 * z.astype(xb.dtype) - 1
@@ -169,8 +172,8 @@ class SymMoLogE(AbstractSymmetricModel):
     def missing_coefficient(self, y):
         return 2 * y - 1
 
-    def expert_solve(self, x, targets, beta0):
-        return soft_logistic_regression(x, targets, beta0)
+    def expert_solve(self, x, targets, beta0, cache, xb):
+        return soft_logistic_regression(x, targets, beta0, scores=xb, xt=cache.xt)
 
     def sample_labels(self, key, xb, z):
         sign = 2 * z.astype(xb.dtype) - 1
