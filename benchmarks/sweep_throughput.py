@@ -144,12 +144,12 @@ def grid_values(jax, seeds: int, snrs):
 
 
 def count_compilations(jax):
-    """A list that grows by one entry (seconds) per XLA backend compilation from now on."""
+    """A list that grows by one ``[function name, seconds]`` per XLA backend compilation from now on."""
     compiles = []
 
     def listener(event, duration, **kwargs):
         if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(duration)
+            compiles.append([str(kwargs.get("fun_name", "?")), duration])
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     return compiles
@@ -178,6 +178,10 @@ def worker_sweep(spec):
         batch_size_used=result.configuration.get("batch_size"),
         compile_s=result.compile_seconds,
         compilations=len(compiles),
+        # the sweep's own program(s): compilations that took over a tenth of a second (the rest are
+        # small helpers: key folding, grid conversion)
+        large_compilations=sum(seconds > 0.1 for _, seconds in compiles),
+        compile_list=compiles,
         run_s=result.run_seconds,
         cells_per_s=cells / result.run_seconds,
         final_loss_mean=float(np.nanmean(losses[..., -1])),
@@ -647,7 +651,10 @@ def summarise(args, report, machine, say):
     for (model, dtype), res in report["runs"].items():
         label = MODELS[model]
         for b, r in list(res["a"].items()) + [(f"{r.get('batch_size')}, 2 devices", r) for r in res["a2"].values()]:
-            note = r.get("error") or f"{r.get('compilations')} compilations; status ok {r.get('status_ok')}"
+            note = r.get("error") or (
+                f"{r.get('large_compilations')} compilation(s) > 0.1 s ({r.get('compilations')} in all); "
+                f"status ok {r.get('status_ok')}/{r.get('cells')}"
+            )
             rows.append(
                 [label, dtype, f"(a) emjax.sweep batch_size={b}", r.get("cells_per_s"), r.get("compile_s")]
                 + [r.get("run_s"), r.get("peak_mb"), r.get("base_mb"), r.get("same_theta"), r.get("same_loss")]
@@ -662,7 +669,7 @@ def summarise(args, report, machine, say):
             r = res[key]
             note = r.get("skipped") or r.get("error", "")
             if "cells" in r:
-                note = f"{r['cells']} cells; " + note
+                note = f"{r['cells']} cells" + (f"; {note}" if note else "")
             rows.append(
                 [label, dtype, name, r.get("cells_per_s"), r.get("compile_s"), r.get("run_s"), r.get("peak_mb")]
                 + [r.get("base_mb"), None, None, note[:90]]
