@@ -15,7 +15,8 @@ hold ``hlo_op`` (name, ``ts``, ``dur`` in microseconds), nested in time (a ``whi
 spans the ops of its body). The script takes each op's *self* time (its duration minus that of the
 ops nested in it, so a ``while``/``conditional`` keeps only its loop control and dispatch) and adds
 it up by op name, over the traced calls, divided by calls x EM steps: calls and microseconds per EM
-step. The op's HLO opcode (fusion kind, custom-call target) is read from the compiled module's text.
+step. The op's HLO opcode (fusion kind and the costly opcodes inside the fused computation: dot, exp,
+log1p, tanh, divide, ...; custom-call target) is read from the compiled module's text.
 Tracing costs something per op, so the traced total per step is above the untraced time; shares are
 of the traced total.
 
@@ -57,23 +58,45 @@ def stem(name: str) -> str:
     return name
 
 
+INTERESTING = ("dot", "exponential", "log", "log-plus-one", "tanh", "logistic", "divide", "sqrt", "rsqrt", "power")
+
+
 def hlo_kinds(text: str) -> dict:
-    """Op name -> opcode (``fusion(kLoop)``, ``custom-call(lapack_spotrf)``, ``dot``, ...) from HLO text."""
+    """Op name -> what it is, from the compiled module's HLO text.
+
+    ``dot``, ``while``, ``custom-call(lapack_spotrf_ffi)``, or for a fusion its kind and the costly
+    opcodes inside its fused computation, e.g. ``fusion(kLoop): exponential, log-plus-one``."""
+    instruction = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\((.*)$")
+    computation = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+    inside = {}  # computation name -> opcodes of its instructions
     kinds = {}
-    pattern = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\((.*)$")
+    current = None
     for line in text.splitlines():
-        match = pattern.match(line)
+        header = computation.match(line)
+        if header and "=" not in line.split("{")[0]:
+            current = header.group(1)
+            inside[current] = set()
+            continue
+        match = instruction.match(line)
         if not match:
             continue
         name, opcode, rest = match.groups()
+        if current is not None:
+            inside[current].add(opcode)
         if opcode == "fusion":
             kind = re.search(r"kind=(\w+)", rest)
-            opcode = f"fusion({kind.group(1)})" if kind else opcode
+            called = re.search(r"calls=%?([\w.\-]+)", rest)
+            kinds[name] = (f"fusion({kind.group(1)})" if kind else "fusion", called.group(1) if called else None)
         elif opcode == "custom-call":
             target = re.search(r'custom_call_target="([^"]+)"', rest)
-            opcode = f"custom-call({target.group(1)})" if target else opcode
-        kinds[name] = opcode
-    return kinds
+            kinds[name] = (f"custom-call({target.group(1)})" if target else opcode, None)
+        else:
+            kinds[name] = (opcode, None)
+    described = {}
+    for name, (kind, called) in kinds.items():
+        costly = sorted(inside.get(called, set()) & set(INTERESTING)) if called else []
+        described[name] = kind + (": " + ", ".join(costly) if costly else "")
+    return described
 
 
 def self_times(events) -> dict:
@@ -174,6 +197,14 @@ def report_lines(label, result, top):
     ]
     ordered = sorted(ops.items(), key=lambda item: -item[1]["us"])
     rows = [[name, op["kind"], op["calls"], op["us"], f"{100 * op['us'] / total:.1f}%"] for name, op in ordered[:top]]
+    calls = sum(op["calls"] for op in ops.values())
+    overhead = (total - result["us_per_step"]) / calls
+    lines[2] += (
+        f" Tracing adds about {overhead:.2f} µs to each of the {calls:.0f} op executions per step, which"
+        " inflates the shares of the many small ops."
+        if overhead > 0
+        else f" ({calls:.0f} op executions per step; the untraced calls ran slower than the traced ones: busy machine.)"
+    )
     rest = ordered[top:]
     if rest:
         us = sum(op["us"] for _, op in rest)
@@ -181,7 +212,10 @@ def report_lines(label, result, top):
             [f"({len(rest)} other ops)", "", sum(op["calls"] for _, op in rest), us, f"{100 * us / total:.1f}%"]
         )
     lines += [table(["op", "HLO opcode", "calls / EM step", "µs / EM step", "share"], rows), ""]
-    for title, key in (("op name without numbering", lambda n, op: stem(n)), ("HLO opcode", lambda n, op: op["kind"])):
+    for title, key in (
+        ("op name without numbering", lambda n, op: stem(n)),
+        ("HLO opcode", lambda n, op: op["kind"].split(":")[0]),
+    ):
         groups = collections.defaultdict(lambda: [0.0, 0.0])
         for name, op in ops.items():
             group = groups[key(name, op)]
