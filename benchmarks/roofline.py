@@ -73,6 +73,7 @@ From the repository root with emjax installed (``pip install -e .``)::
     python benchmarks/roofline.py --help         # --models, --ns, --ds, --dtype, --max-x-gb, ...
 
 The machine is shared and noisy: compare ratios measured in one run (or runs made back to back).
+Subprocesses, timing, peak memory and tables come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
