@@ -73,32 +73,25 @@ From the repository root with emjax installed (``pip install -e .``)::
     python benchmarks/roofline.py --help         # --models, --ns, --ds, --dtype, --max-x-gb, ...
 
 The machine is shared and noisy: compare ratios measured in one run (or runs made back to back).
+Subprocesses, timing, peak memory and tables come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
 
-RESULT_TAG = "ROOFLINE-JSON "
+from _harness import median_time, rss_mb, run_worker, serve_worker, setup_jax, table, time_calls
+
 MODELS = ("sym", "moline", "mologe")
 MODEL_NAMES = {"sym": "SymMoLinE()", "moline": "MoLinE(3)", "mologe": "MoLogE(2, 3)"}
 FULL_NS = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
 FULL_DS = (2, 8, 32, 128, 256)
 QUICK_NS = (1_000, 10_000, 100_000)
 QUICK_DS = (2, 32)
-
-
-def rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def itemsize(dtype: str) -> int:
@@ -135,28 +128,9 @@ def choose_dtype(n: int, d: int, preferred: str, max_bytes: float):
 # ============================================================================ workers (subprocesses)
 
 
-def import_emjax(path):
-    if path:
-        sys.path.insert(0, os.path.abspath(path))
-    import emjax
-
-    return emjax
-
-
-def _median_time(fn, repeats: int):
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return (statistics.median(times) if times else math.nan), times
-
-
 def worker_machine(spec):
     """Read bandwidth (best of three reductions, median of repeats each) and matmul rates."""
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
+    jax, _ = setup_jax("float64")
     import jax.numpy as jnp
 
     repeats = spec["repeats"]
@@ -171,7 +145,7 @@ def worker_machine(spec):
     bandwidth = {}
     for name, (fn, arg) in variants.items():
         jax.block_until_ready(fn(arg))
-        seconds, _ = _median_time(lambda fn=fn, arg=arg: jax.block_until_ready(fn(arg)), repeats)
+        seconds, _ = median_time(lambda fn=fn, arg=arg: jax.block_until_ready(fn(arg)), repeats)
         bandwidth[name] = data.nbytes / seconds / 1e9
     del data, matrix
     rates = {}
@@ -181,7 +155,7 @@ def worker_machine(spec):
         a = jax.random.normal(jax.random.key(1), (size, size), dtype)
         b = jax.random.normal(jax.random.key(2), (size, size), dtype)
         jax.block_until_ready(product(a, b))
-        seconds, _ = _median_time(lambda a=a, b=b: jax.block_until_ready(product(a, b)), repeats)
+        seconds, _ = median_time(lambda a=a, b=b: jax.block_until_ready(product(a, b)), repeats)
         rates[dtype] = 2 * size**3 / seconds / 1e9
     # Not a floor, but what the small-d cells spend their time on: the elementwise exp/log1p work.
     softplus = jax.jit(lambda v: jnp.sum(jax.nn.softplus(v)))
@@ -189,7 +163,7 @@ def worker_machine(spec):
     for dtype in ("float64", "float32"):
         values = jax.random.normal(jax.random.key(3), (2**24,), dtype)
         jax.block_until_ready(softplus(values))
-        seconds, _ = _median_time(lambda values=values: jax.block_until_ready(softplus(values)), repeats)
+        seconds, _ = median_time(lambda values=values: jax.block_until_ready(softplus(values)), repeats)
         elementwise[dtype] = seconds / values.size * 1e9
     return {
         "bandwidth_gbs": bandwidth,
@@ -234,25 +208,11 @@ def make_model(emjax, name: str):
     }[name]()
 
 
-def time_calls(jax, fn, args, repeats: int, seconds: float) -> dict:
-    """A first (compiling) call, then as many timed calls as fit in ``seconds`` (1 to ``repeats``)."""
-    tic = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - tic
-    _, times = _median_time(lambda: jax.block_until_ready(fn(*args)), 1)
-    extra = int(min(repeats - 1, max(0, seconds // max(times[0], 1e-9) - 1)))
-    times += _median_time(lambda: jax.block_until_ready(fn(*args)), extra)[1]
-    return {"first_call_s": first, "seconds": statistics.median(times), "repeats": len(times), "times": times}
-
-
 def worker_model(spec):
     """Time one jitted em_step per n (ascending) for one model and one d."""
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
+    jax, emjax = setup_jax("float64", emjax_path=spec["emjax_path"])
     import jax.numpy as jnp
 
-    emjax = import_emjax(spec["emjax_path"])
     name, d = spec["model"], spec["d"]
     model = make_model(emjax, name)
     rows = []
@@ -292,11 +252,10 @@ def worker_model(spec):
             truth = emjax.testing.random_params(model, key_truth, d=d, dtype=jnp.dtype(dtype))
         x, y = jax.jit(lambda t, k, n=n: emjax.sample(model, t, k, n))(truth, key_data)
         start = _perturbed(jax, emjax, model, truth, key_start, spec["start_error"])
+        step = jax.jit(lambda p, x, y: emjax.em_step(model, p, x, y))
         row.update(
             time_calls(
-                jax,
-                jax.jit(lambda p, x, y: emjax.em_step(model, p, x, y)),
-                (start, x, y),
+                lambda step=step, start=start, x=x, y=y: jax.block_until_ready(step(start, x, y)),
                 spec["repeats"],
                 spec["seconds_per_cell"],
             )
@@ -313,40 +272,7 @@ def worker_model(spec):
 WORKERS = {"machine": worker_machine, "model": worker_model}
 
 
-def run_worker(spec, timeout):
-    """Run one measurement in a fresh Python process; return its JSON result (or an error record)."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    tic = time.perf_counter()
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG) :])
-            result["process_s"] = time.perf_counter() - tic
-            return result
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": " | ".join(tail) or f"exit status {proc.returncode}"}
-
-
 # ============================================================================ the report
-
-
-def fmt(value, digits=3):
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, str):
-        return value
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    return f"{value:.{digits}g}"
-
-
-def table(headers, rows):
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def add_floors(row, machine):
@@ -490,9 +416,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.worker is not None:
-        spec = json.loads(args.worker)
-        print(RESULT_TAG + json.dumps(WORKERS[spec["task"]](spec)), flush=True)
-        return 0
+        return serve_worker(WORKERS, args.worker)
 
     if args.compare:
         with open(args.compare[0]) as f:
@@ -519,6 +443,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     machine = run_worker(
+        __file__,
         {
             "task": "machine",
             "repeats": 3 if args.quick else 7,
@@ -553,7 +478,7 @@ def main(argv=None):
                 "seed": args.seed,
                 "emjax_path": args.emjax_path,
             }
-            result = run_worker(spec, timeout=3600)
+            result = run_worker(__file__, spec, timeout=3600)
             if "error" in result:
                 rows = [{"model": name, "n": n, "d": d, "dtype": None, "error": result["error"][:120]} for n in ns]
                 print(f"{name} d={d}: failed: {result['error']}", flush=True)
