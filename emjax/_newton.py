@@ -39,6 +39,7 @@ import numpy as np
 from jax import Array, lax
 
 from ._linalg import newton_shift, solve_psd
+from ._logistic import Logistic
 
 MAX_NEWTON_STEPS = 50
 ARMIJO = 1e-4
@@ -60,27 +61,29 @@ def armijo_accepts(f_alpha, f0, alpha, slope, slack):
     return f_alpha <= f0 + ARMIJO * alpha * slope + slack
 
 
-def armijo_search(phi, f0: Array, slope: Array, dtype) -> tuple[Array, Array]:
-    """Backtracking along a line: halve alpha from 1 until ``phi(alpha)`` passes :func:`armijo_accepts`.
+def armijo_search(trial, f0: Array, slope: Array, dtype):
+    """Backtracking along a line: halve alpha from 1 until the trial's value passes :func:`armijo_accepts`.
 
-    Returns ``(alpha, phi(alpha))`` of the accepted trial, or of the last one after
+    ``trial(alpha)`` returns ``(f(alpha), point)``, where ``point`` is whatever the caller keeps of the
+    trial (the new iterate and what it carries), so an accepted trial is never evaluated twice.
+    Returns ``(alpha, f(alpha), point)`` of the accepted trial, or of the last one after
     :data:`MAX_HALVINGS` halvings; the value is not finite when no finite trial was found (callers
     then take no step).
     """
     slack = armijo_slack(jnp.asarray(f0), jnp.finfo(dtype).eps)
 
     def reject(search):
-        alpha, f_alpha, halvings = search
+        alpha, f_alpha, _, halvings = search
         return (~armijo_accepts(f_alpha, f0, alpha, slope, slack)) & (halvings < MAX_HALVINGS)
 
     def halve(search):
-        alpha, _, halvings = search
+        alpha, _, _, halvings = search
         alpha = alpha / 2
-        return alpha, phi(alpha), halvings + 1
+        return (alpha, *trial(alpha), halvings + 1)
 
     one = jnp.ones((), dtype)
-    alpha, f_alpha, _ = lax.while_loop(reject, halve, (one, phi(one), 0))
-    return alpha, f_alpha
+    alpha, f_alpha, point, _ = lax.while_loop(reject, halve, (one, *trial(one), 0))
+    return alpha, f_alpha, point
 
 
 def damped_newton(derivatives, line, u0: Array, aux0, f0: Array, max_steps: int) -> Array:
@@ -90,8 +93,8 @@ def damped_newton(derivatives, line, u0: Array, aux0, f0: Array, max_steps: int)
         derivatives: ``derivatives(u, aux) -> (grad, hess, scale)``: the masked gradient (zero on fixed
             entries), the masked Hessian (unit diagonal on fixed entries) over the solved entries, and
             the magnitude the Levenberg shift is relative to (None: the Hessian's mean diagonal).
-        line: ``line(u, aux, direction) -> (phi, advance)``: ``phi(alpha)`` is f at the trial point and
-            ``advance(alpha)`` the new ``(u, aux)``.
+        line: ``line(u, aux, direction) -> trial`` with ``trial(alpha) -> (f, (u, aux))``: f and the
+            new ``(u, aux)`` at the trial point ``u + alpha * direction``.
         u0, aux0, f0: the start, whatever the problem carries along (e.g. the scores x u), and f(u0).
         max_steps: bound on Newton steps.
     """
@@ -103,19 +106,18 @@ def damped_newton(derivatives, line, u0: Array, aux0, f0: Array, max_steps: int)
         return (k < max_steps) & (step_norm >= tol)
 
     def search(u, aux, f, grad, direction):
-        phi, advance = line(u, aux, direction)
-        alpha, f_alpha = armijo_search(phi, f, grad @ direction, dtype)
+        alpha, f_alpha, point = armijo_search(line(u, aux, direction), f, grad @ direction, dtype)
         # No finite trial point: no step at all (the direction itself may be non-finite, and 0 * inf is NaN).
         finite = jnp.isfinite(f_alpha)
-        new_u, new_aux = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), advance(alpha), (u, aux))
+        new_u, new_aux = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), point, (u, aux))
         step = jnp.where(finite, alpha * direction, jnp.zeros_like(direction))
         return new_u, new_aux, jnp.where(finite, f_alpha, f), jnp.max(jnp.abs(step), initial=0)
 
     def last_step(u, aux, f, grad, direction):
         # A full step below the tolerance ends the loop, which returns u alone: the trial that Armijo
         # would accept (within its round-off slack) is not evaluated, and aux and f are left as they
-        # were (the new aux is never computed: it is dead code in this branch).
-        new_u, _ = line(u, aux, direction)[1](jnp.ones((), dtype))
+        # were (the trial's value and aux are dead code in this branch).
+        _, (new_u, _) = line(u, aux, direction)(jnp.ones((), dtype))
         return new_u, aux, f, jnp.max(jnp.abs(direction), initial=0)
 
     def newton_step(state):
@@ -169,7 +171,10 @@ def _dense_loop(objective, u0: Array, free: Array, max_steps: int) -> Array:
         return grad, hessian_fn(u) * free[:, None] * free[None, :] + fixed_diagonal, None
 
     def line(u, _, direction):
-        return (lambda a: objective(u + a * direction)), (lambda a: (u + a * direction, None))
+        def trial(a):
+            return objective(u + a * direction), (u + a * direction, None)
+
+        return trial
 
     return damped_newton(derivatives, line, u0, None, objective(u0), max_steps)
 
@@ -288,7 +293,11 @@ def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _
     def line(u, z, solved):
         direction = jnp.zeros(shape, dtype).at[:, cols].set(solved.reshape(d, width))
         along = jnp.zeros_like(z).at[:, cols].set((direction[:, cols].T @ xt).T)
-        return (lambda a: value(u + a * direction, z + a * along)), (lambda a: (u + a * direction, z + a * along))
+
+        def trial(a):
+            return value(u + a * direction, z + a * along), (u + a * direction, z + a * along)
+
+        return trial
 
     u0 = u0.reshape(shape)
     z0 = x @ u0 if scores is None else scores
@@ -370,6 +379,7 @@ def soft_logistic_regression(
     scores: Array | None = None,
     xt: Array | None = None,
     value: Array | None = None,
+    probabilities: Array | None = None,
 ) -> Array:
     r"""Minimise $\mathrm{mean}_n[\mathrm{softplus}(x_n\cdot u) - t_n x_n\cdot u]$ over $u$.
 
@@ -387,8 +397,8 @@ def soft_logistic_regression(
         scores: optionally ``x @ init``, when the caller has it already (an E-step does): it saves
             one pass over x. Derivatives never flow through it.
         xt: optionally ``x.T`` laid out feature-major (:func:`gradient_and_hessian`).
-        value: optionally ``mean softplus(scores)`` (with ``scores``), the objective's first term at
-            ``init``, when the caller has it (the symmetric E-step does).
+        value, probabilities: optionally ``mean softplus(scores)`` and ``sigmoid(scores)`` (with
+            ``scores``), when the caller has them (the symmetric E-step does).
 
     Returns:
         The minimiser, shape (d,). Derivatives with respect to ``x`` and ``targets`` are exact
@@ -401,7 +411,7 @@ def soft_logistic_regression(
         >>> bool(abs(u[0]) < 1e-6)  # mean sigmoid(u) must equal mean t = 1/2
         True
     """
-    start = None if scores is None else lax.stop_gradient((scores, value))
+    start = None if scores is None else lax.stop_gradient((scores, value, probabilities))
     loop = functools.partial(_logistic_loop, x, None if xt is None else lax.stop_gradient(xt), targets, start)
 
     def objective(u):
@@ -412,26 +422,36 @@ def soft_logistic_regression(
 
 def _logistic_loop(x, xt, targets, start, _objective, u0, free, max_steps):
     """:func:`damped_newton` for one logistic column: the lightest form of :func:`linear_newton`'s problem
-    (no column bookkeeping; its fixed per-iteration cost shows on small n, where EM calls it every step)."""
+    (no column bookkeeping; its fixed per-iteration cost shows on small n, where EM calls it every step).
+
+    It carries the scores z = x u and sigmoid(z): a trial's one exponential gives both its value and,
+    once accepted, the next gradient and Hessian (:mod:`emjax._logistic`)."""
     n = x.shape[0]
     xt = x.T if xt is None else xt
 
-    def mean_loss(z):
-        return jnp.mean(jax.nn.softplus(z) - targets * z)
+    def evaluate(z):
+        logistic = Logistic(z)
+        return jnp.mean(logistic.softplus - targets * z), logistic.sigmoid
 
-    def derivatives(u, z):
-        p = jax.nn.sigmoid(z)
+    def derivatives(u, carried):
+        _, p = carried
         grad, hess = gradient_and_hessian(x, (p - targets)[:, None], (p * (1 - p))[:, None], xt)
         return grad[:, 0] / n, hess[0] / n, None
 
-    def line(u, z, direction):
+    def line(u, carried, direction):
+        z, _ = carried
         along = direction @ xt  # once per Newton step: each trial then costs O(n)
-        return (lambda a: mean_loss(z + a * along)), (lambda a: (u + a * direction, z + a * along))
 
-    if start is None:
-        z0 = u0 @ xt
-        f0 = mean_loss(z0)
+        def trial(a):
+            za = z + a * along
+            f, p = evaluate(za)
+            return f, (u + a * direction, (za, p))
+
+        return trial
+
+    z0, softplus_mean, p0 = (u0 @ xt, None, None) if start is None else start
+    if softplus_mean is None or p0 is None:
+        f0, p0 = evaluate(z0)
     else:
-        z0, softplus_mean = start
-        f0 = mean_loss(z0) if softplus_mean is None else softplus_mean - jnp.mean(targets * z0)
-    return damped_newton(derivatives, line, u0, z0, f0, max_steps)
+        f0 = softplus_mean - jnp.mean(targets * z0)
+    return damped_newton(derivatives, line, u0, (z0, p0), f0, max_steps)

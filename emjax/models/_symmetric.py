@@ -26,6 +26,7 @@ from jax.scipy.linalg import solve_triangular
 
 from .._dtypes import working_dtype
 from .._linalg import add_jitter
+from .._logistic import Logistic
 from .._newton import soft_logistic_regression
 from .._validation import check_params as check_symmetric_params
 from ._model import AbstractModel, keep_frozen
@@ -65,6 +66,14 @@ class SymmetricScores(NamedTuple):
     xw: Array
     xb: Array
     gate_softplus: Array | None = None  # mean softplus(x.w): the gate solve's objective at its start
+    gate_sigmoid: Array | None = None  # sigmoid(x.w): the gate solve's first gradient and Hessian
+
+
+class _Posterior(NamedTuple):
+    xw: Array
+    xb: Array
+    gate: Logistic  # of x.w
+    posterior: Logistic  # of the posterior log-odds
 
 
 class AbstractSymmetricModel(AbstractModel):
@@ -101,8 +110,8 @@ class AbstractSymmetricModel(AbstractModel):
         """Per-sample Bregman divergence of ``expert_log_partition`` (a KL, argument order as A's)."""
 
     @abc.abstractmethod
-    def expert_posterior_statistic(self, logit: Array, y: Array) -> Array:
-        """Posterior-expected expert statistic in theta-space given ``logit = log-odds of z=1``."""
+    def expert_posterior_statistic(self, posterior: Logistic, y: Array) -> Array:
+        """Posterior-expected expert statistic in theta-space; ``posterior.z`` is the log-odds of z=1."""
 
     @abc.abstractmethod
     def missing_coefficient(self, y: Array) -> Array:
@@ -158,38 +167,41 @@ class AbstractSymmetricModel(AbstractModel):
         r"""$\Delta = \log P(z=1\mid x,y) - \log P(z=0\mid x,y) = x\cdot w + (l_1 - l_0)$."""
         return xw + self.expert_log_ratio(xb, y)
 
+    def _posterior(self, params: SymParams, x: Array, y: Array, cache: SymmetricCache | None = None):
+        """The E-step's pieces from one pass over x: scores, the gate's and the posterior's logistics."""
+        xw, xb = self.projections(params, x, cache)
+        return _Posterior(xw, xb, Logistic(xw), Logistic(self.posterior_logit(xw, xb, y)))
+
     def log_joint(self, params: SymParams, x: Array, y: Array) -> Array:
         xw, xb = self.projections(params, x)
         l1, l0 = self.expert_log_likelihoods(xb, y)
         return jnp.stack([jax.nn.log_sigmoid(-xw) + l0, jax.nn.log_sigmoid(xw) + l1], axis=1)
 
-    def _log_likelihoods(self, xw: Array, xb: Array, y: Array, logit=None, gate_softplus=None) -> Array:
+    def _log_likelihoods(self, post: _Posterior, y: Array) -> Array:
         r"""$\log p(y\mid x) = \mathrm{logaddexp}(a, b)$, $a = l_1 - \mathrm{softplus}(-x\cdot w)$,
         $b = l_0 - \mathrm{softplus}(x\cdot w)$, written as $\max(a, b) + \mathrm{softplus}(-|a - b|)$
         with $a - b = \Delta$, the posterior log-odds (and $\mathrm{softplus}(-t) = \mathrm{softplus}(t) - t$):
-        the E-step has Δ and softplus(x·w) already, so the loss costs it one more softplus."""
-        l1, l0 = self.expert_log_likelihoods(xb, y)
-        logit = self.posterior_logit(xw, xb, y) if logit is None else logit
-        softplus = jax.nn.softplus(xw) if gate_softplus is None else gate_softplus
-        return jnp.where(logit >= 0, l1 - (softplus - xw), l0 - softplus) + jax.nn.softplus(-jnp.abs(logit))
+        the E-step has the exponentials of Δ and x·w already, so the loss costs it two log1p."""
+        l1, l0 = self.expert_log_likelihoods(post.xb, y)
+        softplus = post.gate.softplus
+        upper = jnp.where(post.posterior.z >= 0, l1 - (softplus - post.xw), l0 - softplus)
+        return upper + post.posterior.softplus_negative_abs
 
     def e_step(self, params: SymParams, x: Array, y: Array) -> tuple[Array, Array]:
         r"""Column 1 is $r = \mathrm{sigmoid}(\Delta)$, column 0 $\mathrm{sigmoid}(-\Delta)$ (both tails exact)."""
-        xw, xb = self.projections(params, x)
-        logit = self.posterior_logit(xw, xb, y)
-        return jnp.stack([jax.nn.sigmoid(-logit), jax.nn.sigmoid(logit)], axis=1), self._log_likelihoods(xw, xb, y)
+        post = self._posterior(params, x, y)
+        responsibilities = jnp.stack([post.posterior.sigmoid_negative, post.posterior.sigmoid], axis=1)
+        return responsibilities, self._log_likelihoods(post, y)
 
     def loss(self, params: SymParams, x: Array, y: Array) -> Array:
-        xw, xb = self.projections(params, x)
-        return -jnp.mean(self._log_likelihoods(xw, xb, y))
+        return -jnp.mean(self._log_likelihoods(self._posterior(params, x, y), y))
 
     def loss_gradient(self, params: SymParams, x: Array, y: Array) -> SymParams:
         r"""$\nabla A - \bar s$ in one pass: the prior and posterior statistics share the scores."""
-        xw, xb = self.projections(params, x)
-        logit = self.posterior_logit(xw, xb, y)
+        post = self._posterior(params, x, y)
         return SymParams(
-            w=_mean_times_x(x, jax.nn.sigmoid(xw) - jax.nn.sigmoid(logit)),
-            beta=_mean_times_x(x, self.expert_mean(xb) - self.expert_posterior_statistic(logit, y)),
+            w=_mean_times_x(x, post.gate.sigmoid - post.posterior.sigmoid),
+            beta=_mean_times_x(x, self.expert_mean(post.xb) - self.expert_posterior_statistic(post.posterior, y)),
         )
 
     def posterior_targets(self, params: SymParams, x: Array, y: Array):
@@ -198,13 +210,12 @@ class AbstractSymmetricModel(AbstractModel):
         return targets, scores
 
     def expectation(self, params: SymParams, x: Array, y: Array, cache: SymmetricCache | None = None):
-        """Loss and targets from one pass over x (:meth:`_log_likelihoods`)."""
-        xw, xb = self.projections(params, x, cache)
-        logit = self.posterior_logit(xw, xb, y)
-        gate_softplus = jax.nn.softplus(xw)
-        loss = -jnp.mean(self._log_likelihoods(xw, xb, y, logit, gate_softplus))
-        targets = (jax.nn.sigmoid(logit), self.expert_posterior_statistic(logit, y))
-        return loss, targets, SymmetricScores(xw, xb, jnp.mean(gate_softplus))
+        """Loss and targets from one pass over x and two exponentials per sample (:mod:`emjax._logistic`)."""
+        post = self._posterior(params, x, y, cache)
+        loss = -jnp.mean(self._log_likelihoods(post, y))
+        targets = (post.posterior.sigmoid, self.expert_posterior_statistic(post.posterior, y))
+        scores = SymmetricScores(post.xw, post.xb, jnp.mean(post.gate.softplus), post.gate.sigmoid)
+        return loss, targets, scores
 
     def prior_targets(self, params: SymParams, x: Array, scores):
         xw, xb = self.projections(params, x) if scores is None else scores[:2]
@@ -222,7 +233,13 @@ class AbstractSymmetricModel(AbstractModel):
         scores = SymmetricScores(*scores) if scores is not None else SymmetricScores(None, None)
         new = SymParams(
             w=soft_logistic_regression(
-                x, gate_targets, params.w, scores=scores.xw, xt=cache.xt, value=scores.gate_softplus
+                x,
+                gate_targets,
+                params.w,
+                scores=scores.xw,
+                xt=cache.xt,
+                value=scores.gate_softplus,
+                probabilities=scores.gate_sigmoid,
             ),
             beta=self.expert_solve(x, expert_targets, params.beta, cache, scores.xb),
         )
@@ -271,9 +288,8 @@ class AbstractSymmetricModel(AbstractModel):
 
     def missing_information(self, params: SymParams, x: Array, y: Array) -> Array:
         r"""$\mathrm{mean}\,r(1-r)\,[x; c x][x; c x]^\top$ with c from :meth:`missing_coefficient`."""
-        xw, xb = self.projections(params, x)
-        logit = self.posterior_logit(xw, xb, y)
-        v = jax.nn.sigmoid(logit) * jax.nn.sigmoid(-logit)
+        posterior = self._posterior(params, x, y).posterior
+        v = posterior.sigmoid * posterior.sigmoid_negative
         stacked = jnp.concatenate([x, self.missing_coefficient(y)[:, None] * x], axis=1)
         return _weighted_gram(stacked, v)
 

@@ -78,9 +78,9 @@ class SymMoLinE(AbstractSymmetricModel):
     def expert_bregman(self, xb, xb_ref):
         return jnp.square(xb - xb_ref) / (2 * self._variance(xb))
 
-    def expert_posterior_statistic(self, logit, y):
+    def expert_posterior_statistic(self, posterior, y):
         # E[(2z-1) y | x, y] / sigma^2 with 2r - 1 = tanh(logit / 2), exact in both tails.
-        return jnp.tanh(logit / 2) * y / self._variance(logit)
+        return posterior.tanh_half * y / self._variance(y)
 
     def missing_coefficient(self, y):
         return 2 * y / self._variance(y)
@@ -165,9 +165,9 @@ class SymMoLogE(AbstractSymmetricModel):
     def expert_bregman(self, xb, xb_ref):
         return softplus_bregman(xb, xb_ref)
 
-    def expert_posterior_statistic(self, logit, y):
+    def expert_posterior_statistic(self, posterior, y):
         # q = P(y = z | x, y) = y r + (1-y)(1-r) = sigmoid((2y-1) logit) for y in {0,1}.
-        return jax.nn.sigmoid((2 * y - 1) * logit)
+        return jnp.where(y > 0.5, posterior.sigmoid, posterior.sigmoid_negative)
 
     def missing_coefficient(self, y):
         return 2 * y - 1
