@@ -17,6 +17,7 @@ from jax import Array
 from jax.scipy.linalg import cho_solve
 
 from .._linalg import psd_factor
+from .._logistic import Logistic
 from .._newton import soft_logistic_regression
 from .._validation import check_real_scalar, check_values, is_concrete, not_binary
 from ._params import SymParams
@@ -145,8 +146,10 @@ class SymMoLogE(AbstractSymmetricModel):
         check_values(y, not_binary, "y must hold binary labels in {0, 1} for SymMoLogE")
 
     def expert_log_likelihoods(self, xb, y):
-        sign = 2 * y - 1
-        return jax.nn.log_sigmoid(sign * xb), jax.nn.log_sigmoid(-sign * xb)
+        # log sigmoid(xb) = xb - softplus(xb) and log sigmoid(-xb) = -softplus(xb): one softplus.
+        softplus = Logistic(xb).softplus
+        positive, negative = xb - softplus, -softplus
+        return jnp.where(y > 0.5, positive, negative), jnp.where(y > 0.5, negative, positive)
 
     def expert_log_ratio(self, xb, y):
         # log_sigmoid(c t) - log_sigmoid(-c t) = c t for c = 2y - 1.
