@@ -41,7 +41,7 @@ def test_expectation_loss_and_targets_equal_the_unfused_functions(kind, dtype):
     rtol = 1e-13 if dtype == jnp.float64 else 2e-6
     np.testing.assert_allclose(loss, oracle, rtol=rtol)
     np.testing.assert_allclose(loss, model.loss(params, x, y), rtol=rtol)
-    for lean, plain in zip(targets, plain_targets):
+    for lean, plain in zip(targets, plain_targets, strict=True):
         np.testing.assert_allclose(lean, plain, rtol=rtol, atol=rtol)
     np.testing.assert_allclose(scores.gate_softplus, jnp.mean(jax.nn.softplus(x @ params.w)), rtol=rtol)
     np.testing.assert_allclose(scores.gate_sigmoid, jax.nn.sigmoid(x @ params.w), rtol=rtol, atol=rtol)
@@ -80,7 +80,7 @@ def test_solve_with_the_cache_equals_solve_without(kind, dtype, frozen):
     targets, scores = model.posterior_targets(params, x, y)
     lean = model.solve(params, x, targets, free, scores, model.precompute(x, y))
     plain = model.solve(params, x, targets, free)
-    for a, b in zip(jax.tree_util.tree_leaves(lean), jax.tree_util.tree_leaves(plain)):
+    for a, b in zip(jax.tree_util.tree_leaves(lean), jax.tree_util.tree_leaves(plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
     if frozen is not None:
         assert bool(jnp.all(getattr(lean, frozen) == getattr(params, frozen)))
@@ -102,7 +102,7 @@ def test_fit_equals_a_python_loop_of_em_step(kind, dtype, frozen):
         losses.append(emjax.neg_log_likelihood(model, params, x, y))
     tol = TOLERANCE[dtype]
     np.testing.assert_allclose(result.losses, jnp.stack(losses), rtol=tol)
-    for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(params)):
+    for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(params), strict=True):
         np.testing.assert_allclose(a, b, rtol=tol * 10, atol=tol * 10)
     assert int(result.num_steps) == steps
 
@@ -115,7 +115,7 @@ def test_mirror_descent_in_fit_equals_a_python_loop_of_its_step(kind):
     params = start
     for _ in range(6):
         params = emjax.mirror_descent_step(model, params, x, y, 0.6)
-    for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(params)):
+    for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -129,7 +129,7 @@ def test_fit_with_a_tolerance_takes_the_loss_from_the_e_step():
     scan = emjax.fit(model, emjax.em(), start, x, y, steps)
     np.testing.assert_allclose(until.losses[: steps + 1], scan.losses, rtol=1e-13)
     assert bool(jnp.all(jnp.isnan(until.losses[steps + 1 :])))
-    for a, b in zip(jax.tree_util.tree_leaves(until.params), jax.tree_util.tree_leaves(scan.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(until.params), jax.tree_util.tree_leaves(scan.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
