@@ -67,6 +67,7 @@ class SymmetricScores(NamedTuple):
     xb: Array
     gate_softplus: Array | None = None  # mean softplus(x.w): the gate solve's objective at its start
     gate_sigmoid: Array | None = None  # sigmoid(x.w): the gate solve's first gradient and Hessian
+    expert_start: Any = None  # what the expert's solve reuses at its start (:meth:`expert_warm_start`)
 
 
 class _Posterior(NamedTuple):
@@ -118,9 +119,14 @@ class AbstractSymmetricModel(AbstractModel):
         """``c`` with ``I_miss = mean r(1-r) [x; c x][x; c x]^T`` (docs/math.md §5.1)."""
 
     @abc.abstractmethod
-    def expert_solve(self, x: Array, targets: Array, beta0: Array, cache: SymmetricCache, xb: Array | None) -> Array:
-        """Solve ``mean expert_mean(x.beta) x = mean targets x`` for beta (warm start beta0, whose
-        scores ``xb = x.beta0`` the E-step may have computed)."""
+    def expert_solve(self, x: Array, targets: Array, beta0: Array, cache: SymmetricCache, scores) -> Array:
+        """Solve ``mean expert_mean(x.beta) x = mean targets x`` for beta (warm start beta0; ``scores``,
+        a :class:`SymmetricScores` whose fields may be None, holds what the E-step computed at beta0:
+        ``xb = x.beta0`` and :meth:`expert_warm_start`)."""
+
+    def expert_warm_start(self, xb: Array):
+        """What the E-step hands the expert's solve besides ``xb`` (default: nothing)."""
+        return None
 
     def expert_precompute(self, x: Array, xt: Array):
         """The expert's part of :meth:`precompute` (default: nothing)."""
@@ -214,7 +220,9 @@ class AbstractSymmetricModel(AbstractModel):
         post = self._posterior(params, x, y, cache)
         loss = -jnp.mean(self._log_likelihoods(post, y))
         targets = (post.posterior.sigmoid, self.expert_posterior_statistic(post.posterior, y))
-        scores = SymmetricScores(post.xw, post.xb, jnp.mean(post.gate.softplus), post.gate.sigmoid)
+        scores = SymmetricScores(
+            post.xw, post.xb, jnp.mean(post.gate.softplus), post.gate.sigmoid, self.expert_warm_start(post.xb)
+        )
         return loss, targets, scores
 
     def prior_targets(self, params: SymParams, x: Array, scores):
@@ -241,7 +249,7 @@ class AbstractSymmetricModel(AbstractModel):
                 value=scores.gate_softplus,
                 probabilities=scores.gate_sigmoid,
             ),
-            beta=self.expert_solve(x, expert_targets, params.beta, cache, scores.xb),
+            beta=self.expert_solve(x, expert_targets, params.beta, cache, scores),
         )
         return keep_frozen(free, new, params)
 

@@ -90,7 +90,7 @@ class SymMoLinE(AbstractSymmetricModel):
         """The jittered Cholesky factor of $X^\top X$ (:func:`emjax._linalg.psd_factor`): one per fit."""
         return psd_factor(xt @ xt.T)
 
-    def expert_solve(self, x, targets, beta0, cache, xb):
+    def expert_solve(self, x, targets, beta0, cache, scores):
         # mean (x.beta / sigma^2) x = mean t x  <=>  (X^T X) beta = sigma^2 X^T t, with X^T X factored
         # once per fit. With fewer samples than features beta is not identified; the jittered factor
         # keeps it finite and x.beta (hence the loss) is the least-squares fit.
@@ -175,8 +175,16 @@ class SymMoLogE(AbstractSymmetricModel):
     def missing_coefficient(self, y):
         return 2 * y - 1
 
-    def expert_solve(self, x, targets, beta0, cache, xb):
-        return soft_logistic_regression(x, targets, beta0, scores=xb, xt=cache.xt)
+    def expert_warm_start(self, xb):
+        # The same exponential as expert_log_likelihoods' (XLA computes it once).
+        logistic = Logistic(xb)
+        return jnp.mean(logistic.softplus), logistic.sigmoid
+
+    def expert_solve(self, x, targets, beta0, cache, scores):
+        value, probabilities = (None, None) if scores.expert_start is None else scores.expert_start
+        return soft_logistic_regression(
+            x, targets, beta0, scores=scores.xb, xt=cache.xt, value=value, probabilities=probabilities
+        )
 
     def sample_labels(self, key, xb, z):
         sign = 2 * z.astype(xb.dtype) - 1
