@@ -146,3 +146,13 @@ def table(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_outputs(out: str | None, lines: list[str], json_path: str | None = None, data=None) -> None:
+    """Write the report's markdown ``lines`` to ``out`` and ``data`` as JSON to ``json_path`` (each if given)."""
+    if out:
+        with open(out, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump(data, handle, indent=1)

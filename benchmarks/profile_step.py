@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 
-from _harness import median_time, run_worker, serve_worker, setup_jax, table
+from _harness import median_time, run_worker, serve_worker, setup_jax, table, write_outputs
 
 CONFIGS = ("sym-line:2000:10", "sym-loge:2000:10", "moline3:2000:5")
 NAMES = {"sym-line": "SymMoLinE(1)", "sym-loge": "SymMoLogE()", "moline3": "MoLinE(3)"}
@@ -273,12 +273,7 @@ def main(argv=None):
             results[label] = result
             for line in report_lines(label, result, args.top):
                 say(line)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=1)
+    write_outputs(args.out, lines, args.json, results)
     return 0
 
 

@@ -84,7 +84,7 @@ import os
 import sys
 import time
 
-from _harness import median_time, rss_mb, run_worker, serve_worker, setup_jax, table, time_calls
+from _harness import median_time, rss_mb, run_worker, serve_worker, setup_jax, table, time_calls, write_outputs
 
 MODELS = ("sym", "moline", "mologe")
 MODEL_NAMES = {"sym": "SymMoLinE()", "moline": "MoLinE(3)", "mologe": "MoLogE(2, 3)"}
@@ -505,12 +505,7 @@ def main(argv=None):
             f"Total run {time.perf_counter() - start:.0f} s."
         )
     report["total_s"] = time.perf_counter() - start
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_outputs(args.out, lines, args.json, report)
     return 0
 
 

@@ -114,7 +114,7 @@ def _advance(model, solver, params, state, expected, cache, x, y, healthy):
     """One solver step, accepted only if the run is healthy and the new iterate and loss are finite.
 
     The new iterate's loss comes with its E-step (``solver.expect``), which the next step reuses:
-    one pass over x per iteration for both (the lean step, docs/guides/scaling.md)."""
+    one pass over x per iteration for both (the lean step, docs/guides/performance.md)."""
     new_params, new_state = solver.advance(model, params, state, x, y, cache, expected)
     new_loss, new_expected = solver.expect(model, new_params, new_state, x, y, cache)
     accept = healthy & tree_all_finite(new_params) & jnp.isfinite(new_loss)
