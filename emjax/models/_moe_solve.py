@@ -81,9 +81,7 @@ def _linear_newton_steps(model, size: int) -> int | None:
     return MAX_NEWTON_STEPS if model.m_step_max_steps is None else model.m_step_max_steps
 
 
-def fit_gate(
-    model, x: Array, targets: Array, gate: Array, free: Array, logits=None, xt: Array | None = None
-) -> Array:
+def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array, logits=None, xt: Array | None = None) -> Array:
     r"""Soft-target multinomial logistic regression, $\min_W -\mathrm{mean}_n\sum_k t_{nk}\log\pi_k(x_n)$.
 
     ``logits``, if given, is ``x @ gate.T`` (the E-step has it), which saves the Newton solver a pass
