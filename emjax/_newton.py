@@ -260,7 +260,7 @@ def _score_derivatives(loss, z):
     return gradient, second
 
 
-def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _objective, u0, free, max_steps):
+def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, xt, _objective, u0, free, max_steps):
     """:func:`damped_newton` for a linear predictor, on the flattened U (as :func:`implicit_solve` calls it)."""
     n, d = x.shape
     dtype = u0.dtype
@@ -272,7 +272,7 @@ def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, _
     # The shift is relative to the mean diagonal of the whole masked Hessian, which has a unit
     # diagonal entry for each entry of the columns left out: the same shift as masked_newton's.
     outside = u0.size - d * width
-    xt = x.T  # once per solve: every product below contracts over the contiguous axis
+    xt = x.T if xt is None else xt  # every product below contracts over the contiguous axis
 
     def value(u, z):
         return jnp.mean(loss(z)) + penalty(u)
@@ -315,6 +315,7 @@ def linear_newton(
     max_steps: int = MAX_NEWTON_STEPS,
     scores: Array | None = None,
     derivatives=None,
+    xt: Array | None = None,
 ) -> Array:
     r"""Masked damped Newton for $f(U) = \mathrm{mean}_n\,\ell_n(x_n U) + \mathrm{penalty}(U)$, U of shape (d, m).
 
@@ -338,6 +339,8 @@ def linear_newton(
         derivatives: optionally ``derivatives(z) -> (g, h)`` in closed form: g (n, m) the gradient of
             ``sum(loss(z))`` and ``h(i, j)`` (n,) its second derivatives in columns i and j. Default:
             autodiff of ``loss`` in score space.
+        xt: optionally ``x.T`` laid out feature-major (:func:`gradient_and_hessian`); taken from x
+            once per solve otherwise.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -366,6 +369,7 @@ def linear_newton(
         penalty,
         ridge,
         None if scores is None else lax.stop_gradient(scores),
+        None if xt is None else lax.stop_gradient(xt),
     )
     return implicit_solve(objective, init, free, loop, dense_tangent_solve, max_steps)
 

@@ -9,16 +9,58 @@ M-step) is decided here from static facts about the model; the mathematics is th
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
+from jax import Array, lax
+from jax.scipy.linalg import cho_solve
 
+from .._linalg import newton_shift, psd_factor
 from .._minimize import masked_minimize, resolve_method
-from .._newton import MAX_NEWTON_STEPS, linear_newton
+from .._newton import (
+    MAX_NEWTON_STEPS,
+    damped_newton,
+    dense_tangent_solve,
+    gradient_and_hessian,
+    implicit_solve,
+    linear_newton,
+)
 from ._model import keep_frozen
 from ._params import MoEParams
-from .experts import AbstractExpertFamily, PoissonExpert, SoftmaxExpert
+from .experts import VARIANCE_FLOOR, AbstractExpertFamily, GaussianExpert, PoissonExpert, SoftmaxExpert
+
+
+class GateScores(NamedTuple):
+    """What a K-expert E-step computed of the gate, for the M-step that follows it (its ``scores``)."""
+
+    logits: Array  # x @ gate.T, (n, K)
+    log_normaliser: Array | None = None  # logsumexp of the logits per sample, (n,)
+    probabilities: Array | None = None  # softmax of the logits, (n, K): the gate's prior
+
+
+def as_gate_scores(scores) -> GateScores | None:
+    """``scores`` as :class:`GateScores` (a bare array is the logits; None stays None)."""
+    if scores is None or isinstance(scores, GateScores):
+        return scores
+    if isinstance(scores, (tuple, list)):
+        return GateScores(*scores)
+    return GateScores(scores)
+
+
+def log_softmax_parts(z: Array) -> tuple[Array, Array]:
+    """``(logsumexp(z), softmax(z))`` of the rows of z (n, K) from one exponential.
+
+    The same formulas as :func:`jax.nn.logsumexp` and :func:`jax.nn.softmax` (shift by the row
+    maximum), sharing ``exp(z - max)``: transcendental functions dominate the K-expert step at
+    moderate n (XLA's float64 ``exp`` costs about 2 ns per value on a CPU)."""
+    top = jnp.max(z, axis=-1, keepdims=True)
+    top = lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))
+    e = jnp.exp(z - top)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    return (jnp.log(total) + top)[:, 0], e / total
 
 
 def expand_prefix(mask, shape) -> Array:
@@ -39,10 +81,12 @@ def _linear_newton_steps(model, size: int) -> int | None:
     return MAX_NEWTON_STEPS if model.m_step_max_steps is None else model.m_step_max_steps
 
 
-def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array, logits: Array | None = None) -> Array:
+def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array, logits=None, xt: Array | None = None) -> Array:
     r"""Soft-target multinomial logistic regression, $\min_W -\mathrm{mean}_n\sum_k t_{nk}\log\pi_k(x_n)$.
 
-    ``logits``, if given, is ``x @ gate.T`` (the E-step has it), which saves the Newton solver a pass over x.
+    ``logits``, if given, is ``x @ gate.T`` (the E-step has it), which saves the Newton solver a pass
+    over x, or the E-step's :class:`GateScores` (also the solve's starting value and gradient);
+    ``xt``, if given, is ``x.T`` (:meth:`MixtureOfExperts.precompute`).
     """
     # The targets sum to the same total per row, so sum_k t_k log pi_k = t.xW - sum_k t_k LSE.
     row_mass = jnp.sum(targets, axis=-1)
@@ -53,27 +97,96 @@ def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array, logits: 
     def loss(logits):
         return row_mass * jax.nn.logsumexp(logits, axis=-1) - jnp.sum(targets * logits, axis=-1)
 
-    steps = _linear_newton_steps(model, gate.size)
-    if steps is not None:
-        # The same Newton solve on W^T (d, K): the scores x W^T are linear in it (_minimize.linear_newton).
-        rows = tuple(k for k in range(gate.shape[0]) if not np.all(model.pinned(gate.shape[1]).gate[k]))
-        return linear_newton(
-            loss,
-            x,
-            gate.T,
-            free.T,
-            rows,
-            lambda u: penalty(u.T),
-            model.ridge,
-            steps,
-            logits,
-            softmax_derivatives(row_mass, targets),
-        ).T
-
     def objective(w):
         return jnp.mean(loss(x @ w.T)) + penalty(w)
 
+    steps = _linear_newton_steps(model, gate.size)
+    if steps is not None:
+        # linear_newton's solve on W^T (d, K) (the scores x W^T are linear in it), written for the
+        # softmax loss: same iterates, less work per Newton step (_gate_loop).
+        rows = tuple(k for k in range(gate.shape[0]) if not np.all(model.pinned(gate.shape[1]).gate[k]))
+        scores = as_gate_scores(logits)
+        start = None if scores is None else lax.stop_gradient(tuple(scores))
+        loop = functools.partial(
+            _gate_loop,
+            x,
+            None if xt is None else lax.stop_gradient(xt),
+            targets,
+            row_mass,
+            rows,
+            lambda u: penalty(u.T),
+            model.ridge,
+            start,
+        )
+
+        def transposed_objective(u):
+            return jnp.mean(loss(x @ u)) + penalty(u.T)
+
+        return implicit_solve(transposed_objective, gate.T, free.T, loop, dense_tangent_solve, steps).T
+
     return model.minimize(objective, gate, free)
+
+
+def _gate_loop(x, xt, targets, row_mass, columns, penalty, ridge, start, _objective, u0, free, max_steps):
+    """:func:`~emjax._newton.damped_newton` for the softmax gate on U = W^T (d, K): the loop of
+    :func:`~emjax._newton.linear_newton` with the closed-form derivatives of
+    :func:`softmax_derivatives`, the same iterates to round-off, with less work per step.
+
+    It carries the scores z = x U and softmax(z): a trial's one exponential gives both its value and,
+    once accepted, the next gradient and Hessian; the first ones come from the E-step
+    (:class:`GateScores`) when it hands them over."""
+    n, d = x.shape
+    xt = x.T if xt is None else xt
+    dtype = u0.dtype
+    shape = (d, targets.shape[1])
+    cols = np.asarray(columns)
+    width = len(columns)
+    pairs = [(i, j) for i in range(width) for j in range(i, width)]
+    free_cols = free.reshape(shape)[:, cols].reshape(-1)  # the solved entries, ordered (feature, column)
+    fixed_diagonal = jnp.diag(1 - free_cols)
+    outside = u0.size - d * width  # unit diagonal entries of the masked Hessian's left-out columns
+
+    def data_value(z, log_normaliser):
+        return jnp.mean(row_mass * log_normaliser - jnp.sum(targets * z, axis=-1))
+
+    def derivatives(u, carried):
+        _, p = carried
+        score_grad = row_mass[:, None] * p - targets
+        curvatures = jnp.stack(
+            [row_mass * p[:, columns[i]] * (float(i == j) - p[:, columns[j]]) for i, j in pairs], axis=1
+        )
+        xg, blocks = gradient_and_hessian(x, score_grad[:, cols], curvatures, xt)
+        grad = free_cols * (xg / n + ridge * u[:, cols]).reshape(-1)
+        block = {}
+        for q, (i, j) in enumerate(pairs):
+            block[i, j] = block[j, i] = blocks[q]  # X^T diag(h_ij) X is symmetric
+        hess = jnp.stack([jnp.stack([block[i, j] for j in range(width)]) for i in range(width)])
+        hess = hess.transpose(2, 0, 3, 1).reshape(d * width, d * width) / n + ridge * jnp.eye(d * width, dtype=dtype)
+        hess = hess * free_cols[:, None] * free_cols[None, :] + fixed_diagonal
+        return grad, hess, (jnp.trace(hess) + outside) / u0.size
+
+    def line(u, carried, solved):
+        z, _ = carried
+        direction = jnp.zeros(shape, dtype).at[:, cols].set(solved.reshape(d, width))
+        along = jnp.zeros_like(z).at[:, cols].set((direction[:, cols].T @ xt).T)
+
+        def trial(a):
+            za = z + a * along
+            log_normaliser, p = log_softmax_parts(za)
+            ua = u + a * direction
+            return data_value(za, log_normaliser) + penalty(ua), (ua, (za, p))
+
+        return trial
+
+    u0 = u0.reshape(shape)
+    if start is None:
+        z0, log_normaliser, p0 = (u0.T @ xt).T, None, None
+    else:
+        z0, log_normaliser, p0 = start
+    if log_normaliser is None or p0 is None:
+        log_normaliser, p0 = log_softmax_parts(z0)
+    f0 = data_value(z0, log_normaliser) + penalty(u0)
+    return damped_newton(derivatives, line, u0, (z0, p0), f0, max_steps).reshape(-1)
 
 
 def _joint_expert_solve(model, params: MoEParams) -> bool:
@@ -143,7 +256,7 @@ def _linear_experts(model, params: MoEParams) -> int | None:
     return _linear_newton_steps(model, params.experts[0].size)
 
 
-def _solve_linear_experts(model, x, weights, stats, coefs, free, steps: int) -> Array:
+def _solve_linear_experts(model, x, weights, stats, coefs, free, steps: int, xt: Array | None = None) -> Array:
     r"""The generic expert M-step, $\min \mathrm{mean}_n[a_n A(x_n U) - \langle x_n U, t_n\rangle] +
     \tfrac{\lambda}{2}\|U\|^2$, by :func:`~emjax._newton.linear_newton` for every expert (vmapped)."""
     family = model.expert
@@ -170,27 +283,88 @@ def _solve_linear_experts(model, x, weights, stats, coefs, free, steps: int) -> 
             model.ridge,
             steps,
             derivatives=None if closed_form is None else closed_form(w, t),
+            xt=xt,
         )
         return u.reshape(shape)
 
     return jax.vmap(solve, in_axes=(0, 1, 2, 0))(coefs, weights, stats, free.experts)
 
 
+def _gaussian_experts(model) -> bool:
+    """True when the experts are linear-Gaussian with the built-in closed-form M-step."""
+    return type(model.expert).m_step is GaussianExpert.m_step
+
+
+def _solve_gaussian_experts(model, params: MoEParams, x, xt, weights, stats, free_coef, free_scale):
+    r""":meth:`GaussianExpert.m_step` for all K experts at once, the same iterates to round-off.
+
+    Every expert's weighted Gram matrix and first residual product come from one blocked product
+    (:func:`~emjax._newton.gradient_and_hessian` with K curvature columns); each Gram matrix is
+    factored once for both Newton steps; the refinement step's residual product is
+    $X^\top(s - a\,x\beta_1) = X^\top(s - a\,x\beta_0) - G(\beta_1 - \beta_0)$, no second pass over x."""
+    n, d = x.shape
+    dtype = x.dtype
+    ridge = model.ridge
+    free = free_coef.astype(dtype)  # (K, d)
+    coefs = params.experts
+    residuals = stats[:, 0, :] - weights * (coefs @ xt).T  # (n, K)
+    first, grams = gradient_and_hessian(x, residuals, weights, xt)  # (d, K), (K, d, d): sums
+    first = first.T
+    eye = jnp.eye(d, dtype=dtype)
+    gram = grams / n + ridge * eye[None]
+    masked_gram = gram * free[:, :, None] * free[:, None, :] + jax.vmap(jnp.diag)(1 - free)
+    factor = jax.vmap(lambda m: psd_factor(m, newton_shift(dtype))[0])(masked_gram)
+
+    def newton(beta, product):
+        gradient = product / n - ridge * beta
+        solved = jax.vmap(lambda c, b: cho_solve((c, True), b))(factor, free * gradient)
+        return beta + free * solved
+
+    refined = newton(coefs, first)
+    second = first - jnp.einsum("kij,kj->ki", grams, refined - coefs)
+    new_coef = newton(refined, second)
+    mass = jnp.sum(weights, axis=0)
+    safe_mass = jnp.where(mass > 0, mass, 1)
+    # Residual sum of squares split into a mean and a within-sample variance part, both >= 0:
+    # sum a (m - x.beta)^2 + sum (c - b^2/a), with m = b/a (as GaussianExpert.m_step).
+    safe_weights = jnp.where(weights > 0, weights, 1)
+    target_mean = stats[:, 0, :] / safe_weights
+    within = jnp.maximum(stats[:, 1, :] - stats[:, 0, :] * target_mean, 0)
+    fitted = (new_coef @ xt).T
+    rss = jnp.sum(weights * jnp.square(target_mean - fitted) + jnp.where(weights > 0, within, 0), axis=0)
+    variance = jnp.maximum(rss / safe_mass, VARIANCE_FLOOR)
+    new_scale = jnp.where((mass > 0) & free_scale, jnp.sqrt(variance), params.sigma)
+    return new_coef, new_scale
+
+
 def solve_targets(
-    model, params: MoEParams, x, weights: Array, stats: Array, free: MoEParams, logits: Array | None = None
+    model,
+    params: MoEParams,
+    x,
+    weights: Array,
+    stats: Array,
+    free: MoEParams,
+    logits=None,
+    xt: Array | None = None,
 ) -> MoEParams:
     """Fit the gate to ``weights`` (n, K) and expert k to ``weights[:, k]``, ``stats[:, k]`` (n, S, K).
 
-    ``logits``, if given, is the E-step's ``x @ params.gate.T``."""
-    gate = fit_gate(model, x, weights, params.gate, free.gate, logits)
+    ``logits``, if given, is the E-step's ``x @ params.gate.T`` or its :class:`GateScores`; ``xt``,
+    if given, is ``x.T`` (the fit's cache)."""
+    gate = fit_gate(model, x, weights, params.gate, free.gate, logits, xt)
     if _joint_expert_solve(model, params):
         coef = _solve_experts_jointly(model, params, x, weights, stats, free)
         return keep_frozen(free, MoEParams(gate=gate, experts=coef, sigma=params.sigma), params)
     steps = _linear_experts(model, params)
     if steps is not None:
-        coef = _solve_linear_experts(model, x, weights, stats, params.experts, free, steps)
+        coef = _solve_linear_experts(model, x, weights, stats, params.experts, free, steps, xt)
         return keep_frozen(free, MoEParams(gate=gate, experts=coef, sigma=params.sigma), params)
     free_sigma = free.sigma if free.sigma is not None else jnp.zeros(model.num_experts, bool)
+    if _gaussian_experts(model) and params.sigma is not None:
+        coef, scale = _solve_gaussian_experts(
+            model, params, x, x.T if xt is None else xt, weights, stats, free.experts, free_sigma
+        )
+        return keep_frozen(free, MoEParams(gate=gate, experts=coef, sigma=scale), params)
 
     def expert_update(coef, scale, w, t, free_coef, free_scale):
         return model.expert.m_step(x, w, t, coef, scale, free_coef, free_scale, model.ridge, model.minimize)

@@ -39,6 +39,21 @@ _SOFTEN = 0.5  # initial responsibilities: half on the assigned expert, half spr
 SEPARATION_LOG_PROB = -1e-3
 
 
+class MoECache(eqx.Module):
+    """What every E- and M-step of a K-expert fit shares (:meth:`MixtureOfExperts.precompute`)."""
+
+    xt: Array  # x.T, (d, n): feature-major, so every product over samples contracts a contiguous axis
+
+
+def _projected_family(family) -> bool:
+    """True for the built-in families whose log-density reads x only through ``x @ coef`` (reshaped
+    to (d, S)): the E-step then takes the gate logits and every expert's projections from one product."""
+    kind = type(family)
+    if kind.log_prob is GaussianExpert.log_prob or kind.log_prob is SoftmaxExpert.log_prob:
+        return True
+    return kind.log_prob is AbstractExpertFamily.log_prob and kind.natural is PoissonExpert.natural
+
+
 class MixtureOfExperts(AbstractModel):
     r"""A softmax-gated mixture of ``num_experts`` experts of one family (see the module docstring).
 
@@ -173,23 +188,60 @@ class MixtureOfExperts(AbstractModel):
         _, targets, logits = self.expectation(params, x, y)
         return targets, logits
 
-    def expectation(self, params: MoEParams, x: Array, y: Array, cache=None):
-        """The loss and the posterior targets from one set of joint log-densities."""
-        logits = x @ params.gate.T
-        gamma, log_likelihoods = normalise(jax.nn.log_softmax(logits, axis=-1) + self.expert_log_probs(params, x, y))
+    def _logits_and_expert_log_probs(self, params: MoEParams, x: Array, y: Array, cache):
+        """Gate logits and expert log-densities, (n, K) each; one product over x for the built-in families."""
+        if not _projected_family(self.expert):
+            logits = x @ params.gate.T if cache is None else (params.gate @ cache.xt).T
+            return logits, self.expert_log_probs(params, x, y)
+        k, d = params.gate.shape
+        shape = self.expert.coef_shape(d)
+        width = int(np.prod(shape[1:], dtype=int))
+        rows = jnp.concatenate(
+            [params.gate, params.experts.reshape(k, d, width).transpose(0, 2, 1).reshape(k * width, d)]
+        )
+        projections = x @ rows.T if cache is None else (rows @ cache.xt).T  # (n, K + K * width)
+        logits = projections[:, :k]
+        per_expert = projections[:, k:].reshape(x.shape[0], k, width)
+        # The family's own log_prob on the projections: x @ coef becomes projection @ identity (exact).
+        identity = jnp.eye(width, dtype=x.dtype) if len(shape) > 1 else jnp.ones((1,), x.dtype)
+        scales = params.sigma if params.sigma is not None else jnp.zeros(k, x.dtype)
+
+        def log_prob(projection, scale):
+            return self.expert.log_prob(identity, None if params.sigma is None else scale, projection, y)
+
+        return logits, jax.vmap(log_prob, in_axes=(1, 0), out_axes=-1)(per_expert, scales)
+
+    def expectation(self, params: MoEParams, x: Array, y: Array, cache: MoECache | None = None):
+        """The loss and the posterior targets from one set of joint log-densities.
+
+        The gate's logsumexp and softmax (its prior) share one exponential, the posterior's
+        normaliser and responsibilities another (:func:`~emjax.models._moe_solve.log_softmax_parts`);
+        the scores hand the gate's to the M-step (:class:`~emjax.models._moe_solve.GateScores`)."""
+        logits, expert = self._logits_and_expert_log_probs(params, x, y, cache)
+        gate_normaliser, prior = _moe_solve.log_softmax_parts(logits)
+        log_likelihoods, gamma = _moe_solve.log_softmax_parts((logits - gate_normaliser[:, None]) + expert)
         stats = self.expert.statistic(y)[:, :, None] * gamma[:, None, :]
-        return -jnp.mean(log_likelihoods), (gamma, stats), logits
+        return -jnp.mean(log_likelihoods), (gamma, stats), _moe_solve.GateScores(logits, gate_normaliser, prior)
 
     def prior_targets(self, params: MoEParams, x: Array, scores):
         r"""Weights $\pi_k(x_n)$ and statistics $\pi_k(x_n)\,E_k[T\mid x_n]$."""
-        logits = x @ params.gate.T if scores is None else scores
-        prior = jnp.exp(jax.nn.log_softmax(logits, axis=-1))
+        scores = _moe_solve.as_gate_scores(scores)
+        if scores is not None and scores.probabilities is not None:
+            prior = scores.probabilities
+        else:
+            logits = x @ params.gate.T if scores is None else scores.logits
+            prior = jnp.exp(jax.nn.log_softmax(logits, axis=-1))
         stats = self._per_expert(self.expert.mean_statistic, params, x) * prior[:, None, :]
         return prior, stats
 
+    def precompute(self, x: Array, y: Array | None = None) -> MoECache:
+        """x feature-major (:class:`MoECache`), computed once per fit."""
+        return MoECache(xt=x.T)
+
     def solve(self, params: MoEParams, x: Array, targets, free: MoEParams, scores=None, cache=None) -> MoEParams:
         weights, stats = targets
-        return _moe_solve.solve_targets(self, params, x, weights, stats, free, scores)
+        xt = None if cache is None else cache.xt
+        return _moe_solve.solve_targets(self, params, x, weights, stats, free, scores, xt)
 
     # ------------------------------------------------------------------ mirror map
 
