@@ -260,25 +260,25 @@ def _score_derivatives(loss, z):
     return gradient, second
 
 
-def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, xt, _objective, u0, free, max_steps):
-    """:func:`damped_newton` for a linear predictor, on the flattened U (as :func:`implicit_solve` calls it)."""
+def linear_pieces(x, xt, shape, columns, free, ridge):
+    """The bookkeeping of Newton on U (d, m) with linear scores z = x U, shared by every such loop.
+
+    Returns ``(assemble, move)``: ``assemble(u, score_grad, second)`` gives the masked gradient,
+    Hessian and shift scale of :func:`damped_newton` from the per-sample derivatives in score space
+    (``score_grad`` (n, m); ``second(a, b)`` (n,) for columns a, b), with the ridge; ``move(solved, z)``
+    turns the solved entries into the step on U and its move in score space, ``x @ step``."""
     n, d = x.shape
-    dtype = u0.dtype
     cols = np.asarray(columns)
     width = len(columns)
     pairs = [(i, j) for i in range(width) for j in range(i, width)]
+    size = int(np.prod(shape))
     free_cols = free.reshape(shape)[:, cols].reshape(-1)  # the solved entries, ordered (feature, column)
     fixed_diagonal = jnp.diag(1 - free_cols)
     # The shift is relative to the mean diagonal of the whole masked Hessian, which has a unit
     # diagonal entry for each entry of the columns left out: the same shift as masked_newton's.
-    outside = u0.size - d * width
-    xt = x.T if xt is None else xt  # every product below contracts over the contiguous axis
+    outside = size - d * width
 
-    def value(u, z):
-        return jnp.mean(loss(z)) + penalty(u)
-
-    def newton_derivatives(u, z):
-        score_grad, second = derivatives(z)
+    def assemble(u, score_grad, second):
         curvatures = jnp.stack([second(columns[i], columns[j]) for i, j in pairs], axis=1)
         xg, blocks = gradient_and_hessian(x, score_grad[:, cols], curvatures, xt)
         grad = free_cols * (xg / n + ridge * u[:, cols]).reshape(-1)
@@ -286,13 +286,31 @@ def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, x
         for p, (i, j) in enumerate(pairs):
             block[i, j] = block[j, i] = blocks[p]  # X^T diag(h_ij) X is symmetric
         hess = jnp.stack([jnp.stack([block[i, j] for j in range(width)]) for i in range(width)])
-        hess = hess.transpose(2, 0, 3, 1).reshape(d * width, d * width) / n + ridge * jnp.eye(d * width, dtype=dtype)
+        hess = hess.transpose(2, 0, 3, 1).reshape(d * width, d * width) / n
+        hess = hess + ridge * jnp.eye(d * width, dtype=hess.dtype)
         hess = hess * free_cols[:, None] * free_cols[None, :] + fixed_diagonal
-        return grad, hess, (jnp.trace(hess) + outside) / u0.size
+        return grad, hess, (jnp.trace(hess) + outside) / size
+
+    def move(solved, z):
+        direction = jnp.zeros(shape, z.dtype).at[:, cols].set(solved.reshape(d, width))
+        return direction, jnp.zeros_like(z).at[:, cols].set((direction[:, cols].T @ xt).T)
+
+    return assemble, move
+
+
+def _linear_loop(loss, derivatives, x, shape, columns, penalty, ridge, scores, xt, _objective, u0, free, max_steps):
+    """:func:`damped_newton` for a linear predictor, on the flattened U (as :func:`implicit_solve` calls it)."""
+    xt = x.T if xt is None else xt  # every product below contracts over the contiguous axis
+    assemble, move = linear_pieces(x, xt, shape, columns, free, ridge)
+
+    def value(u, z):
+        return jnp.mean(loss(z)) + penalty(u)
+
+    def newton_derivatives(u, z):
+        return assemble(u, *derivatives(z))
 
     def line(u, z, solved):
-        direction = jnp.zeros(shape, dtype).at[:, cols].set(solved.reshape(d, width))
-        along = jnp.zeros_like(z).at[:, cols].set((direction[:, cols].T @ xt).T)
+        direction, along = move(solved, z)
 
         def trial(a):
             return value(u + a * direction, z + a * along), (u + a * direction, z + a * along)

@@ -27,6 +27,7 @@ from .._newton import (
     gradient_and_hessian,
     implicit_solve,
     linear_newton,
+    linear_pieces,
 )
 from ._model import keep_frozen
 from ._params import MoEParams
@@ -135,40 +136,25 @@ def _gate_loop(x, xt, targets, row_mass, columns, penalty, ridge, start, _object
     It carries the scores z = x U and softmax(z): a trial's one exponential gives both its value and,
     once accepted, the next gradient and Hessian; the first ones come from the E-step
     (:class:`GateScores`) when it hands them over."""
-    n, d = x.shape
+    d = x.shape[1]
     xt = x.T if xt is None else xt
-    dtype = u0.dtype
     shape = (d, targets.shape[1])
-    cols = np.asarray(columns)
-    width = len(columns)
-    pairs = [(i, j) for i in range(width) for j in range(i, width)]
-    free_cols = free.reshape(shape)[:, cols].reshape(-1)  # the solved entries, ordered (feature, column)
-    fixed_diagonal = jnp.diag(1 - free_cols)
-    outside = u0.size - d * width  # unit diagonal entries of the masked Hessian's left-out columns
+    assemble, move = linear_pieces(x, xt, shape, columns, free, ridge)
 
     def data_value(z, log_normaliser):
         return jnp.mean(row_mass * log_normaliser - jnp.sum(targets * z, axis=-1))
 
     def derivatives(u, carried):
         _, p = carried
-        score_grad = row_mass[:, None] * p - targets
-        curvatures = jnp.stack(
-            [row_mass * p[:, columns[i]] * (float(i == j) - p[:, columns[j]]) for i, j in pairs], axis=1
-        )
-        xg, blocks = gradient_and_hessian(x, score_grad[:, cols], curvatures, xt)
-        grad = free_cols * (xg / n + ridge * u[:, cols]).reshape(-1)
-        block = {}
-        for q, (i, j) in enumerate(pairs):
-            block[i, j] = block[j, i] = blocks[q]  # X^T diag(h_ij) X is symmetric
-        hess = jnp.stack([jnp.stack([block[i, j] for j in range(width)]) for i in range(width)])
-        hess = hess.transpose(2, 0, 3, 1).reshape(d * width, d * width) / n + ridge * jnp.eye(d * width, dtype=dtype)
-        hess = hess * free_cols[:, None] * free_cols[None, :] + fixed_diagonal
-        return grad, hess, (jnp.trace(hess) + outside) / u0.size
+
+        def second(a, b):
+            return row_mass * p[:, a] * (float(a == b) - p[:, b])
+
+        return assemble(u, row_mass[:, None] * p - targets, second)
 
     def line(u, carried, solved):
         z, _ = carried
-        direction = jnp.zeros(shape, dtype).at[:, cols].set(solved.reshape(d, width))
-        along = jnp.zeros_like(z).at[:, cols].set((direction[:, cols].T @ xt).T)
+        direction, along = move(solved, z)
 
         def trial(a):
             za = z + a * along
