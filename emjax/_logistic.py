@@ -2,7 +2,7 @@ r"""softplus and sigmoid of one array from a single exponential (and tanh(z/2) b
 
 With $e = \exp(-|z|) \in (0, 1]$:
 
-* $\mathrm{softplus}(z) = \max(z, 0) + \mathrm{log1p}(e)$,
+* $\mathrm{softplus}(\pm z) = \max(\pm z, 0) + \mathrm{log1p}(e)$,
 * $\mathrm{sigmoid}(z) = 1/(1+e)$ for $z \ge 0$ and $e/(1+e)$ otherwise,
 * $\tanh(z/2) = 2\,\mathrm{sigmoid}(z) - 1$ (computed by ``tanh``, see :attr:`Logistic.tanh_half`).
 
@@ -31,6 +31,11 @@ class Logistic:
     @property
     def softplus(self) -> Array:
         return jnp.maximum(self.z, 0) + jnp.log1p(self.e)
+
+    @property
+    def softplus_negative(self) -> Array:
+        """softplus(-z) = max(-z, 0) + log1p(e): the same log1p as :attr:`softplus`."""
+        return jnp.maximum(-self.z, 0) + jnp.log1p(self.e)
 
     @property
     def sigmoid(self) -> Array:

@@ -146,3 +146,13 @@ def test_newton_ends_without_a_line_search_only_below_tolerance():
     assert float(jnp.max(jnp.abs(gradient))) < 1e-13
     np.testing.assert_allclose(cold, u_true, atol=1e-9)
     np.testing.assert_allclose(warm, cold, atol=1e-12)
+
+
+def test_softplus_of_both_signs_shares_one_log1p_and_stays_finite_at_infinity():
+    z = jnp.array([-jnp.inf, -745.0, -1.0, 0.0, 1.0, 745.0, jnp.inf])
+    logistic = Logistic(z)
+    np.testing.assert_allclose(logistic.softplus_negative, jax.nn.softplus(-z), rtol=1e-15)
+    model = emjax.SymMoLogE()
+    l1, l0 = model.expert_log_likelihoods(z, jnp.ones_like(z))
+    np.testing.assert_allclose(l1, jax.nn.log_sigmoid(z), rtol=1e-15)
+    np.testing.assert_allclose(l0, jax.nn.log_sigmoid(-z), rtol=1e-15)

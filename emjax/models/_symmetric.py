@@ -186,11 +186,10 @@ class AbstractSymmetricModel(AbstractModel):
     def _log_likelihoods(self, post: _Posterior, y: Array) -> Array:
         r"""$\log p(y\mid x) = \mathrm{logaddexp}(a, b)$, $a = l_1 - \mathrm{softplus}(-x\cdot w)$,
         $b = l_0 - \mathrm{softplus}(x\cdot w)$, written as $\max(a, b) + \mathrm{softplus}(-|a - b|)$
-        with $a - b = \Delta$, the posterior log-odds (and $\mathrm{softplus}(-t) = \mathrm{softplus}(t) - t$):
-        the E-step has the exponentials of Δ and x·w already, so the loss costs it two log1p."""
+        with $a - b = \Delta$, the posterior log-odds: the E-step has the exponentials of Δ and x·w
+        already, so the loss costs it two log1p (finite even at $x\cdot w = \pm\infty$)."""
         l1, l0 = self.expert_log_likelihoods(post.xb, y)
-        softplus = post.gate.softplus
-        upper = jnp.where(post.posterior.z >= 0, l1 - (softplus - post.xw), l0 - softplus)
+        upper = jnp.where(post.posterior.z >= 0, l1 - post.gate.softplus_negative, l0 - post.gate.softplus)
         return upper + post.posterior.softplus_negative_abs
 
     def e_step(self, params: SymParams, x: Array, y: Array) -> tuple[Array, Array]:

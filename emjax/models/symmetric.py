@@ -146,9 +146,9 @@ class SymMoLogE(AbstractSymmetricModel):
         check_values(y, not_binary, "y must hold binary labels in {0, 1} for SymMoLogE")
 
     def expert_log_likelihoods(self, xb, y):
-        # log sigmoid(xb) = xb - softplus(xb) and log sigmoid(-xb) = -softplus(xb): one softplus.
-        softplus = Logistic(xb).softplus
-        positive, negative = xb - softplus, -softplus
+        # log sigmoid(±xb) = -softplus(∓xb): one exponential and one log1p for both.
+        logistic = Logistic(xb)
+        positive, negative = -logistic.softplus_negative, -logistic.softplus
         return jnp.where(y > 0.5, positive, negative), jnp.where(y > 0.5, negative, positive)
 
     def expert_log_ratio(self, xb, y):
