@@ -41,14 +41,21 @@ def m_step(model, params, x, expected, step_size, free, cache=None):
     return model.solve(params, x, targets, free, scores, cache)
 
 
+def _one_step(model, params, x, y, step_size, free):
+    # One cache for the E-step and the M-step (x is laid out once).
+    cache = model.precompute(x, y)
+    _, targets, scores = model.expectation(params, x, y, cache)
+    return m_step(model, params, x, (targets, scores), step_size, free, cache)
+
+
 def em_update(model, params, x, y, free):
     """One EM step on arrays already cast (no checks): the M-step fitted to the posterior targets."""
-    return m_step(model, params, x, model.posterior_targets(params, x, y), None, free)
+    return _one_step(model, params, x, y, None, free)
 
 
 def mirror_update(model, params, x, y, step_size, free):
     """One mirror-descent step on arrays already cast (no checks): the M-step fitted to blended targets."""
-    return m_step(model, params, x, model.posterior_targets(params, x, y), step_size, free)
+    return _one_step(model, params, x, y, step_size, free)
 
 
 @public(_validate_em)

@@ -18,7 +18,7 @@ from jax.scipy.linalg import cho_solve
 
 from .._linalg import psd_factor
 from .._logistic import Logistic
-from .._newton import soft_logistic_regression
+from .._newton import gradient_and_hessian, soft_logistic_regression
 from .._validation import check_real_scalar, check_values, is_concrete, not_binary
 from ._params import SymParams
 from ._symmetric import AbstractSymmetricModel, softplus_bregman
@@ -88,7 +88,9 @@ class SymMoLinE(AbstractSymmetricModel):
 
     def expert_precompute(self, x, xt):
         """The jittered Cholesky factor of $X^\top X$ (:func:`emjax._linalg.psd_factor`): one per fit."""
-        return psd_factor(xt @ xt.T)
+        # The blocked product (cache-sized scaled copies at large n) with no gradient column.
+        _, gram = gradient_and_hessian(x, jnp.zeros((x.shape[0], 0), x.dtype), jnp.ones((x.shape[0], 1), x.dtype), xt)
+        return psd_factor(gram[0])
 
     def expert_solve(self, x, targets, beta0, cache, scores):
         # mean (x.beta / sigma^2) x = mean t x  <=>  (X^T X) beta = sigma^2 X^T t, with X^T X factored
