@@ -3,8 +3,9 @@
 Under one wide ``vmap`` every op streams all lanes' data, and every while-loop inside (the fit's
 stopping rule, the M-step's Newton solves) runs until its slowest lane stops. On a GPU that is
 the right trade: lanes are parallel hardware. On CPU devices a plain ``lax.map`` over lanes wins:
-``benchmarks/sweep_throughput.py`` measured one wide ``vmap`` 1.5-2.1x slower than a loop, groups
-of 64 at most 1.25x faster than 1 in float32 and tied in float64; and vmapped groups reach
+``benchmarks/sweep_throughput.py`` measured, with the lean EM step of issue 15, one wide ``vmap``
+3-7x slower than a plain ``lax.map`` and groups of 16 or 64 up to 2x slower (docs/guides/performance.md);
+and vmapped groups reach
 jaxlib 0.10's batched CPU LAPACK path (Cholesky, triangular solves), which intermittently
 deadlocks its thread pool on 2 cores. Single lanes never do, and compile in half the time.
 (MoLinE(3), n = 2,000, 10 restarts: 4.6 s with one vmap, 1.4 s with a loop of single restarts.)
