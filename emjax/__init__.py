@@ -50,6 +50,8 @@ from ._mirror import mirror_map_grad as mirror_map_grad
 from ._mirror import neg_log_likelihood_grad as neg_log_likelihood_grad
 from ._mirror import posterior_statistics as posterior_statistics
 from ._restarts import fit_restarts as fit_restarts
+from ._acceleration import anderson as anderson
+from ._acceleration import squarem as squarem
 from ._solvers import AbstractSolver as AbstractSolver
 from ._solvers import em as em
 from ._solvers import from_optax as from_optax
@@ -113,6 +115,8 @@ __all__ = [
     "fit",
     "fit_restarts",
     "from_optax",
+    "squarem",
+    "anderson",
     "gradient_descent",
     "gradient_descent_step",
     "gradient_em",

@@ -17,7 +17,7 @@ What is shared with the other trainers (:func:`emjax.streaming.fit_stream`,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -29,13 +29,24 @@ from ._dtypes import as_arrays
 from ._progress import maybe_report, progress_interval
 from ._solvers import AbstractSolver, GradientDescent, GradientEM
 from ._status import Status
-from ._stopping import check_tolerances, final_status, loss_converged, tree_all_finite
+from ._stopping import (
+    aitken_distance,
+    check_criterion,
+    check_tolerances,
+    distance_converged,
+    final_status,
+    loss_converged,
+    rate_estimate,
+    step_norms,
+    step_ratio,
+    tree_all_finite,
+)
 from ._validation import check_int
 from .models import MoEParams, SymParams
 
 
 class FitResult(eqx.Module):
-    """The one result type of every emjax trainer (a pytree, so a vmapped fit returns one batched result).
+    r"""The one result type of every emjax trainer (a pytree, so a vmapped fit returns one batched result).
 
     :func:`fit` and :func:`emjax.fit_restarts` return it; :func:`emjax.streaming.fit_stream`
     returns :class:`emjax.streaming.StreamResult` and :func:`emjax.deep.fit_em` /
@@ -66,6 +77,20 @@ class FitResult(eqx.Module):
         restart_losses: from :func:`emjax.fit_restarts` only: the final loss of every restart
             (NaN-free: a restart that went non-finite reports its last finite loss).
         best_restart: from :func:`emjax.fit_restarts` only: the index of the returned restart.
+        stats: the work done, a dict of int32 counts (per lane under ``vmap``):
+            ``"num_map_evaluations"`` (applications of the update map: for EM one E-step plus one
+            M-step; an accelerated solver makes two or three per iteration),
+            ``"num_loss_evaluations"`` (points at which L was evaluated, the initial one included;
+            each E-step yields L at its point) and ``"num_fallbacks"`` (extrapolations a safeguard
+            rejected in favour of the plain step).
+        distance_estimate: the estimated distance $\hat d$ (∞-norm over the free coordinates of
+            :meth:`~emjax.models.AbstractModel.flatten`) from the final parameters to the fixed
+            point: Aitken's $\|\Delta\theta\|_\infty\,\hat\rho/(1-\hat\rho)$ (docs/math.md §5.7);
+            infinite until ρ̂ is known (after three plain steps or two accelerated cycles) or when
+            ρ̂ ≥ 1.
+        rate_estimate: ρ̂, the estimated linear rate of the iteration (the base map's for an
+            accelerated solver); near a fixed point of EM it approaches ``emjax.em_rate``. NaN
+            while unknown.
     """
 
     params: SymParams | MoEParams
@@ -77,6 +102,9 @@ class FitResult(eqx.Module):
     params_history: SymParams | MoEParams | None = None
     restart_losses: Array | None = None
     best_restart: Array | None = None
+    stats: dict | None = None
+    distance_estimate: Array | None = None
+    rate_estimate: Array | None = None
 
     @property
     def final_loss(self):
@@ -102,6 +130,26 @@ def _healthy_start(params, x, y, loss0):
     return jnp.isfinite(loss0) & tree_all_finite((params, x, y))
 
 
+STAT_NAMES = ("num_map_evaluations", "num_loss_evaluations", "num_fallbacks")
+
+
+class _Track(NamedTuple):
+    """What the loop keeps besides the iterate: the work counts and the Aitken estimate's inputs."""
+
+    counts: dict
+    step_norm: Array  # ‖last step‖₂ (the ratio of successive steps estimates ρ)
+    rate_sample: Array  # the last contraction sample
+    rate: Array  # ρ̂
+    distance: Array  # the estimated distance of the current iterate to the fixed point
+
+
+def _initial_track(dtype) -> _Track:
+    counts = {name: jnp.zeros((), jnp.int32) for name in STAT_NAMES}
+    counts["num_loss_evaluations"] = jnp.ones((), jnp.int32)  # L at the initial parameters
+    nan = jnp.asarray(jnp.nan, dtype)
+    return _Track(counts, nan, nan, nan, jnp.asarray(jnp.inf, dtype))
+
+
 def _start(model, solver, params, x, y):
     """What the loop carries in: the per-fit cache, the solver state, L(params) and its E-step."""
     cache = model.precompute(x, y)
@@ -110,16 +158,58 @@ def _start(model, solver, params, x, y):
     return cache, state, loss, expected
 
 
-def _advance(model, solver, params, state, expected, cache, x, y, healthy):
-    """One solver step, accepted only if the run is healthy and the new iterate and loss are finite.
+def _advance(model, solver, params, state, loss, expected, track, cache, x, y, healthy):
+    """One solver iteration, accepted only if the run is healthy and the new iterate and loss are finite.
 
-    The new iterate's loss comes with its E-step (``solver.expect``), which the next step reuses:
-    one pass over x per iteration for both (the lean step, docs/guides/performance.md)."""
-    new_params, new_state = solver.advance(model, params, state, x, y, cache, expected)
-    new_loss, new_expected = solver.expect(model, new_params, new_state, x, y, cache)
-    accept = healthy & tree_all_finite(new_params) & jnp.isfinite(new_loss)
+    The new iterate's loss comes with its E-step, which the next iteration reuses: one pass over x
+    per map evaluation (the lean step, docs/guides/performance.md). The work is counted whenever
+    the lane was healthy; the rate and distance estimates move only with an accepted step."""
+    step = solver.iterate(model, params, state, x, y, cache, loss, expected)
+    accept = healthy & tree_all_finite(step.params) & jnp.isfinite(step.loss)
+    if step.rate is None:
+        step_norm, step_size = step_norms(model, step.params, params)
+        sample = step_ratio(step_norm, track.step_norm)
+    else:
+        step_norm, step_size, sample = track.step_norm, step.step, step.rate
+    rate = rate_estimate(sample, track.rate_sample)
+    counted = healthy.astype(jnp.int32)
+    work = dict(zip(STAT_NAMES, (step.num_map_evaluations, step.num_loss_evaluations, step.num_fallbacks), strict=True))
+    counts = {name: track.counts[name] + counted * jnp.asarray(work[name], jnp.int32) for name in STAT_NAMES}
+    moved = _Track(counts, step_norm, sample, rate, aitken_distance(step_size, rate))
+    track = _Track(counts, *_where(accept, tuple(moved)[1:], tuple(track)[1:]))
     # A rejected step ends the run (nothing is applied after it), so its E-step is never reused.
-    return _where(accept, new_params, params), _where(accept, new_state, state), new_loss, new_expected, accept
+    return (
+        _where(accept, step.params, params),
+        _where(accept, step.state, state),
+        step.loss,
+        step.expected,
+        accept,
+        track,
+    )
+
+
+def _converged(model, criterion: str, params, previous_loss, loss, track, rtol, atol):
+    if criterion == "loss":
+        return loss_converged(previous_loss, loss, rtol, atol)
+    flat = model.flatten(params)
+    scale = jnp.max(jnp.abs(flat)) if flat.size else jnp.zeros((), loss.dtype)
+    return distance_converged(track.distance, scale, rtol, atol)
+
+
+def _result(model, params, x, y, losses, applied, status, converged, state, history, track) -> FitResult:
+    status = _final_status(model, params, x, y, status)
+    return FitResult(
+        params,
+        losses,
+        applied,
+        status,
+        converged,
+        state,
+        history,
+        stats=dict(track.counts),
+        distance_estimate=track.distance,
+        rate_estimate=track.rate,
+    )
 
 
 @eqx.filter_jit
@@ -127,31 +217,30 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
     cache, state0, loss0, expected0 = _start(model, solver, params, x, y)
 
     def step(carry, t):
-        params, state, expected, healthy, applied = carry
-        params, state, new_loss, expected, accept = _advance(
-            model, solver, params, state, expected, cache, x, y, healthy
+        params, state, loss, expected, track, healthy, applied = carry
+        params, state, new_loss, expected, accept, track = _advance(
+            model, solver, params, state, loss, expected, track, cache, x, y, healthy
         )
         maybe_report("emjax.fit", progress_every, t + 1, num_steps, new_loss)
         loss = jnp.where(accept, new_loss, jnp.nan)
-        carry = (params, state, expected, accept, applied + accept.astype(jnp.int32))
+        carry = (params, state, loss, expected, track, accept, applied + accept.astype(jnp.int32))
         return carry, (loss, params if keep_history else None)
 
     healthy0 = _healthy_start(params, x, y, loss0)
-    init = (params, state0, expected0, healthy0, jnp.zeros((), jnp.int32))
-    (params, state, _, healthy, applied), (losses, history) = lax.scan(
+    init = (params, state0, loss0, expected0, _initial_track(x.dtype), healthy0, jnp.zeros((), jnp.int32))
+    (params, state, _, _, track, healthy, applied), (losses, history) = lax.scan(
         step, init, jnp.arange(num_steps, dtype=jnp.int32)
     )
     losses = jnp.concatenate([loss0[None], losses])
     if keep_history:
         history = jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history)
     status = final_status(healthy, False, False, jnp.where).astype(jnp.int32)
-    status = _final_status(model, params, x, y, status)
-    return FitResult(params, losses, applied, status, jnp.asarray(False), state, history)
+    return _result(model, params, x, y, losses, applied, status, jnp.asarray(False), state, history, track)
 
 
 @eqx.filter_jit
 def _fit_until(
-    model, solver, params, x, y, max_steps: int, rtol, atol, keep_history: bool, progress_every: int
+    model, solver, params, x, y, max_steps: int, rtol, atol, keep_history: bool, progress_every: int, criterion: str
 ) -> FitResult:
     dtype = x.dtype
     cache, state0, loss0, expected0 = _start(model, solver, params, x, y)
@@ -169,33 +258,33 @@ def _fit_until(
         loss0,
         losses,
         history,
+        _initial_track(dtype),
         _healthy_start(params, x, y, loss0),
         jnp.asarray(False),
     )
 
     def keep_going(carry):
-        t, _, _, _, _, _, _, finite, converged = carry
+        t, _, _, _, _, _, _, _, finite, converged = carry
         return (t < max_steps) & finite & ~converged
 
     def step(carry):
-        t, params, state, expected, loss, losses, history, _, _ = carry
+        t, params, state, expected, loss, losses, history, track, _, _ = carry
         # The loop stops at the first non-finite step, so every step it runs starts healthy.
-        new_params, new_state, new_loss, expected, accept = _advance(
-            model, solver, params, state, expected, cache, x, y, True
+        new_params, new_state, new_loss, expected, accept, track = _advance(
+            model, solver, params, state, loss, expected, track, cache, x, y, jnp.asarray(True)
         )
         maybe_report("emjax.fit", progress_every, t + 1, max_steps, new_loss)
-        converged = accept & loss_converged(loss, new_loss, rtol, atol)
+        converged = accept & _converged(model, criterion, new_params, loss, new_loss, track, rtol, atol)
         losses = losses.at[t + 1].set(jnp.where(accept, new_loss, jnp.nan))
         if keep_history:
             history = jax.tree_util.tree_map(lambda h, leaf: h.at[t + 1].set(leaf), history, new_params)
         t = t + accept.astype(jnp.int32)
         loss = jnp.where(accept, new_loss, loss)
-        return (t, new_params, new_state, expected, loss, losses, history, accept, converged)
+        return (t, new_params, new_state, expected, loss, losses, history, track, accept, converged)
 
-    applied, params, state, _, _, losses, history, finite, converged = lax.while_loop(keep_going, step, init)
+    applied, params, state, _, _, losses, history, track, finite, converged = lax.while_loop(keep_going, step, init)
     status = final_status(finite, converged, True, jnp.where).astype(jnp.int32)
-    status = _final_status(model, params, x, y, status)
-    return FitResult(params, losses, applied, status, converged, state, history)
+    return _result(model, params, x, y, losses, applied, status, converged, state, history, track)
 
 
 def fit(
@@ -210,20 +299,36 @@ def fit(
     progress: bool | int = False,
     tol=None,
     atol=0.0,
+    criterion: str = "distance",
 ) -> FitResult:
     r"""Run ``solver`` from ``params`` in one compiled loop: ``num_steps`` steps, or until a tolerance.
 
     Without ``tol`` the loop is a ``lax.scan`` of exactly ``num_steps`` steps (reverse-mode
     differentiable). With ``tol`` it is a ``lax.while_loop`` bounded by ``num_steps`` that stops
-    after the first step with $|L_t - L_{t+1}| \le$ ``atol`` $+$ ``tol`` $\cdot |L_{t+1}|$ (the rule
-    every emjax trainer uses, :mod:`emjax._stopping`); under ``vmap`` each lane stops on its own
+    after the first step that meets the ``criterion``; under ``vmap`` each lane stops on its own
     (finished lanes keep their values while others run on). The default is no tolerance, as for
     :func:`emjax.fit_restarts`: ``num_steps`` means exactly that many steps.
 
+    **Stopping criteria** (docs/math.md §5.7).
+
+    * ``"distance"`` (default): stop when the *estimated distance to the fixed point* is small,
+      $\hat d \le$ ``atol`` $+$ ``tol`` $\cdot\|\theta\|_\infty$, with Aitken's estimate
+      $\hat d = \|\theta_{t+1} - \theta_t\|_\infty\,\hat\rho / (1 - \hat\rho)$ and $\hat\rho$ the
+      larger of the last two ratios of successive step lengths (the iteration's linear rate; for
+      EM near a fixed point, $\lambda_{\max}$ of the missing-information matrix). A small step
+      is not enough: at rate 0.996 a step of 1e-8 leaves the iterate about 2.3e-6 away.
+    * ``"loss"``: stop when the loss change is small, $|L_t - L_{t+1}| \le$ ``atol``
+      $+$ ``tol`` $\cdot |L_{t+1}|$ (the rule of the streaming and deep trainers). It can stop
+      far from the fixed point when EM is slow.
+
+    The estimate and the rate are reported (``distance_estimate``, ``rate_estimate``) with or
+    without a tolerance, and ``stats`` counts the map and loss evaluations.
+
     Args:
         model: any emjax model (``SymMoLinE``, ``SymMoLogE``, ``MoLinE``, ``MoLogE``, ``MoPoE``).
-        solver: ``em()``, ``mirror_descent(eta)``, ``gradient_em(eta, m)``, ``gradient_descent(eta)``
-            or ``from_optax(tx)``.
+        solver: ``em()``, ``mirror_descent(eta)``, ``gradient_em(eta, m)``, ``gradient_descent(eta)``,
+            ``from_optax(tx)``, or an accelerated one, ``squarem(base)`` or ``anderson(base)``
+            (then one step is one extrapolation cycle; ``stats`` counts the map evaluations).
         params: the initial parameters.
         x: features, shape (n, d). y: responses, shape (n,).
         num_steps: number of iterations (the bound, with ``tol``), a Python int >= 0; it fixes
@@ -232,8 +337,10 @@ def fit(
         progress: print the step and loss from inside the compiled loop (``jax.debug.callback``),
             every 10 steps with ``True`` or every k steps with an int k. Off by default; results
             are bit-identical either way. Under ``vmap`` every lane reports.
-        tol: relative tolerance on the loss change (a float or traced scalar, >= 0), or None.
-        atol: absolute tolerance on the loss change, used with ``tol`` (default 0).
+        tol: relative tolerance (a float or traced scalar, >= 0) of the ``criterion``, or None.
+        atol: absolute tolerance of the ``criterion``, used with ``tol`` (default 0).
+        criterion: ``"distance"`` (the estimated distance to the fixed point, default) or
+            ``"loss"`` (the loss change); see above.
 
     Returns:
         A :class:`FitResult`. A step that produces a non-finite loss or parameter is not applied:
@@ -258,12 +365,13 @@ def fit(
     check_fit_arguments(model, solver, params, x, y, num_steps)
     progress_every = progress_interval(progress)
     check_tolerances(tol, atol)
+    check_criterion(criterion)
     params, x, y = as_arrays(params, x, y)
     solver = with_full_mask(model, solver, params)
     if tol is None:
         return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)
     rtol, atol = jnp.asarray(tol, x.dtype), jnp.asarray(atol, x.dtype)
-    return _fit_until(model, solver, params, x, y, num_steps, rtol, atol, bool(keep_history), progress_every)
+    return _fit_until(model, solver, params, x, y, num_steps, rtol, atol, bool(keep_history), progress_every, criterion)
 
 
 def check_fit_arguments(model, solver, params, x, y, num_steps) -> None:
@@ -273,11 +381,12 @@ def check_fit_arguments(model, solver, params, x, y, num_steps) -> None:
     if not isinstance(solver, AbstractSolver):
         raise ValueError(
             "solver must be an emjax solver (em(), mirror_descent(eta), gradient_em(eta, m), "
-            f"gradient_descent(eta), from_optax(tx)); got {type(solver).__name__}"
+            f"gradient_descent(eta), from_optax(tx), squarem(base), anderson(base)); got {type(solver).__name__}"
         )
     check_trainable(model, params, solver.trainable, "solver.trainable")
-    if isinstance(solver, (GradientDescent, GradientEM)):
-        check_step_tree(model, params, solver.step_size, "solver.step_size")
+    step_solver = getattr(solver, "base", solver)  # an accelerated solver's steps are its base's
+    if isinstance(step_solver, (GradientDescent, GradientEM)):
+        check_step_tree(model, params, step_solver.step_size, "solver.step_size")
 
 
 def with_full_mask(model, solver: AbstractSolver, params) -> AbstractSolver:

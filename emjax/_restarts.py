@@ -14,7 +14,7 @@ from ._fit import FitResult, _fit_scan, _fit_until, check_fit_arguments, with_fu
 from ._init import init_params
 from ._progress import progress_interval
 from ._status import Status
-from ._stopping import check_tolerances
+from ._stopping import check_criterion, check_tolerances
 from ._validation import check_features, check_key, is_concrete
 from .models import keep_frozen
 
@@ -25,7 +25,9 @@ def final_losses(result: FitResult) -> Array:
 
 
 @eqx.filter_jit
-def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen, fixed) -> FitResult:
+def _restarts(
+    model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen, fixed, criterion
+) -> FitResult:
     def one(key):
         start = init_params.unguarded(model, key, x, y)  # non-finite data: Status.nonfinite, not an error
         start, _, _ = as_arrays(start, x, y)
@@ -33,7 +35,7 @@ def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, 
             start = keep_frozen(frozen, fixed, start)
         if rtol is None:
             return _fit_scan(model, solver, start, x, y, num_steps, False, progress_every)
-        return _fit_until(model, solver, start, x, y, num_steps, rtol, atol, False, progress_every)
+        return _fit_until(model, solver, start, x, y, num_steps, rtol, atol, False, progress_every, criterion)
 
     results = map_lanes(one, keys, batch_size)
     losses = final_losses(results)
@@ -53,6 +55,9 @@ def _restarts(model, solver, keys, x, y, num_steps, rtol, atol, progress_every, 
         None,
         losses,
         best.astype(jnp.int32),
+        stats=chosen.stats,
+        distance_estimate=chosen.distance_estimate,
+        rate_estimate=chosen.rate_estimate,
     )
 
 
@@ -68,6 +73,7 @@ def fit_restarts(
     params=None,
     tol=None,
     atol=0.0,
+    criterion: str = "distance",
     progress: bool | int = False,
     batch_size: int | str | None = "auto",
 ) -> FitResult:
@@ -91,7 +97,7 @@ def fit_restarts(
             not pin them): the values those entries keep in every restart, e.g. 0 for a gate that
             must ignore a column. ``init_params`` knows nothing of the restriction, so its values
             there would silently fit a different model. Its other entries are not used.
-        tol, atol: the stopping rule of :func:`emjax.fit`, with the same defaults: ``tol=None``
+        tol, atol, criterion: the stopping rule of :func:`emjax.fit`, with the same defaults: ``tol=None``
             runs exactly ``num_steps`` steps per restart; pass e.g. ``tol=1e-8`` to stop each
             restart once its relative loss change is that small (on a CPU, with ``batch_size``
             1, that lets each restart stop early).
@@ -128,6 +134,7 @@ def fit_restarts(
     placeholder = model.placeholder(d, dtype)
     progress_every = progress_interval(progress)
     check_tolerances(tol, atol)
+    check_criterion(criterion)
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     keys = jax.random.split(key, num_restarts)
     user_mask = solver.trainable
@@ -139,7 +146,9 @@ def fit_restarts(
     else:
         frozen, fixed = _frozen_entries(model, solver, placeholder), as_arrays(params, x, y)[0]
     if tol is None:
-        return _restarts(model, solver, keys, x, y, num_steps, None, None, progress_every, batch_size, frozen, fixed)
+        return _restarts(
+            model, solver, keys, x, y, num_steps, None, None, progress_every, batch_size, frozen, fixed, criterion
+        )
     return _restarts(
         model,
         solver,
@@ -153,6 +162,7 @@ def fit_restarts(
         batch_size,
         frozen,
         fixed,
+        criterion,
     )
 
 

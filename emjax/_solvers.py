@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -43,10 +43,41 @@ from ._validation import check_inner_steps, check_step_size
 from .models import MoEParams, SymParams, keep_frozen
 
 
+class Iteration(NamedTuple):
+    """What one iteration of a solver hands back to :func:`emjax.fit`'s loop.
+
+    Attributes:
+        params, state: the new iterate and solver state.
+        loss, expected: L at the new iterate and what the next iteration reuses (:meth:`AbstractSolver.expect`).
+        num_map_evaluations: applications of the underlying update map in this iteration (an EM
+            map evaluation is one E-step followed by one M-step).
+        num_loss_evaluations: points at which L was evaluated (each E-step yields L at its point).
+        num_fallbacks: extrapolations rejected by a safeguard in favour of the plain step.
+        rate: None, or a sample of the local contraction factor ρ of the iteration; None lets the
+            loop estimate ρ from successive steps (:func:`emjax._stopping.step_ratio`).
+        step: with ``rate``: the ∞-norm (flattened free coordinates) of the step ρ acts on; the
+            Aitken estimate of the distance to the fixed point is ``step · ρ / (1 − ρ)``.
+    """
+
+    params: Any
+    state: Any
+    loss: Array
+    expected: Any
+    num_map_evaluations: Any = 1
+    num_loss_evaluations: Any = 1
+    num_fallbacks: Any = 0
+    rate: Array | None = None
+    step: Array | None = None
+
+
 class AbstractSolver(eqx.Module):
     """One iteration of an optimiser of the negative log-likelihood, as pure functions."""
 
     trainable: SymParams | MoEParams | None = None
+
+    # A stateless iteration θ ↦ F(θ) whose fixed points are the stationary points of L: the
+    # maps the accelerators (:func:`emjax.squarem`, :func:`emjax.anderson`) can extrapolate.
+    is_fixed_point_map: ClassVar[bool] = True
 
     def init(self, params) -> Any:
         """The solver's state before the first step (empty for stateless solvers)."""
@@ -68,6 +99,14 @@ class AbstractSolver(eqx.Module):
     def advance(self, model, params, state: Any, x, y, cache, expected):
         """The step from ``params`` given :meth:`expect`'s ``expected`` and the model's ``cache``."""
         return self.update(model, params, state, x, y)
+
+    def iterate(self, model, params, state: Any, x, y, cache, loss, expected) -> Iteration:
+        """One iteration of :func:`emjax.fit`'s loop from ``params`` with ``loss, expected = expect(params)``:
+        :meth:`advance`, then :meth:`expect` at the new iterate (one map and one loss evaluation).
+        Accelerated solvers override it to make several map evaluations per iteration."""
+        new_params, new_state = self.advance(model, params, state, x, y, cache, expected)
+        new_loss, new_expected = self.expect(model, new_params, new_state, x, y, cache)
+        return Iteration(new_params, new_state, new_loss, new_expected)
 
 
 def _as_step(step_size, per_block: bool = True):
@@ -150,6 +189,7 @@ class OptaxSolver(AbstractSolver):
     r"""Any ``optax.GradientTransformation`` applied to $\nabla L$ (zero on fixed entries, which never move)."""
 
     transformation: optax.GradientTransformation = eqx.field(static=True, default=None)
+    is_fixed_point_map: ClassVar[bool] = False  # its state (moments) makes the step history-dependent
 
     def init(self, params):
         return self.transformation.init(params)

@@ -38,6 +38,54 @@ def loss_converged(previous, current, rtol, atol):
     return is_finite(previous) & is_finite(current) & (abs(previous - current) <= atol + rtol * abs(current))
 
 
+CRITERIA = ("distance", "loss")
+
+
+def check_criterion(criterion) -> None:
+    """``criterion`` is one of :data:`CRITERIA` (``ValueError`` otherwise)."""
+    if not isinstance(criterion, str) or criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+
+
+def step_ratio(step_norm, previous_step_norm):
+    r"""A sample of the contraction factor, $\|\theta_{t+1}-\theta_t\|_2 / \|\theta_t-\theta_{t-1}\|_2$ (NaN before two steps)."""
+    usable = previous_step_norm > 0
+    return jnp.where(usable, step_norm / jnp.where(usable, previous_step_norm, 1), jnp.nan)
+
+
+def step_norms(model, new, old):
+    """(‖Δ‖₂, ‖Δ‖∞) of the step ``new - old`` over the model's free coordinates (:meth:`flatten`)."""
+    delta = model.flatten(new) - model.flatten(old)
+    if delta.size == 0:
+        zero = jnp.zeros((), delta.dtype)
+        return zero, zero
+    return jnp.linalg.norm(delta), jnp.max(jnp.abs(delta))
+
+
+def rate_estimate(sample, previous_sample):
+    """ρ̂: the larger of the last two contraction samples (NaN, unknown, until both exist).
+
+    Taking the larger guards the Aitken estimate against one lucky ratio, which would make it
+    report a distance far too small."""
+    return jnp.where(jnp.isnan(sample) | jnp.isnan(previous_sample), jnp.nan, jnp.maximum(sample, previous_sample))
+
+
+def aitken_distance(step, rate):
+    r"""The estimated distance to the fixed point after a step of size ``step`` at linear rate ρ:
+    $\|\theta_{t+1}-\theta^\star\| \approx \|\theta_{t+1}-\theta_t\|\,\rho/(1-\rho)$ (docs/math.md §5.7).
+
+    0 for a zero step (an exact fixed point); infinite while ρ is unknown or not below 1."""
+    contracting = rate < 1  # False for NaN
+    safe = jnp.where(contracting, rate, 0.0)
+    estimate = jnp.where(contracting, step * safe / (1 - safe), jnp.inf)
+    return jnp.where(step == 0, jnp.zeros_like(estimate), estimate)
+
+
+def distance_converged(distance, scale, rtol, atol):
+    r"""The distance rule: $\hat d \le \mathrm{atol} + \mathrm{rtol}\,\|\theta\|_\infty$ (False for NaN or infinite $\hat d$)."""
+    return is_finite(distance) & (distance <= atol + rtol * scale)
+
+
 def final_status(finite, converged, has_tolerance: bool, where):
     """The status of a finished run (before any model-specific ``degenerate`` check).
 

@@ -70,6 +70,17 @@ class AbstractModel(eqx.Module):
         """Booleans with the structure of ``params`` (each leaf broadcastable to the parameter's shape):
         True where an entry may change (not pinned, trainable)."""
 
+    def to_unconstrained(self, params):
+        """Coordinates in which any real value is valid (default: the parameters themselves).
+
+        Extrapolating solvers (:func:`emjax.squarem`, :func:`emjax.anderson`) combine iterates in
+        these coordinates, so constraints such as σ > 0 hold at every extrapolated point."""
+        return params
+
+    def from_unconstrained(self, params):
+        """Inverse of :meth:`to_unconstrained` (default: the identity)."""
+        return params
+
     def flat_free_mask(self, params, trainable=None) -> Array:
         """:meth:`free_mask` flattened like the parameters (True where the flat entry may change)."""
         free = jax.tree_util.tree_map(

@@ -108,6 +108,19 @@ class MixtureOfExperts(AbstractModel):
         sigma = np.zeros(self.num_experts, bool) if self.expert.has_scale else None
         return MoEParams(gate=gate, experts=np.array(experts), sigma=sigma)
 
+    def to_unconstrained(self, params: MoEParams) -> MoEParams:
+        """log σ in place of σ (families with a scale); the other blocks are already unconstrained."""
+        if params.sigma is None:
+            return params
+        return MoEParams(gate=params.gate, experts=params.experts, sigma=jnp.log(params.sigma))
+
+    def from_unconstrained(self, params: MoEParams) -> MoEParams:
+        """σ = exp(log σ), kept at or above the M-step's variance floor."""
+        if params.sigma is None:
+            return params
+        sigma = jnp.maximum(jnp.exp(params.sigma), jnp.sqrt(jnp.asarray(VARIANCE_FLOOR, params.sigma.dtype)))
+        return MoEParams(gate=params.gate, experts=params.experts, sigma=sigma)
+
     def num_free_parameters(self, d: int) -> int:
         """Number of free (non-pinned) parameters."""
         pinned = self.pinned(d)

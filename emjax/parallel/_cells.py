@@ -12,7 +12,7 @@ from .._fit import check_fit_arguments, fit
 from ._mesh import CELL_AXIS, _check_mesh, shard_cells, shard_rows
 
 
-def fit_cells(model, solver, params, x, y, num_steps: int, mesh, *, tol=None, atol=0.0):
+def fit_cells(model, solver, params, x, y, num_steps: int, mesh, *, tol=None, atol=0.0, criterion="distance"):
     r"""Run :func:`emjax.fit` from every start in ``params`` (leading axis C), data-parallel within each fit.
 
     The C starts are split over the mesh's ``"cells"`` axis; each group of devices runs its
@@ -25,7 +25,7 @@ def fit_cells(model, solver, params, x, y, num_steps: int, mesh, *, tol=None, at
             of cells of the mesh).
         x, y: the data, ideally already placed by :func:`shard_rows` (otherwise they are).
         mesh: a mesh from :func:`data_mesh`.
-        num_steps, tol, atol: as in :func:`emjax.fit`.
+        num_steps, tol, atol, criterion: as in :func:`emjax.fit`.
 
     Returns:
         A :class:`emjax.FitResult` whose leaves have the leading axis C.
@@ -42,7 +42,7 @@ def fit_cells(model, solver, params, x, y, num_steps: int, mesh, *, tol=None, at
     validate(model, first, x, y)
     check_fit_arguments(model, solver, first, x, y, num_steps)
     x, y = shard_rows(mesh, x, y) if not _placed(x, mesh) else (x, y)
-    return _fit_cells(model, solver, shard_cells(mesh, params), x, y, num_steps, mesh, tol, atol)
+    return _fit_cells(model, solver, shard_cells(mesh, params), x, y, num_steps, mesh, tol, atol, criterion)
 
 
 def _placed(x, mesh) -> bool:
@@ -51,9 +51,11 @@ def _placed(x, mesh) -> bool:
 
 
 @eqx.filter_jit
-def _fit_cells(model, solver, params, x, y, num_steps, mesh, tol, atol):
+def _fit_cells(model, solver, params, x, y, num_steps, mesh, tol, atol, criterion):
     def local(starts, x, y):
-        return lax.map(lambda start: fit(model, solver, start, x, y, num_steps, tol=tol, atol=atol), starts)
+        return lax.map(
+            lambda start: fit(model, solver, start, x, y, num_steps, tol=tol, atol=atol, criterion=criterion), starts
+        )
 
     # Manual over "cells" (each group maps over its own starts); automatic over "data", where the
     # partitioner turns every mean over rows into local sums plus an all-reduce.
