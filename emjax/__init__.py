@@ -28,6 +28,8 @@ from . import parallel as parallel
 from . import streaming as streaming
 from . import sweeps as sweeps
 from . import testing as testing
+from ._acceleration import anderson as anderson
+from ._acceleration import squarem as squarem
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
 from ._inference import aic as aic
@@ -50,8 +52,6 @@ from ._mirror import mirror_map_grad as mirror_map_grad
 from ._mirror import neg_log_likelihood_grad as neg_log_likelihood_grad
 from ._mirror import posterior_statistics as posterior_statistics
 from ._restarts import fit_restarts as fit_restarts
-from ._acceleration import anderson as anderson
-from ._acceleration import squarem as squarem
 from ._solvers import AbstractSolver as AbstractSolver
 from ._solvers import em as em
 from ._solvers import from_optax as from_optax

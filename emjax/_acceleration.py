@@ -368,8 +368,9 @@ def squarem(
     $v = \theta_2 - 2\theta_1 + \theta_0$) and stabilises with a third, $F(\theta')$; the step length
     is ``method`` 1: $-r\cdot v / v\cdot v$ (the default), 2: $-r\cdot r / r\cdot v$ or
     3: $\|r\| / \|v\|$ (R's default), clipped to $[1, \alpha_{\max}]$. Method 1 needed fewer map
-    evaluations than 3 on every benchmark problem (benchmarks/acceleration.py), 50 against 74 and
-    101 on Hasselblad's data, where R's method 3 needs 54 and 66 at a looser tolerance. $\alpha_{\max}$ starts at ``step_max``, is
+    evaluations than 3 on Hasselblad's data (50 against 74 and 101 from the two classic starts;
+    R's method 3 needs 54 and 66 at a looser tolerance) and on slow logistic mixtures; method 3
+    was ahead on a MoLinE(3) fit (benchmarks/acceleration.py). $\alpha_{\max}$ starts at ``step_max``, is
     multiplied by ``step_factor`` each time α reaches it and divided by it after a rejected
     extrapolation at the bound (R's ``step.max0``, ``mstep``). A rejected extrapolation (non-finite,
     or L up by more than one nat of total log-likelihood; round-off only with ``monotone=True``)

@@ -48,7 +48,9 @@ def check_criterion(criterion) -> None:
 
 
 def step_ratio(step_norm, previous_step_norm):
-    r"""A sample of the contraction factor, $\|\theta_{t+1}-\theta_t\|_2 / \|\theta_t-\theta_{t-1}\|_2$ (NaN before two steps)."""
+    r"""A sample of the contraction factor: $\|\theta_{t+1}-\theta_t\|_2 / \|\theta_t-\theta_{t-1}\|_2$.
+
+    NaN when the previous step is unknown or zero."""
     usable = previous_step_norm > 0
     return jnp.where(usable, step_norm / jnp.where(usable, previous_step_norm, 1), jnp.nan)
 
@@ -82,7 +84,9 @@ def aitken_distance(step, rate):
 
 
 def distance_converged(distance, scale, rtol, atol):
-    r"""The distance rule: $\hat d \le \mathrm{atol} + \mathrm{rtol}\,\|\theta\|_\infty$ (False for NaN or infinite $\hat d$)."""
+    r"""The distance rule: $\hat d \le \mathrm{atol} + \mathrm{rtol}\,\|\theta\|_\infty$.
+
+    False for a NaN or infinite $\hat d$."""
     return is_finite(distance) & (distance <= atol + rtol * scale)
 
 
