@@ -10,6 +10,12 @@ or hand the solver to :func:`emjax.fit`, which owns the loop, the stopping rule 
 the loop, :mod:`emjax._stopping`, not in the solver). ``update`` does not guard traced data against
 NaN (``fit`` reports it as ``Status.nonfinite`` instead).
 
+**Inside** :func:`emjax.fit`, a solver runs through :meth:`AbstractSolver.iterate`, which returns an
+:class:`Iteration`: the new iterate, its loss and E-step (reused by the next iteration), and the work
+done (map and loss evaluations, fallbacks). The default makes one map evaluation; the accelerated
+solvers (:func:`emjax.squarem`, :func:`emjax.anderson`, :mod:`emjax._acceleration`) make several and
+report a contraction rate for the stopping rule.
+
 **What they are not.** They are not optax ``GradientTransformation``\ s: ``update`` takes the
 model, the parameters and the data and returns new *parameters* (an EM or mirror-descent step is a
 closed-form M-step, not a gradient update), not updates to be added. So they cannot be composed

@@ -46,6 +46,9 @@ CONTRACT = {
     # issue 5
     "datasets",
     "deep",
+    # issue 16
+    "squarem",
+    "anderson",
 }
 
 DATASETS_CONTRACT = {"digits", "fashion_mnist", "random_invert", "read_idx", "add_intercept", "ImageDataset"}
@@ -122,7 +125,7 @@ def test_version():
 
 
 TESTING_CONTRACT = {"random_params", "perturb", "relative_errors", "match_experts"}
-SOLVER_CLASSES = {"EM", "MirrorDescent", "GradientDescent", "GradientEM", "OptaxSolver"}
+SOLVER_CLASSES = {"EM", "MirrorDescent", "GradientDescent", "GradientEM", "OptaxSolver", "Squarem", "Anderson"}
 
 
 def test_generators_and_test_helpers_live_in_emjax_testing_only():
@@ -134,7 +137,7 @@ def test_generators_and_test_helpers_live_in_emjax_testing_only():
 
 
 def test_solvers_have_one_public_form_the_factories():
-    from emjax import _solvers
+    from emjax import _acceleration, _solvers
 
     for name in SOLVER_CLASSES:
         assert name not in emjax.__all__ and not hasattr(emjax, name), name
@@ -143,6 +146,8 @@ def test_solvers_have_one_public_form_the_factories():
         (emjax.mirror_descent(0.5), _solvers.MirrorDescent),
         (emjax.gradient_descent(0.1), _solvers.GradientDescent),
         (emjax.gradient_em(0.1), _solvers.GradientEM),
+        (emjax.squarem(emjax.em()), _acceleration.Squarem),
+        (emjax.anderson(emjax.em()), _acceleration.Anderson),
     ):
         assert isinstance(factory, cls) and isinstance(factory, emjax.AbstractSolver)
 

@@ -98,7 +98,7 @@ def test_every_trainer_returns_a_fit_result(moline, mlp):
 def test_a_tolerance_stop_follows_the_same_rule_in_every_trainer(moline, mlp):
     model, x, y, start = moline
     tol = 1e-6
-    fitted = emjax.fit(model, emjax.em(), start, x, y, 200, tol=tol)
+    fitted = emjax.fit(model, emjax.em(), start, x, y, 200, tol=tol, criterion="loss")
     # One full batch per epoch with eta = 1: each epoch is one EM step, its loss fit's loss before that step.
     streamed = fit_stream(model, start, [(x, y)], num_epochs=200, step_size=1.0, tol=tol)
     deep_tol = 1e-4  # Adam on a small network: a looser tolerance, the same rule

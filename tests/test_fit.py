@@ -192,7 +192,7 @@ def test_tolerance_stop_matches_the_fixed_step_trace(kind):
     model, truth, x, y = make_problem(kind, n=300, d=3, seed=70)
     start = emjax.testing.perturb(truth, jax.random.key(10))
     full = emjax.fit(model, emjax.em(), start, x, y, 200, keep_history=True)
-    until = emjax.fit(model, emjax.em(), start, x, y, 200, tol=1e-9, keep_history=True)
+    until = emjax.fit(model, emjax.em(), start, x, y, 200, tol=1e-9, keep_history=True, criterion="loss")
     k = int(until.num_steps)
     assert bool(until.converged) and int(until.status) == emjax.Status.ok and 0 < k < 200
     np.testing.assert_allclose(until.losses[: k + 1], full.losses[: k + 1], rtol=1e-13)

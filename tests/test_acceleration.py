@@ -1,0 +1,246 @@
+"""SQUAREM and Anderson acceleration, the distance-based stopping rule and the work counts.
+
+Oracles: Hasselblad's Poisson mixture with R's SQUAREM counts and fixed point (the anchors of issue
+16), plain EM run to its fixed point, the loss trace (monotone with the safeguard), and the
+parameters themselves (frozen and pinned entries bit-identical, σ > 0)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import emjax
+from emjax._acceleration import _to_params, _unconstrained_vector
+from tests.utils import make_moe_problem
+
+# Deaths per day of women over 80 in London, 1910-1912 (Hasselblad 1969): 0..9 deaths on these many days.
+DAYS = np.array([162, 267, 271, 185, 111, 61, 27, 8, 3, 1])
+HASSELBLAD = emjax.MoPoE(2)
+R_SQUAREM_MAPS = {(0.3, 1.0, 5.0): 54, (0.5, 1.0, 3.0): 66}  # R's SQUAREM (method 3), tol 1e-8
+R_FIXED_POINT = np.array([0.35989, 1.25610, 2.66341])  # (π, λ₁, λ₂), to R's printed digits
+
+
+def _hasselblad():
+    y = jnp.asarray(np.repeat(np.arange(10), DAYS), jnp.float64)
+    return jnp.ones((y.size, 1)), y
+
+
+def _hasselblad_start(pi, rate1, rate2):
+    # Gate row 0 is pinned at 0, so row 1's intercept is log(π₂/π₁); the experts hold log λ.
+    return emjax.MoEParams(
+        gate=jnp.array([[0.0], [np.log((1 - pi) / pi)]]), experts=jnp.log(jnp.array([[rate1], [rate2]]))
+    )
+
+
+def _natural(params):
+    pi = 1 / (1 + np.exp(float(params.gate[1, 0])))
+    return np.array([pi, *np.exp(np.asarray(params.experts[:, 0]))])
+
+
+@pytest.fixture(scope="module")
+def hasselblad_fixed_point():
+    x, y = _hasselblad()
+    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.3, 1, 5), x, y, 20000, tol=0.0, atol=1e-15)
+    assert int(result.status) == emjax.Status.ok
+    return result.params
+
+
+def _distance(model, params, reference):
+    return float(jnp.max(jnp.abs(model.flatten(params) - model.flatten(reference))))
+
+
+@pytest.mark.parametrize("start", sorted(R_SQUAREM_MAPS))
+@pytest.mark.parametrize("name", ["squarem", "anderson"])
+def test_hasselblad_no_more_map_evaluations_than_r(start, name, hasselblad_fixed_point):
+    x, y = _hasselblad()
+    solver = emjax.squarem(emjax.em()) if name == "squarem" else emjax.anderson(emjax.em())
+    result = emjax.fit(HASSELBLAD, solver, _hasselblad_start(*start), x, y, 500, tol=1e-8)
+    assert int(result.status) == emjax.Status.ok and bool(result.converged)
+    assert int(result.stats["num_map_evaluations"]) <= R_SQUAREM_MAPS[start]
+    assert _distance(HASSELBLAD, result.params, hasselblad_fixed_point) <= 1e-7
+    np.testing.assert_allclose(_natural(result.params), R_FIXED_POINT, atol=1e-5)
+    np.testing.assert_allclose(float(result.final_loss) * y.size, 1989.946, atol=1e-3)
+    assert float(result.distance_estimate) <= 1e-8 * float(jnp.max(jnp.abs(HASSELBLAD.flatten(result.params))))
+
+
+def test_distance_rule_stops_near_the_fixed_point_and_the_loss_rule_does_not(hasselblad_fixed_point):
+    """Plain EM at rate 0.9957: the distance estimate matches the true distance; the loss rule is misleading."""
+    x, y = _hasselblad()
+    start = _hasselblad_start(0.3, 1, 5)
+    by_distance = emjax.fit(HASSELBLAD, emjax.em(), start, x, y, 6000, tol=1e-6)
+    true = _distance(HASSELBLAD, by_distance.params, hasselblad_fixed_point)
+    estimate = float(by_distance.distance_estimate)
+    assert bool(by_distance.converged) and true <= 1.5e-6
+    assert 0.5 * true <= estimate <= 2 * true
+    assert abs(float(by_distance.rate_estimate) - 0.9957) < 1e-3
+    by_loss = emjax.fit(HASSELBLAD, emjax.em(), start, x, y, 6000, tol=1e-6, criterion="loss")
+    assert bool(by_loss.converged) and int(by_loss.num_steps) < 100
+    assert _distance(HASSELBLAD, by_loss.params, hasselblad_fixed_point) > 1e-2
+
+
+def test_em_rate_agrees_with_the_estimated_rate(hasselblad_fixed_point):
+    x, y = _hasselblad()
+    rate = float(emjax.em_rate(HASSELBLAD, hasselblad_fixed_point, x, y))
+    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.5, 1, 3), x, y, 4000)
+    assert abs(float(result.rate_estimate) - rate) < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["lin", "log", "poi"])
+def test_distance_estimate_tracks_the_true_distance(kind):
+    """Plain EM on K-expert problems with a known fixed point: after the rule fires, d̂ is within 3x of the truth."""
+    model, _, x, y = make_moe_problem(kind, seed=2, n=400, d=2)
+    start = emjax.init_params(model, jax.random.key(1), x, y)
+    reference = emjax.fit(model, emjax.anderson(emjax.em()), start, x, y, 3000, tol=1e-14)
+    reference = emjax.fit(model, emjax.em(), reference.params, x, y, 20).params
+    result = emjax.fit(model, emjax.em(), start, x, y, 5000, tol=1e-7)
+    true = _distance(model, result.params, reference)
+    estimate = float(result.distance_estimate)
+    assert bool(result.converged)
+    assert true / 3 <= estimate <= 3 * true + 1e-13
+
+
+def _slow_symmetric_logistic(n=1000):
+    model = emjax.SymMoLogE()
+    truth = emjax.SymParams(w=jnp.array([0.3, 0.0]), beta=jnp.array([0.0, 0.6]))
+    x, y = emjax.sample(model, truth, jax.random.key(3), n)
+    return model, x, y, model.init_params(jax.random.key(5), x, y)
+
+
+@pytest.mark.parametrize("name", ["squarem", "anderson"])
+def test_slow_problem_accelerated_fixed_point_equals_em_and_loss_is_monotone(name):
+    model, x, y, start = _slow_symmetric_logistic()
+    reference = emjax.fit(model, emjax.anderson(emjax.em()), start, x, y, 5000, tol=1e-13)
+    reference = emjax.fit(model, emjax.em(), reference.params, x, y, 20).params
+    assert float(emjax.em_rate(model, reference, x, y)) > 0.99
+    factory = emjax.squarem if name == "squarem" else emjax.anderson
+    result = emjax.fit(model, factory(emjax.em(), monotone=True), start, x, y, 3000, tol=1e-9)
+    assert int(result.status) == emjax.Status.ok
+    assert _distance(model, result.params, reference) <= 1e-7
+    trace = np.asarray(result.losses[: int(result.num_steps) + 1])
+    assert np.all(np.diff(trace) <= 1e-14 * np.abs(trace[1:]))
+    assert int(result.stats["num_fallbacks"]) > 0  # the safeguard acted, and was counted
+    plain = emjax.fit(model, emjax.em(), start, x, y, 2000, tol=1e-9)
+    assert int(plain.status) == emjax.Status.max_steps  # EM crawls: 2,000 steps are not enough
+    assert int(result.stats["num_map_evaluations"]) * 5 < 2000
+
+
+def test_plain_solver_counts():
+    model, x, y, start = _slow_symmetric_logistic(200)
+    result = emjax.fit(model, emjax.em(), start, x, y, 7)
+    assert int(result.stats["num_map_evaluations"]) == 7
+    assert int(result.stats["num_loss_evaluations"]) == 8
+    assert int(result.stats["num_fallbacks"]) == 0
+    assert all(value.dtype == jnp.int32 for value in result.stats.values())
+
+
+def test_squarem_counts_follow_its_cycle():
+    model, x, y, start = _slow_symmetric_logistic(200)
+    result = emjax.fit(model, emjax.squarem(emjax.em()), start, x, y, 6)
+    maps, losses = int(result.stats["num_map_evaluations"]), int(result.stats["num_loss_evaluations"])
+    # Each cycle: two map evaluations, plus a stabilising one when it extrapolates (then two more E-steps).
+    assert 12 <= maps <= 18 and losses - 1 == 2 * maps - 12
+
+
+@pytest.mark.parametrize("name", ["squarem", "anderson"])
+def test_mirror_descent_base_reaches_the_em_fixed_point(name):
+    model, x, y, start = _slow_symmetric_logistic(400)
+    reference = emjax.fit(model, emjax.anderson(emjax.em()), start, x, y, 5000, tol=1e-13).params
+    factory = emjax.squarem if name == "squarem" else emjax.anderson
+    result = emjax.fit(model, factory(emjax.mirror_descent(0.7)), start, x, y, 3000, tol=1e-10)
+    assert int(result.status) == emjax.Status.ok
+    assert _distance(model, result.params, reference) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["squarem", "anderson"])
+def test_frozen_pinned_and_positive_entries_hold_at_every_iterate(name):
+    model, truth, x, y = make_moe_problem("lin", seed=4, n=300, d=3)
+    start = emjax.init_params(model, jax.random.key(2), x, y)
+    trainable = emjax.MoEParams(
+        gate=jnp.ones_like(start.gate, bool),
+        experts=jnp.ones_like(start.experts, bool).at[1].set(False),
+        sigma=jnp.array([True, False, True]),
+    )
+    factory = emjax.squarem if name == "squarem" else emjax.anderson
+    result = emjax.fit(model, factory(emjax.em(trainable)), start, x, y, 40, keep_history=True)
+    history = result.params_history
+    steps = int(result.num_steps)
+    assert steps == 40
+    np.testing.assert_array_equal(history.experts[: steps + 1, 1], np.broadcast_to(start.experts[1], (steps + 1, 3)))
+    np.testing.assert_array_equal(history.sigma[: steps + 1, 1], np.full(steps + 1, start.sigma[1]))
+    np.testing.assert_array_equal(history.gate[: steps + 1, 0], np.zeros((steps + 1, 3)))
+    assert np.all(np.asarray(history.sigma[: steps + 1]) > 0)
+
+
+def test_extrapolated_points_keep_constraints():
+    """An extrapolation far past σ = 0 in the linear coordinates stays positive in log σ; masks hold."""
+    model, _, x, y = make_moe_problem("lin", seed=4, n=100, d=2)
+    current = emjax.init_params(model, jax.random.key(0), x, y)
+    vector, unravel = _unconstrained_vector(model, current)
+    far = vector - 50.0  # every coordinate moved far, log σ included
+    frozen_expert = emjax.MoEParams(gate=True, experts=jnp.array([True, False, True])[:, None], sigma=True)
+    free = model.free_mask(current, frozen_expert)
+    point = _to_params(model, far, unravel, free, current)
+    assert np.all(np.asarray(point.sigma) > 0)
+    np.testing.assert_array_equal(point.gate[0], current.gate[0])  # pinned row
+    np.testing.assert_array_equal(point.experts[1], current.experts[1])  # frozen expert
+    assert np.all(np.asarray(point.experts[0]) != np.asarray(current.experts[0]))
+
+
+def test_vmap_lanes_keep_their_own_status_and_counts():
+    x, y = _hasselblad()
+    starts = [_hasselblad_start(0.3, 1, 5), _hasselblad_start(0.5, 1, 3), _hasselblad_start(0.4, 1, 4)]
+    batch = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *starts)
+    bad = jax.tree_util.tree_map(lambda leaf: leaf.at[2].set(jnp.nan), batch)  # lane 2 cannot start
+    solver = emjax.squarem(emjax.em())
+    results = jax.vmap(lambda p: emjax.fit(HASSELBLAD, solver, p, x, y, 300, tol=1e-8))(bad)
+    assert results.stats["num_map_evaluations"].shape == (3,)
+    status = np.asarray(results.status)
+    assert list(status[:2]) == [emjax.Status.ok, emjax.Status.ok] and status[2] == emjax.Status.nonfinite
+    assert int(results.stats["num_map_evaluations"][2]) == 0
+    for lane, start in enumerate(starts[:2]):
+        alone = emjax.fit(HASSELBLAD, solver, start, x, y, 300, tol=1e-8)
+        assert int(results.stats["num_map_evaluations"][lane]) == int(alone.stats["num_map_evaluations"])
+        lane_params = jax.tree_util.tree_map(lambda leaf, i=lane: leaf[i], results.params)
+        np.testing.assert_allclose(HASSELBLAD.flatten(lane_params), HASSELBLAD.flatten(alone.params), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["squarem", "anderson"])
+def test_jit_and_update_agree_with_fit(name):
+    model, x, y, start = _slow_symmetric_logistic(300)
+    solver = emjax.squarem(emjax.em()) if name == "squarem" else emjax.anderson(emjax.em(), memory=3)
+    direct = emjax.fit(model, solver, start, x, y, 5)
+    jitted = jax.jit(lambda p: emjax.fit(model, solver, p, x, y, 5))(start)
+    np.testing.assert_allclose(model.flatten(direct.params), model.flatten(jitted.params), rtol=1e-12, atol=1e-14)
+    params, state = start, solver.init(start)
+    for _ in range(5):
+        params, state = solver.update(model, params, state, x, y)
+    np.testing.assert_allclose(model.flatten(params), model.flatten(direct.params), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["squarem", "anderson"])
+def test_float32(name):
+    x, y = _hasselblad()
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    start = jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.float32), _hasselblad_start(0.3, 1, 5))
+    solver = emjax.squarem(emjax.em()) if name == "squarem" else emjax.anderson(emjax.em())
+    result = emjax.fit(HASSELBLAD, solver, start, x, y, 200, tol=1e-5)
+    assert result.params.gate.dtype == jnp.float32 and int(result.status) == emjax.Status.ok
+    np.testing.assert_allclose(_natural(result.params), R_FIXED_POINT, atol=2e-3)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="base must be"):
+        emjax.squarem(emjax.from_optax(__import__("optax").adam(0.1)))
+    with pytest.raises(ValueError, match="base must be"):
+        emjax.anderson(emjax.squarem(emjax.em()))
+    with pytest.raises(ValueError, match="method"):
+        emjax.squarem(emjax.em(), method=4)
+    with pytest.raises(ValueError, match="memory"):
+        emjax.anderson(emjax.em(), memory=0)
+    with pytest.raises(ValueError, match="step_max"):
+        emjax.squarem(emjax.em(), step_max=0.5)
+    with pytest.raises(ValueError, match="monotone"):
+        emjax.anderson(emjax.em(), monotone="yes")
+    x, y = _hasselblad()
+    with pytest.raises(ValueError, match="criterion"):
+        emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.3, 1, 5), x, y, 3, tol=1e-6, criterion="steps")
