@@ -35,6 +35,7 @@ from ._stopping import (
     check_tolerances,
     distance_converged,
     final_status,
+    informative_step,
     loss_converged,
     rate_estimate,
     step_norms,
@@ -168,10 +169,13 @@ def _advance(model, solver, params, state, loss, expected, track, cache, x, y, h
     accept = healthy & tree_all_finite(step.params) & jnp.isfinite(step.loss)
     if step.rate is None:
         step_norm, step_size = step_norms(model, step.params, params)
-        sample = step_ratio(step_norm, track.step_norm)
+        # Once ρ̂ is known, a step at round-off level leaves it alone (see informative_step).
+        informative = informative_step(model, step_norm, step.params, track.rate)
+        sample = jnp.where(informative, step_ratio(step_norm, track.step_norm), track.rate_sample)
+        rate = jnp.where(informative, rate_estimate(sample, track.rate_sample), track.rate)
     else:
         step_norm, step_size, sample = track.step_norm, step.step, step.rate
-    rate = rate_estimate(sample, track.rate_sample)
+        rate = rate_estimate(sample, track.rate_sample)
     counted = healthy.astype(jnp.int32)
     work = dict(zip(STAT_NAMES, (step.num_map_evaluations, step.num_loss_evaluations, step.num_fallbacks), strict=True))
     counts = {name: track.counts[name] + counted * jnp.asarray(work[name], jnp.int32) for name in STAT_NAMES}
@@ -316,7 +320,9 @@ def fit(
       $\hat d = \|\theta_{t+1} - \theta_t\|_\infty\,\hat\rho / (1 - \hat\rho)$ and $\hat\rho$ the
       larger of the last two ratios of successive step lengths (the iteration's linear rate; for
       EM near a fixed point, $\lambda_{\max}$ of the missing-information matrix). A small step
-      is not enough: at rate 0.996 a step of 1e-8 leaves the iterate about 2.3e-6 away.
+      is not enough: at rate 0.996 a step of 1e-8 leaves the iterate about 2.3e-6 away. Steps
+      at round-off level leave ρ̂ unchanged; at loose tolerances (1e-2) the run may stop while
+      ρ̂ still measures the fast early transient and d̂ is too small (docs/math.md §5.7).
     * ``"loss"``: stop when the loss change is small, $|L_t - L_{t+1}| \le$ ``atol``
       $+$ ``tol`` $\cdot |L_{t+1}|$ (the rule of the streaming and deep trainers). It can stop
       far from the fixed point when EM is slow.

@@ -64,6 +64,28 @@ def step_norms(model, new, old):
     return jnp.linalg.norm(delta), jnp.max(jnp.abs(delta))
 
 
+ROUNDOFF_STEP = 100.0  # see informative_step
+
+
+def informative_step(model, step_norm, params, rate):
+    r"""Whether a step of 2-norm ``step_norm`` ending at ``params`` still measures the rate, given
+    the current estimate ρ̂ = ``rate``: $\|\Delta\theta\|_2 > 100\,\varepsilon\max(\|\theta\|_2, 1) / (1 - \hat\rho)$
+    over the free coordinates (always True while ρ̂ is unknown or not below 1).
+
+    Near the fixed point the computed map carries a round-off error of roughly a few ε‖θ‖, so a
+    ratio of two steps of length s is off by about that error over s. Aitken's factor
+    ρ̂/(1 − ρ̂) tolerates an error in ρ̂ only well below 1 − ρ̂, hence the bound; below it the ratios
+    are noise, often above 1, that would inflate the estimated distance a thousandfold and keep a
+    converged run going. Shorter steps therefore leave ρ̂ where it was."""
+    flat = model.flatten(params)
+    if flat.size == 0:
+        return jnp.asarray(True)
+    known = rate < 1  # False for NaN and for rates at or above 1
+    gap = jnp.where(known, 1 - jnp.where(known, rate, 0), 1)
+    floor = ROUNDOFF_STEP * jnp.finfo(flat.dtype).eps * jnp.maximum(jnp.linalg.norm(flat), 1) / gap
+    return ~known | (step_norm > floor)
+
+
 def rate_estimate(sample, previous_sample):
     """ρ̂: the larger of the last two contraction samples (NaN, unknown, until both exist).
 

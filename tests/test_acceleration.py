@@ -40,7 +40,7 @@ def _natural(params):
 @pytest.fixture(scope="module")
 def hasselblad_fixed_point():
     x, y = _hasselblad()
-    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.3, 1, 5), x, y, 20000, tol=0.0, atol=1e-15)
+    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.3, 1, 5), x, y, 20000, tol=1e-12)
     assert int(result.status) == emjax.Status.ok
     return result.params
 
@@ -85,18 +85,51 @@ def test_em_rate_agrees_with_the_estimated_rate(hasselblad_fixed_point):
     assert abs(float(result.rate_estimate) - rate) < 1e-3
 
 
+@pytest.mark.parametrize("name", ["em", "squarem", "anderson"])
+def test_round_off_steps_leave_the_rate_alone(name, hasselblad_fixed_point):
+    """At tol 1e-11 the last steps are a few hundred eps long: their ratios are noise (often above 1).
+    The rate stays at the base map's, the run converges, and d̂ still brackets the true distance."""
+    x, y = _hasselblad()
+    solver = {"em": emjax.em(), "squarem": emjax.squarem(emjax.em()), "anderson": emjax.anderson(emjax.em())}[name]
+    result = emjax.fit(HASSELBLAD, solver, _hasselblad_start(0.5, 1, 3), x, y, 20000, tol=1e-11)
+    assert int(result.status) == emjax.Status.ok and bool(result.converged)
+    assert 0.995 <= float(result.rate_estimate) < 0.9995
+    true = _distance(HASSELBLAD, result.params, hasselblad_fixed_point)
+    assert float(result.distance_estimate) <= 1e-11 * 1.2 and true <= 1e-10
+
+
+def test_informative_step_floor():
+    """Steps below 100 eps |θ| / (1 - ρ̂) carry no rate; any step counts while ρ̂ is unknown or >= 1."""
+    from emjax._stopping import informative_step
+
+    model = emjax.SymMoLinE()
+    params = emjax.SymParams(w=jnp.array([3.0, 4.0]), beta=jnp.array([0.0, 0.0]))  # |θ| = 5
+    floor = 100 * np.finfo(np.float64).eps * 5 / (1 - 0.99)
+    assert bool(informative_step(model, 1.01 * floor, params, jnp.asarray(0.99)))
+    assert not bool(informative_step(model, 0.99 * floor, params, jnp.asarray(0.99)))
+    for rate in (jnp.nan, 1.0, 1.5):
+        assert bool(informative_step(model, 1e-300, params, jnp.asarray(rate)))
+
+
 @pytest.mark.parametrize("kind", ["lin", "log", "poi"])
 def test_distance_estimate_tracks_the_true_distance(kind):
     """Plain EM on K-expert problems with a known fixed point: after the rule fires, d̂ is within 3x of the truth."""
     model, _, x, y = make_moe_problem(kind, seed=2, n=400, d=2)
     start = emjax.init_params(model, jax.random.key(1), x, y)
-    reference = emjax.fit(model, emjax.anderson(emjax.em()), start, x, y, 3000, tol=1e-14)
-    reference = emjax.fit(model, emjax.em(), reference.params, x, y, 20).params
+    reference = _em_fixed_point(model, start, x, y)
     result = emjax.fit(model, emjax.em(), start, x, y, 5000, tol=1e-7)
     true = _distance(model, result.params, reference)
     estimate = float(result.distance_estimate)
     assert bool(result.converged)
     assert true / 3 <= estimate <= 3 * true + 1e-13
+
+
+def _em_fixed_point(model, start, x, y):
+    """Plain EM's own fixed point from ``start``, to round-off (the oracle for the accelerated runs:
+    an extrapolation may also land on another fixed point of F, even an unstable one)."""
+    result = emjax.fit(model, emjax.em(), start, x, y, 20000, tol=1e-12)
+    assert int(result.status) == emjax.Status.ok
+    return result.params
 
 
 def _slow_symmetric_logistic(n=1000):
@@ -109,8 +142,7 @@ def _slow_symmetric_logistic(n=1000):
 @pytest.mark.parametrize("name", ["squarem", "anderson"])
 def test_slow_problem_accelerated_fixed_point_equals_em_and_loss_is_monotone(name):
     model, x, y, start = _slow_symmetric_logistic()
-    reference = emjax.fit(model, emjax.anderson(emjax.em()), start, x, y, 5000, tol=1e-13)
-    reference = emjax.fit(model, emjax.em(), reference.params, x, y, 20).params
+    reference = _em_fixed_point(model, start, x, y)
     assert float(emjax.em_rate(model, reference, x, y)) > 0.99
     factory = emjax.squarem if name == "squarem" else emjax.anderson
     result = emjax.fit(model, factory(emjax.em(), monotone=True), start, x, y, 3000, tol=1e-9)
@@ -143,8 +175,8 @@ def test_squarem_counts_follow_its_cycle():
 
 @pytest.mark.parametrize("name", ["squarem", "anderson"])
 def test_mirror_descent_base_reaches_the_em_fixed_point(name):
-    model, x, y, start = _slow_symmetric_logistic(400)
-    reference = emjax.fit(model, emjax.anderson(emjax.em()), start, x, y, 5000, tol=1e-13).params
+    model, x, y, start = _slow_symmetric_logistic()
+    reference = _em_fixed_point(model, start, x, y)
     factory = emjax.squarem if name == "squarem" else emjax.anderson
     result = emjax.fit(model, factory(emjax.mirror_descent(0.7)), start, x, y, 3000, tol=1e-10)
     assert int(result.status) == emjax.Status.ok
@@ -223,7 +255,8 @@ def test_float32(name):
     x, y = x.astype(jnp.float32), y.astype(jnp.float32)
     start = jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.float32), _hasselblad_start(0.3, 1, 5))
     solver = emjax.squarem(emjax.em()) if name == "squarem" else emjax.anderson(emjax.em())
-    result = emjax.fit(HASSELBLAD, solver, start, x, y, 200, tol=1e-5)
+    # Round-off in float32 limits the reachable distance to about eps / (1 - rho) = 3e-5 here.
+    result = emjax.fit(HASSELBLAD, solver, start, x, y, 500, tol=1e-4)
     assert result.params.gate.dtype == jnp.float32 and int(result.status) == emjax.Status.ok
     np.testing.assert_allclose(_natural(result.params), R_FIXED_POINT, atol=2e-3)
 
