@@ -22,7 +22,8 @@ any stateless emjax solver (``em()``, ``mirror_descent(eta)``, ``gradient_em(...
 **Safeguard.** An extrapolated point is accepted only when it is finite and its loss is no larger
 than the current one plus an allowance: one nat of total log-likelihood for SQUAREM (R's
 ``objfn.inc = 1``) and 0.01 nat for Anderson (DAAREM's ``mon.tol``), i.e. ``1/n`` and ``0.01/n``
-of the per-sample loss; with ``monotone=True`` the allowance is only round-off, so $L$ never
+of the per-sample loss (Anderson's measured from the lowest loss of the run, so that allowances
+cannot add up to a climb); with ``monotone=True`` the allowance is only round-off, so $L$ never
 increases. A rejected extrapolation falls back to the plain step and is counted in
 ``FitResult.stats["num_fallbacks"]``.
 

@@ -75,11 +75,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .experiments import EXPERIMENTS, reproduce
 
     experiments = EXPERIMENTS if "all" in names else tuple(dict.fromkeys(names))
-    if args.data == "fmnist" and args.path is None and "table2" in experiments:
-        raise SystemExit(
-            "emjax reproduce: error: --data fmnist needs --path DIR (the folder holding the four "
-            "Fashion-MNIST IDX files; nothing is downloaded)"
-        )
+    if args.data == "fmnist" and "table2" in experiments:
+        from .datasets import fashion_mnist_folder
+
+        try:
+            args.path = str(fashion_mnist_folder(args.path))
+        except FileNotFoundError as error:
+            raise SystemExit(f"emjax reproduce: error: {error}") from None
     print(
         f"emjax reproduce {' '.join(names)}{' --quick' if args.quick else ''} -> {args.out} "
         f"({'float32' if args.float32 else 'float64'}; Table 2 in float32; devices {jax.devices()})",
@@ -237,10 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         choices=("digits", "fmnist"),
         default="digits",
-        help="Table 2's data: scikit-learn's digits (default) or Fashion-MNIST from --path",
+        help="Table 2's data: scikit-learn's digits (default) or Fashion-MNIST (--path, else $EMJAX_FASHION_MNIST, "
+        "else Debian's dataset-fashion-mnist package)",
     )
     reproduce.add_argument(
-        "--path", default=None, help="folder with the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)"
+        "--path",
+        default=None,
+        help="folder with the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...); default: "
+        "$EMJAX_FASHION_MNIST, then /usr/share/datasets/fashion-mnist",
     )
     reproduce.add_argument("--out", default="emjax-results", help="output folder (default emjax-results)")
     _common_sweep_flags(reproduce)

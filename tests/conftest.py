@@ -54,6 +54,7 @@ COSTLY_FIRST = (
     "tests/test_paths.py",
     "tests/test_notebooks.py",
     "tests/test_properties.py",
+    "tests/test_acceleration.py",
     "tests/test_parallel.py",
     "tests/test_cli_resume.py",
     "tests/test_sweeps.py",
@@ -118,3 +119,11 @@ def pytest_xdist_make_scheduler(config, log):
             self._assign_work_unit(node)
 
     return CostlyFirstScheduling(config, log)
+
+
+@pytest.fixture
+def no_default_fashion(monkeypatch, tmp_path):
+    """No environment variable and an empty stand-in for Debian's folder: nothing to find by default."""
+    monkeypatch.delenv("EMJAX_FASHION_MNIST", raising=False)
+    monkeypatch.setattr("emjax.datasets._idx.DEBIAN_FASHION_MNIST", tmp_path / "debian-empty")
+    return tmp_path

@@ -139,10 +139,16 @@ def _slow_symmetric_logistic(n=1000):
     return model, x, y, model.init_params(jax.random.key(5), x, y)
 
 
-@pytest.mark.parametrize("name", ["squarem", "anderson"])
-def test_slow_problem_accelerated_fixed_point_equals_em_and_loss_is_monotone(name):
+@pytest.fixture(scope="module")
+def slow_logistic():
+    """The slow SymMoLogE problem (n = 1000, EM rate 0.995) and plain EM's fixed point from its start."""
     model, x, y, start = _slow_symmetric_logistic()
-    reference = _em_fixed_point(model, start, x, y)
+    return model, x, y, start, _em_fixed_point(model, start, x, y)
+
+
+@pytest.mark.parametrize("name", ["squarem", "anderson"])
+def test_slow_problem_accelerated_fixed_point_equals_em_and_loss_is_monotone(name, slow_logistic):
+    model, x, y, start, reference = slow_logistic
     assert float(emjax.em_rate(model, reference, x, y)) > 0.99
     factory = emjax.squarem if name == "squarem" else emjax.anderson
     result = emjax.fit(model, factory(emjax.em(), monotone=True), start, x, y, 3000, tol=1e-9)
@@ -174,9 +180,8 @@ def test_squarem_counts_follow_its_cycle():
 
 
 @pytest.mark.parametrize("name", ["squarem", "anderson"])
-def test_mirror_descent_base_reaches_the_em_fixed_point(name):
-    model, x, y, start = _slow_symmetric_logistic()
-    reference = _em_fixed_point(model, start, x, y)
+def test_mirror_descent_base_reaches_the_em_fixed_point(name, slow_logistic):
+    model, x, y, start, reference = slow_logistic
     factory = emjax.squarem if name == "squarem" else emjax.anderson
     result = emjax.fit(model, factory(emjax.mirror_descent(0.7)), start, x, y, 3000, tol=1e-10)
     assert int(result.status) == emjax.Status.ok

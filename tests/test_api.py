@@ -51,7 +51,15 @@ CONTRACT = {
     "anderson",
 }
 
-DATASETS_CONTRACT = {"digits", "fashion_mnist", "random_invert", "read_idx", "add_intercept", "ImageDataset"}
+DATASETS_CONTRACT = {
+    "digits",
+    "fashion_mnist",
+    "fashion_mnist_folder",
+    "random_invert",
+    "read_idx",
+    "add_intercept",
+    "ImageDataset",
+}
 DEEP_CONTRACT = {
     "DeepMoE",
     "fit_em",

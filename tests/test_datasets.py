@@ -1,6 +1,7 @@
 """emjax.datasets: the IDX reader, Fashion-MNIST on tiny fake folders, digits, the transforms."""
 
 import gzip
+import hashlib
 import struct
 
 import jax
@@ -13,6 +14,7 @@ from emjax.datasets import (
     add_intercept,
     digits,
     fashion_mnist,
+    fashion_mnist_folder,
     random_invert,
     read_idx,
     stratified_split,
@@ -201,6 +203,78 @@ def test_fashion_mnist_invalid_images(tmp_path):
     write_idx(folder / FILES[2], np.zeros((5, 3, 4), np.uint8))
     with pytest.raises(ValueError, match="train images are 4x3 .* test images are 3x4"):
         fashion_mnist(folder)
+
+
+# ----------------------------------------------------------------------------- where Fashion-MNIST is found
+
+
+def test_fashion_mnist_folder_search_order(no_default_fashion, monkeypatch):
+    tmp_path = no_default_fashion
+    with pytest.raises(FileNotFoundError) as info:
+        fashion_mnist_folder()
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "EMJAX_FASHION_MNIST" in message
+    assert str(tmp_path / "debian-empty") in message and "downloads nothing" in message
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist()
+
+    debian = tmp_path / "debian"
+    arrays = fake_fashion(debian, compressed=FILES)  # gzipped, as the Debian package installs them
+    monkeypatch.setattr("emjax.datasets._idx.DEBIAN_FASHION_MNIST", debian)
+    assert fashion_mnist_folder() == debian
+    np.testing.assert_array_equal(fashion_mnist().y_test, arrays[FILES[3]])
+
+    (debian / (FILES[2] + ".gz")).unlink()  # an incomplete default folder is not taken
+    with pytest.raises(FileNotFoundError, match="does not hold the four IDX files"):
+        fashion_mnist_folder()
+
+    from_env = tmp_path / "from-env"
+    arrays = fake_fashion(from_env, seed=1)
+    monkeypatch.setenv("EMJAX_FASHION_MNIST", str(from_env))
+    assert fashion_mnist_folder() == from_env  # the variable comes before the default
+    np.testing.assert_array_equal(fashion_mnist().y_train, arrays[FILES[1]])
+    explicit = tmp_path / "explicit"
+    arrays = fake_fashion(explicit, seed=2)
+    assert fashion_mnist_folder(explicit) == explicit  # an explicit path comes before both
+    np.testing.assert_array_equal(fashion_mnist(explicit).y_train, arrays[FILES[1]])
+
+    monkeypatch.setenv("EMJAX_FASHION_MNIST", str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match="typo"):  # a named folder that is absent is an error
+        fashion_mnist()
+
+
+# sha256 of each real file's decoded array (read_idx(...).tobytes()), the Fashion-MNIST release
+# zalandoresearch distributes and Debian packages.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+    "train-labels-idx1-ubyte": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+    "t10k-images-idx3-ubyte": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+    "t10k-labels-idx1-ubyte": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+}
+
+
+def real_fashion_mnist_folder():
+    """The real files where the standard search finds them, else skip the test."""
+    try:
+        return fashion_mnist_folder()
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
+def test_fashion_mnist_real_files():
+    folder = real_fashion_mnist_folder()
+    for name, digest in FASHION_MNIST_SHA256.items():
+        path = folder / name if (folder / name).is_file() else folder / f"{name}.gz"
+        assert hashlib.sha256(read_idx(path).tobytes()).hexdigest() == digest, name
+    data = fashion_mnist()
+    assert repr(data) == (
+        "ImageDataset(name='fashion_mnist', image_shape=(28, 28), num_classes=10, n_train=60000, n_test=10000)"
+    )
+    assert data.x_train.shape == (60000, 784) and data.x_test.shape == (10000, 784)
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int32
+    assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0
+    np.testing.assert_array_equal(np.bincount(data.y_train, minlength=10), np.full(10, 6000))
+    np.testing.assert_array_equal(np.bincount(data.y_test, minlength=10), np.full(10, 1000))
 
 
 # ----------------------------------------------------------------------------- digits and the split

@@ -2,6 +2,7 @@
 
 import csv
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,7 @@ from emjax.cli import main
 from emjax.datasets import digits
 from emjax.experiments._table2 import Table2Cell, Table2Settings, flag_agreement, predictive_log_probs
 from emjax.models import MoEParams
-from tests.test_datasets import fake_fashion
+from tests.test_datasets import fake_fashion, real_fashion_mnist_folder
 
 
 def test_predictive_distribution_and_flag_agreement_by_hand():
@@ -32,12 +33,35 @@ def test_predictive_distribution_and_flag_agreement_by_hand():
 def test_settings_validate_their_data_source():
     with pytest.raises(ValueError, match="data must be one of"):
         Table2Settings(data="mnist")
-    with pytest.raises(ValueError, match="needs path"):
-        Table2Settings(data="fmnist")
-    with pytest.raises(SystemExit, match="--path"):
-        main(["reproduce", "table2", "--data", "fmnist"])
     with pytest.raises(ValueError, match="unknown methods"):
         Table2Cell.from_settings(Table2Settings(), digits().subsample(20, 10), methods=("em", "newton"))
+
+
+def test_fashion_mnist_without_a_path(no_default_fashion, monkeypatch):
+    with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist"):
+        main(["reproduce", "table2", "--data", "fmnist", "--quick", "--out", str(no_default_fashion / "out")])
+    with pytest.raises(FileNotFoundError, match="EMJAX_FASHION_MNIST"):
+        Table2Settings(data="fmnist").load()
+    arrays = fake_fashion(no_default_fashion / "fm")
+    monkeypatch.setenv("EMJAX_FASHION_MNIST", str(no_default_fashion / "fm"))
+    np.testing.assert_array_equal(Table2Settings(data="fmnist").load().y_train, arrays["train-labels-idx1-ubyte"])
+
+
+def test_table2_cell_on_real_fashion_mnist():
+    """A small cell on the real files (600 / 300 images, 10 iterations): EM learns, the baseline descends."""
+    real_fashion_mnist_folder()
+    settings = Table2Settings(data="fmnist", num_iterations=10, n_train=600, n_test=300)
+    data = settings.load()
+    assert (data.n_train, data.n_test, data.image_shape) == (600, 300, (28, 28))
+    cell = Table2Cell.from_settings(settings, data, step_sizes={"gd": 0.05}, methods=("em", "gd"))
+    out = eqx.filter_jit(lambda cell, key: cell(key))(cell, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(out["status"]), 0)
+    accuracy, train_loss = np.asarray(out["test_accuracy"]), np.asarray(out["train_loss"])
+    assert np.all(accuracy[:, 0] < 0.3)  # the small random start is near chance (0.1)
+    assert accuracy[0, -1] > 0.6  # EM after 10 iterations
+    assert train_loss[0, -1] < 0.2 * train_loss[0, 0]
+    assert np.all(np.diff(train_loss[0]) <= 1e-5)  # EM never increases its objective (float32)
+    assert train_loss[1, -1] < train_loss[1, 0]  # gradient descent descends
 
 
 def test_reproduce_table2_on_a_fashion_mnist_format_folder(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The IDX file format (MNIST, Fashion-MNIST) and a Fashion-MNIST loader for files already on disk.
 
-Nothing is ever downloaded: the loader reads a folder the user provides.
+Nothing is ever downloaded: the loader reads a folder the user provides, names in
+``EMJAX_FASHION_MNIST``, or Debian's package installed (``apt-get install dataset-fashion-mnist``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ IDX_TYPES = {
     0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
+
+# Where fashion_mnist() looks when no folder is given: this environment variable, then Debian's
+# ``dataset-fashion-mnist`` package.
+FASHION_MNIST_ENV = "EMJAX_FASHION_MNIST"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
 
 # (train images, train labels, test images, test labels), as distributed.
 FASHION_MNIST_FILES = (
@@ -144,28 +151,67 @@ def _read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nd
     return x, labels.astype(np.int32), images.shape[1:]
 
 
-def fashion_mnist(path) -> ImageDataset:
+def fashion_mnist_folder(path=None) -> Path:
+    r"""The folder :func:`fashion_mnist` reads: ``path`` if given, else the folder named by the
+    environment variable ``EMJAX_FASHION_MNIST``, else Debian's ``/usr/share/datasets/fashion-mnist``
+    (where ``apt-get install dataset-fashion-mnist`` puts the four files).
+
+    Raises:
+        FileNotFoundError: when no folder is given and neither default holds the four files; the
+            message names the places searched and the install command.
+
+    Example:
+        >>> from emjax.datasets import fashion_mnist_folder
+        >>> str(fashion_mnist_folder("/data/fmnist"))
+        '/data/fmnist'
+    """
+    if path is not None:
+        return Path(os.fspath(path))
+    searched = []
+    from_env = os.environ.get(FASHION_MNIST_ENV)
+    if from_env:
+        return Path(from_env)  # named explicitly: errors about it come from fashion_mnist itself
+    for folder in (DEBIAN_FASHION_MNIST,):
+        searched.append(str(folder))
+        if folder.is_dir() and all(
+            (folder / name).is_file() or (folder / f"{name}.gz").is_file() for name in FASHION_MNIST_FILES
+        ):
+            return folder
+    raise FileNotFoundError(
+        "Fashion-MNIST was not found: no path was given, the environment variable "
+        f"{FASHION_MNIST_ENV} is not set, and {', '.join(searched)} does not hold the four IDX files. "
+        f"Install them with `{FASHION_MNIST_INSTALL}` (Debian, Ubuntu), or set {FASHION_MNIST_ENV} "
+        "to (or pass) a folder holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+        "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]; emjax downloads nothing."
+    )
+
+
+def fashion_mnist(path=None) -> ImageDataset:
     r"""Fashion-MNIST from the standard IDX files in a folder you already have (nothing is downloaded).
 
-    The folder must hold ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-    ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each plain or with ``.gz`` appended;
-    when both forms exist the plain file is read. The split is the distributed one: the ``train``
-    files (60,000 images) and the ``t10k`` files (10,000 images). Pixels $0, \dots, 255$ are divided
-    by 255 into ``float32`` values in $[0, 1]$ (255 becomes exactly 1.0) and each image is
-    flattened to a row; ``image_shape`` is read from the files, (28, 28) for the real data.
+    Without ``path`` the folder is found by :func:`fashion_mnist_folder`: the environment variable
+    ``EMJAX_FASHION_MNIST``, then Debian's ``/usr/share/datasets/fashion-mnist``
+    (``apt-get install dataset-fashion-mnist``). The folder must hold ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each
+    plain or with ``.gz`` appended; when both forms exist the plain file is read. The split is the
+    distributed one: the ``train`` files (60,000 images) and the ``t10k`` files (10,000 images).
+    Pixels $0, \dots, 255$ are divided by 255 into ``float32`` values in $[0, 1]$ (255 becomes
+    exactly 1.0) and each image is flattened to a row; ``image_shape`` is read from the files,
+    (28, 28) for the real data.
 
     The original MNIST digits use the same file names and format, so ``fashion_mnist`` on an MNIST
     folder loads MNIST (the result is still named ``"fashion_mnist"``).
 
     Args:
-        path: the folder, a ``str`` or ``os.PathLike``.
+        path: the folder, a ``str`` or ``os.PathLike``, or None to search the standard places.
 
     Returns:
         An ``ImageDataset`` named ``"fashion_mnist"`` with 10 classes.
 
     Raises:
         FileNotFoundError: if the folder or any of the four files is missing (the message names
-            them and lists the accepted file names).
+            them and lists the accepted file names), or, without ``path``, if no standard place
+            holds them (the message gives the install command).
         ValueError: if a file is not valid IDX, the images are not 3-D ``uint8``, the labels are
             not 1-D, the counts of images and labels differ, the train and test images differ in
             size, or a label lies outside 0..9.
@@ -183,7 +229,7 @@ def fashion_mnist(path) -> ImageDataset:
         >>> data, float(data.x_train.max())
         (ImageDataset(name='fashion_mnist', image_shape=(2, 2), num_classes=10, n_train=3, n_test=2), 1.0)
     """
-    folder = Path(os.fspath(path))
+    folder = fashion_mnist_folder(path)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"Fashion-MNIST folder {folder} does not exist (or is not a folder); "

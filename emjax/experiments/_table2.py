@@ -89,8 +89,6 @@ class Table2Settings:
     def __post_init__(self):
         if self.data not in DATA_SETS:
             raise ValueError(f"data must be one of {DATA_SETS}; got {self.data!r}")
-        if self.data == "fmnist" and self.path is None:
-            raise ValueError("data='fmnist' needs path: the folder holding the four Fashion-MNIST IDX files")
 
     @classmethod
     def quick(cls, data: str = "digits", path: str | None = None) -> Table2Settings:
