@@ -736,6 +736,18 @@ def ms(value) -> str:
     return f"{1e3 * value:.1f}"
 
 
+def count_cells(row) -> list:
+    """The solver's name and work counts, the cells every results table starts a row with."""
+    return [
+        row["solver"],
+        row["num_steps"],
+        f"**{row['num_map_evaluations']}**",
+        row["num_loss_evaluations"],
+        row["num_fallbacks"],
+        row["status"],
+    ]
+
+
 def md_table(headers, rows) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -797,12 +809,7 @@ def hasselblad_report(h) -> list[str]:
             rows.append(
                 [
                     "",
-                    row["solver"],
-                    row["num_steps"],
-                    f"**{row['num_map_evaluations']}**",
-                    row["num_loss_evaluations"],
-                    row["num_fallbacks"],
-                    row["status"],
+                    *count_cells(row),
                     f"{row['n_loss']:.6f}",
                     f"{nat[0]:.5f}",
                     f"{nat[1]:.5f}",
@@ -905,12 +912,7 @@ def problems_report(title, entries) -> list[str]:
             rows.append(
                 [
                     "",
-                    row["solver"],
-                    row["num_steps"],
-                    f"**{row['num_map_evaluations']}**",
-                    row["num_loss_evaluations"],
-                    row["num_fallbacks"],
-                    row["status"],
+                    *count_cells(row),
                     ms(row["median_s"]),
                     f"**{row['time_vs_em']:.2f}**",
                     f"{row['em_maps_over_maps']:.1f}",
