@@ -2,6 +2,7 @@
 
 import csv
 import json
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,17 @@ def test_convergence_cell_rejects_bad_configuration():
         ConvergenceCell(emjax.SymMoLinE(), ("gd",), 5, 50, 2)(jax.random.key(0), 1.0)
 
 
+def png_chunks(data: bytes) -> dict:
+    """The chunks of a PNG file, {type: [data, ...]}, read with the format's own layout."""
+    chunks, offset = {}, 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        chunks.setdefault(kind, []).append(data[offset + 8 : offset + 8 + length])
+        offset += 12 + length
+    return chunks
+
+
 def test_reproduce_quick_writes_every_file(tmp_path, capsys):
     # The synthetic experiments; Table 2 has its own, smaller, test (tests/test_table2.py).
     assert main(["reproduce", "figure1", "figure2", "mim", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
@@ -109,8 +121,14 @@ def test_reproduce_quick_writes_every_file(tmp_path, capsys):
     ]
     for name in expected:
         assert (tmp_path / name).stat().st_size > 0, name
-    for name in ("figure1.png", "figure2.png", "mim.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("figure1", "figure2", "mim"):  # a 300 dpi PNG and a PDF of each, no title drawn inside
+        png, pdf = (tmp_path / f"{name}.png").read_bytes(), (tmp_path / f"{name}.pdf").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and pdf[:5] == b"%PDF-"
+        chunks = png_chunks(png)
+        x_per_metre, y_per_metre, unit = struct.unpack(">IIB", chunks[b"pHYs"][0])
+        assert unit == 1 and round(x_per_metre * 0.0254) == round(y_per_metre * 0.0254) == 300
+        caption = {"figure1": b"Figure 1: SymMoLinE", "figure2": b"Figure 2: SymMoLinE", "mim": b"MIM: "}[name]
+        assert any(text.startswith(b"Title\x00" + caption) for text in chunks[b"tEXt"])  # metadata, not ink
     with open(tmp_path / "figure2.csv") as stream:
         rows = list(csv.DictReader(stream))
     em_final = [r for r in rows if r["method"] == "em" and r["iteration"] == "100"][0]

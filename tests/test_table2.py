@@ -80,7 +80,7 @@ def test_reproduce_table2_on_a_fashion_mnist_format_folder(tmp_path, capsys):
         "--no-progress",
     ]
     assert main(args) == 0
-    for name in ("table2.md", "table2.csv", "table2_trajectory.csv", "table2.png", "reproduce.json"):
+    for name in ("table2.md", "table2.csv", "table2_trajectory.csv", "table2.png", "table2.pdf", "reproduce.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "table2.md").read_text()

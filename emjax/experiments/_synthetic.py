@@ -339,9 +339,9 @@ def reproduce(
         log("  " + _timing(run["sweeps"]))
         written += summarise_figures(run, settings, out)
         if "figure1" in experiments:
-            written.append(plot_figure1(run["outputs"], settings, out / "figure1.png"))
+            written += plot_figure1(run["outputs"], settings, out / "figure1.png")
         if "figure2" in experiments:
-            written.append(plot_figure2(run["outputs"], settings, out / "figure2.png"))
+            written += plot_figure2(run["outputs"], settings, out / "figure2.png")
     if "mim" in experiments:
         settings = MimSettings.quick() if quick else MimSettings()
         log(
@@ -352,11 +352,11 @@ def reproduce(
         log("  " + _timing([s for r in run.values() for s in r["sweeps"]]))
         floor = _steps_floor(dtype)
         written += summarise_mim(run, settings, out, floor)
-        written.append(plot_mim(run, settings, out / "mim.png", floor))
+        written += plot_mim(run, settings, out / "mim.png", floor)
     if table2_settings is not None:
         run = run_table2(table2_settings, folder / f"table2-{data}", progress=progress, batch_size=batch_size, log=log)
         written += summarise_table2(run, table2_settings, out)
-        written.append(plot_table2(run, table2_settings, out / "table2.png"))
+        written += plot_table2(run, table2_settings, out / "table2.png")
     record = {
         "experiments": list(experiments),
         "quick": quick,
