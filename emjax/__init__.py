@@ -52,6 +52,8 @@ from ._mirror import mirror_map_grad as mirror_map_grad
 from ._mirror import neg_log_likelihood_grad as neg_log_likelihood_grad
 from ._mirror import posterior_statistics as posterior_statistics
 from ._restarts import fit_restarts as fit_restarts
+from ._selection import BestIterate as BestIterate
+from ._selection import best_iterate as best_iterate
 from ._solvers import AbstractSolver as AbstractSolver
 from ._solvers import em as em
 from ._solvers import from_optax as from_optax
@@ -91,6 +93,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__ = [
     "AbstractExpertFamily",
     "AbstractSolver",
+    "BestIterate",
     "AbstractSymmetricModel",
     "FitResult",
     "GaussianExpert",
@@ -106,6 +109,7 @@ __all__ = [
     "SymMoLogE",
     "SymParams",
     "aic",
+    "best_iterate",
     "bic",
     "bregman_divergence",
     "complete_information",

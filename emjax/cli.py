@@ -95,6 +95,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         batch_size=_batch_size(args),
         data=args.data,
         path=args.path,
+        table2_options={"start": args.start, "validation": args.validation},
     )
     print("wrote " + ", ".join(str(path) for path in files))
     return 0
@@ -247,6 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder with the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...); default: "
         "$EMJAX_FASHION_MNIST, then /usr/share/datasets/fashion-mnist",
+    )
+    reproduce.add_argument(
+        "--start",
+        choices=("small", "data"),
+        default="small",
+        help="Table 2's start, shared by every method: the paper's small random one (default) or emjax.init_params",
+    )
+    reproduce.add_argument(
+        "--validation",
+        type=float,
+        default=0.0,
+        help="Table 2: hold out this fraction of the training images and report each method's iterate of lowest "
+        "held-out loss (early stopping; default 0: the last iterate)",
     )
     reproduce.add_argument("--out", default="emjax-results", help="output folder (default emjax-results)")
     _common_sweep_flags(reproduce)

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import emjax
 from emjax.cli import main
-from emjax.datasets import digits
+from emjax.datasets import add_intercept, digits, random_invert
 from emjax.experiments._table2 import Table2Cell, Table2Settings, flag_agreement, predictive_log_probs
 from emjax.models import MoEParams
 from tests.test_datasets import fake_fashion, real_fashion_mnist_folder
@@ -35,6 +36,49 @@ def test_settings_validate_their_data_source():
         Table2Settings(data="mnist")
     with pytest.raises(ValueError, match="unknown methods"):
         Table2Cell.from_settings(Table2Settings(), digits().subsample(20, 10), methods=("em", "newton"))
+
+
+def test_settings_validate_start_and_validation():
+    with pytest.raises(ValueError, match="start must be one of"):
+        Table2Settings(start="zeros")
+    for bad in (0.5, -0.1, "0.1"):
+        with pytest.raises(ValueError, match="validation must be a fraction"):
+            Table2Settings(validation=bad)
+    assert Table2Settings.quick("digits", start="data", validation=0.2).validation == 0.2
+
+
+def test_data_start_and_validation_early_stopping():
+    """start="data" is emjax.init_params for every method; with a validation split each method reports the
+    iterate of lowest held-out loss, which an independent evaluation of every iterate confirms."""
+    settings = Table2Settings(num_iterations=6, start="data", validation=0.2, methods=("em", "gd"))
+    data = digits().subsample(250, 100, seed=1)
+    cell = Table2Cell.from_settings(settings, data, step_sizes={"gd": 0.25})
+    assert cell.x_train.shape[0] + cell.x_val.shape[0] == 250 and cell.x_val.shape[0] == 50
+    key = jax.random.key(3)
+    out = eqx.filter_jit(lambda cell, key: cell(key))(cell, key)
+    assert out["validation_loss"].shape == (2, 7) and out["selected_iteration"].shape == (2,)
+
+    # the same data, start and fits by hand
+    key_train, _, key_init = jax.random.split(key, 3)
+    x_train = add_intercept(random_invert(key_train, cell.x_train, 0.5)[0])
+    y_train = cell.y_train.astype(x_train.dtype)
+    x_val = add_intercept(random_invert(jax.random.fold_in(key, 3), cell.x_val, 0.5)[0])
+    start = emjax.init_params(cell.model, key_init, x_train, y_train)
+    np.testing.assert_allclose(out["train_loss"][:, 0], emjax.neg_log_likelihood(cell.model, start, x_train, y_train))
+    result = emjax.fit(cell.model, emjax.em(), start, x_train, y_train, 6, keep_history=True)
+    by_hand = [
+        float(
+            emjax.neg_log_likelihood(
+                cell.model, jax.tree_util.tree_map(lambda leaf, t=t: leaf[t], result.params_history), x_val, cell.y_val
+            )
+        )
+        for t in range(7)
+    ]
+    np.testing.assert_allclose(out["validation_loss"][0], by_hand, rtol=2e-5)
+    assert int(out["selected_iteration"][0]) == int(np.argmin(by_hand))
+    for m in range(2):
+        assert int(out["selected_iteration"][m]) == int(np.nanargmin(out["validation_loss"][m]))
+    assert float(out["train_loss"][0, 0]) < np.log(10) - 0.5  # the data-driven start is far from uniform
 
 
 def test_fashion_mnist_without_a_path(no_default_fashion, monkeypatch):

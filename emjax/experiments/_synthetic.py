@@ -307,12 +307,14 @@ def reproduce(
     log=print,
     data: str = "digits",
     path=None,
+    table2_options: dict | None = None,
 ) -> list[Path]:
     """Run ``experiments`` (a subset of :data:`EXPERIMENTS`), write PNGs and CSVs to ``out``; return the files.
 
     Sweeps are kept under ``out/sweeps/{quick,full}/`` so an interrupted run resumes where it stopped.
     ``data`` and ``path`` choose Table 2's data set (``"digits"``, or ``"fmnist"`` with the folder of
-    the Fashion-MNIST IDX files); see :mod:`emjax.experiments._table2`.
+    the Fashion-MNIST IDX files); ``table2_options`` sets other :class:`Table2Settings` fields
+    (``start``, ``validation``); see :mod:`emjax.experiments._table2`.
     """
     from ._plots import plot_figure1, plot_figure2, plot_mim, plot_table2
     from ._table2 import Table2Settings, run_table2, summarise_table2
@@ -322,7 +324,10 @@ def reproduce(
         raise ValueError(f"experiments must be among {EXPERIMENTS}; got {list(experiments)}")
     table2_settings = None
     if "table2" in experiments:  # validate before any long run starts
-        table2_settings = Table2Settings.quick(data, path) if quick else Table2Settings(data=data, path=path)
+        options = dict(table2_options or {})
+        table2_settings = (
+            Table2Settings.quick(data, path, **options) if quick else Table2Settings(data=data, path=path, **options)
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folder = out / "sweeps" / ("quick" if quick else "full")

@@ -14,8 +14,13 @@ Setting (docs/math.md §8; choices the paper leaves open are marked *emjax*):
   the gate and the experts are fitted by warm-started L-BFGS, at most ``lbfgs_steps`` = 20 steps
   per sub-problem and EM iteration (a generalized EM step: the surrogate decreases, L never
   increases). Dense Newton would need 650-7,850 Hessian-vector products per step.
-* **Initialisation** (*emjax*): every free coefficient N(0, 0.01²), so training starts at
-  cross-entropy ≈ ln 10 and accuracy ≈ 0.1 as in the paper's curves.
+* **Initialisation** (*emjax*): ``start="small"`` (the default) draws every free coefficient from
+  N(0, 0.01²), so training starts at cross-entropy ≈ ln 10 and accuracy ≈ 0.1 as in the paper's
+  curves; ``start="data"`` is :func:`emjax.init_params` (k-means++ on [x, one-hot y], one M-step),
+  from a key of its own per instance. Every method starts from the same point.
+* **Early stopping** (*emjax*, off by default): with ``validation=f`` a stratified fraction f of
+  the training images is held out (inverted like the others) and each method's reported iterate is
+  the one with the lowest held-out loss (:func:`emjax.best_iterate`); no test data enter the choice.
 * **Methods**, 100 iterations each from the same start: EM, gradient EM (3 inner steps), gradient
   descent and Adam. Step sizes: the best of :data:`TABLE2_STEP_GRIDS` on separate tuning
   instances (``fold_in(key, TUNING_STREAM)``), scored by the mean log-gap of the training
@@ -46,13 +51,18 @@ import numpy as np
 from jax import Array
 
 from .._fit import fit
-from ..datasets import ImageDataset, add_intercept, digits, fashion_mnist, random_invert
+from .._init import init_params
+from .._selection import best_iterate
+from ..datasets import ImageDataset, add_intercept, digits, fashion_mnist, random_invert, stratified_split
 from ..models import MoEParams, MoLogE
 from ..sweeps import METHOD_LABELS, METHODS, STEPPED, sweep
 from ..sweeps._tuning import TUNING_STREAM, candidate_scores
 from ._summaries import write_csv
 
 DATA_SETS = ("digits", "fmnist")
+STARTS = ("small", "data")
+#: Iterations at which table2.md reports every method's test metrics (those within the run).
+REPORTED_ITERATIONS = (5, 10, 20, 50, 100)
 
 #: Step-size candidates (wider than :data:`emjax.sweeps.STEP_GRIDS`: on 785 pixel features the
 #: largest stable gradient step is about 100 times smaller than on 65).
@@ -85,17 +95,27 @@ class Table2Settings:
     tuning_instances: int = 3
     seed: int = 0
     step_sizes: dict | None = None  # {method: step} fixes a baseline's step; the others are tuned
+    start: str = "small"  # "small": N(0, init_scale²); "data": emjax.init_params
+    validation: float = 0.0  # fraction of the training images held out for early stopping (0: off)
 
     def __post_init__(self):
         if self.data not in DATA_SETS:
             raise ValueError(f"data must be one of {DATA_SETS}; got {self.data!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}; got {self.start!r}")
+        if not (isinstance(self.validation, (int, float)) and 0 <= self.validation < 0.5):
+            raise ValueError(f"validation must be a fraction in [0, 0.5); got {self.validation!r}")
 
     @classmethod
-    def quick(cls, data: str = "digits", path: str | None = None) -> Table2Settings:
-        """About a minute on 2 cores: fewer instances; Fashion-MNIST also subsampled (3,000 / 1,000)."""
+    def quick(cls, data: str = "digits", path: str | None = None, **options) -> Table2Settings:
+        """About a minute on 2 cores: fewer instances; Fashion-MNIST also subsampled (3,000 / 1,000).
+
+        ``options`` set any other field (e.g. ``start="data"``, ``validation=0.1``)."""
         if data == "fmnist":
-            return cls(data=data, path=path, num_instances=2, tuning_instances=1, n_train=3000, n_test=1000)
-        return cls(data=data, path=path, num_instances=6, tuning_instances=2)
+            sizes = dict(num_instances=2, tuning_instances=1, n_train=3000, n_test=1000)
+        else:
+            sizes = dict(num_instances=6, tuning_instances=2)
+        return cls(data=data, path=path, **{**sizes, **options})
 
     def load(self) -> ImageDataset:
         """The data set, subsampled to at most ``n_train`` / ``n_test`` images when given."""
@@ -143,13 +163,17 @@ class Table2Cell(eqx.Module):
     to the compiled program as arguments instead of baking them in as constants.
 
     Outputs (M methods, T iterations): ``train_loss`` (M, T+1), ``test_accuracy`` (M, T+1),
-    ``test_loss`` (M, T+1), ``flag_agreement`` (M,), ``expert1_share`` (M,), ``status`` (M,).
+    ``test_loss`` (M, T+1), ``flag_agreement`` (M,), ``expert1_share`` (M,), ``status`` (M,); with a
+    validation split also ``validation_loss`` (M, T+1) and ``selected_iteration`` (M,), the iterate
+    of lowest validation loss (the flag agreement and share are then those of that iterate).
     """
 
     x_train: Array
     y_train: Array
     x_test: Array
     y_test: Array
+    x_val: Array
+    y_val: Array
     step_sizes: dict
     methods: tuple = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
@@ -160,6 +184,8 @@ class Table2Cell(eqx.Module):
     invert_p: float = eqx.field(static=True)
     data_name: str = eqx.field(static=True)
     fingerprint: str = eqx.field(static=True)
+    start: str = eqx.field(static=True, default="small")
+    validation: float = eqx.field(static=True, default=0.0)
 
     @classmethod
     def from_settings(
@@ -171,11 +197,17 @@ class Table2Cell(eqx.Module):
             raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
         steps = {m: jnp.asarray(1.0, jnp.float32) for m in methods if m in STEPPED}
         steps.update({m: jnp.asarray(s, jnp.float32) for m, s in (step_sizes or {}).items() if m in steps})
+        train = np.arange(data.n_train)
+        validation = train[:0]
+        if settings.validation > 0:
+            train, validation = stratified_split(data.y_train, settings.validation, settings.seed)
         return cls(
-            x_train=jnp.asarray(data.x_train),
-            y_train=jnp.asarray(data.y_train),
+            x_train=jnp.asarray(data.x_train[train]),
+            y_train=jnp.asarray(data.y_train[train]),
             x_test=jnp.asarray(data.x_test),
             y_test=jnp.asarray(data.y_test),
+            x_val=jnp.asarray(data.x_train[validation]),
+            y_val=jnp.asarray(data.y_train[validation]),
             step_sizes=steps,
             methods=methods,
             num_classes=data.num_classes,
@@ -186,6 +218,8 @@ class Table2Cell(eqx.Module):
             invert_p=settings.invert_p,
             data_name=data.name,
             fingerprint=_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test),
+            start=settings.start,
+            validation=float(settings.validation),
         )
 
     @property
@@ -209,10 +243,16 @@ class Table2Cell(eqx.Module):
             "init_scale": self.init_scale,
             "invert_p": self.invert_p,
             "step_sizes": {m: float(s) for m, s in self.step_sizes.items()},
+            "start": self.start,
+            "validation": self.validation,
         }
 
-    def initial_params(self, key: Array, d: int) -> MoEParams:
-        """Small random start, N(0, init_scale²) on every free entry (pinned gate row and class column 0)."""
+    def initial_params(self, key: Array, x: Array, y: Array) -> MoEParams:
+        """The start every method shares: ``"small"``, N(0, init_scale²) on every free entry (pinned
+        gate row and class column 0); ``"data"``, :func:`emjax.init_params` on the training data."""
+        if self.start == "data":
+            return init_params(self.model, key, x, y)
+        d = x.shape[1]
         key_gate, key_experts = jax.random.split(key)
         dtype = self.x_train.dtype
         gate = self.init_scale * jax.random.normal(key_gate, (2, d), dtype)
@@ -227,26 +267,30 @@ class Table2Cell(eqx.Module):
         x_test, test_flags = random_invert(key_test, self.x_test, self.invert_p)
         x_train, x_test = add_intercept(x_train), add_intercept(x_test)
         y_train = self.y_train.astype(x_train.dtype)
-        start = self.initial_params(key_init, x_train.shape[1])
+        start = self.initial_params(key_init, x_train, y_train)
         model = self.model
-        outputs = {
-            name: []
-            for name in ("train_loss", "test_accuracy", "test_loss", "flag_agreement", "expert1_share", "status")
-        }
+        names = ["train_loss", "test_accuracy", "test_loss", "flag_agreement", "expert1_share", "status"]
+        if self.validation:
+            # The held-out images get flags of their own (a fourth key: the first three keep their
+            # streams, so a run without validation is unchanged).
+            x_val, _ = random_invert(jax.random.fold_in(key, 3), self.x_val, self.invert_p)
+            x_val, y_val = add_intercept(x_val), self.y_val.astype(x_train.dtype)
+            names += ["validation_loss", "selected_iteration"]
+        outputs = {name: [] for name in names}
         for method in self.methods:
             solver = METHODS[method](steps.get(method, 1.0))
             result = fit(model, solver, start, x_train, y_train, self.num_iterations, keep_history=True)
             accuracy, loss = jax.vmap(lambda p: test_metrics(p, x_test, self.y_test))(result.params_history)
-            agreement, share = flag_agreement(result.params, x_test, test_flags)
-            for name, value in (
-                ("train_loss", result.losses),
-                ("test_accuracy", accuracy),
-                ("test_loss", loss),
-                ("flag_agreement", agreement),
-                ("expert1_share", share),
-                ("status", result.status),
-            ):
-                outputs[name].append(value)
+            reported = result.params
+            values = {"train_loss": result.losses, "test_accuracy": accuracy, "test_loss": loss}
+            if self.validation:
+                best = best_iterate(model, result, x_val, y_val)
+                reported = best.params
+                values.update(validation_loss=best.losses, selected_iteration=best.index)
+            values["flag_agreement"], values["expert1_share"] = flag_agreement(reported, x_test, test_flags)
+            values["status"] = result.status
+            for name in names:
+                outputs[name].append(values[name])
         return {name: jnp.stack(values) for name, values in outputs.items()}
 
 
@@ -296,13 +340,28 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def reported_iterations(outputs: dict, method_index: int) -> np.ndarray:
+    """Per instance, the iterate each summary reports: the last, or the one validation chose."""
+    if "selected_iteration" in outputs:
+        return np.asarray(outputs["selected_iteration"][:, method_index]).astype(int)
+    instances, _, length = np.shape(outputs["test_accuracy"])
+    return np.full(instances, length - 1)
+
+
+def _at(trace: np.ndarray, iterations: np.ndarray) -> np.ndarray:
+    """``trace[n, iterations[n]]`` for every instance n."""
+    return np.take_along_axis(np.asarray(trace), iterations[:, None], axis=1)[:, 0]
+
+
 def table2_rows(run: dict, settings: Table2Settings) -> list[dict]:
-    """One summary row per method: final test accuracy, cross-entropy, flag recovery (mean and std)."""
+    """One summary row per method: test accuracy, cross-entropy, flag recovery (mean and std) at the
+    reported iterate (the last, or with a validation split the one of lowest validation loss)."""
     outputs = run["outputs"]
     rows = []
     for i, method in enumerate(settings.methods):
-        accuracy = _mean_std(outputs["test_accuracy"][:, i, -1])
-        loss = _mean_std(outputs["test_loss"][:, i, -1])
+        chosen = reported_iterations(outputs, i)
+        accuracy = _mean_std(_at(outputs["test_accuracy"][:, i], chosen))
+        loss = _mean_std(_at(outputs["test_loss"][:, i], chosen))
         flags = _mean_std(outputs["flag_agreement"][:, i])
         rows.append(
             {
@@ -312,33 +371,56 @@ def table2_rows(run: dict, settings: Table2Settings) -> list[dict]:
                 "accuracy": accuracy,
                 "cross_entropy": loss,
                 "flag_agreement": flags,
-                "train_loss": _mean_std(outputs["train_loss"][:, i, -1]),
+                "train_loss": _mean_std(_at(outputs["train_loss"][:, i], chosen)),
                 "expert1_share": _mean_std(outputs["expert1_share"][:, i]),
+                "iteration": _mean_std(chosen),
             }
         )
     return rows
 
 
-def _markdown(rows: list[dict], settings: Table2Settings, data: ImageDataset) -> str:
+def _markdown(rows: list[dict], settings: Table2Settings, data: ImageDataset, outputs: dict) -> str:
+    start = "small random start, N(0, 0.01²)" if settings.start == "small" else "data-driven start (init_params)"
+    stopping = (
+        f"each method's iterate of lowest loss on {100 * settings.validation:g}% of the training images held out"
+        if settings.validation
+        else f"the iterate after {settings.num_iterations} iterations"
+    )
     lines = [
         f"# Table 2 on Random-Invert {data.name}: 2-expert MoLogE, {settings.num_instances} instances, "
         f"{settings.num_iterations} iterations",
         "",
         f"n_train = {data.x_train.shape[0]}, n_test = {data.x_test.shape[0]}, d = {data.x_train.shape[1] + 1} "
         f"(with intercept), ridge {settings.ridge:g}, L-BFGS {settings.lbfgs_steps} steps per M-step sub-problem; "
-        "mean ± std over instances, on the test split.",
+        f"{start}; reported: {stopping}. Mean ± std over instances, on the test split.",
         "",
-        "| method | step | test accuracy | test cross-entropy | gate recovers the inversion flag | train L |",
-        "|---|---|---|---|---|---|",
+        "| method | step | iteration | test accuracy | test cross-entropy | gate recovers the inversion flag | "
+        "train L |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         step = "–" if row["step"] is None else f"{row['step']:g}"
         lines.append(
-            f"| {row['label']} | {step} | {100 * row['accuracy'][0]:.1f}% ± {100 * row['accuracy'][1]:.1f} | "
+            f"| {row['label']} | {step} | {row['iteration'][0]:.0f} | "
+            f"{100 * row['accuracy'][0]:.1f}% ± {100 * row['accuracy'][1]:.1f} | "
             f"{row['cross_entropy'][0]:.3f} ± {row['cross_entropy'][1]:.3f} | "
             f"{100 * row['flag_agreement'][0]:.1f}% ± {100 * row['flag_agreement'][1]:.1f} | "
             f"{row['train_loss'][0]:.3f} |"
         )
+    iterations = [t for t in REPORTED_ITERATIONS if t <= settings.num_iterations]
+    lines += [
+        "",
+        "Test accuracy / cross-entropy (means) along the run:",
+        "",
+        "| method | " + " | ".join(f"iteration {t}" for t in iterations) + " |",
+        "|---|" + "---|" * len(iterations),
+    ]
+    for i, row in enumerate(rows):
+        cells = [
+            f"{100 * np.mean(outputs['test_accuracy'][:, i, t]):.1f}% / {np.mean(outputs['test_loss'][:, i, t]):.3f}"
+            for t in iterations
+        ]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "The paper (Fashion-MNIST): "
@@ -353,7 +435,7 @@ def summarise_table2(run: dict, settings: Table2Settings, out: Path) -> list[Pat
     rows = table2_rows(run, settings)
     data = run["data"]
     markdown = out / "table2.md"
-    markdown.write_text(_markdown(rows, settings, data))
+    markdown.write_text(_markdown(rows, settings, data, run["outputs"]))
     summary = out / "table2.csv"
     write_csv(
         summary,
@@ -368,6 +450,7 @@ def summarise_table2(run: dict, settings: Table2Settings, out: Path) -> list[Pat
             "flag_agreement_std",
             "train_loss_mean",
             "expert1_share_mean",
+            "iteration_mean",
         ],
         [
             [
@@ -378,6 +461,7 @@ def summarise_table2(run: dict, settings: Table2Settings, out: Path) -> list[Pat
                 *r["flag_agreement"],
                 r["train_loss"][0],
                 r["expert1_share"][0],
+                r["iteration"][0],
             ]
             for r in rows
         ],
