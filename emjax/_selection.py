@@ -27,7 +27,8 @@ class BestIterate(NamedTuple):
         params: the chosen iterate $\theta_{t^*}$, shaped like one iterate.
         index: $t^*$, an int32 scalar (0 is the start).
         losses: $L_{\mathrm{val}}(\theta_t)$ for every kept iterate, shape (T + 1,); NaN where an
-            iterate's loss is not finite (such iterates are never chosen).
+            iterate's loss is not finite. Such iterates are never chosen unless every one is
+            non-finite, in which case ``index`` is 0 (check ``losses``).
     """
 
     params: Any
@@ -42,7 +43,8 @@ def best_iterate(model, history, x_val, y_val) -> BestIterate:
         model: the model that was fitted.
         history: a :class:`emjax.FitResult` of a fit run with ``keep_history=True``, or its
             ``params_history`` (parameters with a leading axis over the iterates $t = 0, \dots, T$).
-            With a tolerance, the iterates after the fit stopped repeat its last one.
+            A fit that stopped early on a tolerance fills the rows after its last iterate with NaN;
+            their losses are NaN and they are never chosen.
         x_val, y_val: held-out data, not used in the fit.
 
     Returns:
@@ -50,8 +52,8 @@ def best_iterate(model, history, x_val, y_val) -> BestIterate:
         and the validation loss of every iterate.
 
     Raises:
-        ValueError: if ``history`` is a result fitted without ``keep_history=True``, or its leaves
-            do not share a leading axis.
+        ValueError: if ``history`` is a result fitted without ``keep_history=True``, its leaves
+            do not share a leading axis, or ``x_val`` has no rows.
 
     Example:
         >>> import jax, emjax
@@ -76,6 +78,8 @@ def best_iterate(model, history, x_val, y_val) -> BestIterate:
         )
     first = jax.tree_util.tree_map(lambda leaf: leaf[0], history)
     _, x_val, y_val = as_arrays(first, x_val, y_val)
+    if x_val.ndim < 1 or x_val.shape[0] == 0:
+        raise ValueError(f"x_val must hold at least one row of held-out data; got shape {x_val.shape}")
     losses = jax.lax.map(lambda params: model.loss(params, x_val, y_val), history)
     finite = jnp.isfinite(losses)
     index = jnp.argmin(jnp.where(finite, losses, jnp.inf)).astype(jnp.int32)

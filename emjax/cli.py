@@ -217,6 +217,17 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validation_fraction(text: str) -> float:
+    """``--validation``: a fraction in [0, 0.5)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 0.5); got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emjax", description="EM for mixtures of experts, as mirror descent.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -257,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument(
         "--validation",
-        type=float,
+        type=_validation_fraction,
         default=0.0,
         help="Table 2: hold out this fraction of the training images and report each method's iterate of lowest "
         "held-out loss (early stopping; default 0: the last iterate)",

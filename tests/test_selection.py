@@ -78,3 +78,5 @@ def test_best_iterate_refuses_a_fit_without_history(overfitting_fit):
     mismatched = eqx.tree_at(lambda p: p.experts, history, history.experts[:5])
     with pytest.raises(ValueError, match="one leading axis"):
         emjax.best_iterate(model, mismatched, x_val, y_val)
+    with pytest.raises(ValueError, match="at least one row"):
+        emjax.best_iterate(model, result, x_val[:0], y_val[:0])

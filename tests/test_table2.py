@@ -45,6 +45,10 @@ def test_settings_validate_start_and_validation():
         with pytest.raises(ValueError, match="validation must be a fraction"):
             Table2Settings(validation=bad)
     assert Table2Settings.quick("digits", start="data", validation=0.2).validation == 0.2
+    assert Table2Settings().sweep_name == "table2-digits"  # the defaults keep the folder of earlier runs
+    assert Table2Settings(data="fmnist", start="data", validation=0.1).sweep_name == "table2-fmnist-data-v0.1"
+    with pytest.raises(SystemExit):
+        main(["reproduce", "table2", "--validation", "0.6"])
 
 
 def test_data_start_and_validation_early_stopping():

@@ -13,11 +13,13 @@ import numpy as np
 from .._extras import require
 from ..sweeps import METHOD_LABELS
 from ._summaries import band, iterations_to, measured_rate, nan_median
+from ._table2 import fitted_count
 
 COLOURS = {"em": "#1f77b4", "gradient_em": "#ff7f0e", "gd": "#2ca02c", "adam": "#d62728", "md": "#9467bd"}
 DPI = 300
-#: An EM fit counts as converged when its last step, relative to ‖θ*‖, is at most this.
-CONVERGED_STEP = 1e-6
+#: An EM fit counts as converged when its estimated distance to the fixed point, relative to ‖θ*‖,
+#: is at most this (Aitken: last step × ρ/(1 − ρ), ρ the rate measured from its trace).
+CONVERGED_DISTANCE = 1e-6
 
 
 def _figure(width, height, columns=2, rows=1):
@@ -48,8 +50,10 @@ def _tick_label(value, _=None) -> str:
     if 1e-3 <= size < 1e4:
         return sign + f"{size:g}"
     exponent = int(np.floor(np.log10(size) + 1e-9))
-    mantissa = size / 10.0**exponent
-    head = "" if abs(mantissa - 1) < 1e-9 else f"{mantissa:g}\\times"
+    mantissa = float(f"{size / 10.0**exponent:.3g}")
+    if mantissa >= 10:  # 9.999999e-4 rounds up to the next power of ten
+        exponent, mantissa = exponent + 1, mantissa / 10
+    head = "" if mantissa == 1 else f"{mantissa:g}\\times"
     return sign + f"${head}10^{{{exponent}}}$"
 
 
@@ -165,6 +169,16 @@ def plot_figure2(outputs, settings, path: Path) -> list[Path]:
     return _finish_trace_figure(figure, axes, synthetic_caption("Figure 2", settings), path)
 
 
+def em_converged(step_length: np.ndarray, rate: np.ndarray, floor: float) -> np.ndarray:
+    """Which EM runs ended at a fixed point: Aitken's distance estimate, last step × ρ/(1 − ρ) with ρ
+    the measured rate, at most :data:`CONVERGED_DISTANCE`; a run whose steps reached round-off
+    (``floor``) too fast for a rate to be measured counts as converged."""
+    last = np.asarray(step_length)[..., -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        distance = np.where((rate > 0) & (rate < 1), last * rate / (1 - rate), np.inf)
+    return np.where(np.isfinite(rate), distance <= CONVERGED_DISTANCE, last <= floor)
+
+
 def plot_mim(run: dict, settings, path: Path, floor: float) -> list[Path]:
     """Left: λ_max(M(θ*)) against SNR per ‖w*‖, measured EM rates overlaid. Right: iterations to tolerance."""
     figure, axes = _figure(11, 8, rows=2)
@@ -190,7 +204,7 @@ def plot_mim(run: dict, settings, path: Path, floor: float) -> list[Path]:
         # λ_max(M) at EM's last iterate means EM's rate only where that iterate is a fixed point: where
         # EM has not converged (rate near 1, few steps) M(θ_T) can exceed 1, so those are drawn apart.
         rate_final = fits["rate_final"][:, :, em]
-        converged = fits["step_length"][:, :, em, -1] <= CONVERGED_STEP
+        converged = em_converged(fits["step_length"][:, :, em], measured, floor)
         for keep, colour, text in (
             (converged, "black", r"$\lambda_{\max}(M(\theta_T))$ at EM's last iterate, converged fits"),
             (~converged, "tab:red", r"the same, fits not converged in $T$ steps ($\theta_T$ no fixed point)"),
@@ -233,6 +247,7 @@ def plot_mim(run: dict, settings, path: Path, floor: float) -> list[Path]:
 
 def plot_table2(run: dict, settings, path: Path) -> list[Path]:
     """Test accuracy and test cross-entropy against iterations (mean line, 10-90% band over instances)."""
+
     outputs, data = run["outputs"], run["data"]
     figure, axes = _figure(11, 4)
     t = np.arange(settings.num_iterations + 1)
@@ -242,7 +257,7 @@ def plot_table2(run: dict, settings, path: Path) -> list[Path]:
     _log_axis(axes[0, 1])
     axes[0, 1].set_ylabel("test cross-entropy")
     caption = (
-        f"Table 2 setting: 2-expert MoLogE on Random-Invert {data.name} (n_train={data.x_train.shape[0]}), "
+        f"Table 2 setting: 2-expert MoLogE on Random-Invert {data.name} (n_train={fitted_count(data, settings)}), "
         f"{settings.num_instances} instances (mean, 10-90% band)"
     )
     return _finish_trace_figure(figure, axes, caption, path)

@@ -325,6 +325,10 @@ def reproduce(
     table2_settings = None
     if "table2" in experiments:  # validate before any long run starts
         options = dict(table2_options or {})
+        if data == "fmnist":
+            from ..datasets import fashion_mnist_folder
+
+            path = str(fashion_mnist_folder(path))  # before any long run: a clear error if the files are absent
         table2_settings = (
             Table2Settings.quick(data, path, **options) if quick else Table2Settings(data=data, path=path, **options)
         )
@@ -359,7 +363,9 @@ def reproduce(
         written += summarise_mim(run, settings, out, floor)
         written += plot_mim(run, settings, out / "mim.png", floor)
     if table2_settings is not None:
-        run = run_table2(table2_settings, folder / f"table2-{data}", progress=progress, batch_size=batch_size, log=log)
+        run = run_table2(
+            table2_settings, folder / table2_settings.sweep_name, progress=progress, batch_size=batch_size, log=log
+        )
         written += summarise_table2(run, table2_settings, out)
         written += plot_table2(run, table2_settings, out / "table2.png")
     record = {
@@ -369,6 +375,8 @@ def reproduce(
         "devices": [str(d) for d in jax.devices()],
         "files": [p.name for p in written],
     }
+    if table2_settings is not None:
+        record["table2"] = {"data": data, "start": table2_settings.start, "validation": table2_settings.validation}
     (out / "reproduce.json").write_text(json.dumps(record, indent=2))
     written.append(out / "reproduce.json")
     return written
