@@ -10,7 +10,7 @@ import pytest
 
 import emjax
 from emjax.cli import main
-from emjax.datasets import add_intercept, digits, random_invert
+from emjax.datasets import ImageDataset, add_intercept, digits, random_invert
 from emjax.experiments._table2 import Table2Cell, Table2Settings, flag_agreement, predictive_log_probs
 from emjax.models import MoEParams
 from tests.test_datasets import fake_fashion, real_fashion_mnist_folder
@@ -83,6 +83,23 @@ def test_data_start_and_validation_early_stopping():
     for m in range(2):
         assert int(out["selected_iteration"][m]) == int(np.nanargmin(out["validation_loss"][m]))
     assert float(out["train_loss"][0, 0]) < np.log(10) - 0.5  # the data-driven start is far from uniform
+
+
+def test_large_data_is_saved_cell_by_cell():
+    from emjax.experiments._table2 import table2_chunk_size
+
+    small = digits()
+    assert table2_chunk_size(small) is None  # digits: one compiled call for all instances
+    large = ImageDataset(
+        np.zeros((10_000, 4), np.float32),
+        np.arange(10_000) % 10,
+        np.zeros((10, 4), np.float32),
+        np.arange(10) % 10,
+        image_shape=(2, 2),
+        num_classes=10,
+        name="large",
+    )
+    assert table2_chunk_size(large) == jax.device_count()
 
 
 def test_fashion_mnist_without_a_path(no_default_fashion, monkeypatch):
