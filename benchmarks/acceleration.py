@@ -740,6 +740,9 @@ def ms(value) -> str:
     return f"{1e3 * value:.1f}"
 
 
+COUNT_HEADERS = ("solver", "cycles", "maps", "losses", "fallbacks", "status")  # the columns of count_cells
+
+
 def count_cells(row) -> list:
     """The solver's name and work counts, the cells every results table starts a row with."""
     return [
@@ -769,12 +772,7 @@ def hasselblad_report(h) -> list[str]:
     ]
     headers = [
         "start (π, λ₁, λ₂)",
-        "solver",
-        "cycles",
-        "maps",
-        "losses",
-        "fallbacks",
-        "status",
+        *COUNT_HEADERS,
         "n L",
         "π",
         "λ₁",
@@ -877,12 +875,7 @@ def problems_report(title, entries) -> list[str]:
     out = [title, ""]
     headers = [
         "problem",
-        "solver",
-        "cycles",
-        "maps",
-        "losses",
-        "fallbacks",
-        "status",
+        *COUNT_HEADERS,
         "ms (median)",
         "× EM",
         "EM maps / maps",

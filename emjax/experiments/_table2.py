@@ -140,9 +140,8 @@ def fitted_count(data: ImageDataset, settings: Table2Settings) -> int:
     """How many training images the methods fit: all of them, or those not held out for validation."""
     if not settings.validation:
         return data.n_train
-    labels = np.asarray(data.y_train)
-    held_out = sum(int(np.rint(settings.validation * np.sum(labels == c))) for c in np.unique(labels))
-    return data.n_train - held_out
+    train, _ = stratified_split(data.y_train, settings.validation, settings.seed)  # the cell's own split
+    return len(train)
 
 
 def _fingerprint(*arrays) -> str:
