@@ -51,6 +51,11 @@ from ._mirror import mirror_map as mirror_map
 from ._mirror import mirror_map_grad as mirror_map_grad
 from ._mirror import neg_log_likelihood_grad as neg_log_likelihood_grad
 from ._mirror import posterior_statistics as posterior_statistics
+from ._predict import gate_probabilities as gate_probabilities
+from ._predict import predict_mean as predict_mean
+from ._predict import predict_proba as predict_proba
+from ._predict import predict_quantiles as predict_quantiles
+from ._predict import predict_variance as predict_variance
 from ._restarts import fit_restarts as fit_restarts
 from ._selection import BestIterate as BestIterate
 from ._selection import best_iterate as best_iterate
@@ -119,6 +124,7 @@ __all__ = [
     "fit",
     "fit_restarts",
     "from_optax",
+    "gate_probabilities",
     "squarem",
     "anderson",
     "gradient_descent",
@@ -138,6 +144,10 @@ __all__ = [
     "num_parameters",
     "observed_information",
     "posterior_statistics",
+    "predict_mean",
+    "predict_proba",
+    "predict_quantiles",
+    "predict_variance",
     "responsibilities",
     "safe_step_size",
     "sample",

@@ -134,6 +134,11 @@ def not_positive(values):
     return ~(values > 0)
 
 
+def not_open_unit(values):
+    """Entries outside the open interval (0, 1) (NaN counts as bad)."""
+    return ~((values > 0) & (values < 1))
+
+
 def not_finite_positive(values):
     """Entries that are not finite and > 0."""
     return ~(_xp(values).isfinite(values) & (values > 0))

@@ -49,6 +49,12 @@ CONTRACT = {
     # issue 16
     "squarem",
     "anderson",
+    # issue 18
+    "gate_probabilities",
+    "predict_mean",
+    "predict_variance",
+    "predict_quantiles",
+    "predict_proba",
 }
 
 DATASETS_CONTRACT = {

@@ -4,6 +4,10 @@ from ._model import AbstractModel as AbstractModel
 from ._model import keep_frozen as keep_frozen
 from ._params import MoEParams as MoEParams
 from ._params import SymParams as SymParams
+from ._predictive import AbstractPredictive as AbstractPredictive
+from ._predictive import CategoricalPredictive as CategoricalPredictive
+from ._predictive import GaussianPredictive as GaussianPredictive
+from ._predictive import PoissonPredictive as PoissonPredictive
 from ._symmetric import AbstractSymmetricModel as AbstractSymmetricModel
 from ._symmetric import softplus_bregman as softplus_bregman
 from .experts import AbstractExpertFamily as AbstractExpertFamily

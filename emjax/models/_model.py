@@ -20,6 +20,10 @@ class. A model supplies:
 * **Mirror map**: :meth:`~AbstractModel.mirror_map` $A(\theta)$; its gradient and Bregman
   divergence default to autodiff and to the Bregman formula.
 * **Sampling and starts**: :meth:`~AbstractModel.sample`, :meth:`~AbstractModel.init_params`.
+* **Prediction** (optional): :meth:`~AbstractModel.gate_log_probs`, the gate's prior
+  $\log P(z=c\mid x)$, and :meth:`~AbstractModel.expert_predictive`, each component's law of y given
+  x (:mod:`emjax.models._predictive`); :func:`emjax.predict_mean` and the other predictions of the
+  mixture are written once against them (:mod:`emjax._predict`).
 
 Generic defaults come from autodiff; closed forms are overrides on the model class (the
 symmetric models override almost everything, the K-expert models the M-step and the KL form of
@@ -240,6 +244,30 @@ class AbstractModel(eqx.Module):
         finfo = jnp.finfo(complete.dtype)
         floor = finfo.eps * (jnp.max(jnp.abs(values)) + jnp.trace(missing)) + finfo.tiny
         return vectors / jnp.sqrt(jnp.maximum(values, floor))[None, :]
+
+    # ------------------------------------------------------------------------------ prediction
+
+    def gate_log_probs(self, params, x: Array) -> Array:
+        r"""The gate's prior $\log P(z=c\mid x_n)$, shape (n, C), columns ordered as :meth:`log_joint`'s.
+
+        Needed by :func:`emjax.gate_probabilities` and the ``predict_*`` functions only; the default
+        raises ``NotImplementedError``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define gate_log_probs(params, x), the gate's log P(z=c | x) of "
+            "shape (n, C), which emjax.gate_probabilities and the predict_* functions need"
+        )
+
+    def expert_predictive(self, params, x: Array):
+        r"""Each component's law of y given $x_n$ and $z=c$: an
+        :class:`~emjax.models.AbstractPredictive` whose leaves have leading shape (n, C), columns
+        ordered as :meth:`gate_log_probs`'.
+
+        Needed by the ``predict_*`` functions only; the default raises ``NotImplementedError``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define expert_predictive(params, x), each component's law of y "
+            "given x (an emjax.models.AbstractPredictive such as GaussianPredictive(loc, scale) with leaves "
+            "of shape (n, C)), which the predict_* functions need"
+        )
 
     # ------------------------------------------------------------------------------ sampling, starts, checks
 

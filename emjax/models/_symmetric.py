@@ -132,6 +132,15 @@ class AbstractSymmetricModel(AbstractModel):
         """The expert's part of :meth:`precompute` (default: nothing)."""
         return None
 
+    def signed_expert_predictive(self, signed_xb: Array):
+        r"""The experts' law of y given their scores: ``signed_xb`` is (n, 2), column 0 $-x\cdot\beta$ (z=0),
+        column 1 $+x\cdot\beta$ (z=1); an :class:`~emjax.models.AbstractPredictive` of leaves (n, 2)
+        (default: ``NotImplementedError``, for families that do not predict)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define signed_expert_predictive(signed_xb), which the predict_* "
+            "functions need"
+        )
+
     @abc.abstractmethod
     def sample_labels(self, key: Array, xb: Array, z: Array) -> Array:
         """Draw y given ``xb`` and the latent labels z."""
@@ -191,6 +200,17 @@ class AbstractSymmetricModel(AbstractModel):
         l1, l0 = self.expert_log_likelihoods(post.xb, y)
         upper = jnp.where(post.posterior.z >= 0, l1 - post.gate.softplus_negative, l0 - post.gate.softplus)
         return upper + post.posterior.softplus_negative_abs
+
+    def gate_log_probs(self, params: SymParams, x: Array) -> Array:
+        r"""Column 0 $\log\mathrm{sigmoid}(-x\cdot w)$ (z=0, expert $-\beta$), column 1
+        $\log\mathrm{sigmoid}(x\cdot w)$ (z=1, expert $+\beta$), as in :meth:`log_joint`."""
+        xw = x @ params.w
+        return jnp.stack([jax.nn.log_sigmoid(-xw), jax.nn.log_sigmoid(xw)], axis=1)
+
+    def expert_predictive(self, params: SymParams, x: Array):
+        r""":meth:`signed_expert_predictive` of $(-x\cdot\beta, x\cdot\beta)$: the swap expert(z=0) = -expert(z=1)."""
+        xb = x @ params.beta
+        return self.signed_expert_predictive(jnp.stack([-xb, xb], axis=1))
 
     def e_step(self, params: SymParams, x: Array, y: Array) -> tuple[Array, Array]:
         r"""Column 1 is $r = \mathrm{sigmoid}(\Delta)$, column 0 $\mathrm{sigmoid}(-\Delta)$ (both tails exact)."""

@@ -12,6 +12,10 @@ A family states four things, all per sample and vectorised over n:
 * :meth:`~AbstractExpertFamily.log_partition` $A(\phi)$, shape (n,);
 * :meth:`~AbstractExpertFamily.sample` and, if needed, :meth:`~AbstractExpertFamily.log_base` $\log h(y)$.
 
+A family that is to predict (:func:`emjax.predict_mean` and the other ``predict_*`` functions) also
+states :meth:`~AbstractExpertFamily.predictive`, the law of y given x as an
+:class:`~emjax.models.AbstractPredictive`; the built-in families do.
+
 Everything else has a generic default: the log-density, the mean statistic $E[T\mid x] = \nabla A(\phi)$,
 and the weighted M-step, which minimises (mean over n, ridge λ)
 
@@ -39,6 +43,7 @@ from .._linalg import newton_shift, solve_psd
 from .._minimize import masked_minimize
 from .._newton import gradient_and_hessian
 from .._validation import check_values, not_class_label, not_count
+from ._predictive import CategoricalPredictive, GaussianPredictive, PoissonPredictive
 
 VARIANCE_FLOOR = 1e-8
 
@@ -95,6 +100,16 @@ class AbstractExpertFamily(eqx.Module):
         r"""$E[T(y)\mid x, \theta_k] = \nabla A(\phi)$, shape (n, S)."""
         natural = self.natural(coef, scale, x)
         return jax.grad(lambda phi: jnp.sum(self.log_partition(phi)))(natural)
+
+    def predictive(self, coef: Array, scale: Array | None, x: Array):
+        r"""The law of y given $x_n$ under this expert: an :class:`~emjax.models.AbstractPredictive` whose
+        leaves have leading shape (n,) (the model stacks the experts on axis 1). The default raises
+        ``NotImplementedError``: $E[T(y)\mid x]$ alone does not say what y is."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define predictive(coef, scale, x), the law of y given x (an "
+            "emjax.models.AbstractPredictive with leaves of shape (n,), e.g. GaussianPredictive(loc, scale)), "
+            "which the predict_* functions need"
+        )
 
     def m_step(self, x, weights, stats, coef, scale, free_coef, free_scale, ridge, minimize=masked_minimize):
         """Minimise the weighted expected complete-data loss over (coef, scale) (see module docstring).
@@ -154,6 +169,10 @@ class GaussianExpert(AbstractExpertFamily):
 
     def sample(self, coef, scale, key, x):
         return x @ coef + scale * jax.random.normal(key, (x.shape[0],), x.dtype)
+
+    def predictive(self, coef, scale, x):
+        mean = x @ coef
+        return GaussianPredictive(loc=mean, scale=jnp.broadcast_to(scale, mean.shape))
 
     def initial_scale(self, y):
         return jnp.std(y) + jnp.sqrt(jnp.asarray(VARIANCE_FLOOR, y.dtype))
@@ -229,6 +248,9 @@ class SoftmaxExpert(AbstractExpertFamily):
     def sample(self, coef, scale, key, x):
         return jax.random.categorical(key, x @ coef, axis=-1).astype(x.dtype)
 
+    def predictive(self, coef, scale, x):
+        return CategoricalPredictive(probs=jax.nn.softmax(x @ coef, axis=-1))
+
     def check_labels(self, y):
         message = f"y must hold class labels in {{0, ..., {self.num_classes - 1}}}"
         check_values(y, not_class_label, message, self.num_classes)
@@ -257,6 +279,9 @@ class PoissonExpert(AbstractExpertFamily):
 
     def sample(self, coef, scale, key, x):
         return jax.random.poisson(key, jnp.exp(x @ coef)).astype(x.dtype)
+
+    def predictive(self, coef, scale, x):
+        return PoissonPredictive(rate=jnp.exp(x @ coef))
 
     def check_labels(self, y):
         check_values(y, not_count, "y must hold counts (integers >= 0) for Poisson experts")

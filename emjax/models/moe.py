@@ -176,8 +176,16 @@ class MixtureOfExperts(AbstractModel):
         r"""$\log p(y_n\mid x_n, z=k)$, shape (n, K)."""
         return self._per_expert(self.expert.log_prob, params, x, y)
 
+    def gate_log_probs(self, params: MoEParams, x: Array) -> Array:
+        r"""$\log\pi_k(x_n) = \log\mathrm{softmax}_k(x_n\cdot W_k)$, shape (n, K)."""
+        return jax.nn.log_softmax(x @ params.gate.T, axis=-1)
+
     def log_joint(self, params: MoEParams, x: Array, y: Array) -> Array:
-        return jax.nn.log_softmax(x @ params.gate.T, axis=-1) + self.expert_log_probs(params, x, y)
+        return self.gate_log_probs(params, x) + self.expert_log_probs(params, x, y)
+
+    def expert_predictive(self, params: MoEParams, x: Array):
+        """The family's :meth:`~emjax.models.AbstractExpertFamily.predictive` of every expert, stacked on axis 1."""
+        return jax.vmap(self.expert.predictive, in_axes=(0, 0, None), out_axes=1)(params.experts, params.sigma, x)
 
     def penalty(self, params: MoEParams, free: MoEParams):
         r"""$\tfrac{\lambda}{2}(\|W_F\|^2 + \|B_F\|^2)$ over the free gate and expert entries (σ excluded);

@@ -21,6 +21,7 @@ from .._logistic import Logistic
 from .._newton import gradient_and_hessian, soft_logistic_regression
 from .._validation import check_real_scalar, check_values, is_concrete, not_binary
 from ._params import SymParams
+from ._predictive import GaussianPredictive, bernoulli_pair
 from ._symmetric import AbstractSymmetricModel, softplus_bregman
 
 
@@ -97,6 +98,11 @@ class SymMoLinE(AbstractSymmetricModel):
         # once per fit. With fewer samples than features beta is not identified; the jittered factor
         # keeps it finite and x.beta (hence the loss) is the least-squares fit.
         return cho_solve(cache.expert, cache.xt @ (self._variance(x) * targets))
+
+    def signed_expert_predictive(self, signed_xb):
+        r"""$y\mid x, z \sim N((2z-1)\,x\cdot\beta, \sigma^2)$."""
+        scale = jnp.broadcast_to(self.sigma.astype(signed_xb.dtype), signed_xb.shape)
+        return GaussianPredictive(loc=signed_xb, scale=scale)
 
     def sample_labels(self, key, xb, z):
         sign = 2 * z.astype(xb.dtype) - 1
@@ -187,6 +193,10 @@ class SymMoLogE(AbstractSymmetricModel):
         return soft_logistic_regression(
             x, targets, beta0, scores=scores.xb, xt=cache.xt, value=value, probabilities=probabilities
         )
+
+    def signed_expert_predictive(self, signed_xb):
+        r"""Classes {0, 1} with $P(y=1\mid x, z) = \mathrm{sigmoid}((2z-1)\,x\cdot\beta)$."""
+        return bernoulli_pair(signed_xb)
 
     def sample_labels(self, key, xb, z):
         sign = 2 * z.astype(xb.dtype) - 1
