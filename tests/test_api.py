@@ -49,6 +49,9 @@ CONTRACT = {
     # issue 16
     "squarem",
     "anderson",
+    # issue 18
+    "summary",
+    "FitSummary",
 }
 
 DATASETS_CONTRACT = {
