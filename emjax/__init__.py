@@ -71,6 +71,8 @@ from ._steps import gradient_descent_step as gradient_descent_step
 from ._steps import gradient_em_step as gradient_em_step
 from ._steps import mirror_descent_step as mirror_descent_step
 from ._steps import safe_step_size as safe_step_size
+from ._summary import FitSummary as FitSummary
+from ._summary import summary as summary
 from .models import AbstractExpertFamily as AbstractExpertFamily
 from .models import AbstractSymmetricModel as AbstractSymmetricModel
 from .models import GaussianExpert as GaussianExpert
@@ -101,6 +103,7 @@ __all__ = [
     "BestIterate",
     "AbstractSymmetricModel",
     "FitResult",
+    "FitSummary",
     "GaussianExpert",
     "MixtureOfExperts",
     "MoEParams",
@@ -152,6 +155,7 @@ __all__ = [
     "safe_step_size",
     "sample",
     "standard_errors",
+    "summary",
     "sweep",
     "datasets",
     "deep",

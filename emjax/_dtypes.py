@@ -54,6 +54,32 @@ def check_precision(value, name: str) -> None:
         )
 
 
+def as_data(value, name: str = "x"):
+    """Python lists and tuples, and pandas (or polars) frames and series, as NumPy arrays; anything else
+    (jax and NumPy arrays, tracers, None, invalid input that the checks then refuse) is returned as is.
+
+    The one conversion of user data at the boundary (:func:`emjax._validation.data_arguments`). It keeps
+    the data's own dtype (a list of ints stays integer, as class labels and counts must be; the dtype
+    rule above then picks the working float dtype), copies nothing that is already an array, and
+    needs no pandas: a frame is recognised by its ``to_numpy`` method.
+
+    Raises:
+        ValueError: a ragged list (rows of different lengths), which is no array.
+
+    Example:
+        >>> as_data([[1, 2], [3, 4]]).dtype.kind, as_data([0.5, 1.0]).shape
+        ('i', (2,))
+    """
+    if isinstance(value, (list, tuple)):
+        try:
+            return np.asarray(value)
+        except ValueError as error:  # ragged rows: numpy's message talks of "inhomogeneous shape"
+            raise ValueError(f"{name} must be rectangular (every row the same length); got a ragged list") from error
+    if not isinstance(value, (np.ndarray, jax.Array)) and callable(getattr(value, "to_numpy", None)):
+        return np.asarray(value.to_numpy())
+    return value
+
+
 def as_arrays(params, x, y=None):
     """Cast parameters, features and labels to their working dtype (:mod:`emjax._dtypes`)."""
     dtype = working_dtype(params, x, y)

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 
 from ._checks import check_step_tree, check_trainable, validate
@@ -42,7 +43,7 @@ from ._stopping import (
     step_ratio,
     tree_all_finite,
 )
-from ._validation import check_int
+from ._validation import check_int, data_arguments, is_concrete
 from .models import MoEParams, SymParams
 
 
@@ -53,7 +54,9 @@ class FitResult(eqx.Module):
     returns :class:`emjax.streaming.StreamResult` and :func:`emjax.deep.fit_em` /
     :func:`emjax.deep.fit_end_to_end` return :class:`emjax.deep.DeepFitResult`, subclasses that
     only add fields. Modelled on optimistix's ``Solution``: the value, a status code (never an
-    exception inside ``jit``), statistics and the solver's final state.
+    exception inside ``jit``), statistics and the solver's final state. ``repr(result)`` (and
+    :meth:`describe`) gives the status by name, the steps, convergence and final loss, per status
+    for a batched result; :func:`emjax.summary` adds the coefficient tables.
 
     Attributes:
         params: the final parameters (the last finite iterate if the run went non-finite); for
@@ -112,6 +115,52 @@ class FitResult(eqx.Module):
         """The loss at the final parameters, ``losses[num_steps]`` (per lane for a batched result)."""
         losses, steps = jnp.asarray(self.losses), jnp.asarray(self.num_steps)
         return jnp.take_along_axis(losses, steps[..., None], axis=-1)[..., 0]
+
+    def describe(self) -> str:
+        """The run in words: status by name, steps applied, convergence, final loss, parameter shapes.
+
+        A batched result (leading axes from ``vmap`` or a sweep) gives the number of lanes per status
+        and the range of the steps and final losses. This is also the result's ``repr``; inside
+        ``jit`` (traced values, nothing to read) the ``repr`` falls back to equinox's tree of shapes.
+        For the fitted coefficients with standard errors, AIC and BIC, see :func:`emjax.summary`.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, emjax
+            >>> model = emjax.SymMoLinE()
+            >>> start = emjax.SymParams(w=jnp.array([0.5, 0.5]), beta=jnp.array([1.0, 1.0]))
+            >>> x, y = emjax.sample(model, start, jax.random.key(0), 100)
+            >>> print(emjax.fit(model, emjax.em(), start, x, y, num_steps=5).describe())  # doctest: +ELLIPSIS
+            FitResult(status=Status.ok, num_steps=5, converged=False, final_loss=..., params=SymParams(...))
+        """
+        status = np.asarray(self.status)
+        steps = np.asarray(self.num_steps)
+        converged = np.asarray(self.converged)
+        try:
+            final = np.asarray(self.final_loss, dtype=float)
+        except Exception:  # noqa: BLE001 - a subclass's losses may not follow the base layout
+            final = np.full(status.shape, np.nan)
+        params = eqx.tree_pformat(self.params, width=10_000)
+        name = type(self).__name__
+        if status.ndim == 0:
+            return (
+                f"{name}(status={Status.name_of(status)}, num_steps={int(steps)}, converged={bool(converged)}, "
+                f"final_loss={float(final):.6g}, params={params})"
+            )
+        codes, counts = np.unique(status, return_counts=True)
+        per_status = ", ".join(f"{Status.name_of(code)}: {count}" for code, count in zip(codes, counts, strict=True))
+        finite = final[np.isfinite(final)]
+        losses = f"{finite.min():.6g}..{finite.max():.6g}" if finite.size else "nan"
+        return (
+            f"{name}[batch {'x'.join(map(str, status.shape))}](status={{{per_status}}}, "
+            f"num_steps={steps.min()}..{steps.max()}, converged={int(np.sum(converged))}/{converged.size}, "
+            f"final_loss={losses}, params={params})"
+        )
+
+    def __repr__(self) -> str:
+        leaves = (self.status, self.num_steps, self.converged, self.losses)
+        if not all(is_concrete(leaf) for leaf in leaves):
+            return eqx.tree_pformat(self)
+        return self.describe()
 
 
 def _final_status(model, params, x, y, status):
@@ -291,6 +340,7 @@ def _fit_until(
     return _result(model, params, x, y, losses, applied, status, converged, state, history, track)
 
 
+@data_arguments
 def fit(
     model,
     solver: AbstractSolver,
@@ -338,7 +388,9 @@ def fit(
         params: the initial parameters.
         x: features, shape (n, d). y: responses, shape (n,).
         num_steps: number of iterations (the bound, with ``tol``), a Python int >= 0; it fixes
-            the length of the loss trace.
+            the length of the loss trace. ``num_steps=0`` returns ``params`` unchanged with
+            ``losses = [L(params)]``: ``Status.ok`` without a tolerance, ``Status.max_steps`` with
+            one (no step ran, so the rule was not met; :func:`emjax.fit_restarts` reports the same).
         keep_history: also return every iterate in ``params_history``.
         progress: print the step and loss from inside the compiled loop (``jax.debug.callback``),
             every 10 steps with ``True`` or every k steps with an int k. Off by default; results

@@ -18,7 +18,7 @@ from ._checks import check_model_params, check_trainable, validate
 from ._dtypes import working_dtype
 from ._information import observed_information
 from ._likelihood import neg_log_likelihood
-from ._validation import is_concrete
+from ._validation import data_arguments, is_concrete
 
 
 def _estimated(model, params, trainable) -> np.ndarray:
@@ -28,6 +28,7 @@ def _estimated(model, params, trainable) -> np.ndarray:
     return np.asarray(model.flat_free_mask(params, trainable))
 
 
+@data_arguments
 def standard_errors(model, params, x, y, trainable=None):
     r"""Asymptotic standard errors $\sqrt{\mathrm{diag}((n\nabla^2 L(\hat\theta))^{-1})}$, shaped like ``params``.
 
@@ -67,6 +68,7 @@ def num_parameters(model, params, trainable=None) -> int:
     return int(np.sum(_estimated(model, params, trainable)))
 
 
+@data_arguments
 def aic(model, params, x, y, trainable=None) -> Array:
     r"""Akaike's criterion $2nL(\hat\theta) + 2k$, k the number of estimated parameters (lower is better).
 
@@ -84,6 +86,7 @@ def aic(model, params, x, y, trainable=None) -> Array:
     return 2 * n * neg_log_likelihood(model, params, x, y) + 2 * num_parameters(model, params, trainable)
 
 
+@data_arguments
 def bic(model, params, x, y, trainable=None) -> Array:
     r"""Schwarz's criterion $2nL(\hat\theta) + k\log n$ (lower is better); consistent for choosing K."""
     validate(model, params, x, y)

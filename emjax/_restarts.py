@@ -15,7 +15,7 @@ from ._init import init_params
 from ._progress import progress_interval
 from ._status import Status
 from ._stopping import check_criterion, check_tolerances
-from ._validation import check_features, check_key, is_concrete
+from ._validation import check_features, check_key, data_arguments, is_concrete
 from .models import keep_frozen
 
 
@@ -61,6 +61,7 @@ def _restarts(
     )
 
 
+@data_arguments
 def fit_restarts(
     model,
     solver,
@@ -92,7 +93,8 @@ def fit_restarts(
         key: a ``jax.random`` key; restart r uses ``jax.random.split(key, num_restarts)[r]``.
         x, y: the data.
         num_restarts: a Python int >= 1.
-        num_steps: the step bound of every restart.
+        num_steps: the step bound of every restart; 0 returns the best start by loss, unchanged,
+            with the status :func:`emjax.fit` gives (``ok``, or ``max_steps`` with a tolerance).
         params: required when the solver freezes entries (``trainable`` False where the model does
             not pin them): the values those entries keep in every restart, e.g. 0 for a gate that
             must ignore a column. ``init_params`` knows nothing of the restriction, so its values

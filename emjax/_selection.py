@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ._dtypes import as_arrays
+from ._validation import data_arguments
 
 
 class BestIterate(NamedTuple):
@@ -36,6 +37,7 @@ class BestIterate(NamedTuple):
     losses: Array
 
 
+@data_arguments
 def best_iterate(model, history, x_val, y_val) -> BestIterate:
     r"""The iterate with the lowest validation loss $L_{\mathrm{val}}(\theta_t)$ (early stopping).
 

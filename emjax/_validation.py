@@ -3,8 +3,11 @@
 What is accepted:
 
 * data: ``x`` a jax or NumPy array of real numbers (integer or floating; integers are converted to
-  the working floating dtype), ``y`` the same or booleans; bool or complex features, complex, string
-  or object labels, and Python lists are refused;
+  the working floating dtype), ``y`` the same or booleans; Python lists (and tuples) and pandas
+  DataFrames and Series are accepted too, converted once to NumPy arrays at the boundary
+  (:func:`data_arguments`, :func:`emjax._dtypes.as_data`) with their own dtype, then checked like
+  any NumPy array; bool or complex features, complex, string or object labels and ragged lists are
+  refused;
 * parameters: arrays of real numbers (``SymParams`` and ``MoEParams`` convert lists themselves);
 * step sizes, tolerances: real scalars (not bool), finite, step sizes > 0, tolerances >= 0;
 * keys: ``jax.random.key(seed)`` or a legacy ``jax.random.PRNGKey(seed)``.
@@ -38,7 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._dtypes import check_precision
+from ._dtypes import as_data, check_precision
+
+DATA_NAMES = ("x", "y", "x_val", "y_val")
+"""The names of the data arguments that :func:`data_arguments` (and :func:`public`) convert."""
 
 
 def is_concrete(value) -> bool:
@@ -364,6 +370,33 @@ def _first_failure(specs, values):
     return jnp.where(jnp.any(failed), jnp.argmax(failed), -1)
 
 
+def _convert_data(arguments) -> None:
+    """Replace the data arguments (:data:`DATA_NAMES`) in a bound ``arguments`` dict by :func:`as_data`."""
+    for name in DATA_NAMES:
+        if name in arguments:
+            arguments[name] = as_data(arguments[name], name)
+
+
+def data_arguments(fn):
+    """Let ``fn`` take its data (arguments named ``x``, ``y``, ``x_val``, ``y_val``) as Python lists or
+    pandas objects too: they are converted by :func:`emjax._dtypes.as_data` before ``fn`` runs.
+
+    The public entry points that are not :func:`public` (the loops, the inference functions) use it;
+    :func:`public` does the same conversion itself, so every function of data accepts the same inputs."""
+    signature = inspect.signature(fn)
+    names = [name for name in DATA_NAMES if name in signature.parameters]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        if all(isinstance(bound.arguments.get(name), (type(None), np.ndarray, jax.Array)) for name in names):
+            return fn(*args, **kwargs)  # the usual case: arrays already
+        _convert_data(bound.arguments)
+        return fn(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
 def public(check, traced: tuple[str, ...] = ()):
     """Make ``fn`` a public entry point: ``check`` its arguments, then run it compiled.
 
@@ -371,7 +404,8 @@ def public(check, traced: tuple[str, ...] = ()):
     function then runs under ``equinox.filter_jit`` (cached per shape, dtype and static value),
     so eager calls compile once and calls inside a user's ``jit``/``vmap``/``grad`` just inline.
     Arguments named in ``traced`` (step sizes) are turned into arrays first, so new values reuse
-    the compilation instead of being baked in as constants.
+    the compilation instead of being baked in as constants. Data given as Python lists or pandas
+    objects are converted to NumPy arrays before anything else (as :func:`data_arguments` does).
 
     Checks at the boundary only (issue 14): the static checks (types, shapes, dtypes) run in
     Python, once per call. The value checks (finite data and parameters, labels the model can
@@ -408,6 +442,7 @@ def public(check, traced: tuple[str, ...] = ()):
         def call(guarded: bool, args, kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
+            _convert_data(bound.arguments)  # lists and pandas objects as NumPy arrays (data_arguments)
             with _collecting(guarded) as collector:
                 check(**bound.arguments)
             for name in traced:

@@ -55,6 +55,8 @@ CONTRACT = {
     "predict_variance",
     "predict_quantiles",
     "predict_proba",
+    "summary",
+    "FitSummary",
 }
 
 DATASETS_CONTRACT = {

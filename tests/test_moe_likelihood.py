@@ -129,7 +129,7 @@ def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="MoEParams"):
         emjax.em_step(model, emjax.SymParams(w=jnp.zeros(3), beta=jnp.zeros(3)), x, y)
     with pytest.raises(ValueError, match="num_experts"):
-        emjax.MoLinE(1)
+        emjax.MoLinE(0)
     with pytest.raises(ValueError, match="num_classes"):
         emjax.MoLogE(3, num_classes=1)
     log_model, log_truth, log_x, _ = make_moe_problem("log", seed=12, n=20)

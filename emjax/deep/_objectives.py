@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from .._validation import data_arguments
 from ._checks import as_working, check_data, check_gamma
 from ._model import DeepMoE, expert_logits, gate_logits
 from ._routing import forward, routed_gate_log_probs_raw, top_k_mask_raw
@@ -71,6 +72,7 @@ def _cross_entropy(model, x, y):
 # ----------------------------------------------------------------------------- public functions
 
 
+@data_arguments
 def neg_log_likelihood(model: DeepMoE, x, y) -> Array:
     r"""$L = -\mathrm{mean}_n\log\big(\sum_{k\in T_n}\pi_k p_k\,/\sum_{k\in T_n}\pi_k\big)$, the top-k
     renormalised mixture likelihood (module docstring); the dense MoE likelihood when top_k = K.
@@ -88,6 +90,7 @@ def neg_log_likelihood(model: DeepMoE, x, y) -> Array:
     return _nll(model, *as_working(model, x, y))
 
 
+@data_arguments
 def surrogate(model: DeepMoE, x, y, gamma, mask=None) -> Array:
     r"""The EM surrogate $J(\theta\mid\gamma,T) = -\mathrm{mean}_n\sum_{k\in T_n}\gamma_{nk}[\log\tilde\pi_k+\log p_k]$.
 
@@ -122,12 +125,14 @@ def surrogate(model: DeepMoE, x, y, gamma, mask=None) -> Array:
     return _surrogate(model, x, y, jnp.asarray(gamma, x.dtype), mask)
 
 
+@data_arguments
 def predict_log_proba(model: DeepMoE, x) -> Array:
     r"""$\log\sum_{k\in T(x)}\tilde\pi_k(x)\,\mathrm{softmax}(f_k(x))$, shape (n, C)."""
     check_data(model, x)
     return _predict_log_proba(model, as_working(model, x))
 
 
+@data_arguments
 def predict_proba(model: DeepMoE, x) -> Array:
     r"""Class probabilities $\sum_{k\in T(x)}\tilde\pi_k(x)\,\mathrm{softmax}_c(f_k(x))$, shape (n, C).
 
@@ -140,12 +145,14 @@ def predict_proba(model: DeepMoE, x) -> Array:
     return jnp.exp(predict_log_proba(model, x))
 
 
+@data_arguments
 def accuracy(model: DeepMoE, x, y) -> Array:
     r"""Fraction of samples with $\arg\max_c$ :func:`predict_proba` $= y$."""
     check_data(model, x, y)
     return _accuracy(model, *as_working(model, x, y))
 
 
+@data_arguments
 def cross_entropy(model: DeepMoE, x, y) -> Array:
     r"""$-\mathrm{mean}_n\log$ :func:`predict_proba`$(x_n)_{y_n}$; equal to :func:`neg_log_likelihood`."""
     check_data(model, x, y)

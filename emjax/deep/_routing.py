@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from .._validation import data_arguments
 from ._checks import as_working, check_data
 from ._model import DeepMoE, expert_logits, gate_logits
 
@@ -149,6 +150,7 @@ def top_k_mask(gate_logits: Array, k: int) -> Array:
     return top_k_mask_raw(jnp.asarray(gate_logits), k)
 
 
+@data_arguments
 def gate_log_probs(model: DeepMoE, x) -> Array:
     r"""The full (dense) gate log-probabilities $\log\pi_k(x_n) = \mathrm{log\_softmax}_k\, g(x_n)$, shape (n, K).
 
@@ -162,6 +164,7 @@ def gate_log_probs(model: DeepMoE, x) -> Array:
     return _gate_log_probs(model, as_working(model, x))
 
 
+@data_arguments
 def expert_log_probs(model: DeepMoE, x, y) -> Array:
     r"""$\log p(y_n\mid x_n, k) = \mathrm{log\_softmax}(f_k(x_n))_{y_n}$ for every sample and expert, (n, K).
 
@@ -177,6 +180,7 @@ def expert_log_probs(model: DeepMoE, x, y) -> Array:
     return _expert_log_probs(model, *as_working(model, x, y))
 
 
+@data_arguments
 def routed_log_weights(model: DeepMoE, x, y) -> Array:
     r"""$\ell_{nk} = \log\tilde\pi_k(x_n) + \log p(y_n\mid x_n, k)$ for $k\in T_n$, $-\infty$ otherwise, (n, K).
 
@@ -195,6 +199,7 @@ def routed_log_weights(model: DeepMoE, x, y) -> Array:
     return _routed_log_weights(model, *as_working(model, x, y))
 
 
+@data_arguments
 def responsibilities(model: DeepMoE, x, y) -> Array:
     r"""$\gamma_{nk} = \mathrm{softmax}_k(\ell_{n\cdot})$ under ``stop_gradient``, shape (n, K); 0 outside $T_n$.
 
@@ -208,6 +213,7 @@ def responsibilities(model: DeepMoE, x, y) -> Array:
     return jax.lax.stop_gradient(jax.nn.softmax(routed_log_weights(model, x, y), axis=-1))
 
 
+@data_arguments
 def load_statistics(model: DeepMoE, x) -> LoadStatistics:
     r"""Routing fractions (top-k membership / n, summing to top_k) and mean routed gate mass (summing to 1).
 

@@ -36,6 +36,7 @@ from jax import Array, lax
 from .._fit import FitResult
 from .._progress import maybe_report, progress_interval
 from .._stopping import check_tolerances, final_status, is_finite, loss_converged, tree_all_finite
+from .._validation import data_arguments
 from ._checks import as_working, check_batch_size, check_count, check_data
 from ._model import DeepMoE
 from ._objectives import accuracy_raw, nll_raw, surrogate_raw
@@ -387,6 +388,7 @@ def _rule(tol, atol, dtype):
 # ----------------------------------------------------------------------------- public trainers
 
 
+@data_arguments
 def fit_em(
     model: DeepMoE,
     key: Array,
@@ -495,6 +497,7 @@ def fit_em(
     )
 
 
+@data_arguments
 def fit_end_to_end(
     model: DeepMoE,
     key: Array,

@@ -89,6 +89,9 @@ def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array, logits=N
     over x, or the E-step's :class:`GateScores` (also the solve's starting value and gradient);
     ``xt``, if given, is ``x.T`` (:meth:`MixtureOfExperts.precompute`).
     """
+    rows = tuple(k for k in range(gate.shape[0]) if not np.all(model.pinned(gate.shape[1]).gate[k]))
+    if not rows:  # K = 1: the one gate row is pinned, pi_1 = 1 and there is nothing to fit
+        return gate
     # The targets sum to the same total per row, so sum_k t_k log pi_k = t.xW - sum_k t_k LSE.
     row_mass = jnp.sum(targets, axis=-1)
 
@@ -105,7 +108,6 @@ def fit_gate(model, x: Array, targets: Array, gate: Array, free: Array, logits=N
     if steps is not None:
         # linear_newton's solve on W^T (d, K) (the scores x W^T are linear in it), written for the
         # softmax loss: same iterates, less work per Newton step (_gate_loop).
-        rows = tuple(k for k in range(gate.shape[0]) if not np.all(model.pinned(gate.shape[1]).gate[k]))
         scores = as_gate_scores(logits)
         start = None if scores is None else lax.stop_gradient(tuple(scores))
         loop = functools.partial(

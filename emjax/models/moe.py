@@ -59,7 +59,10 @@ class MixtureOfExperts(AbstractModel):
 
     Args:
         expert: the expert family (e.g. ``GaussianExpert()``).
-        num_experts: K >= 2.
+        num_experts: K >= 1. With K = 1 the gate has no free parameter (its one row is pinned,
+            $\pi_1 = 1$) and EM is the plain fit of one GLM (least squares with σ² = RSS/n for
+            linear experts, the Poisson or multinomial GLM otherwise), reached in one step; it
+            is the baseline of a comparison across K by :func:`emjax.bic`.
         ridge: λ >= 0; the model's objective becomes $L + \tfrac{\lambda}{2}(\|W\|^2 + \|B\|^2)$ over
             the free gate and expert entries (σ excluded). Every solver minimises it: the EM and
             mirror-descent M-steps, gradient EM's surrogate steps, gradient descent and optax
@@ -83,8 +86,8 @@ class MixtureOfExperts(AbstractModel):
     m_step_max_steps: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        if not isinstance(self.num_experts, int) or isinstance(self.num_experts, bool) or self.num_experts < 2:
-            raise ValueError(f"num_experts must be a Python int >= 2; got {self.num_experts!r}")
+        if not isinstance(self.num_experts, int) or isinstance(self.num_experts, bool) or self.num_experts < 1:
+            raise ValueError(f"num_experts must be a Python int >= 1; got {self.num_experts!r}")
         ridge_is_number = isinstance(self.ridge, (int, float)) and not isinstance(self.ridge, bool)
         if not (ridge_is_number and np.isfinite(self.ridge) and self.ridge >= 0):
             raise ValueError(f"ridge must be a finite number >= 0; got {self.ridge!r}")

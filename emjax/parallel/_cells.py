@@ -9,9 +9,11 @@ from jax.sharding import PartitionSpec as P
 
 from .._checks import validate
 from .._fit import check_fit_arguments, fit
+from .._validation import data_arguments
 from ._mesh import CELL_AXIS, _check_mesh, shard_cells, shard_rows
 
 
+@data_arguments
 def fit_cells(model, solver, params, x, y, num_steps: int, mesh, *, tol=None, atol=0.0, criterion="distance"):
     r"""Run :func:`emjax.fit` from every start in ``params`` (leading axis C), data-parallel within each fit.
 

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .._validation import check_features, check_labels
+from .._validation import check_features, check_labels, data_arguments
 
 DATA_AXIS = "data"
 CELL_AXIS = "cells"
@@ -50,6 +50,7 @@ def _check_mesh(mesh) -> None:
         raise ValueError(f"mesh must be a jax.sharding.Mesh with a {DATA_AXIS!r} axis (see data_mesh); got {mesh!r}")
 
 
+@data_arguments
 def shard_rows(mesh: Mesh, x, y=None):
     """Place x (n, d) and y (n,) on ``mesh`` split by rows over ``"data"`` (replicated over other axes).
 
