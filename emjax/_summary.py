@@ -37,7 +37,7 @@ from ._inference import aic, bic, num_parameters, standard_errors
 from ._likelihood import neg_log_likelihood
 from ._status import Status
 from ._validation import check_features, is_concrete
-from .models import MixtureOfExperts, MoEParams, SymParams
+from .models import MoEParams, SymParams
 
 WIDTH = 78
 COLUMNS = ("estimate", "std. error", "z", "P>|z|")
@@ -227,7 +227,7 @@ def summary(model, result_or_params, x, y, trainable=None, *, feature_names=None
             rows.append(_row(block, name, float(value[index]), float(error[index]), fixed))
     loss = float(neg_log_likelihood(model, params, x, y))
     return FitSummary(
-        model=_describe_model(model),
+        model=model.describe(),
         num_observations=n,
         num_parameters=num_parameters(model, params, trainable),
         log_likelihood=-n * loss,
@@ -330,18 +330,6 @@ def _row(block: str, name: str, estimate: float, error: float, fixed: str) -> Co
     z = estimate / error if error > 0 else math.nan
     p_value = math.erfc(abs(z) / math.sqrt(2)) if math.isfinite(z) else math.nan
     return Coefficient(block, name, estimate, error, z, p_value, fixed)
-
-
-def _describe_model(model) -> str:
-    name = type(model).__name__
-    if isinstance(model, MixtureOfExperts):
-        classes = getattr(model.expert, "num_classes", None)
-        inside = f"K={model.num_experts}" + ("" if classes is None else f", C={classes}")
-        return f"{name}({inside})"
-    sigma = getattr(model, "sigma", None)
-    if sigma is not None and np.ndim(sigma) == 0:
-        return f"{name}(sigma={float(np.asarray(sigma)):.6g})"
-    return name
 
 
 # --------------------------------------------------------------------------- printing

@@ -301,5 +301,9 @@ class AbstractModel(eqx.Module):
     def check_params(self, params, d: int, name: str = "params") -> None:
         """Raise ``ValueError`` unless ``params`` has this model's parameter type and shapes for d features."""
 
+    def describe(self) -> str:
+        """A short readable name for printed output such as :func:`emjax.summary` (default: the class name)."""
+        return type(self).__name__
+
     def check_labels(self, y) -> None:
         """Raise ``ValueError`` for labels this model cannot have (default: any finite value)."""

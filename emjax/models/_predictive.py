@@ -134,7 +134,7 @@ class PoissonPredictive(AbstractPredictive):
 
         The centred Poisson is sub-gamma with variance factor λ and scale 1/3
         ($e^s - 1 - s \le s^2/(2(1 - s/3))$), so $P(y - \lambda > \sqrt{2\lambda u} + u/3) \le e^{-u} = 1 - q$
-        (Boucheron, Lugosi and Massart, *Concentration Inequalities*, §2.4): the CDF there is at least q."""
+        (Boucheron, Lugosi and Massart, *Concentration Inequalities*, section 2.4): the CDF there is at least q."""
         u = -jnp.log1p(-q)
         high = jnp.ceil(self.rate + jnp.sqrt(2 * self.rate * u) + u / 3) + 1
         return jnp.full_like(high, -1), high

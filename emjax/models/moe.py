@@ -97,6 +97,12 @@ class MixtureOfExperts(AbstractModel):
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
             raise ValueError(f"m_step_max_steps must be None or a Python int >= 1; got {steps!r}")
 
+    def describe(self) -> str:
+        """``MoLinE(K=3)``, ``MoLogE(K=2, C=4)``: the class, K and, for classifier experts, the classes."""
+        classes = getattr(self.expert, "num_classes", None)
+        inside = f"K={self.num_experts}" + ("" if classes is None else f", C={classes}")
+        return f"{type(self).__name__}({inside})"
+
     def minimize(self, objective, init, free):
         """The model's masked inner solver (see ``m_step_method``), as used by every M-step."""
         return masked_minimize(objective, init, free, self.m_step_method, self.m_step_max_steps)

@@ -57,6 +57,12 @@ class SymMoLinE(AbstractSymmetricModel):
                 raise ValueError(f"sigma must be a positive finite number; got {value}")
         self.sigma = jnp.asarray(sigma)
 
+    def describe(self) -> str:
+        """``SymMoLinE(sigma=0.5)`` (the class name alone when σ is traced or batched)."""
+        if is_concrete(self.sigma) and np.ndim(self.sigma) == 0:
+            return f"{type(self).__name__}(sigma={float(np.asarray(self.sigma)):.6g})"
+        return type(self).__name__
+
     def _variance(self, like: Array) -> Array:
         return jnp.square(self.sigma).astype(like.dtype)
 
