@@ -105,3 +105,12 @@ def test_math_page_keeps_the_section_numbers_the_code_cites():
         for match in re.finditer(r"§(\d+(?:\.\d+)?)", source.read_text()):
             cited.add(match.group(1))
     assert cited and cited <= headings, sorted(cited - headings)
+
+
+def test_after_fit_guide_examples_run(capsys):
+    path = DOCS / "guides" / "after_fit.md"
+    code = "\n".join(re.findall(r"```python\n(.*?)```", path.read_text(), re.S))
+    code = shrink(code, ("key(1), 1000)", "key(1), 300)"), ("x, y, 5,", "x, y, 2,"))
+    run(code, path)
+    printed = capsys.readouterr().out
+    assert "Status.ok" in printed and "expert[1].x1" in printed and "(pinned)" in printed
