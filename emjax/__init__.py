@@ -52,6 +52,7 @@ from ._mirror import mirror_map_grad as mirror_map_grad
 from ._mirror import neg_log_likelihood_grad as neg_log_likelihood_grad
 from ._mirror import posterior_statistics as posterior_statistics
 from ._predict import gate_probabilities as gate_probabilities
+from ._predict import predict_log_proba as predict_log_proba
 from ._predict import predict_mean as predict_mean
 from ._predict import predict_proba as predict_proba
 from ._predict import predict_quantiles as predict_quantiles
@@ -148,6 +149,7 @@ __all__ = [
     "observed_information",
     "posterior_statistics",
     "predict_mean",
+    "predict_log_proba",
     "predict_proba",
     "predict_quantiles",
     "predict_variance",

@@ -163,8 +163,30 @@ def predict_proba(model, params, x) -> Array:
         >>> [round(v, 6) for v in proba[0].tolist()]
         [0.375, 0.625]
     """
-    gate, components = _mixture(model, params, x)
-    return jnp.einsum("nc,nck->nk", gate, components.probabilities())
+    return jnp.exp(_mixture_log_proba(model, params, x))
+
+
+@public(validate)
+def predict_log_proba(model, params, x) -> Array:
+    r"""Log class probabilities under the mixture, $\log\sum_c \exp(\log\pi_c(x_n) + \log p_c(k\mid x_n))$.
+
+    The logarithm of :func:`predict_proba`, computed in log space throughout (a log-sum-exp over the
+    components), so it stays finite where a probability underflows: what a cross-entropy needs.
+
+    Example:
+        >>> import jax.numpy as jnp, emjax
+        >>> p = emjax.SymParams(w=jnp.zeros(1), beta=jnp.full(1, 800.0))
+        >>> emjax.predict_log_proba(emjax.SymMoLogE(), p, jnp.ones((1, 1)))[0].tolist()  # each class: 1/2
+        [-0.6931471805599453, -0.6931471805599453]
+    """
+    return _mixture_log_proba(model, params, x)
+
+
+def _mixture_log_proba(model, params, x) -> Array:
+    params, x = as_arrays(params, x)
+    log_gate = model.gate_log_probs(params, x)
+    log_components = model.expert_predictive(params, x).log_probabilities()
+    return jax.nn.logsumexp(log_gate[:, :, None] + log_components, axis=1)
 
 
 # ------------------------------------------------------------------------------------------------ quantiles

@@ -55,6 +55,7 @@ CONTRACT = {
     "predict_variance",
     "predict_quantiles",
     "predict_proba",
+    "predict_log_proba",
     "summary",
     "FitSummary",
 }

@@ -11,7 +11,7 @@ import pytest
 import emjax
 from emjax.cli import main
 from emjax.datasets import ImageDataset, add_intercept, digits, random_invert
-from emjax.experiments._table2 import Table2Cell, Table2Settings, flag_agreement, predictive_log_probs
+from emjax.experiments._table2 import Table2Cell, Table2Settings, flag_agreement
 from emjax.models import MoEParams
 from tests.test_datasets import fake_fashion, real_fashion_mnist_folder
 
@@ -25,7 +25,7 @@ def test_predictive_distribution_and_flag_agreement_by_hand():
     gate = jax.nn.softmax(x @ params.gate.T, axis=-1)
     experts = jnp.stack([jax.nn.softmax(x @ params.experts[k], axis=-1) for k in range(2)], axis=1)
     expected = jnp.log(jnp.sum(gate[:, :, None] * experts, axis=1))
-    np.testing.assert_allclose(predictive_log_probs(params, x), expected, rtol=1e-12)
+    np.testing.assert_allclose(emjax.predict_log_proba(emjax.MoLogE(2, 2), params, x), expected, rtol=1e-12)
     top = np.asarray(jnp.argmax(gate, axis=-1) == 1)  # [True, False, True]
     agreement, share = flag_agreement(params, x, jnp.asarray(~top))  # a swapped labelling agrees fully
     assert float(agreement) == 1.0 and float(share) == pytest.approx(2 / 3)

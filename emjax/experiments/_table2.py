@@ -52,6 +52,7 @@ from jax import Array
 
 from .._fit import fit
 from .._init import init_params
+from .._predict import predict_log_proba
 from .._selection import best_iterate
 from ..datasets import ImageDataset, add_intercept, digits, fashion_mnist, random_invert, stratified_split
 from ..models import MoEParams, MoLogE
@@ -151,16 +152,9 @@ def _fingerprint(*arrays) -> str:
     return digest.hexdigest()[:16]
 
 
-def predictive_log_probs(params: MoEParams, x: Array) -> Array:
-    r"""$\log \sum_k \pi_k(x_n)\,\mathrm{softmax}(x_n B_k)$, shape (n, C)."""
-    log_gate = jax.nn.log_softmax(x @ params.gate.T, axis=-1)
-    log_experts = jax.nn.log_softmax(jnp.einsum("nd,kdc->nkc", x, params.experts), axis=-1)
-    return jax.nn.logsumexp(log_gate[:, :, None] + log_experts, axis=1)
-
-
-def test_metrics(params: MoEParams, x: Array, labels: Array) -> tuple[Array, Array]:
+def test_metrics(model: MoLogE, params: MoEParams, x: Array, labels: Array) -> tuple[Array, Array]:
     """(accuracy, cross-entropy) of the mixture's predictive distribution."""
-    log_probs = predictive_log_probs(params, x)
+    log_probs = predict_log_proba(model, params, x)
     accuracy = jnp.mean(jnp.argmax(log_probs, axis=-1) == labels)
     cross_entropy = -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
     return accuracy, cross_entropy
@@ -298,7 +292,7 @@ class Table2Cell(eqx.Module):
         for method in self.methods:
             solver = METHODS[method](steps.get(method, 1.0))
             result = fit(model, solver, start, x_train, y_train, self.num_iterations, keep_history=True)
-            accuracy, loss = jax.vmap(lambda p: test_metrics(p, x_test, self.y_test))(result.params_history)
+            accuracy, loss = jax.vmap(lambda p: test_metrics(model, p, x_test, self.y_test))(result.params_history)
             reported = result.params
             values = {"train_loss": result.losses, "test_accuracy": accuracy, "test_loss": loss}
             if self.validation:

@@ -66,8 +66,8 @@ class AbstractPredictive(eqx.Module):
         q-quantile lies in $[\min_c \text{low}, \max_c \text{high}]$."""
         raise ValueError(_A_CLASSIFIER.format(what="predict_quantiles"))
 
-    def probabilities(self) -> Array:
-        r"""$P(y=k\mid x, z=c)$, shape (n, C, num_classes)."""
+    def log_probabilities(self) -> Array:
+        r"""$\log P(y=k\mid x, z=c)$, shape (n, C, num_classes)."""
         raise ValueError(_NOT_A_CLASSIFIER.format(what="predict_proba", kind="numeric"))
 
 
@@ -141,18 +141,20 @@ class PoissonPredictive(AbstractPredictive):
 
 
 class CategoricalPredictive(AbstractPredictive):
-    r"""$P(y=k\mid x_n, z=c) = p_{nck}$ over the class labels $k = 0, \dots, K-1$.
+    r"""$P(y=k\mid x_n, z=c) = p_{nck}$ over the class labels $k = 0, \dots, K-1$, kept in log space.
 
     Attributes:
-        probs: $p$, shape (n, C, num_classes), rows summing to 1.
+        log_probs: $\log p$, shape (n, C, num_classes), each row's exponentials summing to 1.
     """
 
-    probs: Array
+    log_probs: Array
 
-    def probabilities(self):
-        return self.probs
+    def log_probabilities(self):
+        return self.log_probs
 
 
 def bernoulli_pair(logits: Array) -> CategoricalPredictive:
-    """Two classes {0, 1} with $P(y=1) = \\mathrm{sigmoid}(\\text{logit})$, both columns without cancellation."""
-    return CategoricalPredictive(probs=jnp.stack([jax.nn.sigmoid(-logits), jax.nn.sigmoid(logits)], axis=-1))
+    """Two classes {0, 1} with $P(y=1) = \\mathrm{sigmoid}(\\text{logit})$, in log space, without cancellation."""
+    return CategoricalPredictive(
+        log_probs=jnp.stack([jax.nn.log_sigmoid(-logits), jax.nn.log_sigmoid(logits)], axis=-1)
+    )

@@ -249,7 +249,7 @@ class SoftmaxExpert(AbstractExpertFamily):
         return jax.random.categorical(key, x @ coef, axis=-1).astype(x.dtype)
 
     def predictive(self, coef, scale, x):
-        return CategoricalPredictive(probs=jax.nn.softmax(x @ coef, axis=-1))
+        return CategoricalPredictive(log_probs=jax.nn.log_softmax(x @ coef, axis=-1))
 
     def check_labels(self, y):
         message = f"y must hold class labels in {{0, ..., {self.num_classes - 1}}}"
