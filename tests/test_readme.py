@@ -114,3 +114,10 @@ def test_after_fit_guide_examples_run(capsys):
     run(code, path)
     printed = capsys.readouterr().out
     assert "Status.ok" in printed and "expert[1].x1" in printed and "(pinned)" in printed
+
+
+def test_readme_after_fit_example_prints_a_summary(capsys):
+    code = shrink(python_block(README, "## After the fit"), ("key(1), 1000)", "key(1), 300)"), ("x, y, 5,", "x, y, 2,"))
+    run(code, README)
+    printed = capsys.readouterr().out
+    assert "Status.ok" in printed and "expert[1]" in printed and "BIC" in printed
