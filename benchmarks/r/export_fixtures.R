@@ -1,0 +1,95 @@
+# Export two small real data sets and R's reference fits as test fixtures for emjax.
+#
+# Run once, from the repository root:
+#
+#     Rscript --vanilla benchmarks/r/export_fixtures.R
+#
+# Needs R with the packages flexmix, mixtools and jsonlite (Debian/Ubuntu:
+# apt-get install r-cran-flexmix r-cran-mixtools r-cran-jsonlite). Writes
+#
+#   tests/fixtures/npreg.csv               flexmix's NPreg: x, yn, yp, yb, class (200 rows)
+#   tests/fixtures/tonedata.csv            mixtools' tonedata: stretchratio, tuned (150 rows)
+#   tests/fixtures/r_reference_fits.json   R's fits on them, with the R and package versions
+#
+# Numbers are written with as few significant digits as read back exactly (15, else 17), and the
+# script checks that the CSV files read back to the same data before it fits.
+
+suppressPackageStartupMessages({
+  library(flexmix)
+  library(mixtools)
+})
+
+out_dir <- file.path("tests", "fixtures")
+if (!dir.exists(out_dir)) stop("run from the repository root (", out_dir, " not found)")
+
+exact_strings <- function(values) {
+  # The shortest of 15 or 17 significant digits that reads back to exactly the same doubles.
+  for (digits in c(15, 17)) {
+    text <- formatC(values, digits = digits, format = "g")
+    text <- trimws(text)
+    if (identical(as.numeric(text), as.numeric(values))) return(text)
+  }
+  stop("no exact decimal form")
+}
+
+write_fixture <- function(frame, name) {
+  text <- as.data.frame(lapply(frame, exact_strings), stringsAsFactors = FALSE)
+  path <- file.path(out_dir, name)
+  write.csv(text, path, row.names = FALSE, quote = FALSE)
+  back <- read.csv(path)
+  stopifnot(identical(names(back), names(frame)))
+  for (column in names(frame)) stopifnot(identical(as.numeric(back[[column]]), as.numeric(frame[[column]])))
+  back
+}
+
+data("NPreg", package = "flexmix")
+data("tonedata", package = "mixtools")
+npreg <- write_fixture(NPreg[, c("x", "yn", "yp", "yb", "class")], "npreg.csv")
+tone <- write_fixture(tonedata[, c("stretchratio", "tuned")], "tonedata.csv")
+
+# flexmix: two Gaussian regressions of yn on (1, x, x^2), constant prior, best of 10 starts.
+set.seed(1)
+npreg_fit <- stepFlexmix(yn ~ x + I(x^2), data = npreg, k = 2, nrep = 10, verbose = FALSE)
+npreg_loglik <- logLik(npreg_fit)
+npreg_parameters <- parameters(npreg_fit)  # rows: coef.(Intercept), coef.x, coef.I(x^2), sigma
+
+# mixtools: two Gaussian regressions of tuned on (1, stretchratio), constant mixing weights.
+set.seed(1)
+tone_fit <- regmixEM(tone$tuned, tone$stretchratio, k = 2)
+
+reference <- list(
+  r_version = R.version.string,
+  packages = list(
+    flexmix = as.character(packageVersion("flexmix")),
+    mixtools = as.character(packageVersion("mixtools")),
+    jsonlite = as.character(packageVersion("jsonlite"))
+  ),
+  npreg = list(
+    data = "tests/fixtures/npreg.csv",
+    call = "set.seed(1); m <- stepFlexmix(yn ~ x + I(x^2), data = NPreg, k = 2, nrep = 10); logLik(m)",
+    n = nrow(npreg),
+    k = npreg_fit@k,
+    loglik = as.numeric(npreg_loglik),
+    df = attr(npreg_loglik, "df"),
+    iterations = npreg_fit@iter,
+    converged = npreg_fit@converged,
+    prior = as.numeric(npreg_fit@prior),
+    coefficients = unname(lapply(seq_len(ncol(npreg_parameters)), function(j) as.numeric(npreg_parameters[1:3, j]))),
+    sigma = as.numeric(npreg_parameters[4, ])
+  ),
+  tonedata = list(
+    data = "tests/fixtures/tonedata.csv",
+    call = "set.seed(1); regmixEM(tonedata$tuned, tonedata$stretchratio, k = 2)",
+    n = nrow(tone),
+    k = 2L,
+    loglik = tone_fit$loglik,
+    iterations = length(tone_fit$all.loglik) - 1L,
+    lambda = as.numeric(tone_fit$lambda),
+    beta = unname(lapply(seq_len(ncol(tone_fit$beta)), function(j) as.numeric(tone_fit$beta[, j]))),
+    sigma = as.numeric(tone_fit$sigma)
+  )
+)
+jsonlite::write_json(reference, file.path(out_dir, "r_reference_fits.json"),
+                     auto_unbox = TRUE, digits = NA, pretty = TRUE)
+cat(sprintf("NPreg: flexmix logLik %.10f (df %d); tonedata: mixtools loglik %.10f\n",
+            as.numeric(npreg_loglik), attr(npreg_loglik, "df"), tone_fit$loglik))
