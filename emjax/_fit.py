@@ -39,6 +39,7 @@ from ._stopping import (
     informative_step,
     loss_converged,
     rate_estimate,
+    roundoff_distance,
     step_norms,
     step_ratio,
     tree_all_finite,
@@ -228,7 +229,10 @@ def _advance(model, solver, params, state, loss, expected, track, cache, x, y, h
     counted = healthy.astype(jnp.int32)
     work = dict(zip(STAT_NAMES, (step.num_map_evaluations, step.num_loss_evaluations, step.num_fallbacks), strict=True))
     counts = {name: track.counts[name] + counted * jnp.asarray(work[name], jnp.int32) for name in STAT_NAMES}
-    moved = _Track(counts, step_norm, sample, rate, aitken_distance(step_size, rate))
+    distance = aitken_distance(step_size, rate)
+    if step.rate is None:
+        distance = roundoff_distance(model, step_norm, step_size, step.params, rate, distance)
+    moved = _Track(counts, step_norm, sample, rate, distance)
     track = _Track(counts, *_where(accept, tuple(moved)[1:], tuple(track)[1:]))
     # A rejected step ends the run (nothing is applied after it), so its E-step is never reused.
     return (

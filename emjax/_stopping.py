@@ -82,8 +82,26 @@ def informative_step(model, step_norm, params, rate):
         return jnp.asarray(True)
     known = rate < 1  # False for NaN and for rates at or above 1
     gap = jnp.where(known, 1 - jnp.where(known, rate, 0), 1)
-    floor = ROUNDOFF_STEP * jnp.finfo(flat.dtype).eps * jnp.maximum(jnp.linalg.norm(flat), 1) / gap
-    return ~known | (step_norm > floor)
+    return ~known | (step_norm > roundoff_floor(flat) / gap)
+
+
+def roundoff_floor(flat: Array) -> Array:
+    r"""$100\,arepsilon\max(\|	heta\|_2, 1)$: a step of at most this 2-norm is round-off of the map itself."""
+    return ROUNDOFF_STEP * jnp.finfo(flat.dtype).eps * jnp.maximum(jnp.linalg.norm(flat), 1)
+
+
+def roundoff_distance(model, step_norm, step, params, rate, distance):
+    r"""The distance estimate, with round-off steps counted as arrival while ρ̂ is unknown.
+
+    A map that reaches its fixed point in one step (EM for K = 1, one GLM: its M-step is exact)
+    gives round-off steps from then on, whose ratios are noise and keep ρ̂ unknown or above 1, so
+    Aitken's estimate stays infinite. Such a step of 2-norm at most :func:`roundoff_floor` has
+    moved the iterate by round-off only: its own length ``step`` (∞-norm) is then the estimate."""
+    flat = model.flatten(params)
+    if flat.size == 0:
+        return distance
+    unknown = ~(rate < 1)  # True for NaN and for rates at or above 1
+    return jnp.where(unknown & (step_norm <= roundoff_floor(flat)), step, distance)
 
 
 def rate_estimate(sample, previous_sample):

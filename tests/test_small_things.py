@@ -265,3 +265,20 @@ def test_fit_result_prints_its_status_by_name_single_batched_and_traced():
 
     traced(truth)
     assert seen[0].startswith("FitResult(\n  params=") and "Status" not in seen[0]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_one_expert_fits_stop_at_a_tolerance_once_the_steps_are_round_off(dtype):
+    # EM for K = 1 is exact in one step; later steps are round-off whose ratios keep the rate unknown.
+    # The distance rule must still see the arrival (it used to run to max_steps with d-hat infinite).
+    model = emjax.MoLinE(1)
+    x = jax.random.normal(jax.random.key(0), (150, 2), dtype).at[:, 0].set(1)
+    y = x @ jnp.array([3.0, -2.0], dtype) + 0.5 * jax.random.normal(jax.random.key(1), (150,), dtype)
+    start = emjax.init_params(model, jax.random.key(2), x, y)
+    result = emjax.fit(model, emjax.em(), start, x, y, 100, tol=1e-6)
+    assert emjax.Status(int(result.status)) == emjax.Status.ok and bool(result.converged)
+    assert int(result.num_steps) <= 3, int(result.num_steps)
+    restarts = emjax.fit_restarts(model, emjax.em(), jax.random.key(3), x, y, 2, num_steps=100, tol=1e-6)
+    assert bool(jnp.all(restarts.converged)) and int(restarts.num_steps) <= 3
+    ols = np.linalg.lstsq(np.asarray(x, np.float64), np.asarray(y, np.float64), rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(result.params.experts[0]), ols, rtol=1e-4 if dtype == jnp.float32 else 1e-10)
