@@ -15,7 +15,8 @@ sizes, options*; an argument a function does not take is skipped, and a solver r
 Solvers are built by their factories (:func:`em`, :func:`mirror_descent`, :func:`gradient_descent`,
 :func:`gradient_em`, :func:`from_optax`), which validate their arguments; :class:`AbstractSolver` is
 the base class for solvers of one's own. Problem generators and test helpers live in
-:mod:`emjax.testing`. ``emjax reproduce`` and :mod:`emjax.experiments` need the optional extra
+:mod:`emjax.testing`. ``emjax reproduce``, :mod:`emjax.experiments` and the scikit-learn estimators of
+:mod:`emjax.sklearn` (imported only on request) need the optional extra
 (``pip install "emjax[experiments]"``: matplotlib, scikit-learn); the rest of emjax does not.
 """
 

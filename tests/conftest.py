@@ -44,7 +44,7 @@ def _restore_xla_flags(monkeypatch):
 # ``--dist loadfile`` sends whole files to workers, by default in order of their number of tests. That puts the
 # costliest files, which hold few tests (notebooks, subprocess runs of sharded EM and the CLI, the large-n path
 # comparisons), at the end, where one worker runs them alone while the other idles. Here the costly files go first,
-# and three files whose tests share no module fixture are split into one work unit per test (test_paths.py's restart
+# and four files whose tests share no module fixture are split into one work unit per test (test_paths.py's restart
 # test stays with the case whose compiled fit it reuses), so that their tests spread over the workers. The other
 # files keep loadfile's grouping: their tests share module fixtures and compiled programs. Which tests run, and
 # how, is unchanged.
@@ -53,6 +53,7 @@ def _restore_xla_flags(monkeypatch):
 COSTLY_FIRST = (
     "tests/test_paths.py",
     "tests/test_notebooks.py",
+    "tests/test_sklearn.py",
     "tests/test_properties.py",
     "tests/test_acceleration.py",
     "tests/test_parallel.py",
@@ -68,7 +69,7 @@ COSTLY_FIRST = (
     "tests/test_restarts.py",
     "tests/test_readme.py",
 )
-SPLIT_PER_TEST = ("tests/test_paths.py", "tests/test_notebooks.py", "tests/test_properties.py")
+SPLIT_PER_TEST = ("tests/test_paths.py", "tests/test_notebooks.py", "tests/test_properties.py", "tests/test_sklearn.py")
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (-p no:xdist) nothing to do
