@@ -18,6 +18,9 @@ DAYS = np.array([162, 267, 271, 185, 111, 61, 27, 8, 3, 1])
 HASSELBLAD = emjax.MoPoE(2)
 R_SQUAREM_MAPS = {(0.3, 1.0, 5.0): 54, (0.5, 1.0, 3.0): 66}  # R's SQUAREM (method 3), tol 1e-8
 R_FIXED_POINT = np.array([0.35989, 1.25610, 2.66341])  # (π, λ₁, λ₂), to R's printed digits
+# One step bound for every Hasselblad fit with a tolerance: ``num_steps`` is static (it sizes the loss trace),
+# so each distinct bound compiles the fit loop anew. Every run here converges well before it.
+STEPS = 20000
 
 
 def _hasselblad():
@@ -40,7 +43,7 @@ def _natural(params):
 @pytest.fixture(scope="module")
 def hasselblad_fixed_point():
     x, y = _hasselblad()
-    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.3, 1, 5), x, y, 20000, tol=1e-12)
+    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.3, 1, 5), x, y, STEPS, tol=1e-12)
     assert int(result.status) == emjax.Status.ok
     return result.params
 
@@ -54,7 +57,7 @@ def _distance(model, params, reference):
 def test_hasselblad_no_more_map_evaluations_than_r(start, name, hasselblad_fixed_point):
     x, y = _hasselblad()
     solver = emjax.squarem(emjax.em()) if name == "squarem" else emjax.anderson(emjax.em())
-    result = emjax.fit(HASSELBLAD, solver, _hasselblad_start(*start), x, y, 500, tol=1e-8)
+    result = emjax.fit(HASSELBLAD, solver, _hasselblad_start(*start), x, y, STEPS, tol=1e-8)
     assert int(result.status) == emjax.Status.ok and bool(result.converged)
     assert int(result.stats["num_map_evaluations"]) <= R_SQUAREM_MAPS[start]
     assert _distance(HASSELBLAD, result.params, hasselblad_fixed_point) <= 1e-7
@@ -67,13 +70,13 @@ def test_distance_rule_stops_near_the_fixed_point_and_the_loss_rule_does_not(has
     """Plain EM at rate 0.9957: the distance estimate matches the true distance; the loss rule is misleading."""
     x, y = _hasselblad()
     start = _hasselblad_start(0.3, 1, 5)
-    by_distance = emjax.fit(HASSELBLAD, emjax.em(), start, x, y, 6000, tol=1e-6)
+    by_distance = emjax.fit(HASSELBLAD, emjax.em(), start, x, y, STEPS, tol=1e-6)
     true = _distance(HASSELBLAD, by_distance.params, hasselblad_fixed_point)
     estimate = float(by_distance.distance_estimate)
     assert bool(by_distance.converged) and true <= 1.5e-6
     assert 0.5 * true <= estimate <= 2 * true
     assert abs(float(by_distance.rate_estimate) - 0.9957) < 1e-3
-    by_loss = emjax.fit(HASSELBLAD, emjax.em(), start, x, y, 6000, tol=1e-6, criterion="loss")
+    by_loss = emjax.fit(HASSELBLAD, emjax.em(), start, x, y, STEPS, tol=1e-6, criterion="loss")
     assert bool(by_loss.converged) and int(by_loss.num_steps) < 100
     assert _distance(HASSELBLAD, by_loss.params, hasselblad_fixed_point) > 1e-2
 
@@ -81,7 +84,9 @@ def test_distance_rule_stops_near_the_fixed_point_and_the_loss_rule_does_not(has
 def test_em_rate_agrees_with_the_estimated_rate(hasselblad_fixed_point):
     x, y = _hasselblad()
     rate = float(emjax.em_rate(HASSELBLAD, hasselblad_fixed_point, x, y))
-    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.5, 1, 3), x, y, 4000)
+    # A run with a tolerance (the fixture's compiled loop) rather than a fixed 4,000-step scan of its own.
+    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.5, 1, 3), x, y, STEPS, tol=1e-8)
+    assert bool(result.converged)
     assert abs(float(result.rate_estimate) - rate) < 1e-3
 
 
@@ -91,7 +96,7 @@ def test_round_off_steps_leave_the_rate_alone(name, hasselblad_fixed_point):
     The rate stays at the base map's, the run converges, and d̂ still brackets the true distance."""
     x, y = _hasselblad()
     solver = {"em": emjax.em(), "squarem": emjax.squarem(emjax.em()), "anderson": emjax.anderson(emjax.em())}[name]
-    result = emjax.fit(HASSELBLAD, solver, _hasselblad_start(0.5, 1, 3), x, y, 20000, tol=1e-11)
+    result = emjax.fit(HASSELBLAD, solver, _hasselblad_start(0.5, 1, 3), x, y, STEPS, tol=1e-11)
     assert int(result.status) == emjax.Status.ok and bool(result.converged)
     assert 0.995 <= float(result.rate_estimate) < 0.9995
     true = _distance(HASSELBLAD, result.params, hasselblad_fixed_point)
@@ -116,20 +121,33 @@ def test_distance_estimate_tracks_the_true_distance(kind):
     """Plain EM on K-expert problems with a known fixed point: after the rule fires, d̂ is within 3x of the truth."""
     model, _, x, y = make_moe_problem(kind, seed=2, n=400, d=2)
     start = emjax.init_params(model, jax.random.key(1), x, y)
-    reference = _em_fixed_point(model, start, x, y)
-    result = emjax.fit(model, emjax.em(), start, x, y, 5000, tol=1e-7)
+    result = emjax.fit(model, emjax.em(), start, x, y, STEPS, tol=1e-7)
+    # EM is deterministic: carrying on from where the run stopped continues the same sequence to its fixed point
+    # (the same compiled loop, and none of the steps repeated).
+    reference = _em_fixed_point(model, result.params, x, y, STEPS)
     true = _distance(model, result.params, reference)
     estimate = float(result.distance_estimate)
     assert bool(result.converged)
     assert true / 3 <= estimate <= 3 * true + 1e-13
 
 
-def _em_fixed_point(model, start, x, y):
+def _em_fixed_point(model, start, x, y, chunk):
     """Plain EM's own fixed point from ``start``, to round-off (the oracle for the accelerated runs:
-    an extrapolation may also land on another fixed point of F, even an unstable one)."""
-    result = emjax.fit(model, emjax.em(), start, x, y, 20000, tol=1e-12)
-    assert int(result.status) == emjax.Status.ok
-    return result.params
+    an extrapolation may also land on another fixed point of F, even an unstable one).
+
+    Runs of ``chunk`` steps, each carrying on from the last (the same EM sequence), so that the bound is one a
+    test compiles anyway."""
+    params = start
+    for _ in range(20):
+        result = emjax.fit(model, emjax.em(), params, x, y, chunk, tol=1e-12)
+        if int(result.status) == emjax.Status.ok:
+            return result.params
+        assert int(result.status) == emjax.Status.max_steps
+        params = result.params
+    raise AssertionError("plain EM did not reach its fixed point")
+
+
+SLOW_STEPS = 2000  # the bound of every fit with a tolerance on the slow problem (one compiled plain-EM loop)
 
 
 def _slow_symmetric_logistic(n=1000):
@@ -143,7 +161,7 @@ def _slow_symmetric_logistic(n=1000):
 def slow_logistic():
     """The slow SymMoLogE problem (n = 1000, EM rate 0.995) and plain EM's fixed point from its start."""
     model, x, y, start = _slow_symmetric_logistic()
-    return model, x, y, start, _em_fixed_point(model, start, x, y)
+    return model, x, y, start, _em_fixed_point(model, start, x, y, SLOW_STEPS)
 
 
 @pytest.mark.parametrize("name", ["squarem", "anderson"])
@@ -151,13 +169,13 @@ def test_slow_problem_accelerated_fixed_point_equals_em_and_loss_is_monotone(nam
     model, x, y, start, reference = slow_logistic
     assert float(emjax.em_rate(model, reference, x, y)) > 0.99
     factory = emjax.squarem if name == "squarem" else emjax.anderson
-    result = emjax.fit(model, factory(emjax.em(), monotone=True), start, x, y, 3000, tol=1e-9)
+    result = emjax.fit(model, factory(emjax.em(), monotone=True), start, x, y, SLOW_STEPS, tol=1e-9)
     assert int(result.status) == emjax.Status.ok
     assert _distance(model, result.params, reference) <= 1e-7
     trace = np.asarray(result.losses[: int(result.num_steps) + 1])
     assert np.all(np.diff(trace) <= 1e-14 * np.abs(trace[1:]))
     assert int(result.stats["num_fallbacks"]) > 0  # the safeguard acted, and was counted
-    plain = emjax.fit(model, emjax.em(), start, x, y, 2000, tol=1e-9)
+    plain = emjax.fit(model, emjax.em(), start, x, y, SLOW_STEPS, tol=1e-9)
     assert int(plain.status) == emjax.Status.max_steps  # EM crawls: 2,000 steps are not enough
     assert int(result.stats["num_map_evaluations"]) * 5 < 2000
 
@@ -183,7 +201,7 @@ def test_squarem_counts_follow_its_cycle():
 def test_mirror_descent_base_reaches_the_em_fixed_point(name, slow_logistic):
     model, x, y, start, reference = slow_logistic
     factory = emjax.squarem if name == "squarem" else emjax.anderson
-    result = emjax.fit(model, factory(emjax.mirror_descent(0.7)), start, x, y, 3000, tol=1e-10)
+    result = emjax.fit(model, factory(emjax.mirror_descent(0.7)), start, x, y, SLOW_STEPS, tol=1e-10)
     assert int(result.status) == emjax.Status.ok
     assert _distance(model, result.params, reference) <= 1e-6
 
@@ -210,7 +228,7 @@ def test_frozen_pinned_and_positive_entries_hold_at_every_iterate(name):
 
 def test_extrapolated_points_keep_constraints():
     """An extrapolation far past σ = 0 in the linear coordinates stays positive in log σ; masks hold."""
-    model, _, x, y = make_moe_problem("lin", seed=4, n=100, d=2)
+    model, _, x, y = make_moe_problem("lin", seed=4, n=300, d=3)  # the problem of the test above (compiled)
     current = emjax.init_params(model, jax.random.key(0), x, y)
     vector, unravel = _unconstrained_vector(model, current)
     far = vector - 50.0  # every coordinate moved far, log σ included
@@ -229,13 +247,13 @@ def test_vmap_lanes_keep_their_own_status_and_counts():
     batch = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *starts)
     bad = jax.tree_util.tree_map(lambda leaf: leaf.at[2].set(jnp.nan), batch)  # lane 2 cannot start
     solver = emjax.squarem(emjax.em())
-    results = jax.vmap(lambda p: emjax.fit(HASSELBLAD, solver, p, x, y, 300, tol=1e-8))(bad)
+    results = jax.vmap(lambda p: emjax.fit(HASSELBLAD, solver, p, x, y, STEPS, tol=1e-8))(bad)
     assert results.stats["num_map_evaluations"].shape == (3,)
     status = np.asarray(results.status)
     assert list(status[:2]) == [emjax.Status.ok, emjax.Status.ok] and status[2] == emjax.Status.nonfinite
     assert int(results.stats["num_map_evaluations"][2]) == 0
     for lane, start in enumerate(starts[:2]):
-        alone = emjax.fit(HASSELBLAD, solver, start, x, y, 300, tol=1e-8)
+        alone = emjax.fit(HASSELBLAD, solver, start, x, y, STEPS, tol=1e-8)
         assert int(results.stats["num_map_evaluations"][lane]) == int(alone.stats["num_map_evaluations"])
         lane_params = jax.tree_util.tree_map(lambda leaf, i=lane: leaf[i], results.params)
         np.testing.assert_allclose(HASSELBLAD.flatten(lane_params), HASSELBLAD.flatten(alone.params), atol=1e-12)
@@ -243,14 +261,18 @@ def test_vmap_lanes_keep_their_own_status_and_counts():
 
 @pytest.mark.parametrize("name", ["squarem", "anderson"])
 def test_jit_and_update_agree_with_fit(name):
-    model, x, y, start = _slow_symmetric_logistic(300)
+    # The size and step count of test_squarem_counts_follow_its_cycle: SQUAREM's direct fit is its compiled loop.
+    model, x, y, start = _slow_symmetric_logistic(200)
     solver = emjax.squarem(emjax.em()) if name == "squarem" else emjax.anderson(emjax.em(), memory=3)
-    direct = emjax.fit(model, solver, start, x, y, 5)
-    jitted = jax.jit(lambda p: emjax.fit(model, solver, p, x, y, 5))(start)
+    direct = emjax.fit(model, solver, start, x, y, 6)
+    jitted = jax.jit(lambda p: emjax.fit(model, solver, p, x, y, 6))(start)
     np.testing.assert_allclose(model.flatten(direct.params), model.flatten(jitted.params), rtol=1e-12, atol=1e-14)
+    # One compiled update called step by step (an eager update dispatches its loops and conditionals op by op,
+    # which compiled each of them anew at every call and cost more than all the fits here).
+    update = jax.jit(lambda params, state: solver.update(model, params, state, x, y))
     params, state = start, solver.init(start)
-    for _ in range(5):
-        params, state = solver.update(model, params, state, x, y)
+    for _ in range(6):
+        params, state = update(params, state)
     np.testing.assert_allclose(model.flatten(params), model.flatten(direct.params), rtol=1e-10, atol=1e-12)
 
 
@@ -261,7 +283,7 @@ def test_float32(name):
     start = jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.float32), _hasselblad_start(0.3, 1, 5))
     solver = emjax.squarem(emjax.em()) if name == "squarem" else emjax.anderson(emjax.em())
     # Round-off in float32 limits the reachable distance to about eps / (1 - rho) = 3e-5 here.
-    result = emjax.fit(HASSELBLAD, solver, start, x, y, 500, tol=1e-4)
+    result = emjax.fit(HASSELBLAD, solver, start, x, y, STEPS, tol=1e-4)
     assert result.params.gate.dtype == jnp.float32 and int(result.status) == emjax.Status.ok
     np.testing.assert_allclose(_natural(result.params), R_FIXED_POINT, atol=2e-3)
 

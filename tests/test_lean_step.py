@@ -8,6 +8,7 @@ the unfused functions (``model.loss``, ``posterior_targets``, ``em_step`` in a P
 brute-force logaddexp for the loss.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,19 @@ TOLERANCE = {jnp.float64: 1e-12, jnp.float32: 2e-5}
 
 def _start(truth, seed):
     return emjax.testing.perturb(truth, jax.random.key(seed))
+
+
+# The model's methods compiled, once per model, shape and dtype: called eagerly, their Newton loops and
+# conditionals are dispatched op by op and compile anew at every call. The frozen-block masks are boolean arrays
+# (traced), so the three mask variants of a test share one program.
+@eqx.filter_jit
+def _solve(model, params, x, targets, free, scores=None, cache=None):
+    return model.solve(params, x, targets, free, scores, cache)
+
+
+@eqx.filter_jit
+def _posterior_targets(model, params, x, y):
+    return model.posterior_targets(params, x, y)
 
 
 @pytest.mark.parametrize("kind", ["lin", "log"])
@@ -77,9 +91,9 @@ def test_solve_with_the_cache_equals_solve_without(kind, dtype, frozen):
     params = _start(truth, 2)
     trainable = None if frozen is None else emjax.SymParams(w=frozen != "w", beta=frozen != "beta")
     free = model.free_mask(params, trainable)
-    targets, scores = model.posterior_targets(params, x, y)
-    lean = model.solve(params, x, targets, free, scores, model.precompute(x, y))
-    plain = model.solve(params, x, targets, free)
+    targets, scores = _posterior_targets(model, params, x, y)
+    lean = _solve(model, params, x, targets, free, scores, model.precompute(x, y))
+    plain = _solve(model, params, x, targets, free)
     for a, b in zip(jax.tree_util.tree_leaves(lean), jax.tree_util.tree_leaves(plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
     if frozen is not None:
@@ -140,8 +154,9 @@ def test_newton_ends_without_a_line_search_only_below_tolerance():
     x = jax.random.normal(key, (4000, 4))
     u_true = jnp.array([1.0, -2.0, 0.5, 0.0])
     targets = jax.nn.sigmoid(x @ u_true)
-    cold = soft_logistic_regression(x, targets, jnp.zeros(4))
-    warm = soft_logistic_regression(x, targets, cold)
+    solve = jax.jit(soft_logistic_regression)  # one program for both solves (eagerly, each compiles its loop)
+    cold = solve(x, targets, jnp.zeros(4))
+    warm = solve(x, targets, cold)
     gradient = x.T @ (jax.nn.sigmoid(x @ cold) - targets) / x.shape[0]
     assert float(jnp.max(jnp.abs(gradient))) < 1e-13
     np.testing.assert_allclose(cold, u_true, atol=1e-9)

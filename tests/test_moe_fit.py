@@ -15,6 +15,12 @@ def moe_kind(request):
     return request.param
 
 
+# The number of steps is static (one compiled loop per value): tests on the same model and data shape use the same
+# bound so that they share the loop.
+BOUND = 500  # fits with a tolerance on the n = 200 linear problems
+DEGENERATE_STEPS = 20  # the degenerate-component fits on the n = 200 problems
+
+
 def _all_finite(tree):
     return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(tree))
 
@@ -35,11 +41,11 @@ def test_init_params_is_data_driven_and_key_dependent(moe_kind):
 
 def test_restarts_under_vmap_equal_a_loop():
     model, _, x, y = make_moe_problem("lin", seed=51, n=200)
-    result = emjax.fit_restarts(model, emjax.em(), jax.random.key(3), x, y, num_restarts=3, num_steps=40, tol=1e-9)
+    result = emjax.fit_restarts(model, emjax.em(), jax.random.key(3), x, y, num_restarts=3, num_steps=BOUND, tol=1e-9)
     finals = []
     for r, key in enumerate(jax.random.split(jax.random.key(3), 3)):
         start = emjax.init_params(model, key, x, y)
-        single = emjax.fit(model, emjax.em(), start, x, y, 40, tol=1e-9)
+        single = emjax.fit(model, emjax.em(), start, x, y, BOUND, tol=1e-9)
         finals.append(float(single.losses[single.num_steps]))
         if r == int(result.best_restart):
             best = single
@@ -49,7 +55,7 @@ def test_restarts_under_vmap_equal_a_loop():
     np.testing.assert_allclose(result.losses, best.losses, rtol=1e-10)
     assert int(result.num_steps) == int(best.num_steps) and int(result.status) == int(best.status)
     chunked = emjax.fit_restarts(
-        model, emjax.em(), jax.random.key(3), x, y, num_restarts=3, num_steps=40, tol=1e-9, batch_size=2
+        model, emjax.em(), jax.random.key(3), x, y, num_restarts=3, num_steps=BOUND, tol=1e-9, batch_size=2
     )
     np.testing.assert_allclose(chunked.restart_losses, finals, rtol=1e-10)
 
@@ -57,9 +63,9 @@ def test_restarts_under_vmap_equal_a_loop():
 def test_tolerance_stops_early_with_a_padded_trace():
     model, _, x, y = make_moe_problem("lin", seed=52, n=200)
     start = emjax.init_params(model, jax.random.key(0), x, y)
-    result = emjax.fit(model, emjax.em(), start, x, y, 500, tol=1e-8)
+    result = emjax.fit(model, emjax.em(), start, x, y, BOUND, tol=1e-8)
     steps = int(result.num_steps)
-    assert bool(result.converged) and steps < 500 and int(result.status) == emjax.Status.ok
+    assert bool(result.converged) and steps < BOUND and int(result.status) == emjax.Status.ok
     assert bool(jnp.all(jnp.isfinite(result.losses[: steps + 1])))
     assert bool(jnp.all(jnp.isnan(result.losses[steps + 1 :])))
     short = emjax.fit(model, emjax.em(), start, x, y, 2, tol=1e-14)
@@ -104,7 +110,7 @@ def test_an_expert_without_data_stays_finite_and_is_reported(moe_kind):
     dead = emjax.MoEParams(
         gate=truth.gate.at[2].set(jnp.array([-80.0, 0.0, 0.0])), experts=truth.experts, sigma=truth.sigma
     )
-    result = emjax.fit(model, emjax.em(), dead, x, y, 30)
+    result = emjax.fit(model, emjax.em(), dead, x, y, DEGENERATE_STEPS)
     assert _all_finite(result.params) and bool(jnp.all(jnp.isfinite(result.losses)))
     assert int(result.status) == emjax.Status.degenerate
     assert bool(model.is_degenerate(result.params, x, y))
@@ -114,7 +120,7 @@ def test_a_singular_design_stays_finite_and_is_reported(moe_kind):
     model, truth, x, y = make_moe_problem(moe_kind, seed=55, n=200)
     duplicated = x.at[:, 2].set(x[:, 1])
     start = emjax.init_params(model, jax.random.key(0), duplicated, y)
-    result = emjax.fit(model, emjax.em(), start, duplicated, y, 20)
+    result = emjax.fit(model, emjax.em(), start, duplicated, y, DEGENERATE_STEPS)
     assert _all_finite(result.params) and bool(jnp.all(jnp.isfinite(result.losses)))
     assert int(result.status) == emjax.Status.degenerate
 

@@ -14,9 +14,16 @@ def moe_kind(request):
     return request.param
 
 
-def _fitted(model, x, y, steps=400):
-    start = emjax.init_params(model, jax.random.key(0), x, y)
-    return emjax.fit(model, emjax.em(), start, x, y, steps, tol=1e-14).params
+# Every fit to round-off here is one compiled loop per family: n = 400 samples, EM bounded by 1000 steps at tol 1e-14.
+N, STEPS = 400, 1000
+
+
+def _fit(model, start, x, y):
+    return emjax.fit(model, emjax.em(), start, x, y, STEPS, tol=1e-14).params
+
+
+def _fitted(model, x, y):
+    return _fit(model, emjax.init_params(model, jax.random.key(0), x, y), x, y)
 
 
 def test_louis_identity_observed_information_is_the_hessian(moe_kind):
@@ -38,8 +45,8 @@ def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(moe_kind
     # Problems whose MLE exists (no expert's classes separable) and where EM contracts fast enough
     # to reach its fixed point to round-off in 1000 steps.
     norm = {"lin": 2.0, "log": 5.0, "poi": 1.5}[moe_kind]
-    model, truth, x, y = make_moe_problem(moe_kind, seed=41, n=400, expert_norm=norm)
-    fitted = emjax.fit(model, emjax.em(), truth, x, y, 1000).params
+    model, truth, x, y = make_moe_problem(moe_kind, seed=41, n=N, expert_norm=norm)
+    fitted = _fit(model, truth, x, y)
     step = moe_flatten(model, emjax.em_step(model, fitted, x, y)) - moe_flatten(model, fitted)
     assert float(jnp.max(jnp.abs(step))) < 1e-10
     jacobian = jax.jacobian(moe_flat_fn(model, lambda p: moe_flatten(model, emjax.em_step(model, p, x, y)), fitted))(
@@ -54,7 +61,7 @@ def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(moe_kind
 
 
 def test_standard_errors_are_the_inverse_hessian_of_the_total_loss(moe_kind):
-    model, _, x, y = make_moe_problem(moe_kind, seed=42, n=300)
+    model, _, x, y = make_moe_problem(moe_kind, seed=42, n=N)
     fitted = _fitted(model, x, y)
     n = x.shape[0]
     total = moe_flat_fn(model, lambda p: n * emjax.neg_log_likelihood(model, p, x, y), fitted)
@@ -65,7 +72,7 @@ def test_standard_errors_are_the_inverse_hessian_of_the_total_loss(moe_kind):
 
 
 def test_standard_errors_drop_frozen_parameters():
-    model, _, x, y = make_moe_problem("lin", seed=43, n=300)
+    model, _, x, y = make_moe_problem("lin", seed=43, n=N)
     fitted = _fitted(model, x, y)
     mask = emjax.MoEParams(gate=False, experts=True, sigma=True)
     errors = emjax.standard_errors(model, fitted, x, y, trainable=mask)

@@ -9,10 +9,13 @@ import emjax
 from tests import reference
 from tests.utils import make_problem, random_point
 
+# The public steps compile once per model, data shape and dtype: the tests use one size (n = 200, d = 3) unless the
+# property needs another (random dimensions, fewer samples than features), so they share those programs.
+
 
 def test_em_step_matches_exact_m_step(kind):
     # The M-step solved independently (SciPy trust-region Newton, least squares), float64, 1e-8.
-    model, truth, x, y = make_problem(kind, n=300, d=3, seed=10)
+    model, truth, x, y = make_problem(kind, n=200, d=3, seed=10)
     rng = np.random.default_rng(10)
     for _ in range(3):
         point = emjax.testing.perturb(truth, jax.random.key(int(rng.integers(1 << 30))), 0.8)
@@ -77,7 +80,7 @@ def test_em_and_mirror_descent_never_increase_the_loss(kind, seed):
     rng = np.random.default_rng(100 + seed)
     model, _, x, y = make_problem(
         kind,
-        n=150,
+        n=200,
         d=int(rng.integers(1, 5)),
         seed=200 + seed,
         norms=(float(rng.uniform(0.3, 5)), float(rng.uniform(0.3, 5))),
@@ -119,7 +122,7 @@ def test_gradient_em_definition(kind):
 
 
 def test_gradient_descent_step_definition(kind):
-    model, truth, x, y = make_problem(kind, n=100, d=2, seed=16)
+    model, truth, x, y = make_problem(kind, n=200, d=3, seed=16)
     point = emjax.testing.perturb(truth, jax.random.key(5))
     grad = jax.grad(lambda p: emjax.neg_log_likelihood(model, p, x, y))(point)
     got = emjax.gradient_descent_step(model, point, x, y, 0.7)
@@ -138,7 +141,7 @@ def test_safe_step_size_gives_monotone_gradient_descent(kind):
 
 
 def test_steps_work_under_jit_and_vmap(kind):
-    model, truth, x, y = make_problem(kind, n=100, d=2, seed=18)
+    model, truth, x, y = make_problem(kind, n=200, d=3, seed=18)
     points = jax.vmap(lambda k: emjax.testing.perturb(truth, k))(jax.random.split(jax.random.key(6), 4))
     batched = jax.jit(jax.vmap(lambda p: emjax.em_step(model, p, x, y)))(points)
     for i in range(4):
@@ -150,7 +153,7 @@ def test_steps_work_under_jit_and_vmap(kind):
 
 
 def test_float32_newton_reaches_its_tolerance(kind):
-    model, truth, x, y = make_problem(kind, n=400, d=3, seed=19, dtype=jnp.float32)
+    model, truth, x, y = make_problem(kind, n=200, d=3, seed=19, dtype=jnp.float32)
     point = emjax.testing.perturb(truth, jax.random.key(7))
     new32 = emjax.em_step(model, point, x, y)
     cast = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
