@@ -163,7 +163,7 @@ def predict_proba(model, params, x) -> Array:
         >>> [round(v, 6) for v in proba[0].tolist()]
         [0.375, 0.625]
     """
-    return jnp.exp(_mixture_log_proba(model, params, x))
+    return jnp.exp(mixture_log_proba(model, params, x))
 
 
 @public(validate)
@@ -179,10 +179,11 @@ def predict_log_proba(model, params, x) -> Array:
         >>> emjax.predict_log_proba(emjax.SymMoLogE(), p, jnp.ones((1, 1)))[0].tolist()  # each class: 1/2
         [-0.6931471805599453, -0.6931471805599453]
     """
-    return _mixture_log_proba(model, params, x)
+    return mixture_log_proba(model, params, x)
 
 
-def _mixture_log_proba(model, params, x) -> Array:
+def mixture_log_proba(model, params, x) -> Array:
+    """:func:`predict_log_proba` without the boundary checks: for library code already inside a compiled loop."""
     params, x = as_arrays(params, x)
     log_gate = model.gate_log_probs(params, x)
     log_components = model.expert_predictive(params, x).log_probabilities()

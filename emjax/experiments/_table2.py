@@ -52,7 +52,7 @@ from jax import Array
 
 from .._fit import fit
 from .._init import init_params
-from .._predict import predict_log_proba
+from .._predict import mixture_log_proba
 from .._selection import best_iterate
 from ..datasets import ImageDataset, add_intercept, digits, fashion_mnist, random_invert, stratified_split
 from ..models import MoEParams, MoLogE
@@ -154,7 +154,7 @@ def _fingerprint(*arrays) -> str:
 
 def test_metrics(model: MoLogE, params: MoEParams, x: Array, labels: Array) -> tuple[Array, Array]:
     """(accuracy, cross-entropy) of the mixture's predictive distribution."""
-    log_probs = predict_log_proba(model, params, x)
+    log_probs = mixture_log_proba(model, params, x)
     accuracy = jnp.mean(jnp.argmax(log_probs, axis=-1) == labels)
     cross_entropy = -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
     return accuracy, cross_entropy
