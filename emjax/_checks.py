@@ -17,6 +17,7 @@ from ._validation import (
     check_features,
     check_labels,
     check_step_size,
+    check_weights,
     shape_of,
 )
 from .models import AbstractModel, SymParams
@@ -49,25 +50,37 @@ def check_model_params(model, params, d: int | None = None, name: str = "params"
     model.check_params(params, feature_dimension(model, params, name) if d is None else d, name)
 
 
-def validate(model, params, x, y=None, **_) -> None:
-    """All boundary checks for a public function of (model, params, x[, y])."""
+def validate(model, params, x, y=None, weights=None, **_) -> None:
+    """All boundary checks for a public function of (model, params, x[, y][, weights])."""
     check_model(model)
     n, d = check_features(x)
     model.check_params(params, d)
     if y is not None:
         check_labels(y, n)
         model.check_labels(y)
+    if weights is not None:
+        check_model_weights(model)
+        check_weights(weights, n)
 
 
-def validate_pair(model, params, ref, x, **_) -> None:
+def check_model_weights(model) -> None:
+    """``model`` averages over weighted rows (``supports_weights``): the K-expert models do."""
+    if not model.supports_weights:
+        raise ValueError(
+            f"weights= is supported by the K-expert models (MoLinE, MoLogE, MoPoE and any MixtureOfExperts); "
+            f"{type(model).__name__} does not take observation weights"
+        )
+
+
+def validate_pair(model, params, ref, x, weights=None, **_) -> None:
     """Checks for functions of two parameter points (e.g. a Bregman divergence)."""
-    validate(model, params, x)
+    validate(model, params, x, weights=weights)
     model.check_params(ref, check_features(x)[1], "ref")
 
 
 def validate_with_step(model, params, x, y, step_size, **kwargs) -> None:
     """Checks for one-step updates that take a step size."""
-    validate(model, params, x, y)
+    validate(model, params, x, y, weights=kwargs.get("weights"))
     check_step_tree(model, params, step_size)
     check_trainable(model, params, kwargs.get("trainable"))
 

@@ -26,7 +26,6 @@ import numpy as np
 from jax import Array, lax
 
 from ._checks import check_step_tree, check_trainable, validate
-from ._dtypes import as_arrays
 from ._progress import maybe_report, progress_interval
 from ._solvers import AbstractSolver, GradientDescent, GradientEM
 from ._status import Status
@@ -46,6 +45,7 @@ from ._stopping import (
 )
 from ._validation import check_int, data_arguments, is_concrete
 from .models import MoEParams, SymParams
+from .models._weighted import weighted_arrays
 
 
 class FitResult(eqx.Module):
@@ -358,6 +358,7 @@ def fit(
     tol=None,
     atol=0.0,
     criterion: str = "distance",
+    weights=None,
 ) -> FitResult:
     r"""Run ``solver`` from ``params`` in one compiled loop: ``num_steps`` steps, or until a tolerance.
 
@@ -403,6 +404,9 @@ def fit(
         atol: absolute tolerance of the ``criterion``, used with ``tol`` (default 0).
         criterion: ``"distance"`` (the estimated distance to the fixed point, default) or
             ``"loss"`` (the loss change); see above.
+        weights: optional observation weights $v_n \ge 0$, shape (n,) (K-expert models): the run
+            minimises $-\sum_n v_n\log p(y_n\mid x_n)/\sum_n v_n$ and ``losses`` report it; integer
+            frequency weights give the fit of the data with row n repeated $v_n$ times.
 
     Returns:
         A :class:`FitResult`. A step that produces a non-finite loss or parameter is not applied:
@@ -424,11 +428,11 @@ def fit(
         >>> result.losses.shape, int(result.status)
         ((21,), 0)
     """
-    check_fit_arguments(model, solver, params, x, y, num_steps)
+    check_fit_arguments(model, solver, params, x, y, num_steps, weights)
     progress_every = progress_interval(progress)
     check_tolerances(tol, atol)
     check_criterion(criterion)
-    params, x, y = as_arrays(params, x, y)
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
     solver = with_full_mask(model, solver, params)
     if tol is None:
         return _fit_scan(model, solver, params, x, y, num_steps, bool(keep_history), progress_every)
@@ -436,9 +440,9 @@ def fit(
     return _fit_until(model, solver, params, x, y, num_steps, rtol, atol, bool(keep_history), progress_every, criterion)
 
 
-def check_fit_arguments(model, solver, params, x, y, num_steps) -> None:
+def check_fit_arguments(model, solver, params, x, y, num_steps, weights=None) -> None:
     """Boundary checks shared by :func:`fit` and :func:`emjax.fit_restarts`."""
-    validate(model, params, x, y)
+    validate(model, params, x, y, weights)
     check_int(num_steps, "num_steps", 0)
     if not isinstance(solver, AbstractSolver):
         raise ValueError(

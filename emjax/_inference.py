@@ -29,13 +29,17 @@ def _estimated(model, params, trainable) -> np.ndarray:
 
 
 @data_arguments
-def standard_errors(model, params, x, y, trainable=None):
+def standard_errors(model, params, x, y, trainable=None, weights=None):
     r"""Asymptotic standard errors $\sqrt{\mathrm{diag}((n\nabla^2 L(\hat\theta))^{-1})}$, shaped like ``params``.
 
     Evaluate at a fitted $\hat\theta$ (a local minimum, where $\nabla^2 L \succ 0$); elsewhere the
     inverse is not a covariance and entries with a negative variance come back NaN. Pinned and
     frozen entries get 0. For K-expert models the result is subject to the label permutation of
     ``params`` (use :func:`emjax.testing.match_experts` first when comparing with a truth).
+
+    With observation ``weights`` $v_n$ the information is the weighted mean and n is $\sum_n v_n$:
+    frequency weights give the standard errors of the expanded data (rescale other weights to sum
+    to the number of independent observations first; :mod:`emjax.models._weighted`).
 
     Example:
         >>> import jax, jax.numpy as jnp, emjax
@@ -47,11 +51,11 @@ def standard_errors(model, params, x, y, trainable=None):
         >>> bool(jnp.all(se.beta < 0.1))
         True
     """
-    validate(model, params, x, y)
+    validate(model, params, x, y, weights)
     check_trainable(model, params, trainable)
     estimated = _estimated(model, params, trainable)
-    information = observed_information(model, params, x, y)
-    n = jnp.shape(x)[0]
+    information = observed_information(model, params, x, y, weights=weights)
+    n = _sample_size(model, x, weights)
     index = np.nonzero(estimated)[0]
     sub = information[np.ix_(index, index)]
     covariance = jnp.linalg.inv(n * (sub + sub.T) / 2)
@@ -59,6 +63,11 @@ def standard_errors(model, params, x, y, trainable=None):
     errors = jnp.where(variances >= 0, jnp.sqrt(jnp.abs(variances)), jnp.nan)
     vector = jnp.zeros(estimated.shape[0], errors.dtype).at[index].set(errors)
     return model.unflatten(vector, jax.tree_util.tree_map(jnp.zeros_like, params))
+
+
+def _sample_size(model, x, weights):
+    """n of the asymptotics: the rows of x, or the sum of the observation weights."""
+    return jnp.shape(x)[0] if weights is None else jnp.sum(jnp.asarray(weights))
 
 
 def num_parameters(model, params, trainable=None) -> int:
@@ -69,8 +78,10 @@ def num_parameters(model, params, trainable=None) -> int:
 
 
 @data_arguments
-def aic(model, params, x, y, trainable=None) -> Array:
+def aic(model, params, x, y, trainable=None, weights=None) -> Array:
     r"""Akaike's criterion $2nL(\hat\theta) + 2k$, k the number of estimated parameters (lower is better).
+
+    With observation ``weights`` $v_n$: $nL = -\sum_n v_n \log p_n$ (n = $\sum_n v_n$), as for the expanded data.
 
     Example:
         >>> import jax, emjax
@@ -80,17 +91,23 @@ def aic(model, params, x, y, trainable=None) -> Array:
         >>> bool(emjax.aic(model, truth, x, y) < emjax.bic(model, truth, x, y))
         True
     """
-    validate(model, params, x, y)
+    validate(model, params, x, y, weights)
     check_trainable(model, params, trainable)
-    n = jnp.shape(x)[0]
-    return 2 * n * neg_log_likelihood(model, params, x, y) + 2 * num_parameters(model, params, trainable)
+    n = _sample_size(model, x, weights)
+    loss = neg_log_likelihood(model, params, x, y, weights=weights)
+    return 2 * n * loss + 2 * num_parameters(model, params, trainable)
 
 
 @data_arguments
-def bic(model, params, x, y, trainable=None) -> Array:
-    r"""Schwarz's criterion $2nL(\hat\theta) + k\log n$ (lower is better); consistent for choosing K."""
-    validate(model, params, x, y)
+def bic(model, params, x, y, trainable=None, weights=None) -> Array:
+    r"""Schwarz's criterion $2nL(\hat\theta) + k\log n$ (lower is better); consistent for choosing K.
+
+    With observation ``weights`` $v_n$, n is $\sum_n v_n$ (the expanded data's size for frequency
+    weights; for weights that do not count observations, rescale them to sum to the number of
+    independent observations first)."""
+    validate(model, params, x, y, weights)
     check_trainable(model, params, trainable)
-    n = jnp.shape(x)[0]
+    dtype = working_dtype(params, x, y)
+    n = jnp.asarray(_sample_size(model, x, weights), dtype)
     k = num_parameters(model, params, trainable)
-    return 2 * n * neg_log_likelihood(model, params, x, y) + k * jnp.log(jnp.asarray(n, working_dtype(params, x, y)))
+    return 2 * n * neg_log_likelihood(model, params, x, y, weights=weights) + k * jnp.log(n)

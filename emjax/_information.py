@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from ._checks import validate
-from ._dtypes import as_arrays
 from ._validation import public
+from .models._weighted import weighted_arrays
 
 
 def _inverse_root(model, params, x, y) -> tuple[Array, Array]:
@@ -29,7 +29,7 @@ def _inverse_root(model, params, x, y) -> tuple[Array, Array]:
 
 
 @public(validate)
-def complete_information(model, params, x, y) -> Array:
+def complete_information(model, params, x, y, weights=None) -> Array:
     r"""$\nabla^2 A(\theta)$, the complete-data (Fisher) information, shape (2d, 2d).
 
     For every model it is $I_c(\theta) = -\nabla^2_u Q(u\mid\theta)|_{u=\theta}$, the Hessian of the EM
@@ -44,31 +44,33 @@ def complete_information(model, params, x, y) -> Array:
         >>> emjax.complete_information(emjax.SymMoLinE(), p, jnp.ones((2, 1)), jnp.zeros(2)).tolist()
         [[0.25, 0.0], [0.0, 1.0]]
     """
-    return model.complete_information(*as_arrays(params, x, y))
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
+    return model.complete_information(params, x, y)
 
 
 @public(validate)
-def missing_information(model, params, x, y) -> Array:
+def missing_information(model, params, x, y, weights=None) -> Array:
     r"""$I_{miss}(\theta) = \mathrm{mean}_n J_n^\top \mathrm{Cov}_\theta[S\mid x_n, y_n] J_n$, shape (2d, 2d).
 
     K-expert models: $\mathrm{mean}_n\mathrm{Cov}_{z\mid x_n, y_n}[\nabla_\theta \log p(y_n, z\mid x_n;\theta)]$
     (Louis, 1982), shape (P, P) over the flattened free parameters.
     """
-    return model.missing_information(*as_arrays(params, x, y))
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
+    return model.missing_information(params, x, y)
 
 
 @public(validate)
-def observed_information(model, params, x, y) -> Array:
+def observed_information(model, params, x, y, weights=None) -> Array:
     r"""$\nabla^2 L(\theta) = \nabla^2 A(\theta) - I_{miss}(\theta)$ (Louis' identity), shape (2d, 2d).
 
     K-expert models: $I_c - I_{miss}$ over the flattened free parameters, shape (P, P).
     """
-    params, x, y = as_arrays(params, x, y)
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
     return model.complete_information(params, x, y) - model.missing_information(params, x, y)
 
 
 @public(validate)
-def missing_information_matrix(model, params, x, y) -> Array:
+def missing_information_matrix(model, params, x, y, weights=None) -> Array:
     r"""$M(\theta) = I_c(\theta)^{-1} I_{miss}(\theta)$, shape (P, P).
 
     For the symmetric models $I_c = \nabla^2 A$, so $M = \nabla^2 A^{-1} I_{miss}$.
@@ -77,14 +79,14 @@ def missing_information_matrix(model, params, x, y) -> Array:
     (Dempster-Laird-Rubin), ``jax.jacobian(em_step)``. K-expert models: $I_c^{-1} I_{miss}$ over
     the flattened free parameters (docs/math.md §5.6).
     """
-    root, missing = _inverse_root(model, *as_arrays(params, x, y))
+    root, missing = _inverse_root(*weighted_arrays(model, weights, params, x, y))
     return root @ (root.T @ missing)
 
 
 @public(validate)
-def mim_eigenvalues(model, params, x, y) -> Array:
+def mim_eigenvalues(model, params, x, y, weights=None) -> Array:
     r"""Eigenvalues of $M(\theta)$, ascending, from ``eigvalsh`` of $G^{-1} I_{miss} G^{-\top}$ (never ``eig``)."""
-    return _eigenvalues(model, *as_arrays(params, x, y))
+    return _eigenvalues(*weighted_arrays(model, weights, params, x, y))
 
 
 def _eigenvalues(model, params, x, y) -> Array:
@@ -94,7 +96,7 @@ def _eigenvalues(model, params, x, y) -> Array:
 
 
 @public(validate)
-def em_rate(model, params, x, y) -> Array:
+def em_rate(model, params, x, y, weights=None) -> Array:
     r"""$\lambda_{\max}(M(\theta))$: the local linear rate of EM at a fixed point (docs/math.md §5.3).
 
     Differentiable: ``jax.grad(lambda b: em_rate(model, SymParams(w, b), x, y))(beta)`` works.
@@ -107,4 +109,4 @@ def em_rate(model, params, x, y) -> Array:
         >>> 0.1 < float(emjax.em_rate(model, truth, x, y)) < 0.4
         True
     """
-    return _eigenvalues(model, *as_arrays(params, x, y))[-1]
+    return _eigenvalues(*weighted_arrays(model, weights, params, x, y))[-1]

@@ -11,6 +11,7 @@ from jax import Array
 from ._checks import check_model_params, validate
 from ._dtypes import as_arrays
 from ._validation import check_key, public
+from .models._weighted import weighted_arrays
 
 
 def _check_sample(model, params, key, n, **_) -> None:
@@ -69,8 +70,11 @@ def responsibilities(model, params, x, y) -> Array:
 
 
 @public(validate)
-def neg_log_likelihood(model, params, x, y) -> Array:
+def neg_log_likelihood(model, params, x, y, weights=None) -> Array:
     r"""$L(\theta) = -\mathrm{mean}_n \log p(y_n\mid x_n;\theta)$, all constants included.
+
+    With observation ``weights`` $v_n \ge 0$ (K-expert models): $-\sum_n v_n\log p_n / \sum_n v_n$, the
+    loss of the data with row n repeated $v_n$ times (:mod:`emjax.models._weighted`).
 
     Example:
         >>> import jax.numpy as jnp, emjax
@@ -78,4 +82,5 @@ def neg_log_likelihood(model, params, x, y) -> Array:
         >>> round(float(emjax.neg_log_likelihood(emjax.SymMoLogE(), p, jnp.ones((2, 1)), jnp.array([0, 1]))), 6)
         0.693147
     """
-    return model.loss(*as_arrays(params, x, y))
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
+    return model.loss(params, x, y)

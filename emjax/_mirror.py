@@ -17,10 +17,11 @@ from jax import Array
 from ._checks import validate, validate_pair
 from ._dtypes import as_arrays
 from ._validation import public
+from .models._weighted import weighted_arrays
 
 
 @public(validate)
-def mirror_map(model, params, x) -> Array:
+def mirror_map(model, params, x, weights=None) -> Array:
     r"""The mirror map $A(\theta) = \mathrm{mean}_n [\mathrm{softplus}(x_n\cdot w) + A^e(x_n\cdot\beta)]$.
 
     $A^e(t) = t^2/(2\sigma^2)$ for SymMoLinE and $\mathrm{softplus}(t)$ for SymMoLogE (docs/math.md §4.1).
@@ -33,19 +34,21 @@ def mirror_map(model, params, x) -> Array:
         >>> round(float(emjax.mirror_map(emjax.SymMoLinE(), p, jnp.ones((3, 1)))), 6)
         1.193147
     """
-    return model.mirror_map(*as_arrays(params, x))
+    model, params, x = weighted_arrays(model, weights, params, x)
+    return model.mirror_map(params, x)
 
 
 @public(validate)
-def mirror_map_grad(model, params, x):
+def mirror_map_grad(model, params, x, weights=None):
     r"""$\nabla A(\theta)$, shaped like ``params``: in closed form for the symmetric models (w part,
     β part); by autodiff for K-expert models, whose mirror map depends on the gate only (so the
     expert and σ parts are 0)."""
-    return model.mirror_map_grad(*as_arrays(params, x))
+    model, params, x = weighted_arrays(model, weights, params, x)
+    return model.mirror_map_grad(params, x)
 
 
 @public(validate)
-def posterior_statistics(model, params, x, y):
+def posterior_statistics(model, params, x, y, weights=None):
     r"""$\bar s(\theta) = \mathrm{mean}_n J_n^\top E_\theta[S\mid x_n, y_n]$ (docs/math.md §4.3).
 
     The w part is $\mathrm{mean}\ r x$; the β part is $\mathrm{mean}\,(2r-1)y\,x/\sigma^2$ (SymMoLinE)
@@ -53,20 +56,22 @@ def posterior_statistics(model, params, x, y):
     For every model it equals $\nabla A(\theta) - \nabla L(\theta)$ (Fisher's identity), which is
     how it is computed for K-expert models, shaped like ``params``.
     """
-    return model.posterior_statistics(*as_arrays(params, x, y))
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
+    return model.posterior_statistics(params, x, y)
 
 
 @public(validate)
-def neg_log_likelihood_grad(model, params, x, y):
+def neg_log_likelihood_grad(model, params, x, y, weights=None):
     r"""$\nabla L(\theta) = \nabla A(\theta) - \bar s(\theta)$ in closed form (Fisher's identity).
 
     K-expert models: by autodiff, every entry (pinned ones included), as a :class:`MoEParams`.
     """
-    return model.loss_gradient(*as_arrays(params, x, y))
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
+    return model.loss_gradient(params, x, y)
 
 
 @public(validate_pair)
-def bregman_divergence(model, params, ref, x) -> Array:
+def bregman_divergence(model, params, ref, x, weights=None) -> Array:
     r"""$D_A(\theta, \theta') = A(\theta) - A(\theta') - \langle\nabla A(\theta'), \theta - \theta'\rangle$.
 
     ``params`` is θ and ``ref`` is θ'. It equals the mean KL between complete-data conditionals with
@@ -84,6 +89,6 @@ def bregman_divergence(model, params, ref, x) -> Array:
         >>> float(emjax.bregman_divergence(emjax.SymMoLinE(), b, a, jnp.ones((4, 1))))
         0.5
     """
-    params, x = as_arrays(params, x)
+    model, params, x = weighted_arrays(model, weights, params, x)
     ref, _ = as_arrays(ref, x)
     return model.bregman_divergence(params, ref, x)

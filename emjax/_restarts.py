@@ -17,6 +17,7 @@ from ._status import Status
 from ._stopping import check_criterion, check_tolerances
 from ._validation import check_features, check_key, data_arguments, is_concrete
 from .models import keep_frozen
+from .models._weighted import with_weights
 
 
 def final_losses(result: FitResult) -> Array:
@@ -26,16 +27,18 @@ def final_losses(result: FitResult) -> Array:
 
 @eqx.filter_jit
 def _restarts(
-    model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen, fixed, criterion
+    model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen, fixed, criterion, weights
 ) -> FitResult:
+    fitted = with_weights(model, weights, x.dtype)  # starts come from the model, the fits weigh the rows
+
     def one(key):
         start = init_params.unguarded(model, key, x, y)  # non-finite data: Status.nonfinite, not an error
         start, _, _ = as_arrays(start, x, y)
         if fixed is not None:
             start = keep_frozen(frozen, fixed, start)
         if rtol is None:
-            return _fit_scan(model, solver, start, x, y, num_steps, False, progress_every)
-        return _fit_until(model, solver, start, x, y, num_steps, rtol, atol, False, progress_every, criterion)
+            return _fit_scan(fitted, solver, start, x, y, num_steps, False, progress_every)
+        return _fit_until(fitted, solver, start, x, y, num_steps, rtol, atol, False, progress_every, criterion)
 
     results = map_lanes(one, keys, batch_size)
     losses = final_losses(results)
@@ -77,6 +80,7 @@ def fit_restarts(
     criterion: str = "distance",
     progress: bool | int = False,
     batch_size: int | str | None = "auto",
+    weights=None,
 ) -> FitResult:
     r"""Fit from ``num_restarts`` data-driven starts in one compiled program and return the best.
 
@@ -109,6 +113,8 @@ def fit_restarts(
             ``vmap`` a while-loop runs until its slowest lane stops, so on a CPU a chunk size
             (``lax.map`` with ``batch_size``; 1 = one restart after another) lets fast restarts
             finish early. Results are the same either way (up to round-off).
+        weights: optional observation weights, as for :func:`emjax.fit`: every restart minimises the
+            weighted loss, and the best is the lowest weighted loss (the starts ignore the weights).
 
     Returns:
         A :class:`FitResult` of the best restart (``.params``, ``.losses``, ``.status``, ...) with
@@ -131,7 +137,7 @@ def fit_restarts(
         raise ValueError(f'batch_size must be "auto", None or a Python int >= 1; got {batch_size!r}')
     check_key(key)
     _, d = check_features(x)
-    check_fit_arguments(model, solver, model.placeholder(d) if params is None else params, x, y, num_steps)
+    check_fit_arguments(model, solver, model.placeholder(d) if params is None else params, x, y, num_steps, weights)
     dtype = working_dtype(x, y) if params is None else working_dtype(x, y, params)
     placeholder = model.placeholder(d, dtype)
     progress_every = progress_interval(progress)
@@ -147,9 +153,24 @@ def fit_restarts(
         frozen = fixed = None
     else:
         frozen, fixed = _frozen_entries(model, solver, placeholder), as_arrays(params, x, y)[0]
+    if weights is not None:
+        weights = jnp.asarray(weights, dtype)
     if tol is None:
         return _restarts(
-            model, solver, keys, x, y, num_steps, None, None, progress_every, batch_size, frozen, fixed, criterion
+            model,
+            solver,
+            keys,
+            x,
+            y,
+            num_steps,
+            None,
+            None,
+            progress_every,
+            batch_size,
+            frozen,
+            fixed,
+            criterion,
+            weights,
         )
     return _restarts(
         model,
@@ -165,6 +186,7 @@ def fit_restarts(
         frozen,
         fixed,
         criterion,
+        weights,
     )
 
 

@@ -18,12 +18,13 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from ._checks import check_model, check_trainable, validate, validate_with_scalar_step, validate_with_step
-from ._dtypes import as_arrays, working_dtype
+from ._dtypes import working_dtype
 from ._validation import check_features, check_inner_steps, public
+from .models._weighted import weighted_arrays
 
 
-def _validate_em(model, params, x, y, trainable=None, **_) -> None:
-    validate(model, params, x, y)
+def _validate_em(model, params, x, y, trainable=None, weights=None, **_) -> None:
+    validate(model, params, x, y, weights)
     check_trainable(model, params, trainable)
 
 
@@ -59,7 +60,7 @@ def mirror_update(model, params, x, y, step_size, free):
 
 
 @public(_validate_em)
-def em_step(model, params, x, y, trainable=None):
+def em_step(model, params, x, y, trainable=None, weights=None):
     r"""One EM iteration: E-step, then the M-step solved to convergence.
 
     K-expert models (docs/math.md §3.4): the gate is a soft-target multinomial logistic regression on
@@ -89,13 +90,15 @@ def em_step(model, params, x, y, trainable=None):
             masks may be per block (``True``), per expert (shape (K,)) or per entry; symmetric
             masks are one bool per block. Frozen entries stay bit-identical; the rest solve the
             M-step with the frozen ones held fixed.
+        weights: optional observation weights $v_n \ge 0$, shape (n,) (K-expert models): every mean
+            over rows becomes $\sum_n v_n(\cdot)/\sum_n v_n$, as if row n appeared $v_n$ times.
     """
-    params, x, y = as_arrays(params, x, y)
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
     return em_update(model, params, x, y, model.free_mask(params, trainable))
 
 
 @public(validate_with_scalar_step, traced=("step_size",))
-def mirror_descent_step(model, params, x, y, step_size, trainable=None):
+def mirror_descent_step(model, params, x, y, step_size, trainable=None, weights=None):
     r"""One mirror-descent step with mirror map A: $\nabla A(\theta^+) = \nabla A(\theta) - \eta\nabla L(\theta)$.
 
     Equivalently $\theta^+ = \arg\min_u \langle\nabla L(\theta), u\rangle + D_A(u, \theta)/\eta$. Because
@@ -110,8 +113,9 @@ def mirror_descent_step(model, params, x, y, step_size, trainable=None):
     Args:
         step_size: η > 0, a scalar (traced under ``jit``, so sweeps over η compile once).
         trainable: optional mask, as in :func:`em_step`.
+        weights: optional observation weights, as in :func:`em_step`.
     """
-    params, x, y = as_arrays(params, x, y)
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
     eta = jnp.asarray(step_size, x.dtype)
     return mirror_update(model, params, x, y, eta, model.free_mask(params, trainable))
 
@@ -146,7 +150,7 @@ def gradient_em_update(model, params, x, y, eta, inner_steps: int, free):
 
 
 @public(validate_with_step, traced=("step_size",))
-def gradient_descent_step(model, params, x, y, step_size, trainable=None):
+def gradient_descent_step(model, params, x, y, step_size, trainable=None, weights=None):
     r"""One gradient step on the loss, $\theta^+ = \theta - \eta\nabla L(\theta)$ (docs/math.md §7).
 
     Args:
@@ -154,18 +158,19 @@ def gradient_descent_step(model, params, x, y, step_size, trainable=None):
             beta=eta_beta)``, ``MoEParams(gate=..., experts=..., sigma=...)``) for one step per block.
             :func:`safe_step_size` gives a step that guarantees descent for symmetric models.
         trainable: optional mask, as in :func:`em_step`; fixed entries get no step.
+        weights: optional observation weights, as in :func:`em_step`.
     """
-    params, x, y = as_arrays(params, x, y)
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
     return descent_update(model, params, x, y, _per_block(step_size, params), model.free_mask(params, trainable))
 
 
-def _validate_gradient_em(model, params, x, y, step_size, inner_steps, trainable=None, **_) -> None:
-    validate_with_step(model, params, x, y, step_size, trainable=trainable)
+def _validate_gradient_em(model, params, x, y, step_size, inner_steps, trainable=None, weights=None, **_) -> None:
+    validate_with_step(model, params, x, y, step_size, trainable=trainable, weights=weights)
     check_inner_steps(inner_steps)
 
 
 @public(_validate_gradient_em, traced=("step_size",))
-def gradient_em_step(model, params, x, y, step_size, inner_steps: int = 3, trainable=None):
+def gradient_em_step(model, params, x, y, step_size, inner_steps: int = 3, trainable=None, weights=None):
     r"""Gradient EM: ``inner_steps`` gradient steps on the EM surrogate $Q(\cdot\mid\theta_t)$.
 
     The E-step is done once, at $\theta_t$. Then, from $u_0 = \theta_t$, for $m$ = ``inner_steps``
@@ -177,10 +182,11 @@ def gradient_em_step(model, params, x, y, step_size, inner_steps: int = 3, train
         step_size: η > 0, a scalar, or a params-shaped pytree of scalars for one step per block.
         inner_steps: m ≥ 1, a Python int.
         trainable: optional mask, as in :func:`em_step`.
+        weights: optional observation weights, as in :func:`em_step`.
 
     K-expert models: $\nabla_u Q$ comes from autodiff of the surrogate with the responsibilities fixed.
     """
-    params, x, y = as_arrays(params, x, y)
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
     free = model.free_mask(params, trainable)
     return gradient_em_update(model, params, x, y, _per_block(step_size, params), inner_steps, free)
 

@@ -78,7 +78,7 @@ class FitSummary:
 
     Attributes:
         model: the model in words, e.g. ``"MoLinE(K=2)"``.
-        num_observations: n.
+        num_observations: n (the sum of the observation weights, when weighted).
         num_parameters: k, the number of estimated parameters.
         log_likelihood: $-nL(\hat\theta)$, the total log-likelihood.
         aic, bic: $-2\ell + 2k$ and $-2\ell + k\log n$.
@@ -94,7 +94,7 @@ class FitSummary:
     """
 
     model: str
-    num_observations: int
+    num_observations: int | float
     num_parameters: int
     log_likelihood: float
     aic: float
@@ -158,7 +158,7 @@ _COLUMN_DTYPES = {
 }
 
 
-def summary(model, result_or_params, x, y, trainable=None, *, feature_names=None) -> FitSummary:
+def summary(model, result_or_params, x, y, trainable=None, *, feature_names=None, weights=None) -> FitSummary:
     r"""Summarise a fit: log-likelihood, AIC, BIC, the run's status, and every coefficient with its
     standard error, Wald z and two-sided p-value (as statsmodels' ``summary()`` or flexmix's
     ``summary(refit(...))``).
@@ -179,6 +179,8 @@ def summary(model, result_or_params, x, y, trainable=None, *, feature_names=None
             are listed as ``frozen``, and not counted in k).
         feature_names: names of the d columns of x (default: a DataFrame's columns, else
             ``x0, x1, ...``).
+        weights: the observation weights the fit was run with, if any: the log-likelihood is
+            $\sum_n v_n\log p_n$ and n is $\sum_n v_n$ (:func:`emjax.bic`).
 
     Returns:
         A :class:`FitSummary`; ``print`` it, or read ``.coefficients``, ``.to_dict()``,
@@ -203,18 +205,20 @@ def summary(model, result_or_params, x, y, trainable=None, *, feature_names=None
     """
     names_from_frame = _frame_columns(x)
     x, y = as_data(x, "x"), as_data(y, "y")
+    weights = None if weights is None else as_data(weights, "weights")
     check_model(model)
     result = result_or_params if isinstance(result_or_params, FitResult) else None
     params = result.params if result is not None else result_or_params
-    if not all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves((result_or_params, x, y, trainable))):
+    if not all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves((result_or_params, x, y, trainable, weights))):
         raise ValueError("summary reads values on the host: call it outside jit/vmap (got traced arrays)")
     run = _run_fields(result) if result is not None else {}  # first: a batched result gets its own message
-    n, d = check_features(x)
-    validate(model, params, x, y)
+    rows_of_x, d = check_features(x)
+    validate(model, params, x, y, weights)
+    n = rows_of_x if weights is None else float(np.sum(np.asarray(weights, dtype=float)))
     check_trainable(model, params, trainable)
     features = _feature_names(feature_names if feature_names is not None else names_from_frame, d)
 
-    errors = standard_errors(model, params, x, y, trainable)
+    errors = standard_errors(model, params, x, y, trainable, weights)
     pinned = _broadcast_masks(model.free_mask(params, None), params, negate=True)
     estimated = _broadcast_masks(model.free_mask(params, trainable), params, negate=False)
     rows = []
@@ -225,14 +229,14 @@ def summary(model, result_or_params, x, y, trainable=None, *, feature_names=None
             block, name = _label(params, field, index, features)
             fixed = "" if estimated[field][index] else ("pinned" if pinned[field][index] else "frozen")
             rows.append(_row(block, name, float(value[index]), float(error[index]), fixed))
-    loss = float(neg_log_likelihood(model, params, x, y))
+    loss = float(neg_log_likelihood(model, params, x, y, weights=weights))
     return FitSummary(
         model=model.describe(),
         num_observations=n,
         num_parameters=num_parameters(model, params, trainable),
         log_likelihood=-n * loss,
-        aic=float(aic(model, params, x, y, trainable)),
-        bic=float(bic(model, params, x, y, trainable)),
+        aic=float(aic(model, params, x, y, trainable, weights)),
+        bic=float(bic(model, params, x, y, trainable, weights)),
         coefficients=tuple(rows),
         ridge=float(getattr(model, "ridge", 0.0)),
         **run,
@@ -358,7 +362,7 @@ def _yes_no(value: bool) -> str:
 def _header(table: FitSummary) -> list[str]:
     left = [
         ("Model:", table.model),
-        ("No. observations:", str(table.num_observations)),
+        ("No. observations:", f"{table.num_observations:g}"),
         ("No. parameters:", str(table.num_parameters)),
     ]
     right = [

@@ -43,7 +43,7 @@ import numpy as np
 
 from ._dtypes import as_data, check_precision
 
-DATA_NAMES = ("x", "y", "x_val", "y_val")
+DATA_NAMES = ("x", "y", "x_val", "y_val", "weights")
 """The names of the data arguments that :func:`data_arguments` (and :func:`public`) convert."""
 
 
@@ -153,6 +153,11 @@ def not_finite_positive(values):
 def not_finite_nonnegative(values):
     """Entries that are not finite and >= 0."""
     return ~(_xp(values).isfinite(values) & (values >= 0))
+
+
+def not_positive_total(values):
+    """The whole array, when its sum is not > 0 (one flag)."""
+    return ~(_xp(values).sum(values) > 0)
 
 
 def _xp(values):
@@ -309,6 +314,17 @@ def check_labels(y, n: int) -> None:
         raise ValueError(f"y must have one entry per row of x: x has n={n} rows, y has {shape[0]}")
     check_real(y, "y", allow_bool=True)
     check_finite(y, "y")
+
+
+def check_weights(weights, n: int) -> None:
+    """Validate observation weights: shape (n,), finite, >= 0, with a positive sum."""
+    check_array(weights, "weights")
+    shape = shape_of(weights, "weights")
+    if shape != (n,):
+        raise ValueError(f"weights must have one entry per row of x, shape ({n},); got shape {shape}")
+    check_real(weights, "weights", allow_bool=True)
+    check_values(weights, not_finite_nonnegative, "weights must be finite and >= 0")
+    check_values(weights, not_positive_total, "weights must have a positive sum", show="none")
 
 
 def check_params(params, d: int, name: str = "params") -> None:

@@ -46,6 +46,26 @@ def keep_frozen(free, new, old):
     return jax.tree_util.tree_map(jnp.where, free, new, old)
 
 
+def row_mean(values: Array, weights: Array | None = None) -> Array:
+    r"""$\mathrm{mean}_n v_n$, or with observation weights (normalised to mean 1) $\mathrm{mean}_n w_n v_n$.
+
+    Every average over rows in the contract goes through here, so a frequency weight w is the same
+    as w copies of the row (docs/guides/after_fit.md, "Observation weights")."""
+    if weights is None:
+        return jnp.mean(values, axis=0)
+    return jnp.mean(weights.reshape((-1,) + (1,) * (jnp.ndim(values) - 1)) * values, axis=0)
+
+
+def weigh_rows(tree, weights: Array | None):
+    r"""Every leaf of ``tree`` (leading axis: rows) times its row's weight; ``tree`` itself when unweighted.
+
+    The M-step minimises $\mathrm{mean}_n[a_n A(\phi_n) - \langle\phi_n, t_n\rangle]$, linear in the
+    targets $(a_n, t_n)$, so scaling them by $w_n$ (mean 1) makes it the weighted M-step."""
+    if weights is None:
+        return tree
+    return jax.tree_util.tree_map(lambda leaf: weights.reshape((-1,) + (1,) * (leaf.ndim - 1)) * leaf, tree)
+
+
 def normalise(log_joint: Array) -> tuple[Array, Array]:
     """Responsibilities (n, C) and per-sample log-likelihoods (n,) from joint log-densities (n, C)."""
     total = jax.nn.logsumexp(log_joint, axis=-1)
@@ -54,6 +74,10 @@ def normalise(log_joint: Array) -> tuple[Array, Array]:
 
 class AbstractModel(eqx.Module):
     """A mixture of experts whose complete-data law is an exponential family (module docstring)."""
+
+    # True when every method below that averages over rows honours its ``weights`` argument (observation
+    # weights of mean 1, :func:`row_mean`); the public functions' ``weights=`` needs it.
+    supports_weights = False
 
     # ------------------------------------------------------------------------------ structure
 
@@ -104,9 +128,9 @@ class AbstractModel(eqx.Module):
         """Responsibilities (n, C) and per-sample log-likelihoods (n,), in log space throughout."""
         return normalise(self.log_joint(params, x, y))
 
-    def loss(self, params, x: Array, y: Array) -> Array:
-        r"""$L(\theta) = -\mathrm{mean}_n \log p(y_n\mid x_n;\theta)$."""
-        return -jnp.mean(jax.nn.logsumexp(self.log_joint(params, x, y), axis=-1))
+    def loss(self, params, x: Array, y: Array, weights: Array | None = None) -> Array:
+        r"""$L(\theta) = -\mathrm{mean}_n \log p(y_n\mid x_n;\theta)$ (weighted: $-\mathrm{mean}_n w_n\log p$)."""
+        return -row_mean(jax.nn.logsumexp(self.log_joint(params, x, y), axis=-1), weights)
 
     def loss_gradient(self, params, x: Array, y: Array):
         r"""$\nabla L(\theta)$ over every entry, shaped like ``params`` (default: autodiff)."""
@@ -127,14 +151,15 @@ class AbstractModel(eqx.Module):
     # ------------------------------------------------------------------------------ statistics, M-step
 
     @abc.abstractmethod
-    def posterior_targets(self, params, x: Array, y: Array):
+    def posterior_targets(self, params, x: Array, y: Array, weights: Array | None = None):
         """``(targets, scores)``: the per-sample complete-data statistics expected under the posterior
-        of z, and the projections of x the E-step computed (reused by :meth:`prior_targets` and
-        :meth:`solve` so that neither reads x again)."""
+        of z (times each row's weight, :func:`weigh_rows`, when ``weights`` are given), and the
+        projections of x the E-step computed (reused by :meth:`prior_targets` and :meth:`solve` so
+        that neither reads x again)."""
 
     @abc.abstractmethod
-    def prior_targets(self, params, x: Array, scores):
-        """The same statistics expected under the model's own law of (y, z) given x."""
+    def prior_targets(self, params, x: Array, scores, weights: Array | None = None):
+        """The same statistics expected under the model's own law of (y, z) given x (weighted alike)."""
 
     @abc.abstractmethod
     def solve(self, params, x: Array, targets, free, scores=None, cache=None):
@@ -154,7 +179,7 @@ class AbstractModel(eqx.Module):
         depend on whether the cache is given; only the work does."""
         return None
 
-    def expectation(self, params, x: Array, y: Array, cache=None):
+    def expectation(self, params, x: Array, y: Array, cache=None, weights: Array | None = None):
         r"""The E-step and the loss together: ``(L(θ), targets, scores)``, the loss at ``params`` and
         what :meth:`posterior_targets` returns.
 
@@ -163,16 +188,16 @@ class AbstractModel(eqx.Module):
         one pass overrides it (the symmetric models: $\log p = \max(a, b) +
         \mathrm{softplus}(-|a - b|)$ with $a - b$ the posterior log-odds the E-step computes anyway).
         The loss must equal :meth:`loss` to round-off."""
-        targets, scores = self.posterior_targets(params, x, y)
-        return self.loss(params, x, y), targets, scores
+        targets, scores = self.posterior_targets(params, x, y, weights)
+        return self.loss(params, x, y, weights), targets, scores
 
     def surrogate_anchor(self, params, x: Array, y: Array):
         r"""What the EM surrogate $Q(\cdot\mid\theta_t)$ keeps from $\theta_t$ (default: the responsibilities)."""
         return self.e_step(params, x, y)[0]
 
-    def surrogate(self, u, x: Array, y: Array, anchor) -> Array:
+    def surrogate(self, u, x: Array, y: Array, anchor, weights: Array | None = None) -> Array:
         r"""$Q(u\mid\theta_t) = -\mathrm{mean}_n\sum_c \gamma_{nc}\,\ell_{nc}(u)$, γ the anchor's responsibilities."""
-        return -jnp.mean(jnp.sum(anchor * self.log_joint(u, x, y), axis=-1))
+        return -row_mean(jnp.sum(anchor * self.log_joint(u, x, y), axis=-1), weights)
 
     def surrogate_gradient(self, u, x: Array, y: Array, anchor, free):
         r"""$\nabla_u (Q(u\mid\theta_t) + \text{penalty})$, zero where ``free`` is False (default: autodiff)."""
@@ -188,7 +213,7 @@ class AbstractModel(eqx.Module):
     # ------------------------------------------------------------------------------ mirror map
 
     @abc.abstractmethod
-    def mirror_map(self, params, x: Array) -> Array:
+    def mirror_map(self, params, x: Array, weights: Array | None = None) -> Array:
         r"""$A(\theta) = \mathrm{mean}_n A_{x_n}(\theta)$, the expected complete-data log-partition."""
 
     def mirror_map_grad(self, params, x: Array):
@@ -199,9 +224,9 @@ class AbstractModel(eqx.Module):
         r"""$\bar s(\theta) = \nabla A(\theta) - \nabla L(\theta)$ (Fisher's identity), shaped like ``params``."""
         return jax.tree_util.tree_map(jnp.subtract, self.mirror_map_grad(params, x), self.loss_gradient(params, x, y))
 
-    def bregman_divergence(self, params, ref, x: Array) -> Array:
+    def bregman_divergence(self, params, ref, x: Array, weights: Array | None = None) -> Array:
         r"""$D_A(\theta, \theta') = A(\theta) - A(\theta') - \langle\nabla A(\theta'), \theta - \theta'\rangle$."""
-        gradient = self.mirror_map_grad(ref, x)
+        gradient = jax.grad(self.mirror_map)(ref, x, weights)
         inner = sum(
             jnp.vdot(g, p - r)
             for g, p, r in zip(
@@ -211,20 +236,20 @@ class AbstractModel(eqx.Module):
                 strict=True,
             )
         )
-        return jnp.maximum(self.mirror_map(params, x) - self.mirror_map(ref, x) - inner, 0)
+        return jnp.maximum(self.mirror_map(params, x, weights) - self.mirror_map(ref, x, weights) - inner, 0)
 
     # ------------------------------------------------------------------------------ information
 
     def _as_flat(self, fn, params):
         return lambda vector: fn(self.unflatten(vector, params))
 
-    def complete_information(self, params, x: Array, y: Array) -> Array:
+    def complete_information(self, params, x: Array, y: Array, weights: Array | None = None) -> Array:
         r"""$I_c = -\nabla^2_u Q(u\mid\theta)|_{u=\theta}$ over the flattened free parameters (default: autodiff)."""
         anchor = jax.lax.stop_gradient(self.surrogate_anchor(params, x, y))
-        objective = self._as_flat(lambda p: self.surrogate(p, x, y, anchor), params)
+        objective = self._as_flat(lambda p: self.surrogate(p, x, y, anchor, weights), params)
         return jax.hessian(objective)(self.flatten(params))
 
-    def missing_information(self, params, x: Array, y: Array) -> Array:
+    def missing_information(self, params, x: Array, y: Array, weights: Array | None = None) -> Array:
         r"""$I_{miss} = \mathrm{mean}_n\mathrm{Cov}_{z\mid x_n,y_n}[\nabla\log p(y_n, z\mid x_n)]$ (Louis), PSD.
 
         Default: forward-mode scores of :meth:`log_joint`, P passes of cost O(nC) each, where reverse
@@ -233,7 +258,7 @@ class AbstractModel(eqx.Module):
         scores = jax.jacfwd(self._as_flat(lambda p: self.log_joint(p, x, y), params))(vector)  # (n, C, P)
         gamma = self.e_step(params, x, y)[0]
         centred = scores - jnp.einsum("nc,ncp->np", gamma, scores)[:, None, :]
-        return jnp.einsum("nc,ncp,ncq->pq", gamma, centred, centred) / x.shape[0]
+        return jnp.einsum("nc,ncp,ncq->pq", weigh_rows(gamma, weights), centred, centred) / x.shape[0]
 
     def information_inverse_root(self, complete: Array, missing: Array) -> Array:
         r"""$R$ with $R R^\top = I_c^{-1}$, so $M = R R^\top I_{miss}$ and its eigenvalues are those of

@@ -31,7 +31,7 @@ from .._minimize import METHODS, masked_minimize
 from .._validation import check_finite, check_real, check_values, not_positive, shape_of
 from . import _moe_solve
 from ._kmeans import cluster, standardise
-from ._model import AbstractModel, normalise
+from ._model import AbstractModel, normalise, row_mean, weigh_rows
 from ._params import MoEParams
 from .experts import VARIANCE_FLOOR, AbstractExpertFamily, GaussianExpert, PoissonExpert, SoftmaxExpert
 
@@ -78,6 +78,8 @@ class MixtureOfExperts(AbstractModel):
             steps). With a small bound an L-BFGS M-step is a generalized EM step: it decreases
             the surrogate without minimising it, so L still never increases.
     """
+
+    supports_weights = True
 
     expert: AbstractExpertFamily
     num_experts: int = eqx.field(static=True)
@@ -212,10 +214,10 @@ class MixtureOfExperts(AbstractModel):
 
     # ------------------------------------------------------------------ statistics and M-step
 
-    def posterior_targets(self, params: MoEParams, x: Array, y: Array):
-        r"""Weights $\gamma_{nk}$ (n, K) and expert statistics $\gamma_{nk}T(y_n)$ (n, S, K); scores: the
-        gate logits."""
-        _, targets, logits = self.expectation(params, x, y)
+    def posterior_targets(self, params: MoEParams, x: Array, y: Array, weights: Array | None = None):
+        r"""Weights $\gamma_{nk}$ (n, K) and expert statistics $\gamma_{nk}T(y_n)$ (n, S, K), times $w_n$ when
+        weighted; scores: the gate logits."""
+        _, targets, logits = self.expectation(params, x, y, weights=weights)
         return targets, logits
 
     def _logits_and_expert_log_probs(self, params: MoEParams, x: Array, y: Array, cache):
@@ -241,7 +243,9 @@ class MixtureOfExperts(AbstractModel):
 
         return logits, jax.vmap(log_prob, in_axes=(1, 0), out_axes=-1)(per_expert, scales)
 
-    def expectation(self, params: MoEParams, x: Array, y: Array, cache: MoECache | None = None):
+    def expectation(
+        self, params: MoEParams, x: Array, y: Array, cache: MoECache | None = None, weights: Array | None = None
+    ):
         """The loss and the posterior targets from one set of joint log-densities.
 
         The gate's logsumexp and softmax (its prior) share one exponential, the posterior's
@@ -251,9 +255,10 @@ class MixtureOfExperts(AbstractModel):
         gate_normaliser, prior = _moe_solve.log_softmax_parts(logits)
         log_likelihoods, gamma = _moe_solve.log_softmax_parts((logits - gate_normaliser[:, None]) + expert)
         stats = self.expert.statistic(y)[:, :, None] * gamma[:, None, :]
-        return -jnp.mean(log_likelihoods), (gamma, stats), _moe_solve.GateScores(logits, gate_normaliser, prior)
+        targets = weigh_rows((gamma, stats), weights)
+        return -row_mean(log_likelihoods, weights), targets, _moe_solve.GateScores(logits, gate_normaliser, prior)
 
-    def prior_targets(self, params: MoEParams, x: Array, scores):
+    def prior_targets(self, params: MoEParams, x: Array, scores, weights: Array | None = None):
         r"""Weights $\pi_k(x_n)$ and statistics $\pi_k(x_n)\,E_k[T\mid x_n]$."""
         scores = _moe_solve.as_gate_scores(scores)
         if scores is not None and scores.probabilities is not None:
@@ -262,7 +267,7 @@ class MixtureOfExperts(AbstractModel):
             logits = x @ params.gate.T if scores is None else scores.logits
             prior = jnp.exp(jax.nn.log_softmax(logits, axis=-1))
         stats = self._per_expert(self.expert.mean_statistic, params, x) * prior[:, None, :]
-        return prior, stats
+        return weigh_rows((prior, stats), weights)
 
     def precompute(self, x: Array, y: Array | None = None) -> MoECache:
         """x feature-major (:class:`MoECache`), computed once per fit."""
@@ -275,11 +280,11 @@ class MixtureOfExperts(AbstractModel):
 
     # ------------------------------------------------------------------ mirror map
 
-    def mirror_map(self, params: MoEParams, x: Array) -> Array:
+    def mirror_map(self, params: MoEParams, x: Array, weights: Array | None = None) -> Array:
         r"""$A(\theta) = \mathrm{mean}_n\,\mathrm{logsumexp}_k\,x_n\cdot W_k$ (docs/math.md §4.5)."""
-        return jnp.mean(jax.nn.logsumexp(x @ params.gate.T, axis=-1))
+        return row_mean(jax.nn.logsumexp(x @ params.gate.T, axis=-1), weights)
 
-    def bregman_divergence(self, params: MoEParams, ref: MoEParams, x: Array) -> Array:
+    def bregman_divergence(self, params: MoEParams, ref: MoEParams, x: Array, weights: Array | None = None) -> Array:
         r"""$\mathrm{mean}_n \mathrm{KL}(p_{ref}(y,z\mid x_n)\,\|\,p_\theta(y,z\mid x_n))$ =
         $\mathrm{KL}(\pi'\|\pi) + \sum_k \pi'_k \mathrm{KL}_k$, each expert KL the Bregman divergence of its
         log-partition in natural coordinates."""
@@ -300,7 +305,7 @@ class MixtureOfExperts(AbstractModel):
 
         kls = jax.vmap(expert_kl, out_axes=-1)(params.experts, params.sigma, ref.experts, ref.sigma)
         per_sample = jnp.maximum(gate_kl, 0) + jnp.sum(gate_ref * jnp.maximum(kls, 0), axis=-1)
-        return jnp.mean(per_sample)
+        return row_mean(per_sample, weights)
 
     # ------------------------------------------------------------------ sampling, starts, diagnostics
 
@@ -354,7 +359,7 @@ class MixtureOfExperts(AbstractModel):
         """SNR = ‖β‖/σ with σ the noise of the drawn truth, for experts with a scale."""
         return snr * noise if self.expert.has_scale else snr
 
-    def is_degenerate(self, params: MoEParams, x: Array, y: Array) -> Array:
+    def is_degenerate(self, params: MoEParams, x: Array, y: Array, weights: Array | None = None) -> Array:
         """True when some expert has under one sample of responsibility mass, its weighted design is
         numerically singular, its σ has hit the variance floor, or (families without a scale) it
         predicts its own responsibility-weighted data almost perfectly, mean log-probability above
@@ -363,6 +368,7 @@ class MixtureOfExperts(AbstractModel):
         (and σ floor) tests apply; that also skips the O(n K d^2) weighted Gram matrices on wide data."""
         expert = self.expert_log_probs(params, x, y)
         gamma, _ = normalise(jax.nn.log_softmax(x @ params.gate.T, axis=-1) + expert)
+        gamma = weigh_rows(gamma, weights)  # masses in rows' worth (weights of mean 1)
         mass = jnp.sum(gamma, axis=0)
         if self.ridge:
             flags = mass < 1
