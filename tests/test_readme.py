@@ -121,3 +121,9 @@ def test_readme_after_fit_example_prints_a_summary(capsys):
     run(code, README)
     printed = capsys.readouterr().out
     assert "Status.ok" in printed and "expert[1]" in printed and "BIC" in printed
+
+
+def test_readme_weights_example_matches_hasselblad(capsys):
+    run(python_block(README, "### Observation weights"), README)
+    printed = capsys.readouterr().out
+    assert "No. observations:" in printed and "1096" in printed and "1.256" in printed and "2.663" in printed

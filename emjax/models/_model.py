@@ -25,6 +25,11 @@ class. A model supplies:
   x (:mod:`emjax.models._predictive`); :func:`emjax.predict_mean` and the other predictions of the
   mixture are written once against them (:mod:`emjax._predict`).
 
+* **Observation weights** (optional): a model whose methods honour their ``weights`` argument
+  (every mean over rows through :func:`row_mean`, targets through :func:`weigh_rows`) sets
+  ``supports_weights = True``; the public functions' ``weights=`` then wrap it in
+  :class:`~emjax.models._weighted.Weighted`. Models without it are called without weights, as before.
+
 Generic defaults come from autodiff; closed forms are overrides on the model class (the
 symmetric models override almost everything, the K-expert models the M-step and the KL form of
 the Bregman divergence). Methods take arrays already cast to one working dtype and run no
@@ -64,6 +69,12 @@ def weigh_rows(tree, weights: Array | None):
     if weights is None:
         return tree
     return jax.tree_util.tree_map(lambda leaf: weights.reshape((-1,) + (1,) * (leaf.ndim - 1)) * leaf, tree)
+
+
+def call_weighted(method, *args, weights=None):
+    """``method(*args)`` without weights, ``method(*args, weights)`` with them: a model written before
+    weights existed (no ``weights`` argument) keeps working wherever no weights are given."""
+    return method(*args) if weights is None else method(*args, weights)
 
 
 def normalise(log_joint: Array) -> tuple[Array, Array]:
@@ -188,8 +199,8 @@ class AbstractModel(eqx.Module):
         one pass overrides it (the symmetric models: $\log p = \max(a, b) +
         \mathrm{softplus}(-|a - b|)$ with $a - b$ the posterior log-odds the E-step computes anyway).
         The loss must equal :meth:`loss` to round-off."""
-        targets, scores = self.posterior_targets(params, x, y, weights)
-        return self.loss(params, x, y, weights), targets, scores
+        targets, scores = call_weighted(self.posterior_targets, params, x, y, weights=weights)
+        return call_weighted(self.loss, params, x, y, weights=weights), targets, scores
 
     def surrogate_anchor(self, params, x: Array, y: Array):
         r"""What the EM surrogate $Q(\cdot\mid\theta_t)$ keeps from $\theta_t$ (default: the responsibilities)."""
@@ -226,7 +237,12 @@ class AbstractModel(eqx.Module):
 
     def bregman_divergence(self, params, ref, x: Array, weights: Array | None = None) -> Array:
         r"""$D_A(\theta, \theta') = A(\theta) - A(\theta') - \langle\nabla A(\theta'), \theta - \theta'\rangle$."""
-        gradient = jax.grad(self.mirror_map)(ref, x, weights)
+
+        def mirror(p):
+            return call_weighted(self.mirror_map, p, x, weights=weights)
+
+        # unweighted: the model's own gradient, a closed form where it has one
+        gradient = self.mirror_map_grad(ref, x) if weights is None else jax.grad(mirror)(ref)
         inner = sum(
             jnp.vdot(g, p - r)
             for g, p, r in zip(
@@ -236,7 +252,7 @@ class AbstractModel(eqx.Module):
                 strict=True,
             )
         )
-        return jnp.maximum(self.mirror_map(params, x, weights) - self.mirror_map(ref, x, weights) - inner, 0)
+        return jnp.maximum(mirror(params) - mirror(ref) - inner, 0)
 
     # ------------------------------------------------------------------------------ information
 
@@ -246,7 +262,7 @@ class AbstractModel(eqx.Module):
     def complete_information(self, params, x: Array, y: Array, weights: Array | None = None) -> Array:
         r"""$I_c = -\nabla^2_u Q(u\mid\theta)|_{u=\theta}$ over the flattened free parameters (default: autodiff)."""
         anchor = jax.lax.stop_gradient(self.surrogate_anchor(params, x, y))
-        objective = self._as_flat(lambda p: self.surrogate(p, x, y, anchor, weights), params)
+        objective = self._as_flat(lambda p: call_weighted(self.surrogate, p, x, y, anchor, weights=weights), params)
         return jax.hessian(objective)(self.flatten(params))
 
     def missing_information(self, params, x: Array, y: Array, weights: Array | None = None) -> Array:

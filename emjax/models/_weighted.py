@@ -156,8 +156,6 @@ def with_weights(model: AbstractModel, weights, dtype=None) -> AbstractModel:
     inside compiled code on traced weights too."""
     if weights is None:
         return model
-    if isinstance(model, Weighted):
-        raise ValueError("model already carries observation weights; pass weights= once")
     weights = jnp.asarray(weights, dtype)
     return Weighted(model=model, weights=weights * (weights.shape[0] / jnp.sum(weights)))
 
