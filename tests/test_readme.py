@@ -121,3 +121,14 @@ def test_readme_after_fit_example_prints_a_summary(capsys):
     run(code, README)
     printed = capsys.readouterr().out
     assert "Status.ok" in printed and "expert[1]" in printed and "BIC" in printed
+
+
+def test_readme_covariates_example_runs():
+    code = python_block(README, "### Separate gate and expert covariates, offsets")
+    fixture = ROOT / "tests" / "fixtures" / "patent.csv"
+    code = shrink(
+        code,
+        ('"tests/fixtures/patent.csv"', repr(str(fixture))),
+        ("num_restarts=10, num_steps=2000", "num_restarts=3, num_steps=300"),
+    )
+    run(code, README)
