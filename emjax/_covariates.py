@@ -237,7 +237,9 @@ def covariates(gate, expert, offset=None) -> Covariates:
         offset = as_data(offset, "offset")
         check_array(offset, "offset")
         if shape_of(offset, "offset") != (n,):
-            raise ValueError(f"offset must have shape (n,) = ({n},), one value per row; got {shape_of(offset, 'offset')}")
+            raise ValueError(
+                f"offset must have shape (n,) = ({n},), one value per row; got {shape_of(offset, 'offset')}"
+            )
         check_real(offset, "offset")
         check_precision(offset, "offset")
         check_finite(offset, "offset")
