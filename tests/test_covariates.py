@@ -215,3 +215,21 @@ def test_bad_input_is_refused_with_a_clear_message():
     plain = emjax.covariates(gate=np.c_[ones, u], expert=v)
     mask = plain.trainable(emjax.MoLogE(2, num_classes=3))
     assert mask.experts.shape == (2, 4, 3) and not mask.experts[:, :2].any() and mask.experts[:, 2:].all()
+
+
+def test_restricted_mim_is_the_jacobian_of_masked_em(two_experts):
+    cov, model, mask, result, y = two_experts
+    params = result.params  # a fixed point: the fit stopped at an estimated distance of 1e-10
+    index = cov.estimated_index(model, params)
+    assert index.size == emjax.num_parameters(model, params, mask)
+
+    def em_map(free):
+        vector = model.flatten(params).at[index].set(free)
+        return model.flatten(emjax.em_step(model, model.unflatten(vector, params), cov.x, y, mask))[index]
+
+    jacobian = jax.jacfwd(em_map)(model.flatten(params)[index])
+    matrix = cov.missing_information_matrix(model, params, y)
+    np.testing.assert_allclose(jacobian, matrix, atol=1e-7)
+    rate = float(cov.em_rate(model, params, y))
+    np.testing.assert_allclose(rate, np.max(np.linalg.eigvals(np.asarray(matrix)).real), rtol=1e-10)
+    assert 0 < rate < 1
