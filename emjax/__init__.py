@@ -31,6 +31,8 @@ from . import sweeps as sweeps
 from . import testing as testing
 from ._acceleration import anderson as anderson
 from ._acceleration import squarem as squarem
+from ._covariates import Covariates as Covariates
+from ._covariates import covariates as covariates
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
 from ._inference import aic as aic
@@ -103,6 +105,7 @@ __all__ = [
     "AbstractExpertFamily",
     "AbstractSolver",
     "BestIterate",
+    "Covariates",
     "AbstractSymmetricModel",
     "FitResult",
     "FitSummary",
@@ -123,6 +126,7 @@ __all__ = [
     "bic",
     "bregman_divergence",
     "complete_information",
+    "covariates",
     "em",
     "em_rate",
     "em_step",

@@ -58,6 +58,9 @@ CONTRACT = {
     "predict_log_proba",
     "summary",
     "FitSummary",
+    # separate gate and expert covariates, offsets
+    "covariates",
+    "Covariates",
 }
 
 DATASETS_CONTRACT = {

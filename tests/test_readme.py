@@ -127,3 +127,14 @@ def test_readme_weights_example_matches_hasselblad(capsys):
     run(python_block(README, "### Observation weights"), README)
     printed = capsys.readouterr().out
     assert "No. observations:" in printed and "1096" in printed and "1.256" in printed and "2.663" in printed
+
+
+def test_readme_covariates_example_runs():
+    code = python_block(README, "### Separate gate and expert covariates, offsets")
+    fixture = ROOT / "tests" / "fixtures" / "patent.csv"
+    code = shrink(
+        code,
+        ('"tests/fixtures/patent.csv"', repr(str(fixture))),
+        ("num_restarts=10, num_steps=2000", "num_restarts=3, num_steps=300"),
+    )
+    run(code, README)
