@@ -44,13 +44,11 @@ Example:
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
 from ._dtypes import as_data, check_precision, working_dtype
-from ._information import complete_information, missing_information
 from ._validation import check_array, check_finite, check_real, is_concrete, shape_of
 from .models import GaussianExpert, MixtureOfExperts, MoEParams, PoissonExpert
 
@@ -169,29 +167,6 @@ class Covariates(eqx.Module):
         information matrix), of the estimated entries: the block to slice from :func:`emjax.complete_information`,
         :func:`emjax.missing_information` and :func:`emjax.observed_information`."""
         return np.nonzero(np.asarray(model.flat_free_mask(params, self.trainable(model))))[0]
-
-    def missing_information_matrix(self, model, params: MoEParams, y) -> Array:
-        r"""The restricted model's $M = I_c[F, F]^{-1} I_{miss}[F, F]$ over the estimated entries F, shape (|F|, |F|).
-
-        Frozen coordinates are constants of the restricted model, so its complete and missing information
-        are the F blocks of the full model's at the same point; at a fixed point of EM (with the
-        mask) M is the Jacobian of the EM map over F, and its top eigenvalue the rate of EM."""
-        index = self.estimated_index(model, params)
-        block = np.ix_(index, index)
-        complete = complete_information(model, params, self.x, y)[block]
-        missing = missing_information(model, params, self.x, y)[block]
-        return jnp.linalg.solve(complete, missing)
-
-    def em_rate(self, model, params: MoEParams, y) -> Array:
-        r"""$\lambda_{\max}$ of :meth:`missing_information_matrix`, from ``eigvalsh`` of $G^{-1} I_{miss} G^{-\top}$
-        with $G G^\top = I_c[F, F]$: the local linear rate of EM on the restricted model."""
-        index = self.estimated_index(model, params)
-        block = np.ix_(index, index)
-        root = jnp.linalg.cholesky(complete_information(model, params, self.x, y)[block])
-        missing = missing_information(model, params, self.x, y)[block]
-        left = jax.scipy.linalg.solve_triangular(root, missing, lower=True)
-        symmetric = jax.scipy.linalg.solve_triangular(root, left.T, lower=True)
-        return jnp.linalg.eigvalsh((symmetric + symmetric.T) / 2)[-1]
 
     def gate_coefficients(self, params: MoEParams) -> Array:
         """The gate's coefficients on the gate covariates, shape (K, d_g) (row 0 pinned)."""

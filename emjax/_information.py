@@ -17,15 +17,29 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
-from ._checks import validate
+from ._checks import check_trainable, validate
 from ._validation import public
 from .models._weighted import weighted_arrays
 
 
-def _inverse_root(model, params, x, y) -> tuple[Array, Array]:
-    """The model's inverse root R of $I_c$ ($R R^\\top = I_c^{-1}$) and $I_{miss}$."""
+def _validate_restricted(model, params, x, y, trainable=None, weights=None, **_) -> None:
+    validate(model, params, x, y, weights)
+    check_trainable(model, params, trainable)
+
+
+def _inverse_root(model, params, x, y, trainable=None) -> tuple[Array, Array]:
+    """The model's inverse root R of $I_c$ ($R R^\\top = I_c^{-1}$) and $I_{miss}$, of the model restricted
+    to the ``trainable`` entries when a mask is given."""
+    complete = model.complete_information(params, x, y)
     missing = model.missing_information(params, x, y)
-    return model.information_inverse_root(model.complete_information(params, x, y), missing), missing
+    if trainable is not None:
+        # Frozen coordinates are constants of the restricted model: the identity in I_c and zero in I_miss
+        # make M block-diagonal, the restricted model's MIM on the estimated entries and 0 on the frozen ones.
+        free = model.flat_free_mask(params, trainable)
+        both = free[:, None] & free[None, :]
+        complete = jnp.where(both, complete, jnp.diag(~free).astype(complete.dtype))
+        missing = jnp.where(both, missing, 0)
+    return model.information_inverse_root(complete, missing), missing
 
 
 @public(validate)
@@ -69,8 +83,8 @@ def observed_information(model, params, x, y, weights=None) -> Array:
     return model.complete_information(params, x, y) - model.missing_information(params, x, y)
 
 
-@public(validate)
-def missing_information_matrix(model, params, x, y, weights=None) -> Array:
+@public(_validate_restricted)
+def missing_information_matrix(model, params, x, y, weights=None, trainable=None) -> Array:
     r"""$M(\theta) = I_c(\theta)^{-1} I_{miss}(\theta)$, shape (P, P).
 
     For the symmetric models $I_c = \nabla^2 A$, so $M = \nabla^2 A^{-1} I_{miss}$.
@@ -78,28 +92,37 @@ def missing_information_matrix(model, params, x, y, weights=None) -> Array:
     At a fixed point $\hat\theta$ of EM, $M(\hat\theta)$ is the Jacobian of the EM map
     (Dempster-Laird-Rubin), ``jax.jacobian(em_step)``. K-expert models: $I_c^{-1} I_{miss}$ over
     the flattened free parameters (docs/math.md §5.6).
+
+    With a ``trainable`` mask (as a solver's): the MIM of the model restricted to the estimated entries,
+    on those rows and columns, and 0 on the frozen ones (constants of the restricted model; e.g. the
+    entries :func:`emjax.covariates` freezes). At a fixed point of EM with that mask it is the
+    Jacobian of the masked EM map.
     """
-    root, missing = _inverse_root(*weighted_arrays(model, weights, params, x, y))
+    root, missing = _inverse_root(*weighted_arrays(model, weights, params, x, y), trainable)
     return root @ (root.T @ missing)
 
 
-@public(validate)
-def mim_eigenvalues(model, params, x, y, weights=None) -> Array:
-    r"""Eigenvalues of $M(\theta)$, ascending, from ``eigvalsh`` of $G^{-1} I_{miss} G^{-\top}$ (never ``eig``)."""
-    return _eigenvalues(*weighted_arrays(model, weights, params, x, y))
+@public(_validate_restricted)
+def mim_eigenvalues(model, params, x, y, weights=None, trainable=None) -> Array:
+    r"""Eigenvalues of $M(\theta)$, ascending, from ``eigvalsh`` of $G^{-1} I_{miss} G^{-\top}$ (never ``eig``).
+
+    With a ``trainable`` mask: those of the restricted model (:func:`missing_information_matrix`), plus a
+    0 for each frozen entry."""
+    return _eigenvalues(*weighted_arrays(model, weights, params, x, y), trainable)
 
 
-def _eigenvalues(model, params, x, y) -> Array:
-    root, missing = _inverse_root(model, params, x, y)
+def _eigenvalues(model, params, x, y, trainable=None) -> Array:
+    root, missing = _inverse_root(model, params, x, y, trainable)
     symmetric = root.T @ missing @ root
     return jnp.linalg.eigvalsh((symmetric + symmetric.T) / 2)
 
 
-@public(validate)
-def em_rate(model, params, x, y, weights=None) -> Array:
+@public(_validate_restricted)
+def em_rate(model, params, x, y, weights=None, trainable=None) -> Array:
     r"""$\lambda_{\max}(M(\theta))$: the local linear rate of EM at a fixed point (docs/math.md §5.3).
 
-    Differentiable: ``jax.grad(lambda b: em_rate(model, SymParams(w, b), x, y))(beta)`` works.
+    Differentiable: ``jax.grad(lambda b: em_rate(model, SymParams(w, b), x, y))(beta)`` works. With a
+    ``trainable`` mask: the rate of EM with that mask (the restricted model's, :func:`missing_information_matrix`).
 
     Example:
         >>> import jax, jax.numpy as jnp, emjax
@@ -109,4 +132,4 @@ def em_rate(model, params, x, y, weights=None) -> Array:
         >>> 0.1 < float(emjax.em_rate(model, truth, x, y)) < 0.4
         True
     """
-    return _eigenvalues(*weighted_arrays(model, weights, params, x, y))[-1]
+    return _eigenvalues(*weighted_arrays(model, weights, params, x, y), trainable)[-1]

@@ -228,8 +228,12 @@ def test_restricted_mim_is_the_jacobian_of_masked_em(two_experts):
         return model.flatten(emjax.em_step(model, model.unflatten(vector, params), cov.x, y, mask))[index]
 
     jacobian = jax.jacfwd(em_map)(model.flatten(params)[index])
-    matrix = cov.missing_information_matrix(model, params, y)
+    full = emjax.missing_information_matrix(model, params, cov.x, y, trainable=mask)
+    matrix = full[np.ix_(index, index)]
     np.testing.assert_allclose(jacobian, matrix, atol=1e-7)
-    rate = float(cov.em_rate(model, params, y))
+    frozen = np.setdiff1d(np.arange(full.shape[0]), index)
+    np.testing.assert_allclose(full[frozen], 0, atol=1e-12)  # the frozen entries never move
+    np.testing.assert_allclose(full[:, frozen], 0, atol=1e-12)
+    rate = float(emjax.em_rate(model, params, cov.x, y, trainable=mask))
     np.testing.assert_allclose(rate, np.max(np.linalg.eigvals(np.asarray(matrix)).real), rtol=1e-10)
     assert 0 < rate < 1
