@@ -164,9 +164,10 @@ class FitResult(eqx.Module):
         return self.describe()
 
 
-def _final_status(model, params, x, y, status):
-    """Flag a degenerate final iterate (a model that lost an expert); a non-finite run keeps its code."""
-    degenerate = model.is_degenerate(params, x, y) & (status != Status.nonfinite)
+def _final_status(model, params, x, y, status, free):
+    """Flag a degenerate final iterate (a model that lost an expert); a non-finite run keeps its code.
+    ``free``: the solver's full mask (frozen coefficients are not part of any expert's design)."""
+    degenerate = model.is_degenerate(params, x, y, free=free) & (status != Status.nonfinite)
     return jnp.where(degenerate, Status.degenerate, status).astype(jnp.int32)
 
 
@@ -253,8 +254,8 @@ def _converged(model, criterion: str, params, previous_loss, loss, track, rtol, 
     return distance_converged(track.distance, scale, rtol, atol)
 
 
-def _result(model, params, x, y, losses, applied, status, converged, state, history, track) -> FitResult:
-    status = _final_status(model, params, x, y, status)
+def _result(model, solver, params, x, y, losses, applied, status, converged, state, history, track) -> FitResult:
+    status = _final_status(model, params, x, y, status, solver.trainable)
     return FitResult(
         params,
         losses,
@@ -292,7 +293,7 @@ def _fit_scan(model, solver, params, x, y, num_steps: int, keep_history: bool, p
     if keep_history:
         history = jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), init[0], history)
     status = final_status(healthy, False, False, jnp.where).astype(jnp.int32)
-    return _result(model, params, x, y, losses, applied, status, jnp.asarray(False), state, history, track)
+    return _result(model, solver, params, x, y, losses, applied, status, jnp.asarray(False), state, history, track)
 
 
 @eqx.filter_jit
@@ -341,7 +342,7 @@ def _fit_until(
 
     applied, params, state, _, _, losses, history, track, finite, converged = lax.while_loop(keep_going, step, init)
     status = final_status(finite, converged, True, jnp.where).astype(jnp.int32)
-    return _result(model, params, x, y, losses, applied, status, converged, state, history, track)
+    return _result(model, solver, params, x, y, losses, applied, status, converged, state, history, track)
 
 
 @data_arguments

@@ -237,3 +237,23 @@ def test_restricted_mim_is_the_jacobian_of_masked_em(two_experts):
     rate = float(emjax.em_rate(model, params, cov.x, y, trainable=mask))
     np.testing.assert_allclose(rate, np.max(np.linalg.eigvals(np.asarray(matrix)).real), rtol=1e-10)
     assert 0 < rate < 1
+
+
+def test_a_constant_offset_is_not_a_degenerate_fit():
+    """A constant offset repeats the intercept's direction in the joint design; only the columns an expert
+    estimates make its design, so the fit is healthy (it used to be flagged degenerate)."""
+    rng = np.random.default_rng(0)
+    n = 400
+    u, v = rng.normal(size=n), rng.normal(size=n)
+    ones, offset = np.ones((n, 1)), np.full(n, 0.7)
+    first = rng.random(n) < 1 / (1 + np.exp(-2 * u))
+    y = rng.poisson(np.exp(np.where(first, 1.0 + 0.5 * v, -0.5 * v) + offset)).astype(float)
+    cov = emjax.covariates(gate=np.c_[ones, u], expert=np.c_[ones, v], offset=offset)
+    model = emjax.MoPoE(2)
+    solver = emjax.em(trainable=cov.trainable(model))
+    result = emjax.fit(
+        model, solver, cov.restrict(model, emjax.init_params(model, jax.random.key(0), cov.x, y)), cov.x, y, 60
+    )
+    assert int(result.status) == emjax.Status.max_steps or int(result.status) == emjax.Status.ok
+    assert not bool(model.is_degenerate(result.params, cov.x, y, free=model.free_mask(result.params, solver.trainable)))
+    assert bool(model.is_degenerate(result.params, cov.x, y))  # without the mask the design is singular

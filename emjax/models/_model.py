@@ -330,8 +330,9 @@ class AbstractModel(eqx.Module):
         carry a noise scale."""
         return snr
 
-    def is_degenerate(self, params, x: Array, y: Array) -> Array:
-        """True when the fitted model has lost an expert (no finite M-step); default never."""
+    def is_degenerate(self, params, x: Array, y: Array, free=None) -> Array:
+        """True when the fitted model has lost an expert (no finite M-step); default never. ``free``: the
+        mask the fit ran with (:meth:`free_mask`; None: nothing frozen), so frozen entries do not count."""
         return jnp.asarray(False)
 
     def curvature_bound(self, dtype) -> Array | None:

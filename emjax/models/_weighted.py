@@ -73,8 +73,8 @@ class Weighted(AbstractModel):
     def missing_information(self, params, x, y, weights=None):
         return self.model.missing_information(params, x, y, self.weights)
 
-    def is_degenerate(self, params, x, y, weights=None):
-        return self.model.is_degenerate(params, x, y, self.weights)
+    def is_degenerate(self, params, x, y, weights=None, free=None):
+        return self.model.is_degenerate(params, x, y, self.weights, free=free)
 
     def curvature_bound(self, dtype):
         return None  # a bound on X^T X / n says nothing of the weighted X^T W X / n

@@ -359,7 +359,9 @@ class MixtureOfExperts(AbstractModel):
         """SNR = ‖β‖/σ with σ the noise of the drawn truth, for experts with a scale."""
         return snr * noise if self.expert.has_scale else snr
 
-    def is_degenerate(self, params: MoEParams, x: Array, y: Array, weights: Array | None = None) -> Array:
+    def is_degenerate(
+        self, params: MoEParams, x: Array, y: Array, weights: Array | None = None, free: MoEParams | None = None
+    ) -> Array:
         """True when some expert has under one sample of responsibility mass, its weighted design is
         numerically singular, its σ has hit the variance floor, or (families without a scale) it
         predicts its own responsibility-weighted data almost perfectly, mean log-probability above
@@ -376,6 +378,15 @@ class MixtureOfExperts(AbstractModel):
                 flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
             return jnp.any(flags)
         grams = jnp.einsum("nk,ni,nj->kij", gamma, x, x)
+        if free is not None:
+            # Only the columns an expert estimates make its design (covariates frozen at 0, an offset at 1,
+            # may repeat another direction): the frozen ones become a well-scaled identity block.
+            k, d = params.gate.shape
+            columns = jnp.any(jnp.broadcast_to(free.experts, params.experts.shape).reshape(k, d, -1), axis=-1)
+            both = columns[:, :, None] & columns[:, None, :]
+            scale = jnp.max(jnp.diagonal(grams, axis1=1, axis2=2), axis=-1)
+            frozen = (~columns * scale[:, None]).astype(x.dtype)  # (K, d)
+            grams = jnp.where(both, grams, 0) + jnp.eye(d, dtype=x.dtype)[None] * frozen[:, None, :]
         eigenvalues = jnp.linalg.eigvalsh(grams)
         singular = eigenvalues[:, 0] <= 100 * x.shape[1] * jnp.finfo(x.dtype).eps * eigenvalues[:, -1]
         flags = (mass < 1) | singular
