@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from .._acceleration import anderson, squarem
 from .._inference import aic, bic
@@ -100,8 +100,10 @@ class MixtureOfExpertsBase(BaseEstimator):
 
     # ------------------------------------------------------------------ fit
 
-    def _fit_model(self, model, x, y, settings: dict):
+    def _fit_model(self, model, x, y, settings: dict, sample_weight=None):
         """Run :func:`emjax.fit_restarts` and set the fitted attributes; warns when the best run is not healthy."""
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, x, dtype=x.dtype, ensure_non_negative=True)
         result = fit_restarts(
             model,
             _solver(self.solver),
@@ -111,6 +113,7 @@ class MixtureOfExpertsBase(BaseEstimator):
             settings["n_init"],
             settings["max_iter"],
             tol=settings["tol"],
+            weights=sample_weight,
         )
         result = jax.tree_util.tree_map(np.asarray, result)  # host copies: pickles, clones, no device buffers
         self.model_ = model

@@ -93,12 +93,13 @@ class MixtureOfExpertsClassifier(ClassifierMixin, MixtureOfExpertsBase):
         self.fit_intercept = fit_intercept
         self.random_state = random_state
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the mixture by EM from ``n_init`` starts and keep the best run.
 
         Args:
             X: features, shape (n_samples, n_features), n_samples >= 2; an array, list or DataFrame.
             y: class labels, shape (n_samples,), of at least two classes.
+            sample_weight: optional observation weights >= 0, as for the regressor's ``fit``.
 
         Returns:
             self.
@@ -116,7 +117,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, MixtureOfExpertsBase):
         self.classes_ = classes
         dtype = default_float()
         model = MoLogE(settings["n_experts"], num_classes=int(classes.shape[0]), ridge=settings["ridge"])
-        return self._fit_model(model, self._design(X, dtype), encoded.astype(dtype), settings)
+        return self._fit_model(model, self._design(X, dtype), encoded.astype(dtype), settings, sample_weight)
 
     def _validated_xy(self, X, y):
         check_is_fitted(self)

@@ -124,12 +124,15 @@ class MixtureOfExpertsRegressor(RegressorMixin, MixtureOfExpertsBase):
     def _more_tags(self):  # scikit-learn < 1.6
         return {"requires_positive_y": self.family == "poisson"}
 
-    def fit(self, X, y):
-        """Fit the mixture by EM from ``n_init`` starts and keep the best run.
+    def fit(self, X, y, sample_weight=None):
+        r"""Fit the mixture by EM from ``n_init`` starts and keep the best run.
 
         Args:
             X: features, shape (n_samples, n_features), n_samples >= 2; an array, list or DataFrame.
             y: responses, shape (n_samples,) (>= 0 for ``family="poisson"``).
+            sample_weight: optional observation weights >= 0, shape (n_samples,): EM maximises
+                $\sum_n v_n \log p(y_n\mid x_n)$ (integer weights: row n repeated $v_n$ times;
+                :func:`emjax.fit` ``weights=``). ``lower_bound_`` is then the weighted mean log-likelihood.
 
         Returns:
             self.
@@ -153,7 +156,7 @@ class MixtureOfExpertsRegressor(RegressorMixin, MixtureOfExpertsBase):
             model = MoPoE(k, ridge=ridge)
         else:
             model = MixtureOfExperts(NonNegativePoissonExpert(), k, ridge=ridge)
-        return self._fit_model(model, x, y, settings)
+        return self._fit_model(model, x, y, settings, sample_weight)
 
     def _validated_xy(self, X, y):
         check_is_fitted(self)
