@@ -35,6 +35,8 @@ from ._covariates import Covariates as Covariates
 from ._covariates import covariates as covariates
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
+from ._formula import FormulaDesign as FormulaDesign
+from ._formula import from_formula as from_formula
 from ._inference import aic as aic
 from ._inference import bic as bic
 from ._inference import num_parameters as num_parameters
@@ -109,6 +111,7 @@ __all__ = [
     "AbstractSymmetricModel",
     "FitResult",
     "FitSummary",
+    "FormulaDesign",
     "GaussianExpert",
     "MixtureOfExperts",
     "MoEParams",
@@ -133,6 +136,7 @@ __all__ = [
     "fit",
     "fit_restarts",
     "from_optax",
+    "from_formula",
     "gate_probabilities",
     "squarem",
     "anderson",

@@ -100,6 +100,37 @@ class Covariates(eqx.Module):
         """The offset, shape (n,), or None."""
         return self.x[:, -1] if self.has_offset else None
 
+    def new_rows(self, gate, expert, offset=None) -> Covariates:
+        """The same layout (columns, names, frozen entries) on new rows, e.g. to predict with a fitted model.
+
+        ``gate`` and ``expert`` have this design's widths; a column the gate and the experts share here must
+        be equal in the new rows too (an intercept always is); ``offset`` is required exactly when this
+        design has one.
+
+        Raises:
+            ValueError: for other widths, a shared column that differs, or an offset given or missing.
+        """
+        gate, expert, offset, _, _ = _checked_rows(gate, expert, offset)
+        d_g, d_e = len(self.gate_columns), len(self.expert_columns)
+        if shape_of(gate, "gate")[1] != d_g or shape_of(expert, "expert")[1] != d_e:
+            raise ValueError(
+                f"new rows must have this design's widths, gate {d_g} and expert {d_e} columns; got "
+                f"{shape_of(gate, 'gate')[1]} and {shape_of(expert, 'expert')[1]}"
+            )
+        if (offset is not None) != self.has_offset:
+            raise ValueError(
+                "pass offset= exactly when the design has an offset" + (" (it has)" if self.has_offset else "")
+            )
+        for j, column in enumerate(self.expert_columns):
+            if column < d_g and is_concrete(gate) and is_concrete(expert):
+                if not np.array_equal(np.asarray(gate)[:, column], np.asarray(expert)[:, j]):
+                    raise ValueError(
+                        f"expert column {j} ({self.feature_names[column]}) is the gate's column {column} in this "
+                        "design, but the new rows' values differ"
+                    )
+        x = _joint_design(gate, expert, offset, self.expert_columns)
+        return Covariates(x, self.gate_columns, self.expert_columns, self.has_offset, self.feature_names)
+
     def _check_model(self, model) -> None:
         if not isinstance(model, MixtureOfExperts):
             raise ValueError(
@@ -231,6 +262,46 @@ def covariates(gate, expert, offset=None) -> Covariates:
         >>> cov.trainable(model).gate.astype(int).tolist()
         [[1, 1, 0], [1, 1, 0]]
     """
+    gate, expert, offset, gate_names, expert_names = _checked_rows(gate, expert, offset)
+    dtype = working_dtype(gate, expert, offset)
+    gate, expert = jnp.asarray(gate, dtype), jnp.asarray(expert, dtype)
+    d_g = gate.shape[1]
+    gate_names = gate_names or tuple(f"gate{j}" for j in range(d_g))
+    expert_names = expert_names or tuple(f"expert{j}" for j in range(expert.shape[1]))
+
+    # An expert column equal to a gate column (bit for bit; typically the intercept) shares it: two
+    # equal columns would make x's Gram matrix singular, which emjax reads as a degenerate fit.
+    shared = _shared_columns(gate, expert)
+    expert_columns, extra = [], []
+    for j in range(expert.shape[1]):
+        if shared[j] is not None:
+            expert_columns.append(shared[j])
+        else:
+            expert_columns.append(d_g + len(extra))
+            extra.append(j)
+    names = list(gate_names) + [expert_names[j] for j in extra] + (["offset"] if offset is not None else [])
+    return Covariates(
+        x=_joint_design(gate, expert, offset, tuple(expert_columns)),
+        gate_columns=tuple(range(d_g)),
+        expert_columns=tuple(expert_columns),
+        has_offset=offset is not None,
+        feature_names=tuple(names),
+    )
+
+
+def _joint_design(gate, expert, offset, expert_columns: tuple[int, ...]) -> Array:
+    """x = [gate | the expert columns that are not gate columns | offset], in the working dtype."""
+    dtype = working_dtype(gate, expert, offset)
+    d_g = gate.shape[1]
+    extra = [j for j, column in enumerate(expert_columns) if column >= d_g]
+    blocks = [jnp.asarray(gate, dtype), jnp.asarray(expert, dtype)[:, np.asarray(extra, int)]]
+    if offset is not None:
+        blocks.append(jnp.asarray(offset, dtype)[:, None])
+    return jnp.concatenate(blocks, axis=1)
+
+
+def _checked_rows(gate, expert, offset):
+    """The three inputs validated (real, finite, one row per sample) and the DataFrames' column names."""
     gate, gate_names = _matrix(gate, "gate")
     expert, expert_names = _matrix(expert, "expert")
     n = shape_of(gate, "gate")[0]
@@ -249,34 +320,7 @@ def covariates(gate, expert, offset=None) -> Covariates:
         check_real(offset, "offset")
         check_precision(offset, "offset")
         check_finite(offset, "offset")
-    dtype = working_dtype(gate, expert, offset)
-    gate, expert = jnp.asarray(gate, dtype), jnp.asarray(expert, dtype)
-    d_g = gate.shape[1]
-    gate_names = gate_names or tuple(f"gate{j}" for j in range(d_g))
-    expert_names = expert_names or tuple(f"expert{j}" for j in range(expert.shape[1]))
-
-    # An expert column equal to a gate column (bit for bit; typically the intercept) shares it: two
-    # equal columns would make x's Gram matrix singular, which emjax reads as a degenerate fit.
-    shared = _shared_columns(gate, expert)
-    expert_columns, extra = [], []
-    for j in range(expert.shape[1]):
-        if shared[j] is not None:
-            expert_columns.append(shared[j])
-        else:
-            expert_columns.append(d_g + len(extra))
-            extra.append(j)
-    blocks = [gate, expert[:, np.asarray(extra, int)]]
-    names = list(gate_names) + [expert_names[j] for j in extra]
-    if offset is not None:
-        blocks.append(jnp.asarray(offset, dtype)[:, None])
-        names.append("offset")
-    return Covariates(
-        x=jnp.concatenate(blocks, axis=1),
-        gate_columns=tuple(range(d_g)),
-        expert_columns=tuple(expert_columns),
-        has_offset=offset is not None,
-        feature_names=tuple(names),
-    )
+    return gate, expert, offset, gate_names, expert_names
 
 
 def _shared_columns(gate, expert) -> list[int | None]:

@@ -257,3 +257,19 @@ def test_a_constant_offset_is_not_a_degenerate_fit():
     assert int(result.status) == emjax.Status.max_steps or int(result.status) == emjax.Status.ok
     assert not bool(model.is_degenerate(result.params, cov.x, y, free=model.free_mask(result.params, solver.trainable)))
     assert bool(model.is_degenerate(result.params, cov.x, y))  # without the mask the design is singular
+
+
+def test_new_rows_keep_the_layout():
+    ones = np.ones((5, 1))
+    u, v = np.arange(5.0)[:, None], np.arange(5.0)[::-1, None] + 0.5
+    cov = emjax.covariates(gate=np.c_[ones, u], expert=np.c_[ones, v], offset=np.zeros(5))
+    new = cov.new_rows(np.c_[[1.0], [7.0]], np.c_[[1.0], [1.0]], offset=np.array([0.3]))
+    # one row whose expert covariate equals the intercept: still its own column, as when fitted
+    np.testing.assert_array_equal(new.x, [[1.0, 7.0, 1.0, 0.3]])
+    assert new.feature_names == cov.feature_names and new.expert_columns == cov.expert_columns
+    with pytest.raises(ValueError, match="widths"):
+        cov.new_rows(ones, np.c_[ones, v], offset=np.zeros(5))
+    with pytest.raises(ValueError, match="offset"):
+        cov.new_rows(np.c_[ones, u], np.c_[ones, v])
+    with pytest.raises(ValueError, match="values differ"):
+        cov.new_rows(np.c_[ones, u], np.c_[2 * ones, v], offset=np.zeros(5))
