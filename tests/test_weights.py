@@ -225,3 +225,15 @@ def test_lists_and_pandas_weights():
     expected = emjax.neg_log_likelihood(MODEL, START, x, COUNTS, weights=DAYS)
     np.testing.assert_allclose(emjax.neg_log_likelihood(MODEL, START, x, COUNTS, weights=list(DAYS)), expected)
     np.testing.assert_allclose(emjax.neg_log_likelihood(MODEL, START, x, COUNTS, weights=pd.Series(DAYS)), expected)
+
+
+def test_streamed_weighted_batches_reach_the_weighted_fit(hasselblad):
+    from emjax.streaming import ArrayBatches, fit_stream
+
+    (x, y, v), _, fit_w, _ = hasselblad
+    batches = ArrayBatches(x, y, 4, weights=v)  # (x, y, weights) triples of 4, 4 and 2 rows
+    result = fit_stream(MODEL, START, batches, num_epochs=2, polish_steps=30, polish_tol=1e-12)
+    assert int(result.status) == emjax.Status.ok
+    _close(result.params, fit_w.params, rtol=1e-8, atol=1e-9)
+    # the polish's full-data loss is the weighted one
+    np.testing.assert_allclose(result.polish_losses[-1], fit_w.final_loss, rtol=1e-12)

@@ -53,6 +53,8 @@ class ArrayBatches:
             theory assumes. Without it, batches come in storage order.
         drop_remainder: skip the last, smaller batch (every batch then has one shape, so a
             jitted step compiles once).
+        weights: optional observation weights, shape (n,): batches are then ``(x, y, weights)``
+            triples, which :func:`~emjax.streaming.fit_stream` weighs as :func:`emjax.fit` does.
 
     Example:
         >>> import numpy as np
@@ -61,9 +63,11 @@ class ArrayBatches:
         ([2, 2, 1], 3, 5)
     """
 
-    def __init__(self, x, y, batch_size: int, *, key=None, drop_remainder: bool = False):
+    def __init__(self, x, y, batch_size: int, *, key=None, drop_remainder: bool = False, weights=None):
         _check_rows(np.shape(x), np.shape(y), "x", "y")
-        self.x, self.y = x, y
+        if weights is not None and np.shape(weights) != np.shape(y):
+            raise ValueError(f"weights must have one entry per row, shape {np.shape(y)}; got {np.shape(weights)}")
+        self.x, self.y, self.weights = x, y, weights
         self.batch_size = _check_batch_size(batch_size)
         self.key = key
         self.drop_remainder = bool(drop_remainder)
@@ -80,7 +84,7 @@ class ArrayBatches:
     def __len__(self) -> int:
         return len(self._bounds)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         if self.key is None:
             order = None
         else:
@@ -88,7 +92,10 @@ class ArrayBatches:
             self._epoch += 1
         for start, stop in self._bounds:
             rows = slice(start, stop) if order is None else order[start:stop]
-            yield self.x[rows], self.y[rows]
+            if self.weights is None:
+                yield self.x[rows], self.y[rows]
+            else:
+                yield self.x[rows], self.y[rows], self.weights[rows]
 
 
 class NpyBatches:

@@ -49,7 +49,8 @@ from .._progress import progress_interval, report
 from .._solvers import MirrorDescent
 from .._status import Status
 from .._stopping import check_tolerances, final_status, loss_converged, tree_all_finite
-from ._passes import flat_mask, flat_ridge, full_pass, newton_direction
+from ..models._weighted import weighted_arrays
+from ._passes import flat_mask, flat_ridge, full_pass, newton_direction, split_batch
 from ._schedule import RobbinsMonro, as_schedule, checked_step
 
 
@@ -101,9 +102,10 @@ class StreamResult(FitResult):
 
 
 @eqx.filter_jit
-def _stochastic_step(model, solver, params, x, y):
-    """L on the batch at ``params``, then :func:`emjax.fit`'s step, ``solver.update`` (mirror descent)."""
-    params, x, y = as_arrays(params, x, y)
+def _stochastic_step(model, solver, params, x, y, weights=None):
+    """L on the batch at ``params``, then :func:`emjax.fit`'s step, ``solver.update`` (mirror descent); with
+    observation weights, both of the batch's weighted means."""
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
     loss = model.loss(params, x, y)
     new, _ = solver.update(model, params, solver.init(params), x, y)
     return new, loss, tree_all_finite(new) & jnp.isfinite(loss)
@@ -123,20 +125,14 @@ def _check_count(value, name: str) -> int:
 
 
 def _batch_checker(model, params):
-    def check(x, y):
+    def check(x, y, weights=None):
         if not (isinstance(x, (np.ndarray, jax.Array)) and isinstance(y, (np.ndarray, jax.Array))):
             raise ValueError(
                 f"each batch must be a pair (x, y) of arrays; got ({type(x).__name__}, {type(y).__name__})"
             )
-        validate(model, params, x, y)
+        validate(model, params, x, y, weights)
 
     return check
-
-
-def _split(pair):
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-        raise ValueError(f"each batch must be a pair (x, y); got {type(pair).__name__}")
-    return pair
 
 
 class _Checkpoint:
@@ -225,7 +221,10 @@ def fit_stream(
         model: any emjax model. params: the initial parameters.
         batches: an iterable of ``(x, y)`` pairs (x of shape (b, d), y of shape (b,)):
             :class:`ArrayBatches`, :class:`NpyBatches`, a list, or a one-shot generator (then
-            ``num_epochs`` must be 1 and ``polish_steps`` 0, since those walk the data again).
+            ``num_epochs`` must be 1 and ``polish_steps`` 0, since those walk the data again). For
+            observation weights (K-expert models), ``(x, y, weights)`` triples
+            (``ArrayBatches(..., weights=w)``): each mini-batch step fits the batch's weighted
+            statistics, and the polish the full data's weighted loss (:func:`emjax.fit`'s ``weights``).
         num_epochs: passes of mini-batch EM over the batches (0: polish only).
         step_size: $\eta_t$ for mini-batch step t: a number in (0, 1] (constant) or a callable
             ``t -> eta`` such as :class:`RobbinsMonro` (the default, $\eta_t = (1+t/10)^{-0.6}$).
@@ -329,14 +328,14 @@ def fit_stream(
         for index, pair in enumerate(batches):
             if index < state["batch"]:
                 continue  # used before the interruption this run resumes from
-            x, y = _split(pair)
-            check_batch(x, y)
+            x, y, weights = split_batch(pair)
+            check_batch(x, y, weights)
             if free is None:
                 check_trainable(model, params, trainable)
                 free = model.free_mask(as_arrays(params, x)[0], trainable)
             eta = checked_step(schedule, state["step"])
             solver = MirrorDescent(step_size=jnp.asarray(eta), trainable=free)
-            new, loss, finite = _stochastic_step(model, solver, params, x, y)
+            new, loss, finite = _stochastic_step(model, solver, params, x, y, weights)
             if not bool(finite):
                 state["status"] = int(Status.nonfinite)
                 break
@@ -433,7 +432,7 @@ def _polish(
 ):
     """Newton or EM-gradient passes (see :mod:`emjax.streaming._passes`), accepted only if L does not increase."""
     first = next(iter(batches))
-    check_batch(*_split(first))
+    check_batch(*split_batch(first))
     params = as_arrays(params, first[0])[0]
     check_trainable(model, params, trainable)
     free = flat_mask(model, params, trainable)

@@ -28,6 +28,14 @@ import numpy as np
 from .._checks import validate
 from .._dtypes import as_arrays
 from .._information import complete_information, missing_information
+from ..models._weighted import weighted_arrays
+
+
+def split_batch(batch):
+    """``(x, y, weights)`` from a batch ``(x, y)`` (weights None) or ``(x, y, weights)``."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) in (2, 3)):
+        raise ValueError(f"each batch must be a pair (x, y) or a triple (x, y, weights); got {type(batch).__name__}")
+    return (*batch, None) if len(batch) == 2 else tuple(batch)
 
 
 def flat_mask(model, params, trainable) -> np.ndarray:
@@ -48,11 +56,16 @@ def flat_ridge(model, params) -> np.ndarray:
     return np.asarray(jnp.diag(jax.hessian(penalty)(vector)), np.float64)
 
 
+def batch_size_of(x, weights):
+    """What one batch adds to the sums' denominator: its rows, or the sum of its observation weights."""
+    return x.shape[0] if weights is None else jnp.sum(jnp.asarray(weights, x.dtype))
+
+
 @eqx.filter_jit
-def batch_gradient_sums(model, params, x, y):
-    """Sums over one batch of the per-sample loss and its flat gradient (one pass)."""
-    params, x, y = as_arrays(params, x, y)
-    count = x.shape[0]
+def batch_gradient_sums(model, params, x, y, weights=None):
+    """Sums over one batch of the (weighted) per-sample loss and its flat gradient (one pass)."""
+    model, params, x, y = weighted_arrays(model, weights, params, x, y)
+    count = batch_size_of(x, weights)
 
     def mean_loss(vector):
         return model.loss(model.unflatten(vector, params), x, y)
@@ -62,12 +75,12 @@ def batch_gradient_sums(model, params, x, y):
 
 
 @eqx.filter_jit
-def batch_curvature_sums(model, params, x, y, with_missing: bool = False):
+def batch_curvature_sums(model, params, x, y, with_missing: bool = False, weights=None):
     """Sums over one batch of $I_c$ and (optionally) $I_{miss}$, over the flat free parameters."""
     params, x, y = as_arrays(params, x, y)
-    count = x.shape[0]
-    information = complete_information(model, params, x, y)
-    missing = missing_information(model, params, x, y) if with_missing else jnp.zeros_like(information)
+    count = batch_size_of(x, weights)
+    information = complete_information(model, params, x, y, weights=weights)
+    missing = missing_information(model, params, x, y, weights=weights) if with_missing else jnp.zeros_like(information)
     return count * information, count * missing
 
 
@@ -92,8 +105,9 @@ def full_pass(
 
     Args:
         model, params: any emjax model and its parameters.
-        batches: an iterable of ``(x, y)`` pairs.
-        validate_batch: ``check(x, y)`` run on each batch (default: the public functions' checks).
+        batches: an iterable of ``(x, y)`` pairs or ``(x, y, weights)`` triples (observation weights:
+            the sums are then weighted and divided by the total weight, as :func:`emjax.fit` weighs).
+        validate_batch: ``check(x, y, weights)`` run on each batch (default: the public functions' checks).
         with_missing: also sum $I_{miss}$ (:func:`emjax.missing_information`), for Newton on L.
         curvature_rows: sum the information matrices over the batches that start within the
             first ``curvature_rows`` rows only (None: every row). Their autodiff Hessians cost
@@ -107,28 +121,33 @@ def full_pass(
     """
     if validate_batch is None:
 
-        def validate_batch(x, y):
-            validate(model, params, x, y)
+        def validate_batch(x, y, weights=None):
+            validate(model, params, x, y, weights)
 
     loss, gradient, information, missing, rows, curved = 0.0, 0.0, 0.0, 0.0, 0, 0
-    for x, y in batches:
-        validate_batch(x, y)
-        batch_loss, batch_gradient = batch_gradient_sums(model, params, x, y)
+    total, curved_total = 0.0, 0.0  # rows, or the observation weights, summed
+    for batch in batches:
+        x, y, weights = split_batch(batch)
+        validate_batch(x, y, weights)
+        batch_loss, batch_gradient = batch_gradient_sums(model, params, x, y, weights)
         loss += float(batch_loss)
         gradient = gradient + np.asarray(batch_gradient, np.float64)
+        size = float(np.shape(x)[0] if weights is None else np.sum(np.asarray(weights, np.float64)))
         if curvature_rows is None or curved < curvature_rows:
-            batch_information, batch_missing = batch_curvature_sums(model, params, x, y, bool(with_missing))
+            batch_information, batch_missing = batch_curvature_sums(model, params, x, y, bool(with_missing), weights)
             information = information + np.asarray(batch_information, np.float64)
             missing = missing + np.asarray(batch_missing, np.float64)
             curved += int(np.shape(x)[0])
+            curved_total += size
         rows += int(np.shape(x)[0])
+        total += size
     if rows == 0:
         raise ValueError("the batch source yielded no batches")
     return PassSums(
-        loss=loss / rows,
-        gradient=gradient / rows,
-        information=information / curved,
-        missing=missing / curved,
+        loss=loss / total,
+        gradient=gradient / total,
+        information=information / curved_total,
+        missing=missing / curved_total,
         num_rows=rows,
         curvature_rows=curved,
     )
