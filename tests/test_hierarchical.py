@@ -109,29 +109,26 @@ def test_depth_one_is_the_flat_mixture(family):
         return emjax.HMEParams(gates=p.gate, experts=p.experts, sigma=p.sigma)
 
     flat_params = emjax.init_params(flat, jax.random.key(5), x, y)
-    tree_params = as_tree(flat_params)
-    np.testing.assert_array_equal(tree.flatten(tree_params), flat.flatten(flat_params))
+    other = emjax.testing.random_params(flat, jax.random.key(6), D, expert_norm=0.5, sigma=0.7)
+
+    @jax.jit  # one program per model: the loss, the mirror map, the prior targets, a divergence and an EM step
+    def parts(flat_params, other):
+        out = []
+        for model, params, ref in ((flat, flat_params, other), (tree, as_tree(flat_params), as_tree(other))):
+            prior = model.prior_targets(params, x, None)
+            divergence = model.bregman_divergence(ref, params, x)
+            new = emjax.em_step(model, params, x, y)
+            out.append((model.loss(params, x, y), model.mirror_map(params, x), prior, divergence, new))
+        return out
+
+    np.testing.assert_array_equal(tree.flatten(as_tree(flat_params)), flat.flatten(flat_params))
     for _ in range(2):  # two EM iterates, each from the flat model's
-        np.testing.assert_allclose(
-            emjax.neg_log_likelihood(tree, tree_params, x, y),
-            emjax.neg_log_likelihood(flat, flat_params, x, y),
-            rtol=1e-13,
-        )
-        np.testing.assert_allclose(
-            emjax.mirror_map(tree, tree_params, x), emjax.mirror_map(flat, flat_params, x), rtol=1e-13
-        )
-        _close(
-            tree.prior_targets(tree_params, x, None), flat.prior_targets(flat_params, x, None), rtol=1e-12, atol=1e-14
-        )
-        new_flat = emjax.em_step(flat, flat_params, x, y)
-        _close(emjax.em_step(tree, tree_params, x, y), as_tree(new_flat), rtol=1e-11, atol=1e-12)
-        other = emjax.testing.random_params(flat, jax.random.key(6), D, expert_norm=0.5, sigma=0.7)
-        np.testing.assert_allclose(
-            emjax.bregman_divergence(tree, as_tree(other), tree_params, x),
-            emjax.bregman_divergence(flat, other, flat_params, x),
-            rtol=1e-12,
-        )
-        flat_params, tree_params = new_flat, as_tree(new_flat)
+        flat_parts, tree_parts = parts(flat_params, other)
+        np.testing.assert_allclose(tree_parts[:2], flat_parts[:2], rtol=1e-13)  # loss, mirror map
+        _close(tree_parts[2], flat_parts[2], rtol=1e-12, atol=1e-14)  # prior targets
+        np.testing.assert_allclose(tree_parts[3], flat_parts[3], rtol=1e-12)  # Bregman divergence (KL)
+        _close(tree_parts[4], as_tree(flat_parts[4]), rtol=1e-11, atol=1e-12)  # EM step
+        flat_params = flat_parts[4]
 
 
 # ----------------------------------------------------------------------------- EM and mirror descent
@@ -143,12 +140,13 @@ def test_em_is_mirror_descent_with_unit_step(tree_problem):
     _close(emjax.mirror_descent_step(TREE, start, x, y, 1.0), new, rtol=1e-12, atol=1e-13)
     # The targets EM fits are the posterior ones: its M-step makes the EM surrogate stationary.
     gamma = emjax.responsibilities(TREE, start, x, y)
-    grads = jax.grad(lambda p: TREE.surrogate(p, x, y, gamma))(new)
+    grads = jax.jit(jax.grad(lambda p: TREE.surrogate(p, x, y, gamma)))(new)  # compiled: far faster than eager
     for grad, free in zip(_leaves(grads), _leaves(TREE.free_mask(new)), strict=True):
         np.testing.assert_allclose(jnp.where(free, grad, 0), 0, atol=1e-9)
     # Fitting the prior targets (eta = 0) returns the point itself.
     free = TREE.free_mask(start)
-    _close(TREE.solve(start, x, TREE.prior_targets(start, x, None), free), start, rtol=1e-8, atol=1e-9)
+    refit = jax.jit(lambda p: TREE.solve(p, x, TREE.prior_targets(p, x, None), free))(start)
+    _close(refit, start, rtol=1e-8, atol=1e-9)
 
 
 def test_mirror_map_is_the_root_normaliser_and_its_block_steps_unprojected(tree_problem):
@@ -170,21 +168,17 @@ def test_mirror_map_is_the_root_normaliser_and_its_block_steps_unprojected(tree_
     assert float(emjax.bregman_divergence(TREE, new, start, x)) > 1e-4
 
 
-@pytest.mark.parametrize(
-    "model, seed, n",
-    [
-        (TREE, 7, 1000),
-        (emjax.HierarchicalMoE(emjax.PoissonExpert(), branching=(3, 2)), 8, 2000),
-    ],
-    ids=["gauss-2x2", "poisson-3x2"],
-)
-def test_em_never_increases_the_loss(model, seed, n):
-    expert_norm = 1.0 if isinstance(model.expert, emjax.PoissonExpert) else 2.0
-    _, x, y = _problem(model, seed, n, expert_norm=expert_norm)
-    start = emjax.init_params(model, jax.random.key(seed), x, y)
-    result = emjax.fit(model, emjax.em(), start, x, y, 20)
+# One compiled EM loop for the monotone and the Jacobian tests: 1000 steps bounded, tolerance 1e-14.
+STEPS, TOL = 1000, 1e-14
+
+
+def test_em_never_increases_the_loss(tree_problem):
+    _, x, y, start = tree_problem
+    result = emjax.fit(TREE, emjax.em(), start, x, y, STEPS, tol=TOL)
     losses = np.asarray(result.losses)
-    assert np.all(np.diff(losses) <= 1e-12 * np.abs(losses[1:])), np.diff(losses)
+    losses = losses[np.isfinite(losses)]
+    assert losses.size > 20  # at least 20 EM steps
+    assert np.all(np.diff(losses) <= 1e-13 * np.abs(losses[1:])), np.diff(losses)
     assert losses[-1] < losses[0] - 1e-2  # it moved
     assert int(result.status) == int(emjax.Status.ok)
 
@@ -248,15 +242,15 @@ def test_e_and_m_step_against_a_numpy_oracle(tree_problem):
 
 def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(tree_problem):
     truth, x, y, _ = tree_problem
-    fitted = emjax.fit(TREE, emjax.em(), truth, x, y, 1000, tol=1e-14).params
+    fitted = emjax.fit(TREE, emjax.em(), truth, x, y, STEPS, tol=TOL).params
     vector = TREE.flatten(fitted)
     assert float(jnp.max(jnp.abs(TREE.flatten(emjax.em_step(TREE, fitted, x, y)) - vector))) < 1e-10
     jacobian = jax.jacobian(lambda v: TREE.flatten(emjax.em_step(TREE, TREE.unflatten(v, fitted), x, y)))(vector)
     mim = emjax.missing_information_matrix(TREE, fitted, x, y)
     assert mim.shape == (vector.size, vector.size) and float(jnp.max(jnp.abs(mim))) > 0.1
     np.testing.assert_allclose(jacobian, mim, atol=2e-6)
-    eigenvalues = emjax.mim_eigenvalues(TREE, fitted, x, y)
-    assert -1e-8 < float(eigenvalues[0]) and float(eigenvalues[-1]) < 1
+    eigenvalues = np.sort(np.linalg.eigvals(np.asarray(mim)).real)
+    assert -1e-8 < eigenvalues[0] and eigenvalues[-1] < 1
 
 
 def test_frozen_subtree_stays_bit_identical(tree_problem):
