@@ -72,6 +72,11 @@ def test_tree_indexing_against_loops():
     assert list(np.nonzero(leaves)[0]) == list(range(6, 12))
     with pytest.raises(ValueError, match="no node 3 at level 1"):
         tree.subtree(1, 3)
+    # The start's arrangement of clusters on the leaves: siblings are the nearby centres.
+    centres = jnp.array([[0.0, 0.0], [10.0, 1.0], [1.0, 0.0], [11.0, 1.0]])
+    leaf = np.asarray(Tree((2, 2)).arrange(centres))
+    assert sorted(leaf) == [0, 1, 2, 3]
+    assert leaf[0] // 2 == leaf[2] // 2 != leaf[1] // 2 == leaf[3] // 2
 
 
 def test_flattened_order_and_masks():

@@ -84,6 +84,23 @@ class Tree(eqx.Module):
         n = leaf_values.shape[0]
         return jnp.sum(leaf_values.reshape(n, self.nodes(level), self.num_leaves // self.nodes(level)), axis=-1)
 
+    def arrange(self, centres: Array) -> Array:
+        """A leaf for each of L cluster centres (L, d), so that siblings are near each other: top-down, the
+        centres under a node are sorted along their principal direction and cut into $B_l$ equal runs, one
+        per child. Returns the leaf of each centre, (L,)."""
+        groups = [jnp.arange(self.num_leaves)]
+        for b in self.branching:
+            split = []
+            for group in groups:
+                points = centres[group] - jnp.mean(centres[group], axis=0, keepdims=True)
+                direction = jnp.linalg.svd(points, full_matrices=False)[2][0]
+                ranked = group[jnp.argsort(points @ direction)]
+                size = group.shape[0] // b
+                split.extend(ranked[c * size : (c + 1) * size] for c in range(b))
+            groups = split
+        order = jnp.concatenate(groups)  # order[leaf] = centre
+        return jnp.zeros_like(order).at[order].set(jnp.arange(self.num_leaves))
+
     def subtree(self, level: int, node: int) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, leaves)``: boolean masks (E,) and (L,) of the gate rows inside the subtree of node ``node``
         of level ``level`` (the rows of every gate at or below it) and of the leaves under it."""

@@ -381,13 +381,18 @@ class HierarchicalMoE(AbstractModel):
         return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
 
     def init_params(self, key: Array, x: Array, y: Array) -> HMEParams:
-        r"""As the flat mixture's start with L experts: cluster the standardised $[x, T(y)]$ into L groups
-        (k-means++), responsibility 1/2 on the sample's group plus 1/(2L) on every leaf, one M-step from
-        zero (σ from the spread of y). Group ℓ is leaf ℓ: siblings are not chosen to be near each other."""
+        r"""As the flat mixture's start with L experts, the groups arranged on the tree: cluster the
+        standardised $[x, T(y)]$ into L groups (k-means++), give siblings groups whose centres in x are near
+        each other (:meth:`~emjax.models._hme_tree.Tree.arrange`), put responsibility 1/2 on the sample's
+        leaf plus 1/(2L) on every leaf, and take one M-step from zero (σ from the spread of y)."""
         k = self.num_experts
         statistic = self.expert.statistic(y)
-        labels = cluster(key, jnp.concatenate([standardise(x), standardise(statistic)], axis=1), k)
-        weights = (1 - _SOFTEN) * jax.nn.one_hot(labels, k, dtype=x.dtype) + _SOFTEN / k
+        features = standardise(x)
+        labels = cluster(key, jnp.concatenate([features, standardise(statistic)], axis=1), k)
+        onehot = jax.nn.one_hot(labels, k, dtype=x.dtype)
+        centres = onehot.T @ features / jnp.maximum(jnp.sum(onehot, axis=0), 1)[:, None]
+        leaves = self.tree.arrange(centres)[labels]
+        weights = (1 - _SOFTEN) * jax.nn.one_hot(leaves, k, dtype=x.dtype) + _SOFTEN / k
         start = self.placeholder(x.shape[1], x.dtype)
         scale = self.expert.initial_scale(y)
         if scale is not None:
