@@ -82,6 +82,8 @@ from ._summary import summary as summary
 from .models import AbstractExpertFamily as AbstractExpertFamily
 from .models import AbstractSymmetricModel as AbstractSymmetricModel
 from .models import GaussianExpert as GaussianExpert
+from .models import HierarchicalMoE as HierarchicalMoE
+from .models import HMEParams as HMEParams
 from .models import MixtureOfExperts as MixtureOfExperts
 from .models import MoEParams as MoEParams
 from .models import MoLinE as MoLinE
@@ -113,6 +115,8 @@ __all__ = [
     "FitSummary",
     "FormulaDesign",
     "GaussianExpert",
+    "HierarchicalMoE",
+    "HMEParams",
     "MixtureOfExperts",
     "MoEParams",
     "MoLinE",

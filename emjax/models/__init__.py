@@ -1,5 +1,7 @@
-"""The models: one contract (:class:`AbstractModel`), the symmetric two-expert models and the K-expert mixtures."""
+"""The models: one contract (:class:`AbstractModel`), the symmetric two-expert models, the K-expert mixtures and
+the hierarchical mixtures of experts."""
 
+from ._hme_tree import HMEParams as HMEParams
 from ._model import AbstractModel as AbstractModel
 from ._model import keep_frozen as keep_frozen
 from ._params import MoEParams as MoEParams
@@ -14,6 +16,7 @@ from .experts import AbstractExpertFamily as AbstractExpertFamily
 from .experts import GaussianExpert as GaussianExpert
 from .experts import PoissonExpert as PoissonExpert
 from .experts import SoftmaxExpert as SoftmaxExpert
+from .hierarchical import HierarchicalMoE as HierarchicalMoE
 from .moe import MixtureOfExperts as MixtureOfExperts
 from .moe import MoLinE as MoLinE
 from .moe import MoLogE as MoLogE

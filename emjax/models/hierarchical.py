@@ -1,0 +1,456 @@
+r"""Hierarchical mixtures of experts (Jordan & Jacobs 1994): a tree of softmax gates over leaf experts.
+
+**The model.** A tree of depth D >= 1 with branching $B_l$ at level l (uniform within a level:
+every node of level l has $B_l$ children; the tree's indexing is in :mod:`emjax.models._hme_tree`)
+has $L = \prod_l B_l$ leaves, each an expert of one family. Every inner node ν routes x to its
+children c by a softmax gate on the same x,
+
+$$\pi_{\nu c}(x) = \mathrm{softmax}_c(x\cdot v_{\nu c}),$$
+
+and the latent label z is the leaf, i.e. the root-to-leaf path $\nu_0\to\nu_1\to\dots\to\nu_D = \ell$.
+Its prior is the product of the gate probabilities along the path,
+
+$$P(z=\ell\mid x) = \prod_{l=0}^{D-1} \pi_{\nu_l \nu_{l+1}}(x),\qquad
+  \log p(y, z=\ell\mid x) = \sum_{l} \log\pi_{\nu_l\nu_{l+1}}(x) + \log p_\ell(y\mid x).$$
+
+As in the flat mixture the first row of every gate is pinned (adding a vector to all rows of one
+gate changes nothing). A depth-1 tree, ``branching=(K,)``, is exactly
+:class:`~emjax.models.MixtureOfExperts` with K experts, with the same parameters and iterates.
+
+**E-step.** The leaf responsibilities $\gamma_{n\ell} = P(z=\ell\mid x_n, y_n)$ come from
+:meth:`~HierarchicalMoE.log_joint` as for any model. The posterior probability that the path passes
+node ν is the responsibility summed over ν's subtree, $h_{n\nu} = \sum_{\ell\in\nu}\gamma_{n\ell}$.
+
+**M-step.** The EM surrogate separates: each inner gate ν is a soft-target multinomial logistic
+regression with targets $h_{n c}$ for its children c and row mass $h_{n\nu} = \sum_c h_{nc}$,
+
+$$\min_{v_\nu} -\mathrm{mean}_n \sum_c h_{nc}\log\pi_{\nu c}(x_n)
+  = \mathrm{mean}_n\,[h_{n\nu}\,\mathrm{logsumexp}_c\,x_n\cdot v_{\nu c}
+  - \textstyle\sum_c h_{nc}\,x_n\cdot v_{\nu c}],$$
+
+and leaf ℓ is its family's weighted M-step with weights $\gamma_{n\ell}$ and statistics
+$\gamma_{n\ell}T(y_n)$ (:mod:`emjax.models._moe_solve`, the flat model's solvers, reused). The targets
+a model hands between E- and M-step are the leaf ones, ``(weights (n, L), stats (n, S, L))`` as for
+the flat mixture: node targets are subtree sums of leaf weights, which are linear, so the blended
+targets of mirror descent give the blended node targets.
+
+**Exponential family and mirror map.** The complete-data law of $(y, z)$ given x is an exponential
+family in the statistics $S = (1[z=\ell],\ 1[z=\ell]\,T(y))_\ell$ (a finite z: every law of it is
+one), with natural parameters $\eta_\ell = \log P(z=\ell\mid x) + A_x - A_\ell(\phi_\ell)$ and
+$\phi_\ell$, and log-partition $A_x$: any function of (θ, x) that is the same for every leaf is a
+valid choice. emjax takes, as for the flat gate, the root's normaliser
+
+$$A_x(\theta) = \mathrm{logsumexp}_c\,x\cdot v_{\mathrm{root}, c},\qquad
+  \eta_\ell = \sum_{l}x\cdot v_{\nu_l\nu_{l+1}} - \sum_{l\ge 1}\mathrm{logsumexp}_c\,x\cdot v_{\nu_l c}
+  - A_\ell(\phi_\ell),$$
+
+so the natural parameters are linear in the root gate and curved in the inner gates and the experts
+(the expert parts of the flat model are curved the same way, docs/math.md §4.5). The mirror map is
+$A(\theta) = \mathrm{mean}_n A_{x_n}(\theta)$. EM is then mirror descent with unit step, projected
+(docs/math.md §4.6): the M-step fits the model to the statistics $T_n = (1-\eta)E_\theta[S\mid x_n] +
+\eta E_\theta[S\mid x_n, y_n]$, η = 1 giving EM. On the root gate, whose M-step has row mass 1, the
+step is the unprojected one, $\nabla_{\mathrm{root}}A(\theta^+) = \nabla_{\mathrm{root}}A(\theta) -
+\eta\nabla_{\mathrm{root}}L(\theta)$. No choice of A makes $\nabla A$ equal the prior statistics
+$\mathrm{mean}_n P(\nu c\mid x_n)x_n$ of an inner gate: that field is not a gradient (its derivative
+in a parent's rows is not zero, its transpose is), exactly as the inner gate's M-step weights
+$h_{n\nu}$ depend on the current θ. The Bregman divergence is written in its KL form,
+$\mathrm{mean}_n \mathrm{KL}(p_{\theta'}(y, z\mid x_n)\,\|\,p_\theta(y, z\mid x_n))$ (as for the flat
+mixture).
+
+**Flattened order** (every gradient, information matrix, MIM and Jacobian): the free gate rows
+``gates[~pinned]`` row by row (rows breadth-first: the root's rows, then the gates of level 1 node
+by node, ...), then ``experts`` leaf by leaf (row-major, pinned class column left out), then
+``sigma`` when the family has a scale. For a depth-1 tree this is the flat model's order.
+
+References:
+    Jordan, M. I. & Jacobs, R. A. (1994). Hierarchical mixtures of experts and the EM algorithm.
+    *Neural Computation* 6(2), 181-214.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from .._dtypes import working_dtype
+from .._validation import check_finite, check_real, check_values, not_positive, shape_of
+from . import _moe_solve
+from ._hme_tree import HMEParams, Tree
+from ._kmeans import cluster, standardise
+from ._model import AbstractModel, keep_frozen, normalise
+from ._params import MoEParams
+from .experts import VARIANCE_FLOOR, AbstractExpertFamily
+from .moe import _SOFTEN, MixtureOfExperts, MoECache
+
+
+def _check_branching(branching) -> tuple[int, ...]:
+    values = tuple(branching) if isinstance(branching, (tuple, list)) else None
+    if not values or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in values):
+        raise ValueError(
+            f"branching must be a non-empty tuple of Python ints >= 1 (children per level); got {branching!r}"
+        )
+    return values
+
+
+class HierarchicalMoE(AbstractModel):
+    r"""A hierarchical mixture of experts: a tree of softmax gates with experts of one family at the leaves.
+
+    See the module docstring for the model, its E- and M-steps and its mirror map.
+
+    Args:
+        expert: the leaf expert family (``GaussianExpert()``, ``PoissonExpert()``, ``SoftmaxExpert(C)``).
+        branching: children per node at each level, root first, e.g. ``(2, 3)``: the root has 2
+            children, each an inner gate with 3 leaves, 6 experts in all. Branching is uniform
+            within a level (every node of a level has the same number of children); depth >= 1.
+        ridge, m_step_method, m_step_max_steps: as for :class:`~emjax.models.MixtureOfExperts`
+            (the ridge is on every free gate row and expert coefficient; the inner solver serves
+            every gate and iterative expert M-step).
+
+    Parameters are :class:`HMEParams` ``(gates (E, d), experts (L, ...), sigma (L,))``; gate rows are
+    stored breadth-first, one per non-root node (:mod:`emjax.models._hme_tree`), and
+    :meth:`level_gates` views level l as an $(N_l, B_l, d)$ array.
+
+    **Freezing.** A ``trainable`` mask is an :class:`HMEParams` of booleans: per gate row (shape (E,)),
+    per expert (shape (L,)) or per entry. :meth:`freeze_subtree` builds the mask that freezes a whole
+    subtree (its gates and leaves); one gate ν of level l is its $B_l$ rows; one expert is one False
+    in ``experts`` and ``sigma``.
+
+    Example:
+        >>> import jax, emjax
+        >>> model = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(2, 3))
+        >>> truth = emjax.testing.random_params(model, jax.random.key(0), d=2)
+        >>> truth.gates.shape, truth.experts.shape, model.level_gates(truth)[1].shape
+        ((8, 2), (6, 2), (2, 3, 2))
+        >>> x, y = emjax.sample(model, truth, jax.random.key(1), 500)
+        >>> start = emjax.init_params(model, jax.random.key(2), x, y)
+        >>> losses = emjax.fit(model, emjax.em(), start, x, y, 10).losses
+        >>> bool(losses[-1] <= losses[0])
+        True
+    """
+
+    expert: AbstractExpertFamily
+    branching: tuple[int, ...] = eqx.field(static=True)
+    ridge: float = eqx.field(static=True, default=0.0)
+    m_step_method: str = eqx.field(static=True, default="auto")
+    m_step_max_steps: int | None = eqx.field(static=True, default=None)
+
+    def __init__(
+        self,
+        expert: AbstractExpertFamily,
+        branching,
+        ridge: float = 0.0,
+        m_step_method: str = "auto",
+        m_step_max_steps: int | None = None,
+    ):
+        self.expert = expert
+        self.branching = _check_branching(branching)
+        self.ridge = ridge
+        self.m_step_method = m_step_method
+        self.m_step_max_steps = m_step_max_steps
+
+    def __check_init__(self):
+        if not isinstance(self.expert, AbstractExpertFamily):
+            raise ValueError(f"expert must be an emjax expert family such as GaussianExpert(); got {self.expert!r}")
+        self._flat(self.num_experts)  # the flat model checks ridge and the M-step options
+
+    # ------------------------------------------------------------------ the tree
+
+    @property
+    def tree(self) -> Tree:
+        return Tree(self.branching)
+
+    @property
+    def num_experts(self) -> int:
+        """L, the number of leaves."""
+        return self.tree.num_leaves
+
+    def _flat(self, k: int) -> MixtureOfExperts:
+        """The flat K-expert mixture whose solvers fit one of this tree's gates (k = its children) or,
+        with k = L, its leaves."""
+        return MixtureOfExperts(self.expert, k, self.ridge, self.m_step_method, self.m_step_max_steps)
+
+    def _leaves(self, params: HMEParams) -> MoEParams:
+        """The leaves as a flat mixture's parameters (for its per-expert functions: the gate is unused)."""
+        return MoEParams(gate=params.gates[:1], experts=params.experts, sigma=params.sigma)
+
+    def level_gates(self, params: HMEParams) -> tuple[Array, ...]:
+        """The gate weights level by level: level l as an $(N_l, B_l, d)$ array (views of ``params.gates``)."""
+        return tuple(self.tree.level_gates(params.gates, level) for level in range(len(self.branching)))
+
+    def freeze_subtree(self, level: int, node: int) -> HMEParams:
+        """A ``trainable`` mask (per gate row and per expert) that freezes the subtree below node ``node``
+        of level ``level`` (level 0 is the root): every gate at or below it and every leaf under it.
+        A leaf (level = depth) freezes one expert."""
+        rows, leaves = self.tree.subtree(level, node)
+        return HMEParams(gates=~rows, experts=~leaves, sigma=~leaves if self.expert.has_scale else None)
+
+    def describe(self) -> str:
+        """``HierarchicalMoE(3x2, GaussianExpert)``: the branching and the family."""
+        classes = getattr(self.expert, "num_classes", None)
+        family = type(self.expert).__name__ + ("" if classes is None else f", C={classes}")
+        return f"{type(self).__name__}({'x'.join(map(str, self.branching))}, {family})"
+
+    # ------------------------------------------------------------------ structure
+
+    def pinned(self, d: int) -> HMEParams:
+        """Boolean masks (numpy) of the entries fixed by convention: every gate's first row, pinned expert entries."""
+        tree = self.tree
+        gates = np.broadcast_to(tree.pinned_rows()[:, None], (tree.num_rows, d))
+        leaves = self._flat(self.num_experts).pinned(d)
+        return HMEParams(gates=np.array(gates), experts=leaves.experts, sigma=leaves.sigma)
+
+    def num_free_parameters(self, d: int) -> int:
+        """Number of free (non-pinned) parameters."""
+        return int(sum(np.sum(~leaf) for leaf in jax.tree_util.tree_leaves(self.pinned(d))))
+
+    def placeholder(self, d: int, dtype=None) -> HMEParams:
+        leaves = self._flat(self.num_experts).placeholder(d, dtype)
+        return HMEParams(gates=jnp.zeros((self.tree.num_rows, d), dtype), experts=leaves.experts, sigma=leaves.sigma)
+
+    def flatten(self, params: HMEParams) -> Array:
+        """The free entries in the documented order: free gate rows, experts, sigma."""
+        pinned = self.pinned(params.dim)
+        parts = [params.gates[~pinned.gates], params.experts[~pinned.experts]]
+        if params.sigma is not None:
+            parts.append(params.sigma)
+        return jnp.concatenate(parts)
+
+    def unflatten(self, vector: Array, like: HMEParams) -> HMEParams:
+        pinned = self.pinned(like.dim)
+        vector = jnp.asarray(vector, like.gates.dtype)
+        sizes = [int(np.sum(~pinned.gates)), int(np.sum(~pinned.experts))]
+        gates = like.gates.at[np.nonzero(~pinned.gates)].set(vector[: sizes[0]])
+        experts = like.experts.at[np.nonzero(~pinned.experts)].set(vector[sizes[0] : sizes[0] + sizes[1]])
+        sigma = None if like.sigma is None else vector[sizes[0] + sizes[1] :]
+        return HMEParams(gates=gates, experts=experts, sigma=sigma)
+
+    def free_mask(self, params: HMEParams, trainable=None) -> HMEParams:
+        free = jax.tree_util.tree_map(lambda p: jnp.asarray(~p), self.pinned(params.dim))
+        if trainable is None:
+            return free
+
+        def combine(field):
+            mask, allowed = getattr(trainable, field), getattr(free, field)
+            if allowed is None or mask is None:
+                return allowed
+            return allowed & _moe_solve.expand_prefix(mask, allowed.shape)
+
+        return HMEParams(gates=combine("gates"), experts=combine("experts"), sigma=combine("sigma"))
+
+    def to_unconstrained(self, params: HMEParams) -> HMEParams:
+        """log σ in place of σ (families with a scale), as the flat mixture."""
+        leaves = self._flat(self.num_experts).to_unconstrained(self._leaves(params))
+        return HMEParams(gates=params.gates, experts=leaves.experts, sigma=leaves.sigma)
+
+    def from_unconstrained(self, params: HMEParams) -> HMEParams:
+        leaves = self._flat(self.num_experts).from_unconstrained(self._leaves(params))
+        return HMEParams(gates=params.gates, experts=leaves.experts, sigma=leaves.sigma)
+
+    # ------------------------------------------------------------------ likelihood
+
+    def _logits(self, params: HMEParams, x: Array, cache: MoECache | None = None) -> Array:
+        r"""$x_n\cdot v_\nu$ for every gate row, (n, E)."""
+        return x @ params.gates.T if cache is None else (params.gates @ cache.xt).T
+
+    def gate_log_probs(self, params: HMEParams, x: Array) -> Array:
+        r"""The path prior $\log P(z=\ell\mid x_n) = \sum_l\log\pi_{\nu_l\nu_{l+1}}(x_n)$, shape (n, L)."""
+        return self.tree.path_log_probs(self._logits(params, x))
+
+    def expert_log_probs(self, params: HMEParams, x: Array, y: Array) -> Array:
+        r"""$\log p_\ell(y_n\mid x_n)$, shape (n, L)."""
+        return self._flat(self.num_experts).expert_log_probs(self._leaves(params), x, y)
+
+    def log_joint(self, params: HMEParams, x: Array, y: Array) -> Array:
+        return self.gate_log_probs(params, x) + self.expert_log_probs(params, x, y)
+
+    def expert_predictive(self, params: HMEParams, x: Array):
+        """Every leaf's law of y given x, stacked on axis 1."""
+        return self._flat(self.num_experts).expert_predictive(self._leaves(params), x)
+
+    def penalty(self, params: HMEParams, free: HMEParams):
+        r"""$\tfrac{\lambda}{2}(\|V_F\|^2 + \|B_F\|^2)$ over the free gate rows and expert entries; None when λ = 0."""
+        if not self.ridge:
+            return None
+        gates = jnp.sum(jnp.square(jnp.where(free.gates, params.gates, 0)))
+        return 0.5 * self.ridge * (gates + jnp.sum(jnp.square(jnp.where(free.experts, params.experts, 0))))
+
+    # ------------------------------------------------------------------ statistics and M-step
+
+    def expectation(self, params: HMEParams, x: Array, y: Array, cache: MoECache | None = None):
+        """The loss, the leaf targets ``(γ (n, L), γ T(y) (n, S, L))`` and, as scores, the (n, E) gate logits."""
+        logits = self._logits(params, x, cache)
+        joint = self.tree.path_log_probs(logits) + self.expert_log_probs(params, x, y)
+        log_likelihoods, gamma = _moe_solve.log_softmax_parts(joint)
+        stats = self.expert.statistic(y)[:, :, None] * gamma[:, None, :]
+        return -jnp.mean(log_likelihoods), (gamma, stats), logits
+
+    def posterior_targets(self, params: HMEParams, x: Array, y: Array):
+        r"""Leaf weights $\gamma_{n\ell}$ (n, L) and statistics $\gamma_{n\ell}T(y_n)$ (n, S, L); scores: the
+        gate logits."""
+        _, targets, logits = self.expectation(params, x, y)
+        return targets, logits
+
+    def prior_targets(self, params: HMEParams, x: Array, scores):
+        r"""Leaf weights $P(z=\ell\mid x_n)$ and statistics $P(z=\ell\mid x_n)E_\ell[T\mid x_n]$."""
+        logits = self._logits(params, x) if scores is None else scores
+        prior = jnp.exp(self.tree.path_log_probs(logits))
+        flat = self._flat(self.num_experts)
+        stats = flat._per_expert(self.expert.mean_statistic, self._leaves(params), x) * prior[:, None, :]
+        return prior, stats
+
+    def precompute(self, x: Array, y: Array | None = None) -> MoECache:
+        """x feature-major (the flat mixture's cache), computed once per fit."""
+        return MoECache(xt=x.T)
+
+    def solve(self, params: HMEParams, x: Array, targets, free: HMEParams, scores=None, cache=None) -> HMEParams:
+        r"""Every inner gate fitted to its subtree sums of the leaf weights (the flat gate solver with row
+        mass), every leaf to its weights and statistics (the flat expert solvers)."""
+        weights, stats = targets
+        tree = self.tree
+        free = jax.tree_util.tree_map(lambda f, p: jnp.broadcast_to(f, p.shape), free, params)
+        xt = None if cache is None else cache.xt
+        rows = []
+        for level, b in enumerate(self.branching):
+            gate_model = self._flat(b)
+            node_targets = tree.subtree_sums(weights, level + 1).reshape(x.shape[0], tree.nodes(level), b)
+            gates, masks = tree.level_gates(params.gates, level), tree.level_gates(free.gates, level)
+            logits = None if scores is None else tree.level_columns(scores, level)
+
+            def fit(t, w, f, z, gate_model=gate_model):
+                return _moe_solve.fit_gate(gate_model, x, t, w, f, z, xt)
+
+            if tree.nodes(level) == 1:  # the root: no batch axis (a depth-1 tree is the flat model, op for op)
+                new = fit(node_targets[:, 0], gates[0], masks[0], None if logits is None else logits[:, 0])[None]
+            elif logits is None:
+                new = jax.vmap(lambda t, w, f: fit(t, w, f, None), in_axes=(1, 0, 0))(node_targets, gates, masks)
+            else:
+                new = jax.vmap(fit, in_axes=(1, 0, 0, 1))(node_targets, gates, masks, logits)
+            rows.append(new.reshape(-1, x.shape[1]))
+        # The leaves: the flat solver with a one-row gate (pinned, so it fits no gate), the experts only.
+        leaves, free_leaves = self._leaves(params), self._leaves(free)
+        free_leaves = MoEParams(gate=jnp.zeros_like(free_leaves.gate), experts=free_leaves.experts, sigma=free.sigma)
+        solved = _moe_solve.solve_targets(
+            self._flat(self.num_experts), leaves, x, weights, stats, free_leaves, None, xt
+        )
+        new = HMEParams(gates=jnp.concatenate(rows), experts=solved.experts, sigma=solved.sigma)
+        return keep_frozen(free, new, params)
+
+    # ------------------------------------------------------------------ mirror map
+
+    def mirror_map(self, params: HMEParams, x: Array) -> Array:
+        r"""$A(\theta) = \mathrm{mean}_n\,\mathrm{logsumexp}_c\,x_n\cdot v_{\mathrm{root},c}$ (module docstring)."""
+        root = self.tree.level_gates(params.gates, 0)[0]
+        return jnp.mean(jax.nn.logsumexp(x @ root.T, axis=-1))
+
+    def bregman_divergence(self, params: HMEParams, ref: HMEParams, x: Array) -> Array:
+        r"""$\mathrm{mean}_n\mathrm{KL}(p_{ref}(y, z\mid x_n)\,\|\,p_\theta(y, z\mid x_n)) = \mathrm{KL}(P'\|P) +
+        \sum_\ell P'_\ell\,\mathrm{KL}_\ell$ over the leaf priors P and the leaf experts."""
+        log_prior, log_prior_ref = self.gate_log_probs(params, x), self.gate_log_probs(ref, x)
+        prior_ref = jnp.exp(log_prior_ref)
+        gate_kl = jnp.sum(prior_ref * (log_prior_ref - log_prior), axis=-1)
+        family = self.expert
+
+        def expert_kl(coef, scale, coef_ref, scale_ref):
+            natural, natural_ref = family.natural(coef, scale, x), family.natural(coef_ref, scale_ref, x)
+            mean_ref = family.mean_statistic(coef_ref, scale_ref, x)
+            return (
+                family.log_partition(natural)
+                - family.log_partition(natural_ref)
+                - jnp.sum(mean_ref * (natural - natural_ref), axis=-1)
+            )
+
+        kls = jax.vmap(expert_kl, out_axes=-1)(params.experts, params.sigma, ref.experts, ref.sigma)
+        return jnp.mean(jnp.maximum(gate_kl, 0) + jnp.sum(prior_ref * jnp.maximum(kls, 0), axis=-1))
+
+    # ------------------------------------------------------------------ sampling, starts, diagnostics
+
+    def sample(self, params: HMEParams, key: Array, n: int):
+        """x ~ N(0, I_d), then the leaf z from the path prior, then y from expert z."""
+        dtype = working_dtype(params)
+        params = jax.tree_util.tree_map(lambda leaf: leaf.astype(dtype), params)
+        key_x, key_z, key_y = jax.random.split(key, 3)
+        x = jax.random.normal(key_x, (n, params.dim), dtype)
+        z = jax.random.categorical(key_z, self.gate_log_probs(params, x), axis=-1)
+        keys = jax.random.split(key_y, self.num_experts)
+        draws = jax.vmap(self.expert.sample, in_axes=(0, 0, 0, None), out_axes=-1)(
+            params.experts, params.sigma, keys, x
+        )
+        return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
+
+    def init_params(self, key: Array, x: Array, y: Array) -> HMEParams:
+        r"""As the flat mixture's start with L experts, the groups arranged on the tree: cluster the
+        standardised $[x, T(y)]$ into L groups (k-means++), give siblings groups whose centres in x are near
+        each other (:meth:`~emjax.models._hme_tree.Tree.arrange`), put responsibility 1/2 on the sample's
+        leaf plus 1/(2L) on every leaf, and take one M-step from zero (σ from the spread of y)."""
+        k = self.num_experts
+        statistic = self.expert.statistic(y)
+        features = standardise(x)
+        labels = cluster(key, jnp.concatenate([features, standardise(statistic)], axis=1), k)
+        onehot = jax.nn.one_hot(labels, k, dtype=x.dtype)
+        centres = onehot.T @ features / jnp.maximum(jnp.sum(onehot, axis=0), 1)[:, None]
+        leaves = self.tree.arrange(centres)[labels]
+        weights = (1 - _SOFTEN) * jax.nn.one_hot(leaves, k, dtype=x.dtype) + _SOFTEN / k
+        start = self.placeholder(x.shape[1], x.dtype)
+        scale = self.expert.initial_scale(y)
+        if scale is not None:
+            start = HMEParams(gates=start.gates, experts=start.experts, sigma=jnp.full((k,), scale, x.dtype))
+        return self.solve(start, x, (weights, statistic[:, :, None] * weights[:, None, :]), self.free_mask(start))
+
+    def random_params(self, key: Array, d: int, gate_norm, expert_norm, sigma, dtype) -> HMEParams:
+        """Free gate rows and expert columns along uniform random directions of norms ``gate_norm`` and
+        ``expert_norm`` (the flat mixture's experts); pinned rows and columns 0; σ = ``sigma``."""
+        key_gate, key_leaves = jax.random.split(key)
+        v = jax.random.normal(key_gate, (self.tree.num_rows, d), dtype)
+        gates = jnp.asarray(gate_norm, dtype) * v / jnp.linalg.norm(v, axis=1, keepdims=True)
+        gates = jnp.where(jnp.asarray(self.pinned(d).gates), 0, gates)
+        leaves = self._flat(self.num_experts).random_params(key_leaves, d, gate_norm, expert_norm, sigma, dtype)
+        return HMEParams(gates=gates, experts=leaves.experts, sigma=leaves.sigma)
+
+    def snr_expert_norm(self, snr, noise):
+        """SNR = ‖β‖/σ for experts with a scale, as the flat mixture."""
+        return snr * noise if self.expert.has_scale else snr
+
+    def is_degenerate(self, params: HMEParams, x: Array, y: Array) -> Array:
+        """True when some leaf has under one sample of responsibility mass or its σ has hit the variance floor."""
+        gamma, _ = normalise(self.log_joint(params, x, y))
+        flags = jnp.sum(gamma, axis=0) < 1
+        if params.sigma is not None:
+            flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
+        return jnp.any(flags)
+
+    # ------------------------------------------------------------------ checks
+
+    def check_params(self, params, d: int, name: str = "params") -> None:
+        """An :class:`HMEParams` of shapes (E, d), (L, d[, C]), (L,) with finite values and σ > 0."""
+        if not isinstance(params, HMEParams):
+            raise ValueError(
+                f"{name} must be an emjax.HMEParams(gates=..., experts=..., sigma=...) for "
+                f"{self.describe()}; got {type(params).__name__}"
+            )
+        expected = {
+            "gates": (self.tree.num_rows, d),
+            "experts": (self.num_experts,) + self.expert.coef_shape(d),
+            "sigma": (self.num_experts,) if self.expert.has_scale else None,
+        }
+        for field, shape in expected.items():
+            value = getattr(params, field)
+            if shape is None:
+                if value is not None:
+                    raise ValueError(f"{name}.{field} must be None for {self.describe()}; got an array")
+                continue
+            if value is None or shape_of(value, f"{name}.{field}") != shape:
+                got = None if value is None else shape_of(value, f"{name}.{field}")
+                raise ValueError(
+                    f"{name}.{field} must have shape {shape} (E={self.tree.num_rows} gate rows, L={self.num_experts} "
+                    f"leaves, d={d}) for {self.describe()}; got {got}"
+                )
+            check_real(value, f"{name}.{field}")
+            check_finite(value, f"{name}.{field}")
+        if params.sigma is not None:
+            check_values(params.sigma, not_positive, f"{name}.sigma must be positive")
+
+    def check_labels(self, y) -> None:
+        self.expert.check_labels(y)

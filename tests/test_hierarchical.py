@@ -1,0 +1,269 @@
+"""Hierarchical mixtures of experts (issue 19): the flat model at depth 1, EM = MD(1), monotone EM, a NumPy
+oracle of the E- and M-step on a depth-2 tree, the EM Jacobian at a fixed point, frozen subtrees.
+
+Most tests share one depth-2 problem (branching (2, 2), Gaussian leaves, d = 2) so that they share compiled
+programs; float64 throughout (tests/conftest.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import emjax
+from emjax.models._hme_tree import Tree
+
+D = 2
+
+
+def _leaves(params):
+    return jax.tree_util.tree_leaves(params)
+
+
+def _close(a, b, **tolerance):
+    for left, right in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(left), np.asarray(right), **tolerance)
+
+
+def _problem(model, seed, n, gate_norm=2.0, expert_norm=2.0, sigma=0.5):
+    key_truth, key_data = jax.random.split(jax.random.key(seed))
+    truth = emjax.testing.random_params(model, key_truth, D, gate_norm=gate_norm, expert_norm=expert_norm, sigma=sigma)
+    x, y = emjax.sample(model, truth, key_data, n)
+    return truth, x, y
+
+
+TREE = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def tree_problem():
+    # Experts not so far apart that responsibilities underflow to subnormals: there the flat Gaussian M-step's
+    # forward derivative (stats / weights) is NaN, which the Jacobian test would see.
+    truth, x, y = _problem(TREE, seed=0, n=400, gate_norm=3.0, expert_norm=2.0, sigma=0.5)
+    return truth, x, y, emjax.init_params(TREE, jax.random.key(1), x, y)
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+def test_tree_indexing_against_loops():
+    """Rows breadth-first, pinned first children, path log-probabilities and subtrees of a depth-3 tree."""
+    tree = Tree((2, 3, 2))
+    assert (tree.num_leaves, tree.num_rows) == (12, 2 + 6 + 12)
+    assert list(np.nonzero(tree.pinned_rows())[0]) == [0, 2, 5, 8, 10, 12, 14, 16, 18]
+    logits = np.random.default_rng(0).normal(size=(5, tree.num_rows))
+
+    def log_softmax(z):
+        return z - np.log(np.sum(np.exp(z)))
+
+    expected = np.zeros((5, 12))
+    for leaf in range(12):
+        i, j, k = leaf // 6, (leaf // 2) % 3, leaf % 2  # the path: root -> i -> (i, j) -> leaf
+        node1 = i  # level-1 node index, level-2 node index i * 3 + j
+        node2 = i * 3 + j
+        expected[:, leaf] = [
+            log_softmax(row[0:2])[i]
+            + log_softmax(row[2 + 3 * node1 : 2 + 3 * node1 + 3])[j]
+            + log_softmax(row[8 + 2 * node2 : 8 + 2 * node2 + 2])[k]
+            for row in logits
+        ]
+    np.testing.assert_allclose(tree.path_log_probs(jnp.asarray(logits)), expected, rtol=1e-13)
+    rows, leaves = tree.subtree(1, 1)  # the root's second child: its gate, three grandchildren gates, six leaves
+    assert list(np.nonzero(rows)[0]) == [5, 6, 7] + list(range(14, 20))
+    assert list(np.nonzero(leaves)[0]) == list(range(6, 12))
+    with pytest.raises(ValueError, match="no node 3 at level 1"):
+        tree.subtree(1, 3)
+    # The start's arrangement of clusters on the leaves: siblings are the nearby centres.
+    centres = jnp.array([[0.0, 0.0], [10.0, 1.0], [1.0, 0.0], [11.0, 1.0]])
+    leaf = np.asarray(Tree((2, 2)).arrange(centres))
+    assert sorted(leaf) == [0, 1, 2, 3]
+    assert leaf[0] // 2 == leaf[2] // 2 != leaf[1] // 2 == leaf[3] // 2
+
+
+def test_flattened_order_and_masks():
+    params = emjax.testing.random_params(TREE, jax.random.key(3), D)
+    vector = TREE.flatten(params)
+    free_rows = np.asarray(params.gates)[[1, 3, 5]]  # the second child of each of the three gates
+    np.testing.assert_array_equal(vector, np.concatenate([free_rows.ravel(), np.ravel(params.experts), params.sigma]))
+    _close(TREE.unflatten(vector, params), params, rtol=0, atol=0)
+    assert TREE.num_free_parameters(D) == vector.size == emjax.num_parameters(TREE, params)
+    mask = TREE.freeze_subtree(1, 0)  # inner gate 0 (rows 2, 3) and leaves 0, 1
+    np.testing.assert_array_equal(mask.gates, [True, True, False, False, True, True])
+    np.testing.assert_array_equal(mask.experts, [False, False, True, True])
+    free = TREE.free_mask(params, mask)
+    np.testing.assert_array_equal(free.gates[:, 0], [False, True, False, False, False, True])
+    with pytest.raises(ValueError, match="branching must be"):
+        emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=())
+    with pytest.raises(ValueError, match=r"gates must have shape \(6, 2\)"):
+        emjax.neg_log_likelihood(TREE, emjax.HMEParams(params.gates[:4], params.experts, params.sigma), *_data())
+
+
+def _data():
+    return jnp.zeros((3, D)), jnp.zeros(3)
+
+
+# ----------------------------------------------------------------------------- depth 1 is the flat model
+
+
+@pytest.mark.parametrize("family", [emjax.GaussianExpert(), emjax.PoissonExpert()], ids=["gauss", "poisson"])
+def test_depth_one_is_the_flat_mixture(family):
+    flat = emjax.MixtureOfExperts(family, 3)
+    tree = emjax.HierarchicalMoE(family, branching=(3,))
+    truth, x, y = _problem(flat, seed=4, n=300, expert_norm=1.0 if isinstance(family, emjax.PoissonExpert) else 2.0)
+
+    def as_tree(p):
+        return emjax.HMEParams(gates=p.gate, experts=p.experts, sigma=p.sigma)
+
+    flat_params = emjax.init_params(flat, jax.random.key(5), x, y)
+    other = emjax.testing.random_params(flat, jax.random.key(6), D, expert_norm=0.5, sigma=0.7)
+
+    @jax.jit  # one program per model: the loss, the mirror map, the prior targets, a divergence and an EM step
+    def parts(flat_params, other):
+        out = []
+        for model, params, ref in ((flat, flat_params, other), (tree, as_tree(flat_params), as_tree(other))):
+            prior = model.prior_targets(params, x, None)
+            divergence = model.bregman_divergence(ref, params, x)
+            new = emjax.em_step(model, params, x, y)
+            out.append((model.loss(params, x, y), model.mirror_map(params, x), prior, divergence, new))
+        return out
+
+    np.testing.assert_array_equal(tree.flatten(as_tree(flat_params)), flat.flatten(flat_params))
+    for _ in range(2):  # two EM iterates, each from the flat model's
+        flat_parts, tree_parts = parts(flat_params, other)
+        np.testing.assert_allclose(tree_parts[:2], flat_parts[:2], rtol=1e-13)  # loss, mirror map
+        _close(tree_parts[2], flat_parts[2], rtol=1e-12, atol=1e-14)  # prior targets
+        np.testing.assert_allclose(tree_parts[3], flat_parts[3], rtol=1e-12)  # Bregman divergence (KL)
+        _close(tree_parts[4], as_tree(flat_parts[4]), rtol=1e-11, atol=1e-12)  # EM step
+        flat_params = flat_parts[4]
+
+
+# ----------------------------------------------------------------------------- EM and mirror descent
+
+
+def test_em_is_mirror_descent_with_unit_step(tree_problem):
+    _, x, y, start = tree_problem
+    new = emjax.em_step(TREE, start, x, y)
+    _close(emjax.mirror_descent_step(TREE, start, x, y, 1.0), new, rtol=1e-12, atol=1e-13)
+    # The targets EM fits are the posterior ones: its M-step makes the EM surrogate stationary.
+    gamma = emjax.responsibilities(TREE, start, x, y)
+    grads = jax.jit(jax.grad(lambda p: TREE.surrogate(p, x, y, gamma)))(new)  # compiled: far faster than eager
+    for grad, free in zip(_leaves(grads), _leaves(TREE.free_mask(new)), strict=True):
+        np.testing.assert_allclose(jnp.where(free, grad, 0), 0, atol=1e-9)
+    # Fitting the prior targets (eta = 0) returns the point itself.
+    free = TREE.free_mask(start)
+    refit = jax.jit(lambda p: TREE.solve(p, x, TREE.prior_targets(p, x, None), free))(start)
+    _close(refit, start, rtol=1e-8, atol=1e-9)
+
+
+def test_mirror_map_is_the_root_normaliser_and_its_block_steps_unprojected(tree_problem):
+    """grad A is the root gate's prior statistic and zero elsewhere; on the root block MD(eta) solves
+    grad A(theta+) = grad A(theta) - eta grad L(theta) (its M-step has row mass 1)."""
+    _, x, y, start = tree_problem
+    grad = emjax.mirror_map_grad(TREE, start, x)
+    root_prior = jax.nn.softmax(x @ start.gates[:2].T, axis=-1)
+    np.testing.assert_allclose(grad.gates[:2], root_prior.T @ x / x.shape[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grad.gates[2:], 0)
+    np.testing.assert_allclose(grad.experts, 0)
+    eta = 0.4
+    new = emjax.mirror_descent_step(TREE, start, x, y, eta)
+    loss_grad = emjax.neg_log_likelihood_grad(TREE, start, x, y)
+    expected = grad.gates[1] - eta * loss_grad.gates[1]  # row 1: the free root row
+    np.testing.assert_allclose(emjax.mirror_map_grad(TREE, new, x).gates[1], expected, atol=1e-10)
+    # The Bregman divergence is the complete-data KL: zero at the point, positive elsewhere.
+    assert float(emjax.bregman_divergence(TREE, start, start, x)) == 0
+    assert float(emjax.bregman_divergence(TREE, new, start, x)) > 1e-4
+
+
+# One compiled EM loop for the monotone and the Jacobian tests: 1000 steps bounded, tolerance 1e-14.
+STEPS, TOL = 1000, 1e-14
+
+
+def test_em_never_increases_the_loss(tree_problem):
+    _, x, y, start = tree_problem
+    result = emjax.fit(TREE, emjax.em(), start, x, y, STEPS, tol=TOL)
+    losses = np.asarray(result.losses)
+    losses = losses[np.isfinite(losses)]
+    assert losses.size > 20  # at least 20 EM steps
+    assert np.all(np.diff(losses) <= 1e-13 * np.abs(losses[1:])), np.diff(losses)
+    assert losses[-1] < losses[0] - 1e-2  # it moved
+    assert int(result.status) == int(emjax.Status.ok)
+
+
+# ----------------------------------------------------------------------------- NumPy oracle
+
+
+def _oracle_e_step(params, x, y):
+    """Leaf priors and responsibilities of a (2, 2) tree with Gaussian leaves, by explicit loops over the
+    documented layout: rows 0, 1 the root's gate; rows 2, 3 the gate of node 0; rows 4, 5 that of node 1."""
+    v, beta, sigma = (np.asarray(a) for a in (params.gates, params.experts, params.sigma))
+    n = x.shape[0]
+    prior, joint = np.zeros((n, 4)), np.zeros((n, 4))
+    for row in range(n):
+        root = np.exp(x[row] @ v[0:2].T)
+        root /= root.sum()
+        for i in range(2):
+            inner = np.exp(x[row] @ v[2 + 2 * i : 4 + 2 * i].T)
+            inner /= inner.sum()
+            for c in range(2):
+                leaf = 2 * i + c
+                prior[row, leaf] = root[i] * inner[c]
+                mean = x[row] @ beta[leaf]
+                density = np.exp(-((y[row] - mean) ** 2) / (2 * sigma[leaf] ** 2)) / np.sqrt(
+                    2 * np.pi * sigma[leaf] ** 2
+                )
+                joint[row, leaf] = prior[row, leaf] * density
+    return prior, joint / joint.sum(axis=1, keepdims=True), -np.mean(np.log(joint.sum(axis=1)))
+
+
+def test_e_and_m_step_against_a_numpy_oracle(tree_problem):
+    _, x, y, start = tree_problem
+    x, y = np.asarray(x), np.asarray(y)
+    prior, gamma, loss = _oracle_e_step(start, x, y)
+    np.testing.assert_allclose(np.exp(TREE.gate_log_probs(start, jnp.asarray(x))), prior, rtol=1e-12)
+    np.testing.assert_allclose(emjax.responsibilities(TREE, start, x, y), gamma, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(emjax.neg_log_likelihood(TREE, start, x, y), loss, rtol=1e-13)
+    new = emjax.em_step(TREE, start, x, y)
+    # Leaves: weighted least squares and the weighted residual variance, in closed form.
+    for leaf in range(4):
+        g = gamma[:, leaf]
+        beta = np.linalg.solve((x * g[:, None]).T @ x, (x * g[:, None]).T @ y)
+        np.testing.assert_allclose(new.experts[leaf], beta, rtol=1e-9)
+        np.testing.assert_allclose(new.sigma[leaf] ** 2, np.sum(g * (y - x @ beta) ** 2) / np.sum(g), rtol=1e-9)
+    # Gates: node targets are subtree sums; each gate's M-step is stationary for its soft-target objective
+    # mean_n [h_node LSE - sum_c h_c logit_c], gradient mean_n (h_node pi_c - h_c) x_n for the free row c = 1.
+    v = np.asarray(new.gates)
+    children = {0: gamma.reshape(-1, 2, 2).sum(axis=2), 1: gamma[:, 0:2], 2: gamma[:, 2:4]}  # per gate: (n, 2)
+    for gate, targets in children.items():
+        logits = x @ v[2 * gate : 2 * gate + 2].T
+        pi = np.exp(logits - logits.max(axis=1, keepdims=True))
+        pi /= pi.sum(axis=1, keepdims=True)
+        gradient = ((targets.sum(axis=1) * pi[:, 1] - targets[:, 1])[:, None] * x).mean(axis=0)
+        np.testing.assert_allclose(gradient, 0, atol=1e-10)
+        assert np.all(v[2 * gate] == np.asarray(start.gates)[2 * gate])  # the pinned first row
+    assert np.abs(v[3] - np.asarray(start.gates)[3]).max() > 1e-3  # the inner gates did move
+
+
+# ----------------------------------------------------------------------------- information, masks
+
+
+def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(tree_problem):
+    truth, x, y, _ = tree_problem
+    fitted = emjax.fit(TREE, emjax.em(), truth, x, y, STEPS, tol=TOL).params
+    vector = TREE.flatten(fitted)
+    assert float(jnp.max(jnp.abs(TREE.flatten(emjax.em_step(TREE, fitted, x, y)) - vector))) < 1e-10
+    jacobian = jax.jacobian(lambda v: TREE.flatten(emjax.em_step(TREE, TREE.unflatten(v, fitted), x, y)))(vector)
+    mim = emjax.missing_information_matrix(TREE, fitted, x, y)
+    assert mim.shape == (vector.size, vector.size) and float(jnp.max(jnp.abs(mim))) > 0.1
+    np.testing.assert_allclose(jacobian, mim, atol=2e-6)
+    eigenvalues = np.sort(np.linalg.eigvals(np.asarray(mim)).real)
+    assert -1e-8 < eigenvalues[0] and eigenvalues[-1] < 1
+
+
+def test_frozen_subtree_stays_bit_identical(tree_problem):
+    _, x, y, start = tree_problem
+    mask = TREE.freeze_subtree(1, 1)  # inner gate 1 (rows 4, 5) and leaves 2, 3
+    new = emjax.fit(TREE, emjax.em(trainable=mask), start, x, y, 3).params
+    np.testing.assert_array_equal(new.gates[4:], start.gates[4:])
+    np.testing.assert_array_equal(new.experts[2:], start.experts[2:])
+    np.testing.assert_array_equal(new.sigma[2:], start.sigma[2:])
+    assert float(jnp.max(jnp.abs(new.gates[1] - start.gates[1]))) > 1e-3
+    assert float(jnp.max(jnp.abs(new.experts[:2] - start.experts[:2]))) > 1e-3
