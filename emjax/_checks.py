@@ -67,7 +67,8 @@ def check_model_weights(model) -> None:
     """``model`` averages over weighted rows (``supports_weights``): the K-expert models do."""
     if not model.supports_weights:
         raise ValueError(
-            f"weights= is supported by the K-expert models (MoLinE, MoLogE, MoPoE and any MixtureOfExperts); "
+            f"weights= is supported by the K-expert models (MoLinE, MoLogE, MoPoE, any MixtureOfExperts, "
+            f"HierarchicalMoE); "
             f"{type(model).__name__} does not take observation weights"
         )
 

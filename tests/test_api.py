@@ -61,6 +61,9 @@ CONTRACT = {
     # separate gate and expert covariates, offsets
     "covariates",
     "Covariates",
+    # hierarchical mixtures of experts
+    "HierarchicalMoE",
+    "HMEParams",
     # R-style formulas (formulaic, optional)
     "from_formula",
     "FormulaDesign",

@@ -113,7 +113,11 @@ def _linear_data(model, n=150, d=3, seed=0):
     return truth, np.asarray(x), np.asarray(y), counts
 
 
-@pytest.mark.parametrize("model", [emjax.MoLinE(3), emjax.MoLogE(2, num_classes=3)], ids=["linear", "softmax"])
+@pytest.mark.parametrize(
+    "model",
+    [emjax.MoLinE(3), emjax.MoLogE(2, num_classes=3), emjax.HierarchicalMoE(emjax.PoissonExpert(), (2, 2))],
+    ids=["linear", "softmax", "tree"],
+)
 def test_integer_weights_equal_repeated_rows_with_covariates(model):
     truth, x, y, counts = _linear_data(model)
     repeat = counts.astype(int)

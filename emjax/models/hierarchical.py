@@ -80,7 +80,7 @@ from .._validation import check_finite, check_real, check_values, not_positive, 
 from . import _moe_solve
 from ._hme_tree import HMEParams, Tree
 from ._kmeans import cluster, standardise
-from ._model import AbstractModel, keep_frozen, normalise
+from ._model import AbstractModel, keep_frozen, normalise, row_mean, weigh_rows
 from ._params import MoEParams
 from .experts import VARIANCE_FLOOR, AbstractExpertFamily
 from .moe import _SOFTEN, MixtureOfExperts, MoECache
@@ -130,6 +130,8 @@ class HierarchicalMoE(AbstractModel):
         >>> bool(losses[-1] <= losses[0])
         True
     """
+
+    supports_weights = True
 
     expert: AbstractExpertFamily
     branching: tuple[int, ...] = eqx.field(static=True)
@@ -279,27 +281,30 @@ class HierarchicalMoE(AbstractModel):
 
     # ------------------------------------------------------------------ statistics and M-step
 
-    def expectation(self, params: HMEParams, x: Array, y: Array, cache: MoECache | None = None):
-        """The loss, the leaf targets ``(γ (n, L), γ T(y) (n, S, L))`` and, as scores, the (n, E) gate logits."""
+    def expectation(
+        self, params: HMEParams, x: Array, y: Array, cache: MoECache | None = None, weights: Array | None = None
+    ):
+        """The loss, the leaf targets ``(γ (n, L), γ T(y) (n, S, L))`` (times the observation weights, when
+        given) and, as scores, the (n, E) gate logits."""
         logits = self._logits(params, x, cache)
         joint = self.tree.path_log_probs(logits) + self.expert_log_probs(params, x, y)
         log_likelihoods, gamma = _moe_solve.log_softmax_parts(joint)
         stats = self.expert.statistic(y)[:, :, None] * gamma[:, None, :]
-        return -jnp.mean(log_likelihoods), (gamma, stats), logits
+        return -row_mean(log_likelihoods, weights), weigh_rows((gamma, stats), weights), logits
 
-    def posterior_targets(self, params: HMEParams, x: Array, y: Array):
+    def posterior_targets(self, params: HMEParams, x: Array, y: Array, weights: Array | None = None):
         r"""Leaf weights $\gamma_{n\ell}$ (n, L) and statistics $\gamma_{n\ell}T(y_n)$ (n, S, L); scores: the
         gate logits."""
-        _, targets, logits = self.expectation(params, x, y)
+        _, targets, logits = self.expectation(params, x, y, weights=weights)
         return targets, logits
 
-    def prior_targets(self, params: HMEParams, x: Array, scores):
+    def prior_targets(self, params: HMEParams, x: Array, scores, weights: Array | None = None):
         r"""Leaf weights $P(z=\ell\mid x_n)$ and statistics $P(z=\ell\mid x_n)E_\ell[T\mid x_n]$."""
         logits = self._logits(params, x) if scores is None else scores
         prior = jnp.exp(self.tree.path_log_probs(logits))
         flat = self._flat(self.num_experts)
         stats = flat._per_expert(self.expert.mean_statistic, self._leaves(params), x) * prior[:, None, :]
-        return prior, stats
+        return weigh_rows((prior, stats), weights)
 
     def precompute(self, x: Array, y: Array | None = None) -> MoECache:
         """x feature-major (the flat mixture's cache), computed once per fit."""
@@ -340,12 +345,12 @@ class HierarchicalMoE(AbstractModel):
 
     # ------------------------------------------------------------------ mirror map
 
-    def mirror_map(self, params: HMEParams, x: Array) -> Array:
+    def mirror_map(self, params: HMEParams, x: Array, weights: Array | None = None) -> Array:
         r"""$A(\theta) = \mathrm{mean}_n\,\mathrm{logsumexp}_c\,x_n\cdot v_{\mathrm{root},c}$ (module docstring)."""
         root = self.tree.level_gates(params.gates, 0)[0]
-        return jnp.mean(jax.nn.logsumexp(x @ root.T, axis=-1))
+        return row_mean(jax.nn.logsumexp(x @ root.T, axis=-1), weights)
 
-    def bregman_divergence(self, params: HMEParams, ref: HMEParams, x: Array) -> Array:
+    def bregman_divergence(self, params: HMEParams, ref: HMEParams, x: Array, weights: Array | None = None) -> Array:
         r"""$\mathrm{mean}_n\mathrm{KL}(p_{ref}(y, z\mid x_n)\,\|\,p_\theta(y, z\mid x_n)) = \mathrm{KL}(P'\|P) +
         \sum_\ell P'_\ell\,\mathrm{KL}_\ell$ over the leaf priors P and the leaf experts."""
         log_prior, log_prior_ref = self.gate_log_probs(params, x), self.gate_log_probs(ref, x)
@@ -363,7 +368,7 @@ class HierarchicalMoE(AbstractModel):
             )
 
         kls = jax.vmap(expert_kl, out_axes=-1)(params.experts, params.sigma, ref.experts, ref.sigma)
-        return jnp.mean(jnp.maximum(gate_kl, 0) + jnp.sum(prior_ref * jnp.maximum(kls, 0), axis=-1))
+        return row_mean(jnp.maximum(gate_kl, 0) + jnp.sum(prior_ref * jnp.maximum(kls, 0), axis=-1), weights)
 
     # ------------------------------------------------------------------ sampling, starts, diagnostics
 
@@ -413,9 +418,10 @@ class HierarchicalMoE(AbstractModel):
         """SNR = ‖β‖/σ for experts with a scale, as the flat mixture."""
         return snr * noise if self.expert.has_scale else snr
 
-    def is_degenerate(self, params: HMEParams, x: Array, y: Array) -> Array:
-        """True when some leaf has under one sample of responsibility mass or its σ has hit the variance floor."""
-        gamma, _ = normalise(self.log_joint(params, x, y))
+    def is_degenerate(self, params: HMEParams, x: Array, y: Array, weights: Array | None = None, free=None) -> Array:
+        """True when some leaf has under one sample of responsibility mass (in rows' worth, with observation
+        weights) or its σ has hit the variance floor."""
+        gamma = weigh_rows(normalise(self.log_joint(params, x, y))[0], weights)
         flags = jnp.sum(gamma, axis=0) < 1
         if params.sigma is not None:
             flags = flags | (jnp.square(params.sigma) <= 2 * VARIANCE_FLOOR)
