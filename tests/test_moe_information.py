@@ -129,3 +129,17 @@ def test_bic_chooses_the_number_of_experts():
         result = emjax.fit_restarts(model, emjax.em(), jax.random.key(5), x, y, num_restarts=4, num_steps=300, tol=1e-8)
         scores[k] = float(emjax.bic(model, result.params, x, y))
     assert min(scores, key=scores.get) == 3, scores
+
+
+def test_jacobian_of_em_is_finite_where_responsibilities_underflow():
+    """Well-separated experts: some responsibilities are subnormal. The σ M-step's b/a used to give the
+    Jacobian a 1/a² that overflowed to NaN; it is the MIM at the fixed point (Dempster-Laird-Rubin)."""
+    model = emjax.MoLinE(2)
+    truth = emjax.testing.random_params(model, jax.random.key(0), 2, gate_norm=3.0, expert_norm=3.0, sigma=0.4)
+    x, y = emjax.sample(model, truth, jax.random.key(1), 2000)
+    assert float(jnp.min(emjax.responsibilities(model, truth, x, y))) < np.finfo(np.float64).tiny * 1e10
+    fixed = emjax.fit(model, emjax.em(), truth, x, y, 500, tol=1e-14).params
+    vector = model.flatten(fixed)
+    jacobian = jax.jacobian(lambda v: model.flatten(emjax.em_step(model, model.unflatten(v, fixed), x, y)))(vector)
+    assert bool(jnp.all(jnp.isfinite(jacobian)))
+    np.testing.assert_allclose(jacobian, emjax.missing_information_matrix(model, fixed, x, y), atol=1e-10)

@@ -31,7 +31,14 @@ from .._newton import (
 )
 from ._model import keep_frozen
 from ._params import MoEParams
-from .experts import VARIANCE_FLOOR, AbstractExpertFamily, GaussianExpert, PoissonExpert, SoftmaxExpert
+from .experts import (
+    VARIANCE_FLOOR,
+    AbstractExpertFamily,
+    GaussianExpert,
+    PoissonExpert,
+    SoftmaxExpert,
+    residual_sum_of_squares,
+)
 
 
 class GateScores(NamedTuple):
@@ -313,13 +320,7 @@ def _solve_gaussian_experts(model, params: MoEParams, x, xt, weights, stats, fre
     new_coef = newton(refined, second)
     mass = jnp.sum(weights, axis=0)
     safe_mass = jnp.where(mass > 0, mass, 1)
-    # Residual sum of squares split into a mean and a within-sample variance part, both >= 0:
-    # sum a (m - x.beta)^2 + sum (c - b^2/a), with m = b/a (as GaussianExpert.m_step).
-    safe_weights = jnp.where(weights > 0, weights, 1)
-    target_mean = stats[:, 0, :] / safe_weights
-    within = jnp.maximum(stats[:, 1, :] - stats[:, 0, :] * target_mean, 0)
-    fitted = (new_coef @ xt).T
-    rss = jnp.sum(weights * jnp.square(target_mean - fitted) + jnp.where(weights > 0, within, 0), axis=0)
+    rss = residual_sum_of_squares(weights, stats, (new_coef @ xt).T)  # as GaussianExpert.m_step
     variance = jnp.maximum(rss / safe_mass, VARIANCE_FLOOR)
     new_scale = jnp.where((mass > 0) & free_scale, jnp.sqrt(variance), params.sigma)
     return new_coef, new_scale

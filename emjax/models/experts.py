@@ -48,6 +48,20 @@ from ._predictive import CategoricalPredictive, GaussianPredictive, PoissonPredi
 VARIANCE_FLOOR = 1e-8
 
 
+def residual_sum_of_squares(weights: Array, stats: Array, fitted: Array) -> Array:
+    r"""$\sum_n a_n (m_n - f_n)^2 + (c_n - b_n^2/a_n)$ over axis 0, with targets $a_n$ (``weights``),
+    $t_n = (b_n, c_n)$ (``stats[:, 0]``, ``stats[:, 1]``; any trailing expert axis) and $m_n = b_n/a_n$.
+
+    Both terms are >= 0 (no cancellation, unlike $\sum c - 2bf + af^2$). Rows whose weight is below
+    $\sqrt{\text{tiny}}$ (responsibilities that underflowed) are left out: they add at most that much,
+    and dividing by them would make the derivative of $b/a$ (a $1/a^2$) overflow to NaN."""
+    kept = weights > jnp.sqrt(jnp.finfo(weights.dtype).tiny)
+    safe = jnp.where(kept, weights, 1)
+    mean = stats[:, 0] / safe
+    within = jnp.maximum(stats[:, 1] - stats[:, 0] * mean, 0)
+    return jnp.sum(jnp.where(kept, weights * jnp.square(mean - fitted) + within, 0), axis=0)
+
+
 class AbstractExpertFamily(eqx.Module):
     r"""An exponential-family expert $p(y\mid x,\theta_k)$; see the module docstring for the contract."""
 
@@ -200,12 +214,7 @@ class GaussianExpert(AbstractExpertFamily):
         new_coef = newton(refined, residual_products(refined, jnp.zeros((n, 0), x.dtype))[0])
         mass = jnp.sum(weights)
         safe_mass = jnp.where(mass > 0, mass, 1)
-        # Residual sum of squares split into a mean and a within-sample variance part, both >= 0:
-        # sum a (m - x.beta)^2 + sum (c - b^2/a), with m = b/a.
-        safe_weights = jnp.where(weights > 0, weights, 1)
-        target_mean = stats[:, 0] / safe_weights
-        within = jnp.maximum(stats[:, 1] - stats[:, 0] * target_mean, 0)
-        rss = jnp.sum(weights * jnp.square(target_mean - x @ new_coef) + jnp.where(weights > 0, within, 0))
+        rss = residual_sum_of_squares(weights, stats, x @ new_coef)
         variance = jnp.maximum(rss / safe_mass, VARIANCE_FLOOR)
         new_scale = jnp.where((mass > 0) & free_scale, jnp.sqrt(variance), scale)
         return new_coef, new_scale
