@@ -734,6 +734,13 @@ def sci(value) -> str:
     return f"{value:.1e}"
 
 
+def number(value, spec: str) -> str:
+    """``value`` formatted by ``spec``, or "-" where the JSON holds None (a NaN or infinity when it was written)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
 def ms(value) -> str:
     if value is None or not math.isfinite(value):
         return "-"
@@ -766,8 +773,8 @@ def hasselblad_report(h) -> list[str]:
         "## 1. Hasselblad's Poisson mixture (MoPoE(2), intercept-only x, n = 1096)",
         "",
         f"Published fixed point: π = {HASSELBLAD_FIXED_POINT[0]}, λ = {HASSELBLAD_FIXED_POINT[1]}, "
-        f"{HASSELBLAD_FIXED_POINT[2]}; n L = {HASSELBLAD_NLL:.6f}. EM's rate there: λ_max = "
-        f"{h['starts'][0]['reference']['em_rate']:.6f}.",
+        f"{HASSELBLAD_FIXED_POINT[2]}; n L = {number(HASSELBLAD_NLL, '.6f')}. EM's rate there: λ_max = "
+        f"{number(h['starts'][0]['reference']['em_rate'], '.6f')}.",
         "",
     ]
     headers = [
@@ -796,10 +803,10 @@ def hasselblad_report(h) -> list[str]:
                 "",
                 "",
                 "",
-                f"{ref['n_loss']:.6f}",
-                f"{nat[0]:.5f}",
-                f"{nat[1]:.5f}",
-                f"{nat[2]:.5f}",
+                f"{number(ref['n_loss'], '.6f')}",
+                f"{number(nat[0], '.5f')}",
+                f"{number(nat[1], '.5f')}",
+                f"{number(nat[2], '.5f')}",
                 f"spread {sci(ref['spread'])}",
                 "",
                 "",
@@ -812,14 +819,14 @@ def hasselblad_report(h) -> list[str]:
                 [
                     "",
                     *count_cells(row),
-                    f"{row['n_loss']:.6f}",
-                    f"{nat[0]:.5f}",
-                    f"{nat[1]:.5f}",
-                    f"{nat[2]:.5f}",
+                    f"{number(row['n_loss'], '.6f')}",
+                    f"{number(nat[0], '.5f')}",
+                    f"{number(nat[1], '.5f')}",
+                    f"{number(nat[2], '.5f')}",
                     sci(row["true_distance"]),
                     sci(row["distance_estimate"]),
                     ms(row["median_s"]),
-                    f"{row['time_vs_em']:.3f}",
+                    f"{number(row['time_vs_em'], '.3f')}",
                 ]
             )
         for run in runs:
@@ -835,10 +842,10 @@ def hasselblad_report(h) -> list[str]:
                     "-" if run["objfevals"] is None else run["objfevals"],
                     "-",
                     "-",
-                    f"{run['n_loss']:.6f}",
-                    f"{nat[0]:.5f}",
-                    f"{nat[1]:.5f}",
-                    f"{nat[2]:.5f}",
+                    f"{number(run['n_loss'], '.6f')}",
+                    f"{number(nat[0], '.5f')}",
+                    f"{number(nat[1], '.5f')}",
+                    f"{number(nat[2], '.5f')}",
                     sci(run["true_distance"]),
                     "-",
                     f"{1e3 * run['seconds']:.0f}",
@@ -890,7 +897,7 @@ def problems_report(title, entries) -> list[str]:
         rows.append(
             [
                 f"**{entry['spec']['label']}**, n = {entry['spec']['n']}, P = {ref['num_parameters']}",
-                f"EM rate λ_max = **{ref['em_rate']:.5f}**",
+                f"EM rate λ_max = **{number(ref['em_rate'], '.5f')}**",
                 "",
                 "",
                 "",
@@ -911,12 +918,12 @@ def problems_report(title, entries) -> list[str]:
                     "",
                     *count_cells(row),
                     ms(row["median_s"]),
-                    f"**{row['time_vs_em']:.2f}**",
-                    f"{row['em_maps_over_maps']:.1f}",
+                    f"**{number(row['time_vs_em'], '.2f')}**",
+                    f"{number(row['em_maps_over_maps'], '.1f')}",
                     sci(row["true_distance"]),
                     sci(row["distance_estimate"]),
-                    f"{row['rate_estimate']:.5f}",
-                    f"{row['n_delta_loss']:+.1e}",
+                    f"{number(row['rate_estimate'], '.5f')}",
+                    f"{number(row['n_delta_loss'], '+.1e')}",
                 ]
             )
     return out + md_table(headers, rows) + [""]
@@ -959,14 +966,14 @@ def vmap_report(checks) -> list[str]:
             ]
             if perturbed:
                 cells.append(f"{row['perturbed']['num_steps']} / {row['perturbed']['num_map_evaluations']}")
-            cells += [sci(row["max_param_difference"]), f"{row['rate_estimate']:.7f}"]
+            cells += [sci(row["max_param_difference"]), f"{number(row['rate_estimate'], '.7f')}"]
             rows.append(cells)
         lines += [f"### {check['label']}, {check['lanes']} starts", ""] + md_table(headers, rows) + [""]
         lines += [
             f"All per-lane counts equal to the lone fits: **{check['all_counts_equal']}**. Wall time (median of "
             f"{len(check['batched_times_s'])}): one vmapped fit {ms(check['batched_median_s'])} ms, a loop of the "
-            f"{check['lanes']} fits {ms(check['loop_median_s'])} ms (first calls {check['batched_first_call_s']:.1f} s "
-            f"and {check['loop_first_call_s']:.1f} s).",
+            f"{check['lanes']} fits {ms(check['loop_median_s'])} ms (first calls "
+            f"{number(check['batched_first_call_s'], '.1f')} s and {number(check['loop_first_call_s'], '.1f')} s).",
             "",
         ]
     return lines
@@ -1005,7 +1012,8 @@ def target_checks(data) -> list[dict]:
                     {
                         "target": "slow: ≥ 10× fewer maps, ≥ 5× less wall time, true dist ≤ 1e-8",
                         "case": f"{entry['spec']['label']} {row['solver']}",
-                        "value": f"{row['em_maps_over_maps']:.0f}× fewer maps, {1 / row['time_vs_em']:.0f}× less "
+                        "value": f"{number(row['em_maps_over_maps'], '.0f')}× fewer maps, "
+                        f"{1 / row['time_vs_em']:.0f}× less "
                         f"time, true dist {sci(row['true_distance'])}",
                         "passed": row["em_maps_over_maps"] >= 10
                         and row["time_vs_em"] <= 0.2
@@ -1019,7 +1027,7 @@ def target_checks(data) -> list[dict]:
                     {
                         "target": "fast: wall time ≤ 2× EM's",
                         "case": f"{entry['spec']['label']} {row['solver']}",
-                        "value": f"{row['time_vs_em']:.2f}× EM",
+                        "value": f"{number(row['time_vs_em'], '.2f')}× EM",
                         "passed": row["time_vs_em"] <= 2,
                     }
                 )
@@ -1051,7 +1059,7 @@ def report(data) -> list[str]:
         f"Command: `{data['command']}`  ",
         f"Date: {data['date']}  ",
         f"Machine: {data['machine']}; jax {data['jax']}, emjax {data['emjax']} (commit {data['commit']}); float64.  ",
-        f"Wall time of the whole run: {data['total_s']:.0f} s.",
+        f"Wall time of the whole run: {number(data['total_s'], '.0f')} s.",
         "",
         f"Every fit: `emjax.fit(model, solver, start, x, y, max_steps, tol={TOL:g})` with the default stopping rule "
         "(estimated distance to the fixed point ≤ tol·max|θ|) on Hasselblad's data; on the slow and fast problems "
