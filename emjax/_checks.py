@@ -20,7 +20,7 @@ from ._validation import (
     check_weights,
     shape_of,
 )
-from .models import AbstractModel, SymParams
+from .models import AbstractModel, GaussianExpert, MixtureOfExperts, PoissonExpert, SymParams
 
 
 def check_model(model) -> None:
@@ -61,6 +61,29 @@ def validate(model, params, x, y=None, weights=None, **_) -> None:
     if weights is not None:
         check_model_weights(model)
         check_weights(weights, n)
+
+
+# Families whose natural parameter reads the linear predictor x·β_k (a (d,) coefficient vector), so that an
+# offset with coefficient 1 adds o_n to it. A softmax classifier's offset would be added to every class logit
+# alike and cancel.
+OFFSET_FAMILIES = (GaussianExpert, PoissonExpert)
+
+
+def check_covariates_model(model, has_offset: bool) -> None:
+    """Separate gate and expert covariates (:func:`emjax.covariates`) need a K-expert model, and an offset
+    experts with a linear predictor."""
+    if not isinstance(model, MixtureOfExperts):
+        raise ValueError(
+            "separate gate and expert covariates need a K-expert model (emjax.MoLinE, MoLogE, MoPoE or a "
+            f"MixtureOfExperts); got {type(model).__name__}"
+        )
+    if has_offset and not isinstance(model.expert, OFFSET_FAMILIES):
+        raise ValueError(
+            f"an offset enters the experts' linear predictor x·β_k with coefficient 1, which only "
+            f"Gaussian (MoLinE) and Poisson (MoPoE) experts have; {model.describe()} has "
+            f"{type(model.expert).__name__} experts (a softmax classifier would add the offset to every "
+            "class logit alike, where it cancels): drop the offset or put it among the expert covariates"
+        )
 
 
 def check_model_weights(model) -> None:

@@ -48,14 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ._checks import check_covariates_model
 from ._dtypes import as_data, check_precision, working_dtype
 from ._validation import check_array, check_finite, check_real, is_concrete, shape_of
-from .models import GaussianExpert, MixtureOfExperts, MoEParams, PoissonExpert
-
-# Families whose natural parameter reads the linear predictor x·β_k (a (d,) coefficient vector), so
-# that an offset with coefficient 1 adds o_n to it. A softmax classifier's offset would be added to
-# every class logit alike and cancel.
-_OFFSET_FAMILIES = (GaussianExpert, PoissonExpert)
+from .models import MoEParams
 
 
 class Covariates(eqx.Module):
@@ -132,18 +128,7 @@ class Covariates(eqx.Module):
         return Covariates(x, self.gate_columns, self.expert_columns, self.has_offset, self.feature_names)
 
     def _check_model(self, model) -> None:
-        if not isinstance(model, MixtureOfExperts):
-            raise ValueError(
-                "separate gate and expert covariates need a K-expert model (emjax.MoLinE, MoLogE, MoPoE or a "
-                f"MixtureOfExperts); got {type(model).__name__}"
-            )
-        if self.has_offset and not isinstance(model.expert, _OFFSET_FAMILIES):
-            raise ValueError(
-                f"an offset enters the experts' linear predictor x·β_k with coefficient 1, which only "
-                f"Gaussian (MoLinE) and Poisson (MoPoE) experts have; {model.describe()} has "
-                f"{type(model.expert).__name__} experts (a softmax classifier would add the offset to every "
-                "class logit alike, where it cancels): drop the offset or put it among the expert covariates"
-            )
+        check_covariates_model(model, self.has_offset)
 
     def trainable(self, model) -> MoEParams:
         r"""The mask (True = estimated) for ``model`` on :attr:`x`: the gate on its columns, the experts on theirs.
