@@ -28,7 +28,7 @@ def _fitted(model, x, y):
 
 def test_louis_identity_observed_information_is_the_hessian(moe_kind):
     """I_c - I_miss equals jax.hessian(L) over the free parameters, at an arbitrary point."""
-    model, truth, x, y = make_moe_problem(moe_kind, seed=40, n=200)
+    model, truth, x, y = make_moe_problem(moe_kind, seed=40, n=N)  # the module's size: compiled programs shared
     point = emjax.init_params(model, jax.random.key(1), x, y)
     hessian = jax.hessian(moe_flat_fn(model, lambda p: emjax.neg_log_likelihood(model, p, x, y), point))(
         moe_flatten(model, point)
@@ -109,8 +109,8 @@ def test_standard_errors_match_the_spread_over_repeated_data_sets():
 
 
 def test_aic_and_bic_formulas(moe_kind):
-    model, truth, x, y = make_moe_problem(moe_kind, seed=44, n=100)
-    n, k = 100, model.num_free_parameters(3)
+    model, truth, x, y = make_moe_problem(moe_kind, seed=44, n=N)  # the module's size: compiled programs shared
+    n, k = N, model.num_free_parameters(3)
     assert emjax.num_parameters(model, truth) == k
     loss = emjax.neg_log_likelihood(model, truth, x, y)
     np.testing.assert_allclose(emjax.aic(model, truth, x, y), 2 * n * loss + 2 * k, rtol=1e-12)
