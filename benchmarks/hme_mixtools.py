@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         f"Check emjax >= mixtools - 1e-6 per row: **{'pass' if ok else 'FAIL'}**. mixtools ran "
         f"{r_iterations} iterations (its maximum is 10000: it did not meet its own stopping rule; its gate M-step "
         "is an inexact inner loop stopped at a summed change of 0.002, which leaves the gate slope short of the "
-        f"maximum). emjax stopped with status {emjax.Status.name_of(int(best.status))}.",
+        f"maximum). emjax stopped with status `{emjax.Status.name_of(int(best.status))}`.",
         "",
         "Parameters (mixtools' labelling: component 1 has P(comp 1 | x) = inv.logit(w0 + w1 x); emjax's leaf 1, "
         "relabelled to match):",
