@@ -41,8 +41,11 @@ TREE = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(2, 2))
 def tree_problem():
     # Experts not so far apart that responsibilities underflow to subnormals: there the flat Gaussian M-step's
     # forward derivative (stats / weights) is NaN, which the Jacobian test would see.
+    # The start is a generic point (a random draw, far from the fit): init_params starts too close to the
+    # optimum for the tests of EM's moves (test_start_reaches_the_optimum_of_the_truth).
     truth, x, y = _problem(TREE, seed=0, n=400, gate_norm=3.0, expert_norm=2.0, sigma=0.5)
-    return truth, x, y, emjax.init_params(TREE, jax.random.key(1), x, y)
+    start = emjax.testing.random_params(TREE, jax.random.key(1), D, gate_norm=1.0, expert_norm=1.0, sigma=1.0)
+    return truth, x, y, start
 
 
 # ----------------------------------------------------------------------------- structure
@@ -189,6 +192,20 @@ def test_em_never_increases_the_loss(tree_problem):
     assert np.all(np.diff(losses) <= 1e-13 * np.abs(losses[1:])), np.diff(losses)
     assert losses[-1] < losses[0] - 1e-2  # it moved
     assert int(result.status) == int(emjax.Status.ok)
+
+
+def test_start_reaches_the_optimum_of_the_truth(tree_problem):
+    """init_params (a flat MoE's EM steps grouped into the tree) starts in the basin of the fit from the truth:
+    EM from it ends at the same loss and, leaves relabelled within the tree's symmetries, the same point."""
+    truth, x, y, _ = tree_problem
+    start = emjax.init_params(TREE, jax.random.key(1), x, y)
+    fits = [emjax.fit(TREE, emjax.em(), p, x, y, STEPS, tol=TOL) for p in (start, truth)]
+    from_start, from_truth = (float(f.final_loss) for f in fits)
+    assert float(emjax.neg_log_likelihood(TREE, start, x, y)) > from_start + 1e-4  # the start is not the fit
+    assert from_start == pytest.approx(from_truth, abs=1e-9)
+    # Same expert set: every fitted leaf from the truth has a leaf from the start within 1e-4.
+    a, b = np.asarray(fits[0].params.experts), np.asarray(fits[1].params.experts)
+    assert np.max(np.min(np.abs(a[:, None, :] - b[None, :, :]).max(axis=-1), axis=0)) < 1e-4
 
 
 # ----------------------------------------------------------------------------- NumPy oracle
