@@ -198,7 +198,10 @@ def main(argv=None) -> int:
         "",
         "| parameter | truth | mixtools | emjax (best of 5) |",
         "|---|---|---|---|",
-        *(f"| {name} | {t:.4g} | {r:.6f} | {e:.6f} |" for name, t, r, e in zip(names, truth, r_params, ours, strict=True)),
+        *(
+            f"| {name} | {t:.4g} | {r:.6f} | {e:.6f} |"
+            for name, t, r, e in zip(names, truth, r_params, ours, strict=True)
+        ),
         "",
     ]
     text = "\n".join(lines)

@@ -93,7 +93,9 @@ def kmeans_start(model, key, x, y):
     centres = onehot.T @ features / jnp.maximum(jnp.sum(onehot, axis=0), 1)[:, None]
     weights = 0.5 * jax.nn.one_hot(model.tree.arrange(centres)[labels], k, dtype=x.dtype) + 0.5 / k
     start = model.placeholder(x.shape[1], x.dtype)
-    start = emjax.HMEParams(gates=start.gates, experts=start.experts, sigma=jnp.full((k,), model.expert.initial_scale(y), x.dtype))
+    start = emjax.HMEParams(
+        gates=start.gates, experts=start.experts, sigma=jnp.full((k,), model.expert.initial_scale(y), x.dtype)
+    )
     return model.solve(start, x, (weights, statistic[:, :, None] * weights[:, None, :]), model.free_mask(start))
 
 

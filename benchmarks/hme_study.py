@@ -56,7 +56,9 @@ def fit_from(model, start, x, y, steps=1000):
 
 
 def relative_error(model, estimate, truth):
-    return float(jnp.linalg.norm(model.flatten(estimate) - model.flatten(truth)) / jnp.linalg.norm(model.flatten(truth)))
+    return float(
+        jnp.linalg.norm(model.flatten(estimate) - model.flatten(truth)) / jnp.linalg.norm(model.flatten(truth))
+    )
 
 
 def error_vs_n(ns, seeds):
@@ -175,10 +177,12 @@ def main(argv=None) -> int:
     big = [(key, value) for key, value in timings.items() if key[1] == ns[-1]]
     lines += [
         "",
-        "Fit times at n = {}: ".format(ns[-1])
+        f"Fit times at n = {ns[-1]}: "
         + "; ".join(
             f"{'x'.join(map(str, b))} seed {s}: {t:.2f} s ({steps} EM steps, {1000 * t / max(steps, 1):.1f} ms/step, "
-            "first call includes compilation)" if s == 0 else f"{'x'.join(map(str, b))} seed {s}: {t:.2f} s ({steps} steps)"
+            "first call includes compilation)"
+            if s == 0
+            else f"{'x'.join(map(str, b))} seed {s}: {t:.2f} s ({steps} steps)"
             for (b, _, s), (t, steps) in big
         )
         + ".",
@@ -187,7 +191,10 @@ def main(argv=None) -> int:
         "",
         "| tree | seed | fit | train loglik/row | held-out loglik/row | truth held-out | BIC | parameters |",
         "|---|---|---|---|---|---|---|---|",
-        *(f"| {t} | {s} | {f} | {a:.4f} | {b:.4f} | {c:.4f} | {d:.1f} | {p} |" for t, s, f, a, b, c, d, p in comparison),
+        *(
+            f"| {t} | {s} | {f} | {a:.4f} | {b:.4f} | {c:.4f} | {d:.1f} | {p} |"
+            for t, s, f, a, b, c, d, p in comparison
+        ),
         "",
         "### 3. EM rate against gate separation ((2, 2) tree, n = 10^4, EM from the truth)",
         "",

@@ -85,7 +85,6 @@ from ._params import MoEParams
 from .experts import VARIANCE_FLOOR, AbstractExpertFamily
 from .moe import _SOFTEN, MixtureOfExperts, MoECache
 
-
 INIT_FLAT_STEPS = 30  # flat EM steps in the start of a tree of depth >= 2 (HierarchicalMoE.init_params)
 
 
@@ -414,9 +413,7 @@ class HierarchicalMoE(AbstractModel):
             scale = self.expert.initial_scale(y)
             if scale is not None:
                 start = HMEParams(gates=start.gates, experts=start.experts, sigma=jnp.full((k,), scale, x.dtype))
-            return self.solve(
-                start, x, (weights, statistic[:, :, None] * weights[:, None, :]), self.free_mask(start)
-            )
+            return self.solve(start, x, (weights, statistic[:, :, None] * weights[:, None, :]), self.free_mask(start))
         flat = self._flat(k)
         flat_start = flat.init_params(key, x, y)
         flat_free = flat.free_mask(flat_start)
