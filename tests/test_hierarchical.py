@@ -4,6 +4,9 @@ oracle of the E- and M-step on a depth-2 tree, the EM Jacobian at a fixed point,
 Most tests share one depth-2 problem (branching (2, 2), Gaussian leaves, d = 2) so that they share compiled
 programs; float64 throughout (tests/conftest.py)."""
 
+import json
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +41,11 @@ TREE = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(2, 2))
 def tree_problem():
     # Experts not so far apart that responsibilities underflow to subnormals: there the flat Gaussian M-step's
     # forward derivative (stats / weights) is NaN, which the Jacobian test would see.
+    # The start is a generic point (a random draw, far from the fit): init_params starts too close to the
+    # optimum for the tests of EM's moves (test_start_reaches_the_optimum_of_the_truth).
     truth, x, y = _problem(TREE, seed=0, n=400, gate_norm=3.0, expert_norm=2.0, sigma=0.5)
-    return truth, x, y, emjax.init_params(TREE, jax.random.key(1), x, y)
+    start = emjax.testing.random_params(TREE, jax.random.key(1), D, gate_norm=1.0, expert_norm=1.0, sigma=1.0)
+    return truth, x, y, start
 
 
 # ----------------------------------------------------------------------------- structure
@@ -188,6 +194,20 @@ def test_em_never_increases_the_loss(tree_problem):
     assert int(result.status) == int(emjax.Status.ok)
 
 
+def test_start_reaches_the_optimum_of_the_truth(tree_problem):
+    """init_params (a flat MoE's EM steps grouped into the tree) starts in the basin of the fit from the truth:
+    EM from it ends at the same loss and, leaves relabelled within the tree's symmetries, the same point."""
+    truth, x, y, _ = tree_problem
+    start = emjax.init_params(TREE, jax.random.key(1), x, y)
+    fits = [emjax.fit(TREE, emjax.em(), p, x, y, STEPS, tol=TOL) for p in (start, truth)]
+    from_start, from_truth = (float(f.final_loss) for f in fits)
+    assert float(emjax.neg_log_likelihood(TREE, start, x, y)) > from_start + 1e-4  # the start is not the fit
+    assert from_start == pytest.approx(from_truth, abs=1e-9)
+    # Same expert set: every fitted leaf from the truth has a leaf from the start within 1e-4.
+    a, b = np.asarray(fits[0].params.experts), np.asarray(fits[1].params.experts)
+    assert np.max(np.min(np.abs(a[:, None, :] - b[None, :, :]).max(axis=-1), axis=0)) < 1e-4
+
+
 # ----------------------------------------------------------------------------- NumPy oracle
 
 
@@ -267,3 +287,35 @@ def test_frozen_subtree_stays_bit_identical(tree_problem):
     np.testing.assert_array_equal(new.sigma[2:], start.sigma[2:])
     assert float(jnp.max(jnp.abs(new.gates[1] - start.gates[1]))) > 1e-3
     assert float(jnp.max(jnp.abs(new.experts[:2] - start.experts[:2]))) > 1e-3
+
+
+# ----------------------------------------------------------------------------- against mixtools' hmeEM
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_reaches_mixtools_hme_loglik():
+    """mixtools' ``hmeEM(y, x, k = 2)`` (tests/fixtures/r_hme_fit.json, written by
+    benchmarks/r/export_hme_fixture.R): a logistic gate and two Gaussian experts, both on (1, x). emjax's
+    depth-1 tree on [1, x] reaches its log-likelihood or better from one data-driven start, and its fit is
+    mixtools' (which stopped at its iteration cap, the gate slope short of the maximum) to within that gap."""
+    table = np.loadtxt(FIXTURES / "hme_mixtools.csv", delimiter=",", skiprows=1)
+    assert table.shape == (500, 3)
+    np.testing.assert_allclose(table[:, :2].sum(axis=0), [-50.59768420192, 586.8892962063], rtol=1e-10)
+    ref = json.loads((FIXTURES / "r_hme_fit.json").read_text())
+    assert ref["loglik"] == pytest.approx(-599.817704455582, abs=1e-9)
+    x, y = np.stack([np.ones(500), table[:, 0]], axis=1), table[:, 1]
+    model = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(2,))
+    start = emjax.init_params(model, jax.random.key(0), x, y)
+    result = emjax.fit(model, emjax.em(), start, x, y, 2000, tol=1e-10)
+    assert int(result.status) == int(emjax.Status.ok)
+    loglik = -500 * float(result.final_loss)
+    assert loglik >= ref["loglik"] - 1e-6 * 500
+    assert loglik == pytest.approx(-599.72937028770, abs=1e-6)  # 0.088 above mixtools
+    # Labels: P(comp 1 | x) = inv.logit(x . w) in mixtools; emjax's leaf 1 (the free gate row) likewise.
+    gates, experts, sigma = (np.asarray(a) for a in (result.params.gates, result.params.experts, result.params.sigma))
+    flip = np.sign(gates[1, 1]) != np.sign(ref["w"][1])
+    w, comp1, comp2 = (-gates[1], 0, 1) if flip else (gates[1], 1, 0)
+    np.testing.assert_allclose(experts[[comp1, comp2]], ref["beta"], atol=0.01)
+    np.testing.assert_allclose(sigma[[comp1, comp2]], ref["sigma"], atol=0.005)
+    np.testing.assert_allclose(w, ref["w"], atol=0.15)  # the gate: mixtools' slope -2.40, the maximum's -2.53

@@ -138,3 +138,13 @@ def test_readme_covariates_example_runs():
         ("num_restarts=10, num_steps=2000", "num_restarts=3, num_steps=300"),
     )
     run(code, README)
+
+
+def test_readme_hierarchical_example_runs(capsys):
+    code = shrink(
+        python_block(README, "## Hierarchical mixtures of experts"),
+        ("key(1), 5000)", "key(1), 400)"),
+        ("x, y, 5, num_steps=1000", "x, y, 2, num_steps=50"),  # both fits
+    )
+    run(code, README)
+    assert "(2, 2, 3)" in capsys.readouterr().out
