@@ -20,7 +20,7 @@ for _name, _value in TEST_XLA_FLAGS.items():
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{_name}={_value}").strip()
 
 import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
-import pytest
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

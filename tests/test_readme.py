@@ -135,7 +135,8 @@ def test_readme_covariates_example_runs():
     code = shrink(
         code,
         ('"tests/fixtures/patent.csv"', repr(str(fixture))),
-        ("num_restarts=10, num_steps=2000", "num_restarts=3, num_steps=300"),
+        ("num_restarts=10", "num_restarts=3"),
+        ("num_steps=2000", "num_steps=300"),
     )
     run(code, README)
 
