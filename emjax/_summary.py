@@ -37,7 +37,7 @@ from ._inference import aic, bic, num_parameters, standard_errors
 from ._likelihood import neg_log_likelihood
 from ._status import Status
 from ._validation import check_features, is_concrete
-from .models import MoEParams, SymParams
+from .models import HMEParams, MoEParams, SymParams
 
 WIDTH = 78
 COLUMNS = ("estimate", "std. error", "z", "P>|z|")
@@ -226,7 +226,7 @@ def summary(model, result_or_params, x, y, trainable=None, *, feature_names=None
         value = np.asarray(value, dtype=float)
         error = np.asarray(getattr(errors, field), dtype=float)
         for index in _entries(params, field, value.shape):
-            block, name = _label(params, field, index, features)
+            block, name = _label(params, field, index, features, getattr(model, "tree", None))
             fixed = "" if estimated[field][index] else ("pinned" if pinned[field][index] else "frozen")
             rows.append(_row(block, name, float(value[index]), float(error[index]), fixed))
     loss = float(neg_log_likelihood(model, params, x, y, weights=weights))
@@ -310,9 +310,12 @@ def _entries(params, field: str, shape: tuple[int, ...]):
     return list(np.ndindex(shape))
 
 
-def _label(params, field: str, index: tuple[int, ...], features) -> tuple[str, str]:
-    """(block, name) of one entry of a parameter block."""
-    if isinstance(params, MoEParams):
+def _label(params, field: str, index: tuple[int, ...], features, tree=None) -> tuple[str, str]:
+    """(block, name) of one entry of a parameter block (``tree``: a hierarchical model's, naming its gate rows)."""
+    if isinstance(params, HMEParams) and field == "gates" and tree is not None:
+        row, j = index  # the logit of stepping into the node at this path (emjax.models._hme_tree)
+        return "gates", f"gate[{tree.row_paths()[row]}].{features[j]}"
+    if isinstance(params, (MoEParams, HMEParams)):
         if field == "gate":
             k, j = index
             return "gate", f"gate[{k}].{features[j]}"

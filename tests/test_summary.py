@@ -186,3 +186,14 @@ def test_symmetric_model_and_one_expert_baseline():
     baseline = emjax.summary(one, fit, x, y)
     assert baseline.num_parameters == 3 and all(row.fixed == "pinned" for row in baseline.coefficients[:2])
     assert "gate[0].x1" in str(baseline)
+
+
+def test_a_tree_names_its_gate_rows_by_their_path():
+    model = emjax.HierarchicalMoE(emjax.GaussianExpert(), (2, 3))
+    truth = emjax.testing.random_params(model, jax.random.key(0), 2, expert_norm=2.0, sigma=0.5)
+    x, y = emjax.sample(model, truth, jax.random.key(1), 300)
+    names = [row.name for row in emjax.summary(model, truth, x, y).coefficients if row.block == "gates"]
+    paths = ["0", "1", "0.0", "0.1", "0.2", "1.0", "1.1", "1.2"]  # breadth-first: the root's gate, then level 1's
+    assert names == [f"gate[{path}].x{j}" for path in paths for j in range(2)]
+    experts = [row.name for row in emjax.summary(model, truth, x, y).coefficients if row.block.startswith("expert")]
+    assert experts[:2] == ["expert[0].x0", "expert[0].x1"] and len(experts) == 12

@@ -52,6 +52,19 @@ class Tree(eqx.Module):
         """$o_l$, the first gate row of the gates of level l (the rows of the nodes of level l + 1)."""
         return sum(self.nodes(i) for i in range(1, level + 1))
 
+    def row_paths(self) -> tuple[str, ...]:
+        """For each gate row (each non-root node, breadth-first), its path from the root as child indices,
+        e.g. ``"1.0"`` for child 0 of the root's child 1: how printed output names the gate rows."""
+        paths = []
+        for level in range(1, self.depth + 1):
+            for node in range(self.nodes(level)):
+                digits, rest = [], node
+                for b in reversed(self.branching[:level]):
+                    rest, digit = divmod(rest, b)
+                    digits.append(str(digit))
+                paths.append(".".join(reversed(digits)))
+        return tuple(paths)
+
     def pinned_rows(self) -> np.ndarray:
         """(E,) booleans: the row of the first child of every inner node is pinned (as the flat gate's row 0)."""
         pinned = np.zeros(self.num_rows, bool)
