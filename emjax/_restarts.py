@@ -155,38 +155,9 @@ def fit_restarts(
         frozen, fixed = _frozen_entries(model, solver, placeholder), as_arrays(params, x, y)[0]
     if weights is not None:
         weights = jnp.asarray(weights, dtype)
-    if tol is None:
-        return _restarts(
-            model,
-            solver,
-            keys,
-            x,
-            y,
-            num_steps,
-            None,
-            None,
-            progress_every,
-            batch_size,
-            frozen,
-            fixed,
-            criterion,
-            weights,
-        )
+    rtol, atol = (None, None) if tol is None else (jnp.asarray(tol, dtype), jnp.asarray(atol, dtype))
     return _restarts(
-        model,
-        solver,
-        keys,
-        x,
-        y,
-        num_steps,
-        jnp.asarray(tol, dtype),
-        jnp.asarray(atol, dtype),
-        progress_every,
-        batch_size,
-        frozen,
-        fixed,
-        criterion,
-        weights,
+        model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen, fixed, criterion, weights
     )
 
 
