@@ -71,12 +71,6 @@ def log_softmax_parts(z: Array) -> tuple[Array, Array]:
     return (jnp.log(total) + top)[:, 0], e / total
 
 
-def expand_prefix(mask, shape) -> Array:
-    """Broadcast a mask whose shape is a prefix of ``shape`` (e.g. (K,) for (K, d)) to ``shape``."""
-    mask = jnp.asarray(mask, bool)
-    return jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim)), shape)
-
-
 def _uses_default_minimize(model) -> bool:
     return getattr(type(model).minimize, "_emjax_default", False)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -60,6 +63,50 @@ class SymParams(eqx.Module):
         r"""Resolve the label swap $\theta \equiv -\theta$: flip when $\langle\beta, \beta_{ref}\rangle < 0$."""
         sign = jnp.where(jnp.vdot(self.beta, reference.beta) < 0, -1.0, 1.0).astype(self.w.dtype)
         return SymParams(w=sign * self.w, beta=sign * self.beta)
+
+
+def expand_prefix(mask, shape) -> Array:
+    """Broadcast a mask whose shape is a prefix of ``shape`` (e.g. (K,) for (K, d)) to ``shape``."""
+    mask = jnp.asarray(mask, bool)
+    return jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim)), shape)
+
+
+def flatten_unpinned(params, pinned) -> Array:
+    """The entries of ``params`` that ``pinned`` (NumPy booleans of the same structure) leaves free, leaf by
+    leaf in field order, as one vector: the flattened order of the K-expert and hierarchical models."""
+    leaves, masks = jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(pinned)
+    return jnp.concatenate([leaf[~mask] for leaf, mask in zip(leaves, masks, strict=True)])
+
+
+def unflatten_unpinned(vector: Array, like, pinned):
+    """Inverse of :func:`flatten_unpinned`: ``like`` with its free entries taken from ``vector`` (cast to the
+    dtype of ``like``'s first leaf); pinned entries keep ``like``'s values."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    vector = jnp.asarray(vector, leaves[0].dtype)
+    out, start = [], 0
+    for leaf, mask in zip(leaves, jax.tree_util.tree_leaves(pinned), strict=True):
+        size = int(np.sum(~mask))
+        segment = vector[start : start + size]
+        start += size
+        # a block with nothing pinned (σ) is the segment itself
+        out.append(jnp.asarray(leaf).at[np.nonzero(~mask)].set(segment) if mask.any() else segment.reshape(leaf.shape))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def free_from_pinned(pinned, trainable=None):
+    """What may change: not ``pinned`` and, where a ``trainable`` mask is given (a field None = trainable; a
+    mask whose shape is a prefix of the field's, e.g. per expert, broadcasts), trainable."""
+    free = jax.tree_util.tree_map(lambda p: jnp.asarray(~p), pinned)
+    if trainable is None:
+        return free
+
+    def combine(field):
+        mask, allowed = getattr(trainable, field), getattr(free, field)
+        if allowed is None or mask is None:
+            return allowed
+        return allowed & expand_prefix(mask, allowed.shape)
+
+    return type(free)(**{field.name: combine(field.name) for field in dataclasses.fields(free)})
 
 
 def _as_leaf(value):

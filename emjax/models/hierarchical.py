@@ -81,7 +81,7 @@ from . import _moe_solve
 from ._hme_tree import HMEParams, Tree
 from ._kmeans import cluster, standardise
 from ._model import AbstractModel, keep_frozen, normalise, row_mean, weigh_rows
-from ._params import MoEParams
+from ._params import MoEParams, flatten_unpinned, free_from_pinned, unflatten_unpinned
 from .experts import VARIANCE_FLOOR, AbstractExpertFamily
 from .moe import _SOFTEN, MixtureOfExperts, MoECache
 
@@ -216,33 +216,13 @@ class HierarchicalMoE(AbstractModel):
 
     def flatten(self, params: HMEParams) -> Array:
         """The free entries in the documented order: free gate rows, experts, sigma."""
-        pinned = self.pinned(params.dim)
-        parts = [params.gates[~pinned.gates], params.experts[~pinned.experts]]
-        if params.sigma is not None:
-            parts.append(params.sigma)
-        return jnp.concatenate(parts)
+        return flatten_unpinned(params, self.pinned(params.dim))
 
     def unflatten(self, vector: Array, like: HMEParams) -> HMEParams:
-        pinned = self.pinned(like.dim)
-        vector = jnp.asarray(vector, like.gates.dtype)
-        sizes = [int(np.sum(~pinned.gates)), int(np.sum(~pinned.experts))]
-        gates = like.gates.at[np.nonzero(~pinned.gates)].set(vector[: sizes[0]])
-        experts = like.experts.at[np.nonzero(~pinned.experts)].set(vector[sizes[0] : sizes[0] + sizes[1]])
-        sigma = None if like.sigma is None else vector[sizes[0] + sizes[1] :]
-        return HMEParams(gates=gates, experts=experts, sigma=sigma)
+        return unflatten_unpinned(vector, like, self.pinned(like.dim))
 
     def free_mask(self, params: HMEParams, trainable=None) -> HMEParams:
-        free = jax.tree_util.tree_map(lambda p: jnp.asarray(~p), self.pinned(params.dim))
-        if trainable is None:
-            return free
-
-        def combine(field):
-            mask, allowed = getattr(trainable, field), getattr(free, field)
-            if allowed is None or mask is None:
-                return allowed
-            return allowed & _moe_solve.expand_prefix(mask, allowed.shape)
-
-        return HMEParams(gates=combine("gates"), experts=combine("experts"), sigma=combine("sigma"))
+        return free_from_pinned(self.pinned(params.dim), trainable)
 
     def to_unconstrained(self, params: HMEParams) -> HMEParams:
         """log σ in place of σ (families with a scale), as the flat mixture."""

@@ -32,7 +32,7 @@ from .._validation import check_finite, check_real, check_values, not_positive, 
 from . import _moe_solve
 from ._kmeans import cluster, standardise
 from ._model import AbstractModel, normalise, row_mean, weigh_rows
-from ._params import MoEParams
+from ._params import MoEParams, flatten_unpinned, free_from_pinned, unflatten_unpinned
 from .experts import VARIANCE_FLOOR, AbstractExpertFamily, GaussianExpert, PoissonExpert, SoftmaxExpert
 
 _SOFTEN = 0.5  # initial responsibilities: half on the assigned expert, half spread evenly
@@ -149,33 +149,13 @@ class MixtureOfExperts(AbstractModel):
 
     def flatten(self, params: MoEParams) -> Array:
         """The free (non-pinned) entries in the documented order: gate rows 1.., experts, sigma."""
-        pinned = self.pinned(params.dim)
-        parts = [params.gate[~pinned.gate], params.experts[~pinned.experts]]
-        if params.sigma is not None:
-            parts.append(params.sigma)
-        return jnp.concatenate(parts)
+        return flatten_unpinned(params, self.pinned(params.dim))
 
     def unflatten(self, vector: Array, like: MoEParams) -> MoEParams:
-        pinned = self.pinned(like.dim)
-        vector = jnp.asarray(vector, like.gate.dtype)
-        sizes = [int(np.sum(~pinned.gate)), int(np.sum(~pinned.experts))]
-        gate = like.gate.at[np.nonzero(~pinned.gate)].set(vector[: sizes[0]])
-        experts = like.experts.at[np.nonzero(~pinned.experts)].set(vector[sizes[0] : sizes[0] + sizes[1]])
-        sigma = None if like.sigma is None else vector[sizes[0] + sizes[1] :]
-        return MoEParams(gate=gate, experts=experts, sigma=sigma)
+        return unflatten_unpinned(vector, like, self.pinned(like.dim))
 
     def free_mask(self, params: MoEParams, trainable=None) -> MoEParams:
-        free = jax.tree_util.tree_map(lambda p: jnp.asarray(~p), self.pinned(params.dim))
-        if trainable is None:
-            return free
-
-        def combine(field):
-            mask, allowed = getattr(trainable, field), getattr(free, field)
-            if allowed is None or mask is None:
-                return allowed
-            return allowed & _moe_solve.expand_prefix(mask, allowed.shape)
-
-        return MoEParams(gate=combine("gate"), experts=combine("experts"), sigma=combine("sigma"))
+        return free_from_pinned(self.pinned(params.dim), trainable)
 
     # ------------------------------------------------------------------ likelihood
 
