@@ -23,28 +23,7 @@
 
 suppressPackageStartupMessages(library(mixtools))
 
-out_dir <- file.path("tests", "fixtures")
-if (!dir.exists(out_dir)) stop("run from the repository root (", out_dir, " not found)")
-
-exact_strings <- function(values) {
-  # The shortest of 15 or 17 significant digits that reads back to exactly the same doubles.
-  for (digits in c(15, 17)) {
-    text <- formatC(values, digits = digits, format = "g")
-    text <- trimws(text)
-    if (identical(as.numeric(text), as.numeric(values))) return(text)
-  }
-  stop("no exact decimal form")
-}
-
-write_fixture <- function(frame, name) {
-  text <- as.data.frame(lapply(frame, exact_strings), stringsAsFactors = FALSE)
-  path <- file.path(out_dir, name)
-  write.csv(text, path, row.names = FALSE, quote = FALSE)
-  back <- read.csv(path)
-  stopifnot(identical(names(back), names(frame)))
-  for (column in names(frame)) stopifnot(identical(as.numeric(back[[column]]), as.numeric(frame[[column]])))
-  back
-}
+source(file.path("benchmarks", "r", "fixture_io.R"))  # out_dir, exact_strings, write_fixture
 
 # The truth: gate P(z = 1 | x) = inv.logit(0.5 + 2.5 x); expert 1: y = 1 + 2 x + N(0, 0.5^2),
 # expert 2: y = -1 - 1.5 x + N(0, 0.8^2); x ~ N(0, 1); n = 500.
