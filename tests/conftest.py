@@ -1,7 +1,10 @@
 """Test configuration: float64 and strict rank promotion for every test (never at library import)."""
 
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 
 # Compile time dominates at test sizes. Three XLA CPU settings cut it without changing what is computed
 # (IEEE arithmetic either way; every comparison in the suite is between runs under the same flags, or against
@@ -19,6 +22,16 @@ for _name, _value in TEST_XLA_FLAGS.items():
     if _name not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{_name}={_value}").strip()
 
+# One persistent compilation cache per test session, in a temporary folder removed at its end: the xdist workers
+# and the subprocesses (notebook kernels, the CLI) inherit the variable, so a program one of them compiled (at least
+# 0.2 s of compile time: below that, reading the cache costs about as much) is loaded, not compiled again, by the
+# others. A cache the user already set is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="emjax-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+
 import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
 import pytest  # noqa: E402
 
@@ -33,15 +46,30 @@ def kind(request):
     return request.param
 
 
+def _memory_map_budget() -> tuple[int, int] | None:
+    """(mappings this process holds, half of the kernel's limit), or None where /proc cannot say (not Linux)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            held = sum(1 for _ in maps)
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return held, int(limit.read()) // 2
+    except (OSError, ValueError):
+        return None
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Free each module's compiled programs when it ends.
+    """Free the compiled programs at the end of a module once they hold half the process's memory-map limit.
 
-    Every XLA CPU executable keeps memory mappings; the whole suite compiles enough programs to
-    pass Linux's default vm.max_map_count (65530), which ends the process with a segfault."""
+    Every XLA CPU executable keeps memory mappings; one worker compiles enough programs over the suite to pass
+    Linux's default vm.max_map_count (65530), which ends the process with a segfault. Clearing after every module
+    instead would recompile (and re-trace) every program the next modules share: about 80 CPU seconds of the
+    suite's compilation, measured."""
     yield
-    jax.clear_caches()
-    gc.collect()
+    budget = _memory_map_budget()
+    if budget is None or budget[0] > budget[1]:
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture(autouse=True)
