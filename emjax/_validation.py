@@ -468,10 +468,13 @@ def public(check, traced: tuple[str, ...] = ()):
             checks = collector.checks
             specs = tuple(c.spec for c in checks)
             values = [c.value for c in checks]
-            if all(is_concrete(value) for value in values):
+            first_failure = _first_failure(specs, values) if all(is_concrete(v) for v in values) else None
+            # Concrete values under an outer trace (a user's jit of a function that closes over concrete data)
+            # still give a traced index: those calls take the traced path below.
+            if first_failure is not None and is_concrete(first_failure):
                 # An eager call: a small compiled reduction says which check failed, if any; only that
                 # index (one integer) comes to the host. Bad input then never compiles the function itself.
-                index = int(_first_failure(specs, values))
+                index = int(first_failure)
                 if index >= 0:
                     raise checks[index].host_error()
                 return compiled(*bound.args, **bound.kwargs)

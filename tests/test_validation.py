@@ -463,6 +463,19 @@ def test_nonfinite_data_under_jit_raise_at_run_time(model_name, fn_name):
             jax.block_until_ready(fn(X, y.at[2].set(jnp.inf)))
 
 
+def test_a_jit_of_a_closure_over_concrete_data_runs_and_checks_at_run_time():
+    """Concrete data and parameters closed over by a user's jit are traced values inside it: the call runs, and
+    the checks ride along to run time."""
+    model, params, y = ALL_MODELS["MoLinE"]
+    scaled = jax.jit(lambda scale: scale * emjax.em_step(model, params, X, y).experts)
+    np.testing.assert_allclose(scaled(2.0), 2.0 * emjax.em_step(model, params, X, y).experts, rtol=1e-6)
+    drawn = jax.jit(lambda key: emjax.sample(model, params, key, 7)[1])(jax.random.key(0))
+    assert drawn.shape == (7,)
+    bad_x = X.at[1, 0].set(jnp.nan)
+    with pytest.raises(Exception, match="x must be finite"):
+        jax.block_until_ready(jax.jit(lambda scale: scale * emjax.em_step(model, params, bad_x, y).experts)(2.0))
+
+
 @pytest.mark.parametrize("model_name", ["SymMoLogE", "MoLinE"])
 def test_nonfinite_data_under_jit_give_nonfinite_status(model_name):
     model, params, y = ALL_MODELS[model_name]
