@@ -4,6 +4,8 @@ Oracles: Hasselblad's Poisson mixture with R's SQUAREM counts and fixed point (t
 16), plain EM run to its fixed point, the loss trace (monotone with the safeguard), and the
 parameters themselves (frozen and pinned entries bit-identical, σ > 0)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +23,22 @@ R_FIXED_POINT = np.array([0.35989, 1.25610, 2.66341])  # (π, λ₁, λ₂), to 
 # One step bound for every Hasselblad fit with a tolerance: ``num_steps`` is static (it sizes the loss trace),
 # so each distinct bound compiles the fit loop anew. Every run here converges well before it.
 STEPS = 20000
+# Plain EM crawls on these problems (rate 0.995-0.996: thousands of steps per run), and the tests run XLA's backend
+# at -O0, under which those runs cost several times their compilation. The plain-EM runs with a distance tolerance
+# go through one test-built jit per problem with the optimised backend (same computation; start and tol traced, so
+# every such run on a problem shares it).
+OPTIMISED = {"xla_backend_optimization_level": 2}
 
 
 def _hasselblad():
     y = jnp.asarray(np.repeat(np.arange(10), DAYS), jnp.float64)
     return jnp.ones((y.size, 1)), y
+
+
+@functools.partial(jax.jit, compiler_options=OPTIMISED)
+def _hasselblad_em(start, x, y, tol):
+    """Plain EM on Hasselblad's data with a distance tolerance, to the step bound STEPS (the optimised backend)."""
+    return emjax.fit(HASSELBLAD, emjax.em(), start, x, y, STEPS, tol=tol)
 
 
 def _hasselblad_start(pi, rate1, rate2):
@@ -43,7 +56,7 @@ def _natural(params):
 @pytest.fixture(scope="module")
 def hasselblad_fixed_point():
     x, y = _hasselblad()
-    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.3, 1, 5), x, y, STEPS, tol=1e-12)
+    result = _hasselblad_em(_hasselblad_start(0.3, 1, 5), x, y, 1e-12)
     assert int(result.status) == emjax.Status.ok
     return result.params
 
@@ -70,7 +83,7 @@ def test_distance_rule_stops_near_the_fixed_point_and_the_loss_rule_does_not(has
     """Plain EM at rate 0.9957: the distance estimate matches the true distance; the loss rule is misleading."""
     x, y = _hasselblad()
     start = _hasselblad_start(0.3, 1, 5)
-    by_distance = emjax.fit(HASSELBLAD, emjax.em(), start, x, y, STEPS, tol=1e-6)
+    by_distance = _hasselblad_em(start, x, y, 1e-6)
     true = _distance(HASSELBLAD, by_distance.params, hasselblad_fixed_point)
     estimate = float(by_distance.distance_estimate)
     assert bool(by_distance.converged) and true <= 1.5e-6
@@ -85,7 +98,7 @@ def test_em_rate_agrees_with_the_estimated_rate(hasselblad_fixed_point):
     x, y = _hasselblad()
     rate = float(emjax.em_rate(HASSELBLAD, hasselblad_fixed_point, x, y))
     # A run with a tolerance (the fixture's compiled loop) rather than a fixed 4,000-step scan of its own.
-    result = emjax.fit(HASSELBLAD, emjax.em(), _hasselblad_start(0.5, 1, 3), x, y, STEPS, tol=1e-8)
+    result = _hasselblad_em(_hasselblad_start(0.5, 1, 3), x, y, 1e-8)
     assert bool(result.converged)
     assert abs(float(result.rate_estimate) - rate) < 1e-3
 
@@ -95,8 +108,12 @@ def test_round_off_steps_leave_the_rate_alone(name, hasselblad_fixed_point):
     """At tol 1e-11 the last steps are a few hundred eps long: their ratios are noise (often above 1).
     The rate stays at the base map's, the run converges, and d̂ still brackets the true distance."""
     x, y = _hasselblad()
-    solver = {"em": emjax.em(), "squarem": emjax.squarem(emjax.em()), "anderson": emjax.anderson(emjax.em())}[name]
-    result = emjax.fit(HASSELBLAD, solver, _hasselblad_start(0.5, 1, 3), x, y, STEPS, tol=1e-11)
+    start = _hasselblad_start(0.5, 1, 3)
+    if name == "em":  # the fixture's compiled plain-EM loop
+        result = _hasselblad_em(start, x, y, 1e-11)
+    else:
+        solver = emjax.squarem(emjax.em()) if name == "squarem" else emjax.anderson(emjax.em())
+        result = emjax.fit(HASSELBLAD, solver, start, x, y, STEPS, tol=1e-11)
     assert int(result.status) == emjax.Status.ok and bool(result.converged)
     assert 0.995 <= float(result.rate_estimate) < 0.9995
     true = _distance(HASSELBLAD, result.params, hasselblad_fixed_point)
@@ -131,15 +148,17 @@ def test_distance_estimate_tracks_the_true_distance(kind):
     assert true / 3 <= estimate <= 3 * true + 1e-13
 
 
-def _em_fixed_point(model, start, x, y, chunk):
+def _em_fixed_point(model, start, x, y, chunk, plain_em=None):
     """Plain EM's own fixed point from ``start``, to round-off (the oracle for the accelerated runs:
     an extrapolation may also land on another fixed point of F, even an unstable one).
 
     Runs of ``chunk`` steps, each carrying on from the last (the same EM sequence), so that the bound is one a
-    test compiles anyway."""
+    test compiles anyway. ``plain_em(params, tol)``, if given, runs one chunk (a compiled loop of the caller's)."""
+    if plain_em is None:
+        plain_em = lambda params, tol: emjax.fit(model, emjax.em(), params, x, y, chunk, tol=tol)  # noqa: E731
     params = start
     for _ in range(20):
-        result = emjax.fit(model, emjax.em(), params, x, y, chunk, tol=1e-12)
+        result = plain_em(params, 1e-12)
         if int(result.status) == emjax.Status.ok:
             return result.params
         assert int(result.status) == emjax.Status.max_steps
@@ -157,16 +176,25 @@ def _slow_symmetric_logistic(n=1000):
     return model, x, y, model.init_params(jax.random.key(5), x, y)
 
 
+@functools.partial(jax.jit, static_argnums=0, compiler_options=OPTIMISED)
+def _slow_em(model, start, x, y, tol):
+    """Plain EM on the slow problem with a distance tolerance, SLOW_STEPS at most (the optimised backend)."""
+    return emjax.fit(model, emjax.em(), start, x, y, SLOW_STEPS, tol=tol)
+
+
 @pytest.fixture(scope="module")
 def slow_logistic():
-    """The slow SymMoLogE problem (n = 1000, EM rate 0.995) and plain EM's fixed point from its start."""
+    """The slow SymMoLogE problem (n = 1000, EM rate 0.995), plain EM's fixed point from its start, and plain EM's
+    run from the start at the accelerated runs' tolerance (1e-9; the same for every test that uses it)."""
     model, x, y, start = _slow_symmetric_logistic()
-    return model, x, y, start, _em_fixed_point(model, start, x, y, SLOW_STEPS)
+    reference = _em_fixed_point(model, start, x, y, SLOW_STEPS, lambda params, tol: _slow_em(model, params, x, y, tol))
+    plain = _slow_em(model, start, x, y, 1e-9)
+    return model, x, y, start, reference, plain
 
 
 @pytest.mark.parametrize("name", ["squarem", "anderson"])
 def test_slow_problem_accelerated_fixed_point_equals_em_and_loss_is_monotone(name, slow_logistic):
-    model, x, y, start, reference = slow_logistic
+    model, x, y, start, reference, plain = slow_logistic
     assert float(emjax.em_rate(model, reference, x, y)) > 0.99
     factory = emjax.squarem if name == "squarem" else emjax.anderson
     result = emjax.fit(model, factory(emjax.em(), monotone=True), start, x, y, SLOW_STEPS, tol=1e-9)
@@ -175,7 +203,6 @@ def test_slow_problem_accelerated_fixed_point_equals_em_and_loss_is_monotone(nam
     trace = np.asarray(result.losses[: int(result.num_steps) + 1])
     assert np.all(np.diff(trace) <= 1e-14 * np.abs(trace[1:]))
     assert int(result.stats["num_fallbacks"]) > 0  # the safeguard acted, and was counted
-    plain = emjax.fit(model, emjax.em(), start, x, y, SLOW_STEPS, tol=1e-9)
     assert int(plain.status) == emjax.Status.max_steps  # EM crawls: 2,000 steps are not enough
     assert int(result.stats["num_map_evaluations"]) * 5 < 2000
 
@@ -199,7 +226,7 @@ def test_squarem_counts_follow_its_cycle():
 
 @pytest.mark.parametrize("name", ["squarem", "anderson"])
 def test_mirror_descent_base_reaches_the_em_fixed_point(name, slow_logistic):
-    model, x, y, start, reference = slow_logistic
+    model, x, y, start, reference, _ = slow_logistic
     factory = emjax.squarem if name == "squarem" else emjax.anderson
     result = emjax.fit(model, factory(emjax.mirror_descent(0.7)), start, x, y, SLOW_STEPS, tol=1e-10)
     assert int(result.status) == emjax.Status.ok
