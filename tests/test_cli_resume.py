@@ -79,6 +79,7 @@ def reference(tmp_path_factory):
         if not output:
             output.append(_finish(process, log))
             assert "(3 chunks computed, 0 loaded)" in output[0]
+            assert "n=400, d=3" in output[0]  # SMALL took effect
         return out
 
     yield finished
