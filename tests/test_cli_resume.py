@@ -4,6 +4,12 @@ The CLI runs in subprocesses, as a user runs it. ``figure1 --quick`` is the chea
 sweeps: step-size tuning, one chunk; the figures, two chunks) and compiling dominates its time, so
 the uninterrupted reference run goes on in the background while the killed run and its resumption
 compile (two cores: about half the wall time of running the three one after another).
+
+What is tested is resumption, not the figures' numbers, so each subprocess shrinks the rows and width
+of the quick figures (``SMALL``: n = 400, d = 3 instead of 2000 and 10) before it calls the CLI's
+``main``: the same sweeps, instances, iterations and chunks (one tuning chunk, two figure chunks),
+the same compiled programs but for their shapes, and about a third less CPU time per run (what is
+left is mostly compiling). The command line and everything after it are the user's.
 """
 
 import json
@@ -23,7 +29,14 @@ from emjax.sweeps._store import RECORD, ConfigurationMismatch, SweepStore, to_js
 from tests.sweep_cells import GRID, em_cell
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = [sys.executable, "-m", "emjax", "reproduce", "figure1", "--quick", "--no-progress"]
+SMALL = """
+import sys
+from emjax.experiments import _synthetic
+_synthetic.FigureSettings.quick = classmethod(lambda cls: cls(n=400, d=3, num_instances=12, tuning_instances=3))
+from emjax.cli import main
+sys.exit(main())
+"""
+COMMAND = [sys.executable, "-c", SMALL, "reproduce", "figure1", "--quick", "--no-progress"]
 CSVS = ("figure1.csv", "figure2.csv", "step_sizes_figures.csv")
 TIMEOUT = 300
 
@@ -66,6 +79,7 @@ def reference(tmp_path_factory):
         if not output:
             output.append(_finish(process, log))
             assert "(3 chunks computed, 0 loaded)" in output[0]
+            assert "n=400, d=3" in output[0]  # SMALL took effect
         return out
 
     yield finished
