@@ -92,8 +92,14 @@ def test_every_public_function_accepts_k_expert_models_with_one_meaning(kind):
 def test_em_is_the_m_step_of_the_posterior_targets_and_mirror_descent_of_the_blend(kind):
     for model, truth, x, y in (make_problem(kind, seed=5, n=300), make_moe_problem(kind, seed=5, n=300)):
         start = emjax.testing.perturb(truth, jax.random.key(3), 0.4) if isinstance(truth, emjax.SymParams) else truth
-        targets, scores = model.posterior_targets(start, x, y)
-        solved = model.solve(start, x, targets, model.free_mask(start), scores)
+
+        # Compiled: the model's own methods called eagerly would dispatch their Newton loops op by op.
+        @jax.jit
+        def m_step_of_the_posterior_targets(start, x, y, model=model):
+            targets, scores = model.posterior_targets(start, x, y)
+            return model.solve(start, x, targets, model.free_mask(start), scores)
+
+        solved = m_step_of_the_posterior_targets(start, x, y)
         _tree_close(solved, emjax.em_step(model, start, x, y), rtol=1e-12, atol=1e-13)
         _tree_close(
             emjax.mirror_descent_step(model, start, x, y, 1.0),
@@ -197,7 +203,12 @@ def test_a_model_written_on_the_contract_alone_runs_through_every_public_functio
     # largest eigenvalue, computed from the generic autodiff information matrices.
     fixed = emjax.fit(model, emjax.em(), result.params, x, y, 2000, tol=1e-15).params
     vector = model.flatten(fixed)
-    jacobian = jax.jacobian(lambda v: model.flatten(emjax.em_step(model, model.unflatten(v, fixed), x, y)))(vector)
+
+    @jax.jit  # compiled: eager autodiff dispatches op by op
+    def em_map_jacobian(vector, fixed, x, y):
+        return jax.jacobian(lambda v: model.flatten(emjax.em_step(model, model.unflatten(v, fixed), x, y)))(vector)
+
+    jacobian = em_map_jacobian(vector, fixed, x, y)
     top = np.max(np.abs(np.linalg.eigvals(np.asarray(jacobian))))
     np.testing.assert_allclose(float(emjax.em_rate(model, fixed, x, y)), top, rtol=1e-4)
     gradient = emjax.neg_log_likelihood_grad(model, start, x, y)

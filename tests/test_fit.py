@@ -89,7 +89,7 @@ def test_fit_over_an_snr_grid_compiles_once():
 
 def test_public_fit_compiles_once_across_data_and_step_sizes():
     # Step sizes are traced leaves of the solver, not constants: new values reuse the program.
-    model, truth, x, y = make_problem("lin", n=120, d=2, seed=31)
+    model, truth, x, y = make_problem("lin", n=100, d=2, seed=31)  # the shape of the other lin d = 2 tests
     cache = emjax._fit._fit_scan._cached
     traces = []
     for i, eta in enumerate([0.2, 0.5, 0.9]):
@@ -250,11 +250,11 @@ def test_tolerance_nonfinite_and_bad_values():
         emjax.fit(model, emjax.em(), truth, x, y, 3, tol=0.0, atol=-1.0)
     # atol alone (tol = 0) stops too; an unreachable tolerance runs to the bound.
     assert bool(emjax.fit(model, emjax.em(), truth, x, y, 100, tol=0.0, atol=1e-6).converged)
-    assert int(emjax.fit(model, emjax.em(), truth, x, y, 4, tol=0.0).status) == emjax.Status.max_steps
+    assert int(emjax.fit(model, emjax.em(), truth, x, y, 100, tol=0.0).status) == emjax.Status.max_steps  # 1 program
 
 
 def test_tolerances_are_traced():
-    model, truth, x, y = make_problem("lin", n=120, d=2, seed=73)
+    model, truth, x, y = make_problem("lin", n=100, d=2, seed=73)  # the shape of the test above: its program
     cache = emjax._fit._fit_until._cached
     steps = []
     for i, tol in enumerate([1e-3, 1e-6, 1e-9]):

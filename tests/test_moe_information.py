@@ -1,5 +1,7 @@
 """K-expert information matrices (docs/math.md §5.6), standard errors, AIC and BIC."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,17 +28,25 @@ def _fitted(model, x, y):
     return _fit(model, emjax.init_params(model, jax.random.key(0), x, y), x, y)
 
 
-def test_louis_identity_observed_information_is_the_hessian(moe_kind):
-    """I_c - I_miss equals jax.hessian(L) over the free parameters, at an arbitrary point."""
-    model, truth, x, y = make_moe_problem(moe_kind, seed=40, n=N)  # the module's size: compiled programs shared
-    point = emjax.init_params(model, jax.random.key(1), x, y)
+@functools.partial(jax.jit, static_argnums=0)
+def _louis(model, point, x, y):
+    """jax.hessian(L) over the free parameters and I_c, I_miss, I_c - I_miss: one compiled program per family
+    (eager autodiff dispatches op by op), shared by the Louis and standard-error tests."""
     hessian = jax.hessian(moe_flat_fn(model, lambda p: emjax.neg_log_likelihood(model, p, x, y), point))(
         moe_flatten(model, point)
     )
     complete = emjax.complete_information(model, point, x, y)
     missing = emjax.missing_information(model, point, x, y)
+    return hessian, complete, missing, emjax.observed_information(model, point, x, y)
+
+
+def test_louis_identity_observed_information_is_the_hessian(moe_kind):
+    """I_c - I_miss equals jax.hessian(L) over the free parameters, at an arbitrary point."""
+    model, truth, x, y = make_moe_problem(moe_kind, seed=40, n=N)  # the module's size: compiled programs shared
+    point = emjax.init_params(model, jax.random.key(1), x, y)
+    hessian, complete, missing, observed = _louis(model, point, x, y)
     np.testing.assert_allclose(complete - missing, hessian, atol=1e-10)
-    np.testing.assert_allclose(emjax.observed_information(model, point, x, y), hessian, atol=1e-10)
+    np.testing.assert_allclose(observed, hessian, atol=1e-10)
     assert float(jnp.linalg.eigvalsh(missing)[0]) > -1e-12  # a covariance
 
 
@@ -47,16 +57,24 @@ def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(moe_kind
     norm = {"lin": 2.0, "log": 5.0, "poi": 1.5}[moe_kind]
     model, truth, x, y = make_moe_problem(moe_kind, seed=41, n=N, expert_norm=norm)
     fitted = _fit(model, truth, x, y)
-    step = moe_flatten(model, emjax.em_step(model, fitted, x, y)) - moe_flatten(model, fitted)
+
+    # One compiled program for the step, the Jacobian and the three MIM functions (eager autodiff dispatches
+    # op by op, and each public function would compile a program of its own).
+    @jax.jit
+    def at_the_fixed_point(fitted, x, y):
+        step = moe_flatten(model, emjax.em_step(model, fitted, x, y)) - moe_flatten(model, fitted)
+        jacobian = jax.jacobian(
+            moe_flat_fn(model, lambda p: moe_flatten(model, emjax.em_step(model, p, x, y)), fitted)
+        )(moe_flatten(model, fitted))
+        mim = emjax.missing_information_matrix(model, fitted, x, y)
+        eigenvalues = emjax.mim_eigenvalues(model, fitted, x, y)
+        return step, jacobian, mim, eigenvalues, emjax.em_rate(model, fitted, x, y)
+
+    step, jacobian, mim, eigenvalues, rate = at_the_fixed_point(fitted, x, y)
     assert float(jnp.max(jnp.abs(step))) < 1e-10
-    jacobian = jax.jacobian(moe_flat_fn(model, lambda p: moe_flatten(model, emjax.em_step(model, p, x, y)), fitted))(
-        moe_flatten(model, fitted)
-    )
-    mim = emjax.missing_information_matrix(model, fitted, x, y)
     np.testing.assert_allclose(jacobian, mim, atol=2e-6)
-    eigenvalues = emjax.mim_eigenvalues(model, fitted, x, y)
     assert float(eigenvalues[0]) > -1e-8 and float(eigenvalues[-1]) < 1
-    np.testing.assert_allclose(emjax.em_rate(model, fitted, x, y), eigenvalues[-1], rtol=1e-12)
+    np.testing.assert_allclose(rate, eigenvalues[-1], rtol=1e-12)
     np.testing.assert_allclose(np.sort(np.linalg.eigvals(np.asarray(jacobian)).real), eigenvalues, atol=1e-5)
 
 
@@ -64,8 +82,9 @@ def test_standard_errors_are_the_inverse_hessian_of_the_total_loss(moe_kind):
     model, _, x, y = make_moe_problem(moe_kind, seed=42, n=N)
     fitted = _fitted(model, x, y)
     n = x.shape[0]
-    total = moe_flat_fn(model, lambda p: n * emjax.neg_log_likelihood(model, p, x, y), fitted)
-    expected = jnp.sqrt(jnp.diag(jnp.linalg.inv(jax.hessian(total)(moe_flatten(model, fitted)))))
+
+    # The Hessian of the total loss n L is n times that of L (the Louis test's compiled program).
+    expected = jnp.sqrt(jnp.diag(jnp.linalg.inv(n * _louis(model, fitted, x, y)[0])))
     errors = emjax.standard_errors(model, fitted, x, y)
     np.testing.assert_allclose(moe_flatten(model, errors), expected, rtol=1e-7)
     assert bool(jnp.all(errors.gate[0] == 0))  # the pinned row is not estimated
@@ -84,7 +103,7 @@ def test_standard_errors_drop_frozen_parameters():
         full = jnp.concatenate([moe_flatten(model, fitted)[:6], vector])
         return n * emjax.neg_log_likelihood(model, moe_flat_fn(model, lambda p: p, fitted)(full), x, y)
 
-    expected = jnp.sqrt(jnp.diag(jnp.linalg.inv(jax.hessian(total)(free))))
+    expected = jax.jit(lambda free: jnp.sqrt(jnp.diag(jnp.linalg.inv(jax.hessian(total)(free)))))(free)  # one program
     np.testing.assert_allclose(moe_flatten(model, errors)[6:], expected, rtol=1e-7)
     assert emjax.num_parameters(model, fitted, mask) == 9 + 3
 
@@ -139,7 +158,13 @@ def test_jacobian_of_em_is_finite_where_responsibilities_underflow():
     x, y = emjax.sample(model, truth, jax.random.key(1), 2000)
     assert float(jnp.min(emjax.responsibilities(model, truth, x, y))) < np.finfo(np.float64).tiny * 1e10
     fixed = emjax.fit(model, emjax.em(), truth, x, y, 500, tol=1e-14).params
-    vector = model.flatten(fixed)
-    jacobian = jax.jacobian(lambda v: model.flatten(emjax.em_step(model, model.unflatten(v, fixed), x, y)))(vector)
+
+    @jax.jit  # one compiled program (eager autodiff dispatches op by op)
+    def jacobian_and_mim(fixed, x, y):
+        vector = model.flatten(fixed)
+        step = lambda v: model.flatten(emjax.em_step(model, model.unflatten(v, fixed), x, y))  # noqa: E731
+        return jax.jacobian(step)(vector), emjax.missing_information_matrix(model, fixed, x, y)
+
+    jacobian, mim = jacobian_and_mim(fixed, x, y)
     assert bool(jnp.all(jnp.isfinite(jacobian)))
-    np.testing.assert_allclose(jacobian, emjax.missing_information_matrix(model, fixed, x, y), atol=1e-10)
+    np.testing.assert_allclose(jacobian, mim, atol=1e-10)

@@ -92,7 +92,7 @@ def test_one_softmax_expert_is_the_multinomial_glm():
 
 @pytest.mark.parametrize("model", [emjax.MoLinE(1), emjax.MoLogE(1, 3), emjax.MoPoE(1)], ids=["lin", "log", "poi"])
 def test_one_expert_has_no_missing_information_and_restarts_agree(model):
-    _, x, y = _data(model, 120, seed=7)
+    _, x, y = _data(model, 200, seed=7)  # the size of the K = 1 GLM tests: compiled programs shared
     result = emjax.fit_restarts(model, emjax.em(), KEY, x, y, 3, 3)
     p = emjax.num_parameters(model, result.params)
     missing = emjax.missing_information(model, result.params, x, y)
@@ -122,7 +122,7 @@ def test_bic_across_k_prefers_two_experts_on_two_expert_data():
 @pytest.mark.parametrize("tol", [None, 1e-8])
 def test_zero_steps_return_the_start_with_one_status(tol):
     model = emjax.MoLinE(2)
-    truth, x, y = _data(model, 80, d=2)
+    truth, x, y = _data(model, 60, d=2)  # the size of the other MoLinE(2) tests: compiled programs shared
     expected = emjax.Status.ok if tol is None else emjax.Status.max_steps
     result = emjax.fit(model, emjax.em(), truth, x, y, 0, tol=tol)
     assert int(result.status) == expected and int(result.num_steps) == 0 and not bool(result.converged)
@@ -154,7 +154,7 @@ def test_lists_and_pandas_give_the_array_answers():
         "nll": emjax.neg_log_likelihood(model, truth, x, y),
         "gamma": emjax.responsibilities(model, truth, x, y),
         "em_step": emjax.em_step(model, truth, x, y).experts,
-        "fit": emjax.fit(model, emjax.em(), truth, x, y, 3).losses,
+        "fit": emjax.fit(model, emjax.em(), truth, x, y, 4).losses,  # 4 steps: the program of the repr test
         "restarts": emjax.fit_restarts(model, emjax.em(), KEY, x, y, 2, 2).restart_losses,
         "init": emjax.init_params(model, KEY, x, y).experts,
         "se": emjax.standard_errors(model, truth, x, y).experts,
@@ -168,7 +168,7 @@ def test_lists_and_pandas_give_the_array_answers():
             "nll": emjax.neg_log_likelihood(model, truth, xf, yf),
             "gamma": emjax.responsibilities(model, truth, xf, yf),
             "em_step": emjax.em_step(model, truth, xf, yf).experts,
-            "fit": emjax.fit(model, emjax.em(), truth, xf, yf, 3).losses,
+            "fit": emjax.fit(model, emjax.em(), truth, xf, yf, 4).losses,
             "restarts": emjax.fit_restarts(
                 model, emjax.em(), KEY, xf, y=yf, num_restarts=2, num_steps=2
             ).restart_losses,
