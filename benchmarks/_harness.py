@@ -6,7 +6,8 @@ One job: run each measurement in its own Python process and report it. A script 
 line that the parent reads back. A worker sets up JAX with :func:`setup_jax` (float64, a forced
 host device count, emjax from an optional ``--emjax-path`` directory) before anything imports jax.
 Also here: peak memory (:func:`rss_mb`), repeated timings (:func:`median_time`, :func:`min_time`,
-:func:`time_calls`) and markdown tables (:func:`fmt`, :func:`table`).
+:func:`time_calls`), markdown tables (:func:`fmt`, :func:`table`) and whether an R anchor can run
+(:func:`r_package_unavailable_reason`).
 
 Scripts import it as ``from _harness import ...``: Python puts a script's own folder first on
 ``sys.path``, so this works from any working directory.
@@ -18,12 +19,29 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 
 RESULT_TAG = "BENCH-RESULT-JSON "
+
+
+# ============================================================================ R anchors
+
+
+def r_package_unavailable_reason(package: str, install_hint: str = "") -> str | None:
+    """Why R's ``package`` cannot be run here (no Rscript, or the package missing), or None when it can."""
+    hint = f" ({install_hint})" if install_hint else ""
+    if shutil.which("Rscript") is None:
+        return f"Rscript not found{hint}"
+    check = f'quit(status = if (requireNamespace("{package}", quietly = TRUE)) 0 else 1)'
+    try:
+        done = subprocess.run(["Rscript", "--vanilla", "-e", check], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"Rscript could not be run ({error})"
+    return None if done.returncode == 0 else f"the R package {package} is not installed{hint}"
 
 
 # ============================================================================ memory and time

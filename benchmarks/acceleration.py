@@ -80,7 +80,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -93,6 +92,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _harness import r_package_unavailable_reason  # a script's own folder is on sys.path
 
 import emjax
 
@@ -392,22 +392,11 @@ cat(sprintf("VERSION %%s SQUAREM %%s\n", R.version.string, as.character(packageV
 """
 
 
-def r_unavailable_reason() -> str | None:
-    if shutil.which("Rscript") is None:
-        return "Rscript not found (Debian: apt-get install r-base-core, then install.packages('SQUAREM'))"
-    check = 'quit(status = if (requireNamespace("SQUAREM", quietly = TRUE)) 0 else 1)'
-    try:
-        done = subprocess.run(["Rscript", "--vanilla", "-e", check], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"Rscript could not be run ({error})"
-    if done.returncode != 0:
-        return "the R package SQUAREM is not installed (install.packages('SQUAREM'))"
-    return None
-
-
 def run_r(starts) -> dict:
     """R's fpiter and squarem (methods 3 and 1) on Hasselblad's data; {"skipped": why} without R."""
-    reason = r_unavailable_reason()
+    reason = r_package_unavailable_reason(
+        "SQUAREM", "Debian: apt-get install r-base-core, then install.packages('SQUAREM')"
+    )
     if reason:
         return {"skipped": reason}
     script = R_SCRIPT % {

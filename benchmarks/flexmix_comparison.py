@@ -80,7 +80,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +91,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _harness import r_package_unavailable_reason  # a script's own folder is on sys.path
 
 import emjax
 
@@ -133,16 +133,7 @@ class FlexmixRun:
 
 def flexmix_unavailable_reason() -> str | None:
     """Why the benchmark cannot run (no Rscript, no flexmix), or None when it can."""
-    if shutil.which("Rscript") is None:
-        return f"Rscript not found ({R_INSTALL_HINT})"
-    check = 'quit(status = if (requireNamespace("flexmix", quietly = TRUE)) 0 else 1)'
-    try:
-        done = subprocess.run(["Rscript", "--vanilla", "-e", check], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"Rscript could not be run ({error})"
-    if done.returncode != 0:
-        return f"the R package flexmix is not installed ({R_INSTALL_HINT})"
-    return None
+    return r_package_unavailable_reason("flexmix", R_INSTALL_HINT)
 
 
 # ----------------------------------------------------------------------------- problems

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import subprocess
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from _harness import r_package_unavailable_reason  # a script's own folder is on sys.path
 
 import emjax
 
@@ -62,20 +62,9 @@ cat("PARAMS", format(c(fit$w, fit$beta, fit$sigma), digits = 17), "\\n")
 """
 
 
-def mixtools_unavailable_reason() -> str | None:
-    if shutil.which("Rscript") is None:
-        return "Rscript not found"
-    check = 'quit(status = if (requireNamespace("mixtools", quietly = TRUE)) 0 else 1)'
-    try:
-        done = subprocess.run(["Rscript", "--vanilla", "-e", check], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"Rscript could not be run ({error})"
-    return None if done.returncode == 0 else "the R package mixtools is not installed"
-
-
 def run_mixtools():
     """``(loglik, seconds, iterations, params (w, beta, sigma) as a flat list)``, or ``(None, reason)``."""
-    reason = mixtools_unavailable_reason()
+    reason = r_package_unavailable_reason("mixtools")
     if reason is not None:
         return None, reason
     script = R_SCRIPT.format(csv=FIXTURE.as_posix())
