@@ -13,7 +13,7 @@ import pytest
 
 import emjax
 from emjax._acceleration import _to_params, _unconstrained_vector
-from tests.utils import make_moe_problem
+from tests.utils import OPTIMISED_BACKEND, make_moe_problem
 
 # Deaths per day of women over 80 in London, 1910-1912 (Hasselblad 1969): 0..9 deaths on these many days.
 DAYS = np.array([162, 267, 271, 185, 111, 61, 27, 8, 3, 1])
@@ -26,8 +26,7 @@ STEPS = 20000
 # Plain EM crawls on these problems (rate 0.995-0.996: thousands of steps per run), and the tests run XLA's backend
 # at -O0, under which those runs cost several times their compilation. The plain-EM runs with a distance tolerance
 # go through one test-built jit per problem with the optimised backend (same computation; start and tol traced, so
-# every such run on a problem shares it).
-OPTIMISED = {"xla_backend_optimization_level": 2}
+# every such run on a problem shares it): ``OPTIMISED_BACKEND``.
 
 
 def _hasselblad():
@@ -35,7 +34,7 @@ def _hasselblad():
     return jnp.ones((y.size, 1)), y
 
 
-@functools.partial(jax.jit, compiler_options=OPTIMISED)
+@functools.partial(jax.jit, compiler_options=OPTIMISED_BACKEND)
 def _hasselblad_em(start, x, y, tol):
     """Plain EM on Hasselblad's data with a distance tolerance, to the step bound STEPS (the optimised backend)."""
     return emjax.fit(HASSELBLAD, emjax.em(), start, x, y, STEPS, tol=tol)
@@ -176,7 +175,7 @@ def _slow_symmetric_logistic(n=1000):
     return model, x, y, model.init_params(jax.random.key(5), x, y)
 
 
-@functools.partial(jax.jit, static_argnums=0, compiler_options=OPTIMISED)
+@functools.partial(jax.jit, static_argnums=0, compiler_options=OPTIMISED_BACKEND)
 def _slow_em(model, start, x, y, tol):
     """Plain EM on the slow problem with a distance tolerance, SLOW_STEPS at most (the optimised backend)."""
     return emjax.fit(model, emjax.em(), start, x, y, SLOW_STEPS, tol=tol)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import emjax
-from tests.utils import MOE_MODELS, make_moe_problem
+from tests.utils import MOE_MODELS, OPTIMISED_BACKEND, make_moe_problem
 
 
 @pytest.fixture(params=sorted(MOE_MODELS))
@@ -19,10 +19,9 @@ def moe_kind(request):
 # bound so that they share the loop.
 BOUND = 500  # fits with a tolerance on the n = 200 linear problems
 DEGENERATE_STEPS = 20  # the degenerate-component fits on the n = 200 problems
-# The tests run XLA's backend at -O0 (tests/conftest.py): cheap to compile, slow to run. The programs below that
-# run long (Newton M-steps over thousands of rows or hundreds of vmapped lanes) get the optimised backend back:
-# measured on a CPU, about 7 s more compiling for 10 to 20 s less running. The linear fits run fast either way.
-OPTIMISED = {"xla_backend_optimization_level": 2}
+# The programs below that run long (Newton M-steps over thousands of rows or hundreds of vmapped lanes) get the
+# optimised backend back (OPTIMISED_BACKEND): measured on a CPU, about 7 s more compiling for 10 to 20 s less
+# running. The linear fits run fast either way.
 
 
 def _all_finite(tree):
@@ -87,7 +86,7 @@ def test_recovers_the_truth_at_high_snr_up_to_label_permutation(kind, tolerance)
         return emjax.fit_restarts(model, emjax.em(), key, x, y, num_restarts=3, num_steps=300, tol=1e-8)
 
     if kind == "log":  # the slowest to run (multinomial Newton steps on 4,000 rows): compiled optimised
-        restarts = jax.jit(restarts, compiler_options=OPTIMISED)
+        restarts = jax.jit(restarts, compiler_options=OPTIMISED_BACKEND)
     result = restarts(jax.random.key(4), x, y)
     assert int(result.status) in (emjax.Status.ok, emjax.Status.max_steps)
     matched = emjax.testing.match_experts(result.params, truth)
@@ -169,7 +168,7 @@ def test_thousands_of_random_fits_never_give_nan(moe_kind, solver_name):
         return result, model.is_degenerate(result.params, x, y)
 
     # poi and log run Newton M-steps in every lane: compiled optimised (lin and md run fast at -O0)
-    options = OPTIMISED if moe_kind in ("poi", "log") and solver_name == "em" else None
+    options = OPTIMISED_BACKEND if moe_kind in ("poi", "log") and solver_name == "em" else None
     results, degenerate = jax.jit(jax.vmap(one), compiler_options=options)(jax.random.split(jax.random.key(60), lanes))
     assert _all_finite(results.params)
     assert bool(jnp.all(jnp.isfinite(results.losses)))

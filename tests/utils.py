@@ -21,6 +21,11 @@ def kind_name(model):
     return "lin" if isinstance(model, emjax.SymMoLinE) else "log"
 
 
+# The tests run XLA's backend at -O0 (tests/conftest.py): cheap to compile, slow to run. A test-built jit whose
+# program runs long (thousands of EM steps, Newton M-steps over many rows or vmapped lanes) passes this as
+# ``compiler_options`` to get the optimised backend back for that one program.
+OPTIMISED_BACKEND = {"xla_backend_optimization_level": 2}
+
 MODELS = {"lin": emjax.SymMoLinE(sigma=1.0), "log": emjax.SymMoLogE()}
 # Norms where both models converge in reasonable time (docs/math.md §6).
 NORMS = {"lin": (2.0, 2.0), "log": (4.0, 4.0)}
