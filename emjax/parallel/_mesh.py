@@ -25,17 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .._dtypes import working_dtype
-from .._validation import (
-    check_array,
-    check_features,
-    check_labels,
-    check_real,
-    check_values,
-    check_weights,
-    data_arguments,
-    not_finite_nonnegative,
-    shape_of,
-)
+from .._validation import check_features, check_labels, check_weights, data_arguments
 
 DATA_AXIS = "data"
 CELL_AXIS = "cells"
@@ -86,9 +76,8 @@ def shard_rows(mesh: Mesh, x, y=None, *, weights=None, pad: bool = False):
     adds nothing in either sum. Padding rows are finite copies of a real row, so $0 \cdot f_n = 0$
     exactly. Without weights padding would change every mean, so emjax never pads unasked.
     Padding therefore needs a model that takes weights (``supports_weights``: the K-expert models,
-    not the symmetric ones), and every later call on the padded arrays must pass the weights; a
-    function that takes no ``weights=`` (``init_params``, say) would count the copies as rows, so
-    call it on the unpadded data.
+    not the symmetric ones), and every later call on the padded arrays must pass the weights
+    (``init_params`` and ``fit_restarts`` included: their starts weigh the rows too).
 
     **What is returned.**
 
@@ -135,17 +124,8 @@ def shard_rows(mesh: Mesh, x, y=None, *, weights=None, pad: bool = False):
     if y is not None:
         check_labels(y, n)
     processes = jax.process_count()
-    if weights is not None:
-        if processes > 1:  # this process's rows only: their sum may be 0 when another process's is not
-            check_array(weights, "weights")
-            if shape_of(weights, "weights") != (n,):
-                raise ValueError(
-                    f"weights must have one entry per row of x, shape ({n},); got shape {shape_of(weights, 'weights')}"
-                )
-            check_real(weights, "weights", allow_bool=True)
-            check_values(weights, not_finite_nonnegative, "weights must be finite and >= 0")
-        else:
-            check_weights(weights, n)
+    if weights is not None:  # with several processes, this one's rows only: their sum may be 0
+        check_weights(weights, n, positive_total=processes == 1)
     parts = mesh.shape[DATA_AXIS]
     if pad:
         if processes > 1:
