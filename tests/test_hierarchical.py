@@ -319,3 +319,240 @@ def test_reaches_mixtools_hme_loglik():
     np.testing.assert_allclose(experts[[comp1, comp2]], ref["beta"], atol=0.01)
     np.testing.assert_allclose(sigma[[comp1, comp2]], ref["sigma"], atol=0.005)
     np.testing.assert_allclose(w, ref["w"], atol=0.15)  # the gate: mixtools' slope -2.40, the maximum's -2.53
+
+
+# ----------------------------------------------------------------------------- a different branching per node
+
+# The root has 3 children, with 2, 1 and 3 leaves: gates of 3, 2, 1 (one pinned row) and 3 rows.
+UNEVEN = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(3, (2, 1, 3)))
+
+
+@pytest.fixture(scope="module")
+def uneven_problem():
+    truth, x, y = _problem(UNEVEN, seed=7, n=400, gate_norm=3.0, expert_norm=2.0, sigma=0.5)
+    start = emjax.testing.random_params(UNEVEN, jax.random.key(8), D, gate_norm=1.0, expert_norm=1.0, sigma=1.0)
+    return truth, x, y, start
+
+
+def test_bad_branching_specs_raise():
+    for spec, message in [
+        ((3, (2, 1)), r"branching\[1\] must give the children of each of the 3 nodes of level 1"),
+        ((2, (2, 2, 2)), r"branching\[1\] must give the children of each of the 2 nodes"),
+        ((3, (2, 0, 1)), r"branching\[1\] must hold Python ints >= 1"),
+        ((3, (2, True, 1)), r"branching\[1\] must hold Python ints >= 1"),
+        ((3, (2, 1.0, 1)), r"branching\[1\] must hold Python ints >= 1"),
+        ((2, ()), r"branching\[1\] must give the children of each of the 2 nodes"),
+        ((2, 2.0), r"branching\[1\] must be a Python int >= 1 or a tuple"),
+        ((0, (1,)), r"branching\[0\] must be a Python int >= 1 or a tuple"),
+        ((True,), r"branching\[0\] must be"),
+        ((2, (1, 2), (1, 1)), r"branching\[2\] must give the children of each of the 3 nodes of level 2"),
+        ((2, ((1, 1), 2)), r"branching\[1\] must hold Python ints"),
+        ((), "branching must be a non-empty tuple"),
+        (3, "branching must be a non-empty tuple"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=spec)
+
+
+def test_uneven_structure_counts_and_order():
+    """Rows, pinned first children, padded level views, subtrees, the flattened order and num_parameters
+    (free gate rows: children - 1 per node; a 1-child node contributes none)."""
+    assert UNEVEN.branching == (3, (2, 1, 3)) and UNEVEN.num_experts == 6
+    assert UNEVEN.describe() == "HierarchicalMoE(3x(2,1,3), GaussianExpert)"
+    assert emjax.HierarchicalMoE(emjax.GaussianExpert(), [2, [1, 2], 2]).branching == (2, (1, 2), 2)
+    tree = UNEVEN.tree
+    assert tree.children(1) == (2, 1, 3) and tree.num_rows == 3 + 6
+    assert tree.row_paths() == ("0", "1", "2", "0.0", "0.1", "1.0", "2.0", "2.1", "2.2")
+    assert list(np.nonzero(tree.pinned_rows())[0]) == [0, 3, 5, 6]
+    params = emjax.testing.random_params(UNEVEN, jax.random.key(3), D)
+    gates = np.asarray(params.gates)
+    np.testing.assert_array_equal(gates[[0, 3, 5, 6]], 0)
+    root, level1 = UNEVEN.level_gates(params)
+    np.testing.assert_array_equal(root[0], gates[:3])
+    assert level1.shape == (3, 3, D)  # padded to the widest gate, zeros past each node's children
+    np.testing.assert_array_equal(level1[0], np.concatenate([gates[3:5], np.zeros((1, D))]))
+    np.testing.assert_array_equal(level1[1], np.concatenate([gates[5:6], np.zeros((2, D))]))
+    np.testing.assert_array_equal(level1[2], gates[6:9])
+    np.testing.assert_array_equal(tree.level_mask(1), [[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    # Flattened order: the free rows (the root's 1, 2; node 0's 4; node 2's 7, 8), experts, sigma.
+    vector = UNEVEN.flatten(params)
+    expected = np.concatenate([gates[[1, 2, 4, 7, 8]].ravel(), np.ravel(params.experts), params.sigma])
+    np.testing.assert_array_equal(vector, expected)
+    _close(UNEVEN.unflatten(vector, params), params, rtol=0, atol=0)
+    free_rows = (3 - 1) + (2 - 1) + (1 - 1) + (3 - 1)
+    assert emjax.num_parameters(UNEVEN, params) == free_rows * D + 6 * D + 6 == UNEVEN.num_free_parameters(D)
+    # Only 1-child nodes below the root: the root's gate is every free gate parameter.
+    chain = emjax.HierarchicalMoE(emjax.PoissonExpert(), branching=(2, (1, 1)))
+    assert chain.branching == (2, 1) and chain.num_free_parameters(D) == (2 - 1) * D + 2 * D
+    mixed = emjax.HierarchicalMoE(emjax.PoissonExpert(), branching=(2, (1, 2), 2))
+    assert mixed.num_free_parameters(4) == ((2 - 1) + (1 - 1) + (2 - 1) + 3 * (2 - 1)) * 4 + 6 * 4
+    # Subtrees are contiguous: node 2 of level 1 holds rows 6-8 and leaves 3-5.
+    mask = UNEVEN.freeze_subtree(1, 2)
+    np.testing.assert_array_equal(mask.gates, [True] * 6 + [False] * 3)
+    np.testing.assert_array_equal(mask.experts, [True, True, True, False, False, False])
+    rows, leaves = mixed.tree.subtree(1, 1)  # the root's second child: its 2 children's gates, 4 leaves
+    assert list(np.nonzero(rows)[0]) == [3, 4, 7, 8, 9, 10] and list(np.nonzero(leaves)[0]) == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match=r"gates must have shape \(9, 2\)"):
+        emjax.neg_log_likelihood(UNEVEN, emjax.HMEParams(params.gates[:6], params.experts, params.sigma), *_data())
+
+
+def test_equal_counts_per_node_are_the_uniform_tree(tree_problem):
+    """(2, (2, 2)) is stored as (2, 2): the same model (equal, same hash). Taking the non-uniform code path on
+    it anyway (the per-node tuple forced in, past the canonical form) gives the uniform tree's path
+    probabilities, subtree sums, loss and EM iterates."""
+    _, x, y, start = tree_problem
+    same = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(2, (2, 2)))
+    assert same == TREE and hash(same) == hash(TREE) and same.describe() == TREE.describe()
+    np.testing.assert_array_equal(emjax.em_step(same, start, x, y).gates, emjax.em_step(TREE, start, x, y).gates)
+    # The tree's own indexing on a depth-3 tree given per node at every level.
+    uniform, per_node = Tree((2, 3, 2)), Tree(((2,), (3, 3), (2,) * 6))
+    assert not any(per_node.is_uniform(level) for level in range(3))
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(5, uniform.num_rows)))
+    np.testing.assert_allclose(per_node.path_log_probs(logits), uniform.path_log_probs(logits), rtol=1e-14)
+    values = jnp.exp(uniform.path_log_probs(logits))
+    for level in range(4):
+        np.testing.assert_allclose(per_node.subtree_sums(values, level), uniform.subtree_sums(values, level))
+    for level in range(3):
+        np.testing.assert_array_equal(per_node.level_gates(logits.T, level), uniform.level_gates(logits.T, level))
+        np.testing.assert_array_equal(per_node.level_columns(logits, level), uniform.level_columns(logits, level))
+    for name in ("pinned_rows", "row_paths"):
+        np.testing.assert_array_equal(getattr(per_node, name)(), getattr(uniform, name)())
+    for level, node in [(0, 0), (1, 1), (2, 4), (3, 7)]:
+        for got, expected in zip(per_node.subtree(level, node), uniform.subtree(level, node), strict=True):
+            np.testing.assert_array_equal(got, expected)
+    centres = jax.random.normal(jax.random.key(0), (12, 2))
+    np.testing.assert_array_equal(per_node.arrange(centres), uniform.arrange(centres))
+    # The model on the forced per-node form: the non-uniform E- and M-step code.
+    forced = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(2, 2))
+    object.__setattr__(forced, "branching", (2, (2, 2)))
+    assert not forced.tree.is_uniform(1)
+    np.testing.assert_allclose(forced.loss(start, x, y), TREE.loss(start, x, y), rtol=1e-14)
+    params, reference = start, start
+    for _ in range(2):
+        params, reference = emjax.em_step(forced, params, x, y), emjax.em_step(TREE, reference, x, y)
+        _close(params, reference, rtol=1e-11, atol=1e-12)
+
+
+def _oracle_tree(branching):
+    """The gate rows of each inner node and the breadth-first leaves, from the spec alone: a queue of nodes,
+    each taking its children's rows in turn. Returns (children rows per inner node, paths: a list, per leaf in
+    breadth-first order, of (node, child index) steps)."""
+    counts = []
+    width = 1
+    for level in branching:
+        level = [level] * width if isinstance(level, int) else list(level)
+        counts.append(level)
+        width = sum(level)
+    rows, frontier, next_row = {}, [((), ())], 0  # a node: (its name as a path of child indices, its steps)
+    for level in counts:
+        below = []
+        for (name, steps), count in zip(frontier, level, strict=True):
+            rows[name] = list(range(next_row, next_row + count))
+            next_row += count
+            below += [(name + (c,), steps + ((name, c),)) for c in range(count)]
+        frontier = below
+    return rows, [steps for _, steps in frontier]
+
+
+def _oracle_uneven(branching, params, x, y):
+    """Leaf priors, responsibilities and the loss of a tree with Gaussian leaves by brute force over the
+    root-to-leaf paths."""
+    rows, paths = _oracle_tree(branching)
+    v, beta, sigma = (np.asarray(a, np.float64) for a in (params.gates, params.experts, params.sigma))
+    prior = np.ones((x.shape[0], len(paths)))
+    for leaf, steps in enumerate(paths):
+        for node, child in steps:
+            logits = x @ v[rows[node]].T
+            pi = np.exp(logits - logits.max(axis=1, keepdims=True))
+            prior[:, leaf] *= (pi / pi.sum(axis=1, keepdims=True))[:, child]
+    means = x @ beta.T
+    density = np.exp(-((y[:, None] - means) ** 2) / (2 * sigma**2)) / np.sqrt(2 * np.pi * sigma**2)
+    joint = prior * density
+    return prior, joint / joint.sum(axis=1, keepdims=True), -np.mean(np.log(joint.sum(axis=1))), rows, paths
+
+
+@pytest.mark.parametrize("branching", [(3, (2, 1, 3)), (2, (1, 2), 2)], ids=["2-1-3", "depth3"])
+def test_uneven_e_and_m_step_against_a_numpy_oracle(branching, uneven_problem):
+    model = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=branching)
+    if model == UNEVEN:
+        _, x, y, start = uneven_problem
+    else:
+        _, x, y = _problem(model, seed=9, n=300, gate_norm=2.0)
+        start = emjax.testing.random_params(model, jax.random.key(10), D, gate_norm=1.0, expert_norm=1.0, sigma=1.0)
+    x, y = np.asarray(x), np.asarray(y)
+    prior, gamma, loss, rows, paths = _oracle_uneven(branching, start, x, y)
+    np.testing.assert_allclose(np.exp(model.gate_log_probs(start, jnp.asarray(x))), prior, rtol=1e-12)
+    np.testing.assert_allclose(emjax.responsibilities(model, start, x, y), gamma, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(emjax.neg_log_likelihood(model, start, x, y), loss, rtol=1e-13)
+    new = emjax.em_step(model, start, x, y)
+    for leaf in range(len(paths)):  # leaves: weighted least squares
+        g = gamma[:, leaf]
+        beta = np.linalg.solve((x * g[:, None]).T @ x, (x * g[:, None]).T @ y)
+        np.testing.assert_allclose(new.experts[leaf], beta, rtol=1e-9)
+    # Gates: each is stationary for its soft-target objective, with targets the posterior mass of the paths
+    # through each child; its first row (and a 1-child gate's only row) stays pinned.
+    v, v0 = np.asarray(new.gates), np.asarray(start.gates)
+    for node, gate_rows in rows.items():
+        through = [[leaf for leaf, steps in enumerate(paths) if (node, c) in steps] for c in range(len(gate_rows))]
+        targets = np.stack([gamma[:, leaves].sum(axis=1) for leaves in through], axis=1)
+        logits = x @ v[gate_rows].T
+        pi = np.exp(logits - logits.max(axis=1, keepdims=True))
+        pi /= pi.sum(axis=1, keepdims=True)
+        gradient = ((targets.sum(axis=1, keepdims=True) * pi - targets)[:, :, None] * x[:, None, :]).mean(axis=0)
+        np.testing.assert_allclose(gradient[1:], 0, atol=1e-10)
+        assert np.all(v[gate_rows[0]] == v0[gate_rows[0]])
+        if len(gate_rows) > 1:
+            assert np.abs(v[gate_rows[1:]] - v0[gate_rows[1:]]).max() > 1e-3  # the gate did move
+
+
+def test_uneven_em_mirror_descent_and_missing_information(uneven_problem):
+    truth, x, y, start = uneven_problem
+    losses = np.asarray(emjax.fit(UNEVEN, emjax.em(), start, x, y, 30).losses)
+    assert np.all(np.diff(losses) <= 1e-13 * np.abs(losses[1:])), np.diff(losses)
+    assert losses[-1] < losses[0] - 1e-2
+    _close(emjax.mirror_descent_step(UNEVEN, start, x, y, 1.0), emjax.em_step(UNEVEN, start, x, y), rtol=1e-12)
+    # At a fixed point the Jacobian of the EM map is the missing-information matrix.
+    fitted = emjax.fit(UNEVEN, emjax.em(), truth, x, y, STEPS, tol=TOL).params
+    vector = UNEVEN.flatten(fitted)
+    assert float(jnp.max(jnp.abs(UNEVEN.flatten(emjax.em_step(UNEVEN, fitted, x, y)) - vector))) < 1e-10
+    jacobian = jax.jacobian(lambda v: UNEVEN.flatten(emjax.em_step(UNEVEN, UNEVEN.unflatten(v, fitted), x, y)))(vector)
+    mim = emjax.missing_information_matrix(UNEVEN, fitted, x, y)
+    assert mim.shape == (vector.size, vector.size) == (28, 28) and float(jnp.max(jnp.abs(mim))) > 0.1
+    np.testing.assert_allclose(jacobian, mim, atol=2e-6)
+    assert 0 < float(emjax.em_rate(UNEVEN, fitted, x, y)) < 1
+    errors = emjax.standard_errors(UNEVEN, fitted, x, y)
+    assert np.all(np.isfinite(UNEVEN.flatten(errors))) and np.all(UNEVEN.flatten(errors) > 0)
+
+
+def test_uneven_tree_through_the_public_functions(uneven_problem):
+    """fit_restarts (init_params), gradient EM, BIC, observation weights, float32 and a frozen subtree on a tree
+    with a different number of children per node."""
+    _, x, y, start = uneven_problem
+    best = emjax.fit_restarts(UNEVEN, emjax.em(), jax.random.key(2), x, y, 2, num_steps=20)
+    np.testing.assert_array_equal(np.asarray(best.params.gates)[[0, 3, 5, 6]], 0)  # pinned rows stay 0
+    assert float(best.final_loss) < float(emjax.neg_log_likelihood(UNEVEN, start, x, y))
+    losses = np.asarray(emjax.fit(UNEVEN, emjax.gradient_em(0.5), start, x, y, 5).losses)
+    assert losses[-1] < losses[0]
+    n = x.shape[0]
+    bic = 2 * n * float(emjax.neg_log_likelihood(UNEVEN, start, x, y)) + 28 * np.log(n)
+    np.testing.assert_allclose(float(emjax.bic(UNEVEN, start, x, y)), bic, rtol=1e-12)
+    # Observation weights: integer weights are repeated rows; a constant weight changes nothing.
+    weights = np.arange(n) % 3
+    repeated = np.repeat(np.arange(n), weights)
+    np.testing.assert_allclose(
+        emjax.neg_log_likelihood(UNEVEN, start, x, y, weights=weights),
+        emjax.neg_log_likelihood(UNEVEN, start, x[repeated], y[repeated]),
+        rtol=1e-12,
+    )
+    step = emjax.em_step(UNEVEN, start, x, y)
+    _close(emjax.em_step(UNEVEN, start, x, y, weights=np.full(n, 2.0)), step, rtol=1e-10, atol=1e-12)
+    # float32 end to end.
+    x32, y32 = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    step32 = emjax.em_step(UNEVEN, jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), start), x32, y32)
+    assert step32.gates.dtype == jnp.float32
+    _close(step32, step, rtol=2e-3, atol=2e-3)
+    # A frozen subtree (node 0 of level 1: rows 3, 4 and leaves 0, 1) stays bit-identical.
+    new = emjax.fit(UNEVEN, emjax.em(trainable=UNEVEN.freeze_subtree(1, 0)), start, x, y, 3).params
+    np.testing.assert_array_equal(new.gates[3:5], start.gates[3:5])
+    np.testing.assert_array_equal(new.experts[:2], start.experts[:2])
+    assert float(jnp.max(jnp.abs(new.gates[7:] - start.gates[7:]))) > 1e-3

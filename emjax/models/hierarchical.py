@@ -1,9 +1,12 @@
 r"""Hierarchical mixtures of experts (Jordan & Jacobs 1994): a tree of softmax gates over leaf experts.
 
-**The model.** A tree of depth D >= 1 with branching $B_l$ at level l (uniform within a level:
-every node of level l has $B_l$ children; the tree's indexing is in :mod:`emjax.models._hme_tree`)
-has $L = \prod_l B_l$ leaves, each an expert of one family. Every inner node ν routes x to its
-children c by a softmax gate on the same x,
+**The model.** A tree of depth D >= 1 in which node j of level l has $B_{l,j} \ge 1$ children: at
+each level the branching is either one count $B_l$ for every node of the level (a uniform level) or one
+count per node, breadth-first (the tree's indexing is in :mod:`emjax.models._hme_tree`). Level l + 1 has
+$N_{l+1} = \sum_j B_{l,j}$ nodes and the $L = N_D$ leaves are experts of one family ($L = \prod_l B_l$
+when every level is uniform). For instance ``branching=(3, (2, 3, 1))``: the root has 3 children, which
+have 2, 3 and 1 leaves, 6 in all. Every inner node ν routes x to its children c by a softmax gate on the
+same x,
 
 $$\pi_{\nu c}(x) = \mathrm{softmax}_c(x\cdot v_{\nu c}),$$
 
@@ -14,8 +17,10 @@ $$P(z=\ell\mid x) = \prod_{l=0}^{D-1} \pi_{\nu_l \nu_{l+1}}(x),\qquad
   \log p(y, z=\ell\mid x) = \sum_{l} \log\pi_{\nu_l\nu_{l+1}}(x) + \log p_\ell(y\mid x).$$
 
 As in the flat mixture the first row of every gate is pinned (adding a vector to all rows of one
-gate changes nothing). A depth-1 tree, ``branching=(K,)``, is exactly
-:class:`~emjax.models.MixtureOfExperts` with K experts, with the same parameters and iterates.
+gate changes nothing), so gate ν has $B_\nu - 1$ free rows; a node with one child has none (its gate
+is one pinned row, $\pi_{\nu c} = 1$), and such a node only passes x on to its subtree. A depth-1
+tree, ``branching=(K,)``, is exactly :class:`~emjax.models.MixtureOfExperts` with K experts, with the
+same parameters and iterates.
 
 **E-step.** The leaf responsibilities $\gamma_{n\ell} = P(z=\ell\mid x_n, y_n)$ come from
 :meth:`~HierarchicalMoE.log_joint` as for any model. The posterior probability that the path passes
@@ -28,7 +33,9 @@ $$\min_{v_\nu} -\mathrm{mean}_n \sum_c h_{nc}\log\pi_{\nu c}(x_n)
   = \mathrm{mean}_n\,[h_{n\nu}\,\mathrm{logsumexp}_c\,x_n\cdot v_{\nu c}
   - \textstyle\sum_c h_{nc}\,x_n\cdot v_{\nu c}],$$
 
-and leaf ℓ is its family's weighted M-step with weights $\gamma_{n\ell}$ and statistics
+one gate per inner node, whatever its number of children: the gates of a level are solved in one
+vectorised batch per child count (a 1-child gate has nothing to fit), and leaf ℓ is its family's
+weighted M-step with weights $\gamma_{n\ell}$ and statistics
 $\gamma_{n\ell}T(y_n)$ (:mod:`emjax.models._moe_solve`, the flat model's solvers, reused). The targets
 a model hands between E- and M-step are the leaf ones, ``(weights (n, L), stats (n, S, L))`` as for
 the flat mixture: node targets are subtree sums of leaf weights, which are linear, so the blended
@@ -59,8 +66,9 @@ mixture).
 
 **Flattened order** (every gradient, information matrix, MIM and Jacobian): the free gate rows
 ``gates[~pinned]`` row by row (rows breadth-first: the root's rows, then the gates of level 1 node
-by node, ...), then ``experts`` leaf by leaf (row-major, pinned class column left out), then
-``sigma`` when the family has a scale. For a depth-1 tree this is the flat model's order.
+by node, ..., whatever each node's number of children), then ``experts`` leaf by leaf (row-major,
+pinned class column left out), then ``sigma`` when the family has a scale. For a depth-1 tree this
+is the flat model's order.
 
 References:
     Jordan, M. I. & Jacobs, R. A. (1994). Hierarchical mixtures of experts and the EM algorithm.
@@ -88,13 +96,46 @@ from .moe import _SOFTEN, MixtureOfExperts, MoECache
 INIT_FLAT_STEPS = 30  # flat EM steps in the start of a tree of depth >= 2 (HierarchicalMoE.init_params)
 
 
-def _check_branching(branching) -> tuple[int, ...]:
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_branching(branching) -> tuple:
+    """``branching`` checked and in canonical form: a tuple with, per level, one int (every node of the level
+    has that many children) or a tuple of ints, one per node of the level breadth-first; a level given as a
+    tuple whose counts are all equal is stored as that int (so such trees equal, and hash as, uniform ones)."""
     values = tuple(branching) if isinstance(branching, (tuple, list)) else None
-    if not values or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in values):
+    if not values:
         raise ValueError(
-            f"branching must be a non-empty tuple of Python ints >= 1 (children per level); got {branching!r}"
+            "branching must be a non-empty tuple with, per level, a Python int >= 1 (children of every node "
+            "of the level) or a tuple of such ints (one per node of the level, breadth-first); "
+            f"got {branching!r}"
         )
-    return values
+    canonical, nodes = [], 1
+    for level, value in enumerate(values):
+        if _is_count(value):
+            canonical.append(value)
+            nodes *= value
+            continue
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(
+                f"branching[{level}] must be a Python int >= 1 or a tuple of them (one per node of level "
+                f"{level}); got {value!r} in branching={branching!r}"
+            )
+        counts = tuple(value)
+        if len(counts) != nodes:
+            raise ValueError(
+                f"branching[{level}] must give the children of each of the {nodes} nodes of level {level} "
+                f"(breadth-first); got {len(counts)} counts in branching={branching!r}"
+            )
+        if not all(_is_count(count) for count in counts):
+            raise ValueError(
+                f"branching[{level}] must hold Python ints >= 1 (children per node); got {value!r} in "
+                f"branching={branching!r}"
+            )
+        canonical.append(counts[0] if len(set(counts)) == 1 else counts)
+        nodes = sum(counts)
+    return tuple(canonical)
 
 
 class HierarchicalMoE(AbstractModel):
@@ -104,20 +145,24 @@ class HierarchicalMoE(AbstractModel):
 
     Args:
         expert: the leaf expert family (``GaussianExpert()``, ``PoissonExpert()``, ``SoftmaxExpert(C)``).
-        branching: children per node at each level, root first, e.g. ``(2, 3)``: the root has 2
-            children, each an inner gate with 3 leaves, 6 experts in all. Branching is uniform
-            within a level (every node of a level has the same number of children); depth >= 1.
+        branching: children per node at each level, root first (depth >= 1). Each level is an int
+            (every node of the level has that many children) or a tuple of ints, one per node of the
+            level, breadth-first. ``(2, 3)``: the root has 2 children, each an inner gate with 3
+            leaves, 6 experts in all; ``(3, (2, 3, 1))``: the root has 3 children with 2, 3 and 1
+            leaves. Counts are Python ints >= 1 (a 1-child node's gate is one pinned row); a level's
+            tuple whose counts are all equal is stored as that int, so ``(2, (3, 3))`` is ``(2, 3)``.
         ridge, m_step_method, m_step_max_steps: as for :class:`~emjax.models.MixtureOfExperts`
             (the ridge is on every free gate row and expert coefficient; the inner solver serves
             every gate and iterative expert M-step).
 
     Parameters are :class:`HMEParams` ``(gates (E, d), experts (L, ...), sigma (L,))``; gate rows are
     stored breadth-first, one per non-root node (:mod:`emjax.models._hme_tree`), and
-    :meth:`level_gates` views level l as an $(N_l, B_l, d)$ array.
+    :meth:`level_gates` views level l as an $(N_l, B_l, d)$ array (a non-uniform level padded with
+    zeros to its widest gate).
 
     **Freezing.** A ``trainable`` mask is an :class:`HMEParams` of booleans: per gate row (shape (E,)),
     per expert (shape (L,)) or per entry. :meth:`freeze_subtree` builds the mask that freezes a whole
-    subtree (its gates and leaves); one gate ν of level l is its $B_l$ rows; one expert is one False
+    subtree (its gates and leaves); one gate ν is the rows of its children; one expert is one False
     in ``experts`` and ``sigma``.
 
     Example:
@@ -131,12 +176,21 @@ class HierarchicalMoE(AbstractModel):
         >>> losses = emjax.fit(model, emjax.em(), start, x, y, 10).losses
         >>> bool(losses[-1] <= losses[0])
         True
+
+        A different number of children per node (level 1: 2, 3 and 1 children for the root's 3 children):
+
+        >>> uneven = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(3, (2, 3, 1)))
+        >>> uneven.describe(), uneven.num_experts, uneven.tree.children(1)
+        ('HierarchicalMoE(3x(2,3,1), GaussianExpert)', 6, (2, 3, 1))
+        >>> params = emjax.testing.random_params(uneven, jax.random.key(0), d=2)
+        >>> params.gates.shape, [gates.shape for gates in uneven.level_gates(params)]
+        ((9, 2), [(1, 3, 2), (3, 3, 2)])
     """
 
     supports_weights = True
 
     expert: AbstractExpertFamily
-    branching: tuple[int, ...] = eqx.field(static=True)
+    branching: tuple = eqx.field(static=True)
     ridge: float = eqx.field(static=True, default=0.0)
     m_step_method: str = eqx.field(static=True, default="auto")
     m_step_max_steps: int | None = eqx.field(static=True, default=None)
@@ -181,7 +235,11 @@ class HierarchicalMoE(AbstractModel):
         return MoEParams(gate=params.gates[:1], experts=params.experts, sigma=params.sigma)
 
     def level_gates(self, params: HMEParams) -> tuple[Array, ...]:
-        """The gate weights level by level: level l as an $(N_l, B_l, d)$ array (views of ``params.gates``)."""
+        r"""The gate weights level by level: level l as an $(N_l, B_l, d)$ array (views of ``params.gates``).
+
+        A non-uniform level (nodes with different numbers of children) is padded to $(N_l, \max_j B_{l,j},
+        d)$: node j's gate is ``[j, :B_{l,j}]`` and the slots after it are zeros
+        (``model.tree.level_mask(l)`` marks the real ones, ``model.tree.children(l)`` gives the counts)."""
         return tuple(self.tree.level_gates(params.gates, level) for level in range(len(self.branching)))
 
     def freeze_subtree(self, level: int, node: int) -> HMEParams:
@@ -192,10 +250,12 @@ class HierarchicalMoE(AbstractModel):
         return HMEParams(gates=~rows, experts=~leaves, sigma=~leaves if self.expert.has_scale else None)
 
     def describe(self) -> str:
-        """``HierarchicalMoE(3x2, GaussianExpert)``: the branching and the family."""
+        """``HierarchicalMoE(3x2, GaussianExpert)``: the branching and the family; a non-uniform level shows
+        its per-node counts, ``HierarchicalMoE(3x(2,3,1), GaussianExpert)``."""
         classes = getattr(self.expert, "num_classes", None)
         family = type(self.expert).__name__ + ("" if classes is None else f", C={classes}")
-        return f"{type(self).__name__}({'x'.join(map(str, self.branching))}, {family})"
+        levels = (str(b) if isinstance(b, int) else "(" + ",".join(map(str, b)) + ")" for b in self.branching)
+        return f"{type(self).__name__}({'x'.join(levels)}, {family})"
 
     # ------------------------------------------------------------------ structure
 
@@ -301,6 +361,9 @@ class HierarchicalMoE(AbstractModel):
         xt = None if cache is None else cache.xt
         rows = []
         for level, b in enumerate(self.branching):
+            if not tree.is_uniform(level):
+                rows.append(self._solve_level(tree, level, params, x, weights, free, scores, xt))
+                continue
             gate_model = self._flat(b)
             node_targets = tree.subtree_sums(weights, level + 1).reshape(x.shape[0], tree.nodes(level), b)
             gates, masks = tree.level_gates(params.gates, level), tree.level_gates(free.gates, level)
@@ -325,11 +388,34 @@ class HierarchicalMoE(AbstractModel):
         new = HMEParams(gates=jnp.concatenate(rows), experts=solved.experts, sigma=solved.sigma)
         return keep_frozen(free, new, params)
 
+    def _solve_level(self, tree: Tree, level: int, params, x, weights, free, scores, xt) -> Array:
+        """The M-step of a non-uniform level's gates: its gates grouped by their number of children k, each
+        group one vmapped flat k-gate solve; the level's rows, (N_{l+1}, d). A 1-child gate is its pinned row."""
+        start, stop = tree.offset(level), tree.offset(level + 1)
+        node_targets = tree.subtree_sums(weights, level + 1)  # (n, N_{l+1}): the children's targets
+        block, masks = params.gates[start:stop], free.gates[start:stop]
+        logits = None if scores is None else scores[:, start:stop]
+        for k, index in tree.groups(level):
+            if k == 1:  # one child: probability 1 and nothing to fit
+                continue
+            gate_model = self._flat(k)
+
+            def fit(t, w, f, z, gate_model=gate_model):
+                return _moe_solve.fit_gate(gate_model, x, t, w, f, z, xt)
+
+            targets, gates, gate_masks = node_targets[:, index], block[index], masks[index]
+            if logits is None:
+                new = jax.vmap(lambda t, w, f: fit(t, w, f, None), in_axes=(1, 0, 0))(targets, gates, gate_masks)
+            else:
+                new = jax.vmap(fit, in_axes=(1, 0, 0, 1))(targets, gates, gate_masks, logits[:, index])
+            block = block.at[index.ravel()].set(new.reshape(-1, x.shape[1]))
+        return block
+
     # ------------------------------------------------------------------ mirror map
 
     def mirror_map(self, params: HMEParams, x: Array, weights: Array | None = None) -> Array:
         r"""$A(\theta) = \mathrm{mean}_n\,\mathrm{logsumexp}_c\,x_n\cdot v_{\mathrm{root},c}$ (module docstring)."""
-        root = self.tree.level_gates(params.gates, 0)[0]
+        root = self.tree.level_gates(params.gates, 0)[0]  # the root's gate (one node: never padded)
         return row_mean(jax.nn.logsumexp(x @ root.T, axis=-1), weights)
 
     def bregman_divergence(self, params: HMEParams, ref: HMEParams, x: Array, weights: Array | None = None) -> Array:
