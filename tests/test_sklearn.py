@@ -55,9 +55,11 @@ def expected_failed_checks(estimator) -> dict[str, str]:
     """Checks the estimators are known to fail, with the reason."""
     return {
         "check_sample_weight_equivalence_on_dense_data": (
-            "EM's data-driven starts (k-means++ on the rows) depend on the rows themselves, so repeating rows "
-            "changes the start and, on a non-convex likelihood after max_iter=5 steps, the end point. From one "
-            "start, integer weights give exactly the repeated rows' iterates (tests/test_weights.py)."
+            "EM's data-driven starts weigh the rows (k-means++ draws row n with probability proportional to "
+            "v_n D_n^2, the law of the repeated rows) but from other random numbers (one per row, not one per "
+            "copy), so the start and, on a non-convex likelihood after max_iter=5 steps, the end point can "
+            "differ (the regressor passes on scikit-learn's data, the classifier does not). From one start, "
+            "integer weights give exactly the repeated rows' iterates (tests/test_weights.py)."
         )
     }
 
