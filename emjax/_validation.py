@@ -316,15 +316,17 @@ def check_labels(y, n: int) -> None:
     check_finite(y, "y")
 
 
-def check_weights(weights, n: int) -> None:
-    """Validate observation weights: shape (n,), finite, >= 0, with a positive sum."""
+def check_weights(weights, n: int, positive_total: bool = True) -> None:
+    """Validate observation weights: shape (n,), finite, >= 0, with a positive sum (unless ``positive_total``
+    is False: one process's share of the rows may hold only zero weights)."""
     check_array(weights, "weights")
     shape = shape_of(weights, "weights")
     if shape != (n,):
         raise ValueError(f"weights must have one entry per row of x, shape ({n},); got shape {shape}")
     check_real(weights, "weights", allow_bool=True)
     check_values(weights, not_finite_nonnegative, "weights must be finite and >= 0")
-    check_values(weights, not_positive_total, "weights must have a positive sum", show="none")
+    if positive_total:
+        check_values(weights, not_positive_total, "weights must have a positive sum", show="none")
 
 
 def check_params(params, d: int, name: str = "params") -> None:

@@ -61,6 +61,30 @@ def devices():
     out["all_reduce"] = len(re.findall(r"all-reduce(?:-start)?\(", text))
     out["all_gather"] = len(re.findall(r"all-gather(?:-start)?\(", text))
     out["collective_permute"] = len(re.findall(r"collective-permute(?:-start)?\(", text))
+    # Observation weights on sharded rows: the weighted fit equals the single-device weighted fit.
+    ws = np.array(jax.random.uniform(jax.random.key(5), (len(y),), minval=0.0, maxval=3.0))
+    ws[::7] = 0.0  # some rows with weight 0, as padding has
+    single = emjax.fit(model, emjax.em(), start, x, y, 20, weights=ws)
+    xs, ys, wss = parallel.shard_rows(mesh, x, y, weights=ws)
+    sharded = emjax.fit(model, emjax.em(), start, xs, ys, 20, weights=wss)
+    out["weighted"] = {
+        "params": float(np.max(np.abs(flat(single.params) - flat(sharded.params)))),
+        "losses": float(np.max(np.abs(np.asarray(single.losses) - np.asarray(sharded.losses)))),
+        "w_spec": str(wss.sharding.spec),
+    }
+    # pad=True: 3999 rows over 4 devices become 4000 (one copy of the last row, weight 0); the padded weighted fit
+    # is the unweighted single-device fit of the 3999 rows (it reuses the sharded weighted program above).
+    single = emjax.fit(model, emjax.em(), start, x[:-1], y[:-1], 20)
+    xp, yp, wp = parallel.shard_rows(mesh, x[:-1], y[:-1], pad=True)
+    padded = emjax.fit(model, emjax.em(), start, xp, yp, 20, weights=wp)
+    out["padded"] = {
+        "rows": int(xp.shape[0]),
+        "weights": np.asarray(wp).tolist()[-2:],
+        "tail_is_last_row": bool(np.array_equal(np.asarray(xp)[-1], x[-2]) and np.asarray(yp)[-1] == y[-2]),
+        "params": float(np.max(np.abs(flat(single.params) - flat(padded.params)))),
+        "loss": float(abs(float(single.losses[-1]) - float(padded.losses[-1]))),
+        "losses": float(np.max(np.abs(np.asarray(single.losses) - np.asarray(padded.losses)))),
+    }
     # Two cells of two data devices each: four starts, two per cell.
     cells_mesh = parallel.data_mesh(num_cells=2)
     starts = jax.vmap(lambda key: emjax.testing.random_params(model, key, d=3))(jax.random.split(jax.random.key(7), 4))
@@ -79,6 +103,11 @@ def devices():
         out["uneven"] = "accepted"
     except ValueError as error:
         out["uneven"] = str(error)
+    try:
+        parallel.shard_rows(mesh, x[:-1], y[:-1], weights=np.ones(len(y) - 1))
+        out["uneven_weighted"] = "accepted"
+    except ValueError as error:
+        out["uneven_weighted"] = str(error)
     return out
 
 
@@ -94,11 +123,17 @@ def process():
     losses = np.asarray(multihost_utils.process_allgather(sharded.losses, tiled=True))
     params = flat(multihost_utils.process_allgather(sharded.params, tiled=True))
     single = emjax.fit(model, emjax.em(), start, x, y, 15)  # every row, on this process's first device
+    try:
+        parallel.shard_rows(parallel.data_mesh(), x[rows], y[rows], pad=True)
+        pad = "accepted"
+    except ValueError as error:
+        pad = str(error)
     return {
         "processes": count,
         "devices": jax.device_count(),
         "losses": float(np.max(np.abs(losses - np.asarray(single.losses)))),
         "params": float(np.max(np.abs(params - flat(single.params)))),
+        "pad": pad,
     }
 
 
