@@ -29,10 +29,10 @@ def final_losses(result: FitResult) -> Array:
 def _restarts(
     model, solver, keys, x, y, num_steps, rtol, atol, progress_every, batch_size, frozen, fixed, criterion, weights
 ) -> FitResult:
-    fitted = with_weights(model, weights, x.dtype)  # starts come from the model, the fits weigh the rows
+    fitted = with_weights(model, weights, x.dtype)  # the starts and the fits weigh the rows
 
     def one(key):
-        start = init_params.unguarded(model, key, x, y)  # non-finite data: Status.nonfinite, not an error
+        start = init_params.unguarded(fitted, key, x, y)  # non-finite data: Status.nonfinite, not an error
         start, _, _ = as_arrays(start, x, y)
         if fixed is not None:
             start = keep_frozen(frozen, fixed, start)
@@ -84,7 +84,7 @@ def fit_restarts(
 ) -> FitResult:
     r"""Fit from ``num_restarts`` data-driven starts in one compiled program and return the best.
 
-    Restart r starts at ``init_params(model, jax.random.split(key, num_restarts)[r], x, y)`` (with
+    Restart r starts at ``init_params(model, jax.random.split(key, num_restarts)[r], x, y, weights)`` (with
     the solver's frozen entries taken from ``params``) and runs :func:`emjax.fit` (with ``tol``: a
     bounded while-loop per lane; ``tol=None``: exactly ``num_steps`` steps). A start depends on its
     key and the data only, so the best restart can be re-run alone with :func:`emjax.fit` from
@@ -114,7 +114,8 @@ def fit_restarts(
             (``lax.map`` with ``batch_size``; 1 = one restart after another) lets fast restarts
             finish early. Results are the same either way (up to round-off).
         weights: optional observation weights, as for :func:`emjax.fit`: every restart minimises the
-            weighted loss, and the best is the lowest weighted loss (the starts ignore the weights).
+            weighted loss, and the best is the lowest weighted loss; the starts weigh the rows too
+            (:func:`emjax.init_params` with ``weights``).
 
     Returns:
         A :class:`FitResult` of the best restart (``.params``, ``.losses``, ``.status``, ...) with

@@ -183,6 +183,44 @@ def test_restarts_with_weights_report_the_weighted_loss():
     assert float(result.final_loss) == float(np.min(result.restart_losses))
 
 
+@pytest.mark.parametrize(
+    "model",
+    [emjax.MoLinE(3), emjax.HierarchicalMoE(emjax.GaussianExpert(), (2, 2))],
+    ids=["MoLinE3", "tree2x2"],
+)
+def test_zero_weight_rows_change_neither_the_starts_nor_the_restarts(model):
+    # The appended rows lie far from the data: a start that saw them (k-means++ draws far points first)
+    # would put a centre, and so an expert, there. With weight 0 they are invisible, up to round-off.
+    truth = emjax.testing.random_params(model, jax.random.key(0), d=3)
+    x, y = emjax.sample(model, truth, jax.random.key(1), 300)
+    far_x, far_y = np.full((40, 3), 7.0), np.full(40, 50.0)
+    padded_x, padded_y = np.concatenate([x, far_x]), np.concatenate([y, far_y])
+    ones, padded_weights = np.ones(300), np.concatenate([np.ones(300), np.zeros(40)])
+    for seed in range(2):
+        key = jax.random.key(seed)
+        start = emjax.init_params(model, key, x, y, weights=ones)
+        _close(emjax.init_params(model, key, padded_x, padded_y, weights=padded_weights), start, 1e-12, 1e-12)
+        unweighted = emjax.init_params(model, key, padded_x, padded_y)
+        assert float(jnp.max(jnp.abs(unweighted.experts - start.experts))) > 0.1  # the far rows matter unweighted
+    runs = emjax.fit_restarts(model, emjax.em(), jax.random.key(5), x, y, 2, 15, weights=ones)
+    padded = emjax.fit_restarts(model, emjax.em(), jax.random.key(5), padded_x, padded_y, 2, 15, weights=padded_weights)
+    _close(padded.params, runs.params, 1e-10, 1e-11)
+    np.testing.assert_allclose(padded.restart_losses, runs.restart_losses, rtol=1e-12)
+
+
+def test_integer_weights_start_like_repeated_rows_in_distribution():
+    # Weighted k-means++ draws row n with probability proportional to v_n D_n^2, as if it were repeated v_n
+    # times: with one row of weight 1,000 among 20 of weight 1, the first centre is that row ~98% of the time.
+    points = jnp.concatenate([jnp.zeros((1, 2)), 10.0 + jax.random.normal(jax.random.key(0), (20, 2))])
+    weights = jnp.concatenate([jnp.array([1000.0]), jnp.ones(20)])
+    from emjax.models._kmeans import cluster
+
+    labels = jax.vmap(lambda key: cluster(key, points, 2, weights))(jax.random.split(jax.random.key(1), 400))
+    # the heavy row always ends alone in its cluster, whichever label it has
+    alone = jnp.all(labels[:, 1:] != labels[:, :1], axis=1)
+    assert float(jnp.mean(alone)) > 0.95
+
+
 def test_float32_weights():
     x, y = np.ones((10, 1), np.float32), COUNTS.astype(np.float32)
     start = jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.float32), START)

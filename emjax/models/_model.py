@@ -318,7 +318,9 @@ class AbstractModel(eqx.Module):
 
     @abc.abstractmethod
     def init_params(self, key: Array, x: Array, y: Array):
-        """A data-driven start for a fit; different keys give different starts."""
+        """A data-driven start for a fit; different keys give different starts. Models that take
+        observation weights (``supports_weights``) take them here too, as ``init_params(key, x, y, weights)``
+        (:class:`~emjax.models._weighted.Weighted` passes them on)."""
 
     @abc.abstractmethod
     def random_params(self, key: Array, d: int, gate_norm, expert_norm, sigma, dtype):

@@ -130,7 +130,7 @@ class Weighted(AbstractModel):
         return self.model.sample(params, key, n)
 
     def init_params(self, key, x, y):
-        return self.model.init_params(key, x, y)
+        return self.model.init_params(key, x, y, self.weights)
 
     def random_params(self, key, d, gate_norm, expert_norm, sigma, dtype):
         return self.model.random_params(key, d, gate_norm, expert_norm, sigma, dtype)

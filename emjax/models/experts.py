@@ -43,6 +43,7 @@ from .._linalg import newton_shift, solve_psd
 from .._minimize import masked_minimize
 from .._newton import gradient_and_hessian
 from .._validation import check_values, not_class_label, not_count
+from ._model import row_mean
 from ._predictive import CategoricalPredictive, GaussianPredictive, PoissonPredictive
 
 VARIANCE_FLOOR = 1e-8
@@ -101,8 +102,9 @@ class AbstractExpertFamily(eqx.Module):
     def check_labels(self, y) -> None:
         """Raise ``ValueError`` for responses this family cannot produce (default: any finite value)."""
 
-    def initial_scale(self, y: Array) -> Array | None:
-        """Starting scale for a data-driven initialisation (None for families without a scale)."""
+    def initial_scale(self, y: Array, weights: Array | None = None) -> Array | None:
+        """Starting scale for a data-driven initialisation (None for families without a scale); ``weights``
+        are observation weights (rows counted that many times)."""
         return None
 
     def log_prob(self, coef: Array, scale: Array | None, x: Array, y: Array) -> Array:
@@ -188,8 +190,12 @@ class GaussianExpert(AbstractExpertFamily):
         mean = x @ coef
         return GaussianPredictive(loc=mean, scale=jnp.broadcast_to(scale, mean.shape))
 
-    def initial_scale(self, y):
-        return jnp.std(y) + jnp.sqrt(jnp.asarray(VARIANCE_FLOOR, y.dtype))
+    def initial_scale(self, y, weights=None):
+        if weights is None:
+            spread = jnp.std(y)
+        else:
+            spread = jnp.sqrt(row_mean(jnp.square(y - row_mean(y, weights)), weights))
+        return spread + jnp.sqrt(jnp.asarray(VARIANCE_FLOOR, y.dtype))
 
     def m_step(self, x, weights, stats, coef, scale, free_coef, free_scale, ridge, minimize=None):
         n, d = x.shape

@@ -453,7 +453,7 @@ class HierarchicalMoE(AbstractModel):
         )
         return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
 
-    def init_params(self, key: Array, x: Array, y: Array) -> HMEParams:
+    def init_params(self, key: Array, x: Array, y: Array, weights: Array | None = None) -> HMEParams:
         r"""A flat start grouped into the tree. Depth 1: the flat mixture's start with K experts (cluster the
         standardised $[x, T(y)]$ into K groups by k-means++, responsibility 1/2 on the sample's expert plus
         1/(2K) on every expert, one M-step from zero, σ from the spread of y).
@@ -465,31 +465,31 @@ class HierarchicalMoE(AbstractModel):
         on the flat responsibilities (gates from zero: every gate fits the subtree sums; the leaves are
         the flat experts refitted). On well-separated 2x2 and 3x2 trees this start reaches the best optimum
         found from most starts, where the k-means start alone did from about one in five
-        (benchmarks/results/hme_restarts.md)."""
+        (benchmarks/results/hme_restarts.md). With observation ``weights`` every step weighs the rows."""
         k = self.num_experts
         statistic = self.expert.statistic(y)
-        features = standardise(x)
+        features = standardise(x, weights)
         if self.tree.depth == 1:
-            labels = cluster(key, jnp.concatenate([features, standardise(statistic)], axis=1), k)
-            onehot = jax.nn.one_hot(labels, k, dtype=x.dtype)
+            labels = cluster(key, jnp.concatenate([features, standardise(statistic, weights)], axis=1), k, weights)
+            onehot = weigh_rows(jax.nn.one_hot(labels, k, dtype=x.dtype), weights)
             centres = onehot.T @ features / jnp.maximum(jnp.sum(onehot, axis=0), 1)[:, None]
             leaves = self.tree.arrange(centres)[labels]
-            weights = (1 - _SOFTEN) * jax.nn.one_hot(leaves, k, dtype=x.dtype) + _SOFTEN / k
+            soft = weigh_rows((1 - _SOFTEN) * jax.nn.one_hot(leaves, k, dtype=x.dtype) + _SOFTEN / k, weights)
             start = self.placeholder(x.shape[1], x.dtype)
-            scale = self.expert.initial_scale(y)
+            scale = self.expert.initial_scale(y, weights)
             if scale is not None:
                 start = HMEParams(gates=start.gates, experts=start.experts, sigma=jnp.full((k,), scale, x.dtype))
-            return self.solve(start, x, (weights, statistic[:, :, None] * weights[:, None, :]), self.free_mask(start))
+            return self.solve(start, x, (soft, statistic[:, :, None] * soft[:, None, :]), self.free_mask(start))
         flat = self._flat(k)
-        flat_start = flat.init_params(key, x, y)
+        flat_start = flat.init_params(key, x, y, weights)
         flat_free = flat.free_mask(flat_start)
 
         def flat_em_step(_, params):
-            targets, scores = flat.posterior_targets(params, x, y)
+            targets, scores = flat.posterior_targets(params, x, y, weights)
             return flat.solve(params, x, targets, flat_free, scores)
 
         fitted = jax.lax.fori_loop(0, INIT_FLAT_STEPS, flat_em_step, flat_start)
-        (gamma, stats), _ = flat.posterior_targets(fitted, x, y)
+        (gamma, stats), _ = flat.posterior_targets(fitted, x, y, weights)  # weighted: rows count v_n times
         centres = gamma.T @ features / jnp.maximum(jnp.sum(gamma, axis=0), jnp.finfo(x.dtype).tiny)[:, None]
         leaf = self.tree.arrange(centres)  # leaf[flat expert]
         order = jnp.zeros_like(leaf).at[leaf].set(jnp.arange(k))  # order[leaf] = flat expert

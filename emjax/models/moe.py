@@ -301,23 +301,24 @@ class MixtureOfExperts(AbstractModel):
         )
         return x, jnp.take_along_axis(draws, z[:, None], axis=-1)[:, 0]
 
-    def init_params(self, key: Array, x: Array, y: Array) -> MoEParams:
+    def init_params(self, key: Array, x: Array, y: Array, weights: Array | None = None) -> MoEParams:
         r"""Cluster the rows of the standardised $[x, T(y)]$ into K groups (k-means++ and three Lloyd
         steps), give each sample responsibility 1/2 on its group plus 1/(2K) on every expert, and
-        take one M-step from zero (σ from the spread of y)."""
+        take one M-step from zero (σ from the spread of y). With observation ``weights`` every step
+        weighs the rows (:mod:`emjax.models._kmeans`): a row of weight 0 changes nothing."""
         k = self.num_experts
         statistic = self.expert.statistic(y)
-        points = jnp.concatenate([standardise(x), standardise(statistic)], axis=1)
-        labels = cluster(key, points, k)
-        weights = (1 - _SOFTEN) * jax.nn.one_hot(labels, k, dtype=x.dtype) + _SOFTEN / k
-        stats = statistic[:, :, None] * weights[:, None, :]
-        scale = self.expert.initial_scale(y)
+        points = jnp.concatenate([standardise(x, weights), standardise(statistic, weights)], axis=1)
+        labels = cluster(key, points, k, weights)
+        soft = weigh_rows((1 - _SOFTEN) * jax.nn.one_hot(labels, k, dtype=x.dtype) + _SOFTEN / k, weights)
+        stats = statistic[:, :, None] * soft[:, None, :]
+        scale = self.expert.initial_scale(y, weights)
         start = MoEParams(
             gate=jnp.zeros((k, x.shape[1]), x.dtype),
             experts=jnp.zeros((k,) + self.expert.coef_shape(x.shape[1]), x.dtype),
             sigma=None if scale is None else jnp.full((k,), scale, x.dtype),
         )
-        return self.solve(start, x, (weights, stats), self.free_mask(start))
+        return self.solve(start, x, (soft, stats), self.free_mask(start))
 
     def random_params(self, key: Array, d: int, gate_norm, expert_norm, sigma, dtype) -> MoEParams:
         """Gate rows 1..K-1 and every free expert column along uniform random directions of norms

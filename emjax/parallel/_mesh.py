@@ -19,12 +19,12 @@ emjax never pads silently.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .._dtypes import working_dtype
+from .._padding import pad_rows
 from .._validation import check_features, check_labels, check_weights, data_arguments
 
 DATA_AXIS = "data"
@@ -134,12 +134,7 @@ def shard_rows(mesh: Mesh, x, y=None, *, weights=None, pad: bool = False):
                 "(copies of a row with weight 0) to a common count that makes the global count a multiple of "
                 f"{parts}, and pass weights="
             )
-        if weights is None:
-            weights = np.ones(n, dtype=working_dtype(x))
-        extra = -n % parts
-        if extra:
-            x, y, weights = (None if a is None else _pad_rows(a, extra) for a in (x, y, weights))
-            weights = _zero_tail(weights, extra)
+        x, y, weights = pad_rows(-n % parts, x, y, weights, working_dtype(x))
     total = x.shape[0] * processes
     if total % parts:
         raise ValueError(
@@ -154,21 +149,6 @@ def shard_rows(mesh: Mesh, x, y=None, *, weights=None, pad: bool = False):
     if weights is not None:
         placed += (place(weights, vector),)
     return placed[0] if len(placed) == 1 else placed
-
-
-def _pad_rows(a, extra: int):
-    """``a`` with its last row repeated ``extra`` times (NumPy stays NumPy, jax stays jax)."""
-    xp = np if isinstance(a, np.ndarray) else jnp
-    return xp.concatenate([a, xp.repeat(a[-1:], extra, axis=0)])
-
-
-def _zero_tail(weights, extra: int):
-    """``weights`` with their last ``extra`` entries set to 0."""
-    if isinstance(weights, np.ndarray):
-        weights = weights.copy()
-        weights[-extra:] = 0
-        return weights
-    return weights.at[-extra:].set(0)
 
 
 def _local_to_global(local, sharding):

@@ -15,6 +15,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from .._acceleration import anderson, squarem
 from .._inference import aic, bic
 from .._likelihood import responsibilities
+from .._padding import bucket_rows, pad_rows
 from .._predict import gate_probabilities
 from .._restarts import fit_restarts
 from .._solvers import em
@@ -101,9 +102,15 @@ class MixtureOfExpertsBase(BaseEstimator):
     # ------------------------------------------------------------------ fit
 
     def _fit_model(self, model, x, y, settings: dict, sample_weight=None):
-        """Run :func:`emjax.fit_restarts` and set the fitted attributes; warns when the best run is not healthy."""
+        """Run :func:`emjax.fit_restarts` and set the fitted attributes; warns when the best run is not healthy.
+
+        The rows are padded to a bucketed count (:func:`emjax._padding.bucket_rows`) with rows of weight 0,
+        which changes nothing but round-off (:mod:`emjax._padding`), so that fits on data of many sizes
+        (cross-validation folds, learning curves) reuse a few compiled programs."""
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, x, dtype=x.dtype, ensure_non_negative=True)
+        n = x.shape[0]
+        x, y, weights = pad_rows(bucket_rows(n) - n, x, y, sample_weight)
         result = fit_restarts(
             model,
             _solver(self.solver),
@@ -113,7 +120,7 @@ class MixtureOfExpertsBase(BaseEstimator):
             settings["n_init"],
             settings["max_iter"],
             tol=settings["tol"],
-            weights=sample_weight,
+            weights=weights,
         )
         result = jax.tree_util.tree_map(np.asarray, result)  # host copies: pickles, clones, no device buffers
         self.model_ = model
@@ -143,6 +150,16 @@ class MixtureOfExpertsBase(BaseEstimator):
 
     # ------------------------------------------------------------------ shared methods
 
+    def _per_row(self, function, x, y=None, *args) -> np.ndarray:
+        """``function(model_, params_, x[, y], *args)`` of a row-wise emjax function, as a NumPy array.
+
+        The rows are padded to a bucketed count (copies of the last row) and the padding is cut off the
+        result, so that predictions on many data sizes reuse a few compiled programs."""
+        n = x.shape[0]
+        padded_x, padded_y, _ = pad_rows(bucket_rows(n) - n, x, y)
+        data = (padded_x,) if y is None else (padded_x, padded_y)
+        return np.asarray(function(self.model_, self.params_, *data, *args))[:n]
+
     def gate_proba(self, X) -> np.ndarray:
         r"""The gate's probabilities $\pi_k(x) = P(z=k\mid x)$ of each expert, shape (n_samples, n_experts).
 
@@ -152,8 +169,7 @@ class MixtureOfExpertsBase(BaseEstimator):
         Returns:
             Rows summing to 1 (:func:`emjax.gate_probabilities`).
         """
-        x = self._validate_features(X)
-        return np.asarray(gate_probabilities(self.model_, self.params_, x))
+        return self._per_row(gate_probabilities, self._validate_features(X))
 
     def responsibilities(self, X, y) -> np.ndarray:
         r"""The posterior probabilities $P(z=k\mid x, y)$ of each expert, shape (n_samples, n_experts).
@@ -165,8 +181,7 @@ class MixtureOfExpertsBase(BaseEstimator):
         Returns:
             Rows summing to 1 (:func:`emjax.responsibilities`).
         """
-        x, y = self._validated_xy(X, y)
-        return np.asarray(responsibilities(self.model_, self.params_, x, y))
+        return self._per_row(responsibilities, *self._validated_xy(X, y))
 
     def aic(self, X, y) -> float:
         r"""Akaike's criterion $-2\ell + 2k$ on ``(X, y)`` (lower is better), $\ell$ the total log-likelihood and

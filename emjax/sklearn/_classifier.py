@@ -135,7 +135,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, MixtureOfExpertsBase):
         r"""Class probabilities $P(y=c\mid x) = \sum_k\pi_k(x)\,p_k(c\mid x)$, shape (n_samples, n_classes),
         columns in the order of ``classes_`` (:func:`emjax.predict_proba`)."""
         x = self._validate_features(X)
-        return np.asarray(predict_proba(self.model_, self.params_, x))
+        return self._per_row(predict_proba, x)
 
     def predict_log_proba(self, X) -> np.ndarray:
         """The logarithm of :meth:`predict_proba` (-inf where a probability underflows to 0)."""

@@ -167,14 +167,12 @@ class MixtureOfExpertsRegressor(RegressorMixin, MixtureOfExpertsBase):
     def predict(self, X) -> np.ndarray:
         r"""The predictive mean $E[y\mid x] = \sum_k\pi_k(x)\,\mu_k(x)$, shape (n_samples,)
         (:func:`emjax.predict_mean`)."""
-        x = self._validate_features(X)
-        return np.asarray(predict_mean(self.model_, self.params_, x))
+        return self._per_row(predict_mean, self._validate_features(X))
 
     def predict_variance(self, X) -> np.ndarray:
         r"""The predictive variance $\sum_k\pi_k\sigma_k^2 + \sum_k\pi_k(\mu_k - \bar\mu)^2$ of y given x, shape
         (n_samples,) (:func:`emjax.predict_variance`; Poisson experts: $\sigma_k^2 = \mu_k$)."""
-        x = self._validate_features(X)
-        return np.asarray(predict_variance(self.model_, self.params_, x))
+        return self._per_row(predict_variance, self._validate_features(X))
 
     def predict_quantiles(self, X, q) -> np.ndarray:
         r"""Quantiles of y given x under the mixture, the smallest $t$ with $\sum_k\pi_k(x)F_k(t\mid x) \ge q$
@@ -187,5 +185,4 @@ class MixtureOfExpertsRegressor(RegressorMixin, MixtureOfExpertsBase):
         Returns:
             Shape (n_samples, len(q)) for a sequence q, (n_samples,) for a scalar.
         """
-        x = self._validate_features(X)
-        return np.asarray(predict_quantiles(self.model_, self.params_, x, q))
+        return self._per_row(predict_quantiles, self._validate_features(X), None, q)
