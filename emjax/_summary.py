@@ -386,7 +386,8 @@ def _header(table: FitSummary) -> list[str]:
         parts = []
         for column in (left, right):
             label, value = column[i] if i < len(column) else ("", "")
-            parts.append(f"{label:<{half - len(value) - 1}} {value}" if label else " " * half)
+            # a value longer than its half (a big tree's description) pushes the line past WIDTH rather than fail
+            parts.append(f"{label:<{max(half - len(value) - 1, len(label))}} {value}" if label else " " * half)
         lines.append("  ".join(parts).rstrip())
     return lines
 

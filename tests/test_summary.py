@@ -197,3 +197,17 @@ def test_a_tree_names_its_gate_rows_by_their_path():
     assert names == [f"gate[{path}].x{j}" for path in paths for j in range(2)]
     experts = [row.name for row in emjax.summary(model, truth, x, y).coefficients if row.block.startswith("expert")]
     assert experts[:2] == ["expert[0].x0", "expert[0].x1"] and len(experts) == 12
+
+
+def test_a_non_uniform_tree_prints_its_long_description():
+    # "HierarchicalMoE(3x(2,1,3), GaussianExpert)" is longer than half the header: it used to fail to format
+    model = emjax.HierarchicalMoE(emjax.GaussianExpert(), (3, (2, 1, 3)))
+    truth = emjax.testing.random_params(model, jax.random.key(0), 2, expert_norm=2.0, sigma=0.5)
+    x, y = emjax.sample(model, truth, jax.random.key(1), 300)
+    table = emjax.summary(model, truth, x, y)
+    text = str(table)
+    assert model.describe() in text and "gate[2.2].x1" in text
+    paths = ["0", "1", "2", "0.0", "0.1", "1.0", "2.0", "2.1", "2.2"]  # breadth-first; node 1 has one child
+    assert [row.name for row in table.coefficients if row.block == "gates"] == [
+        f"gate[{path}].x{j}" for path in paths for j in range(2)
+    ]
