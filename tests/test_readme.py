@@ -2,6 +2,7 @@
 
 import pathlib
 import re
+import textwrap
 
 import pytest
 
@@ -93,8 +94,9 @@ def test_streaming_and_parallel_examples_run(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_python_block_compiles(path):
     """Every ```python block of the README and the documentation is valid Python (the ones above also run)."""
-    for code in re.findall(r"```python\n(.*?)```", path.read_text(), re.S):
-        compile(code, str(path.relative_to(ROOT)), "exec")
+    # fences may be indented (a block inside a list item): the block is the lines at that indentation
+    for _, code in re.findall(r"^( *)```python\n(.*?)^\1```", path.read_text(), re.S | re.M):
+        compile(textwrap.dedent(code), str(path.relative_to(ROOT)), "exec")
 
 
 def test_math_page_keeps_the_section_numbers_the_code_cites():
