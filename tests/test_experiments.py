@@ -1,6 +1,7 @@
 """Ready-made cells, step tuning, trace summaries, and the ``emjax reproduce`` / ``emjax sweep`` commands."""
 
 import csv
+import dataclasses
 import json
 import struct
 
@@ -11,6 +12,7 @@ import pytest
 
 import emjax
 from emjax.cli import main
+from emjax.experiments import _synthetic
 from emjax.experiments._summaries import iterations_to, measured_rate
 from emjax.sweeps import ConvergenceCell, parameter_errors, tune_step_sizes
 
@@ -103,8 +105,17 @@ def png_chunks(data: bytes) -> dict:
     return chunks
 
 
-def test_reproduce_quick_writes_every_file(tmp_path, capsys):
-    # The synthetic experiments; Table 2 has its own, smaller, test (tests/test_table2.py).
+def test_reproduce_quick_writes_every_file(tmp_path, capsys, monkeypatch):
+    # The synthetic experiments; Table 2 has its own, smaller, test (tests/test_table2.py). What is tested is the
+    # command and its files, so the quick settings are shrunk further (as tests/test_cli_resume.py does): n = 400
+    # and d = 3 instead of 2000 / 1000 and 10, 500 rows for the MIM curves instead of 5000, one MIM tuning
+    # instance instead of two; the same sweeps, methods, SNR grid, instances and iterations. Measured: EM's β
+    # error at iteration 100 is 0.036 (bound 0.1), and the measured EM rates are within 0.016 of λ_max(M) at EM's
+    # final iterate (bound 0.05).
+    figures = dataclasses.replace(_synthetic.FigureSettings.quick(), n=400, d=3)
+    mim = dataclasses.replace(_synthetic.MimSettings.quick(), n=400, d=3, rate_n=500, tuning_instances=1)
+    monkeypatch.setattr(_synthetic.FigureSettings, "quick", classmethod(lambda cls: figures))
+    monkeypatch.setattr(_synthetic.MimSettings, "quick", classmethod(lambda cls: mim))
     assert main(["reproduce", "figure1", "figure2", "mim", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     expected = [
         "figure1.png",
@@ -140,7 +151,9 @@ def test_reproduce_quick_writes_every_file(tmp_path, capsys):
         assert abs(float(row["rate_em_measured_median"]) - float(row["rate_em_final"])) < 0.05, row
     assert json.loads((tmp_path / "reproduce.json").read_text())["quick"] is True
     assert (tmp_path / "sweeps" / "quick" / "figures" / "sweep.json").exists()
-    assert "wrote" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "wrote" in log
+    assert "SymMoLinE, n=400, d=3," in log and "fits n=400," in log  # the shrunk settings were used
 
 
 def test_sweep_command_writes_a_summary_and_refuses_a_changed_grid(tmp_path, capsys):
