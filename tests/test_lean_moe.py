@@ -1,8 +1,7 @@
 """The lean K-expert step (per-fit cache, one-product E-step, gate Newton carrying its softmax, Gaussian
 experts solved together) equals the general one: same M-steps, same E-step, same fits, to round-off."""
 
-import functools
-
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,10 +21,9 @@ TOLERANCE = {jnp.float64: 1e-9, jnp.float32: 2e-4}
 
 def _problem(kind, dtype, seed=0, n=150, d=3):
     model, _, x, y = make_moe_problem(kind, seed=seed, n=n, d=d)
-    x, y = x.astype(dtype), y.astype(dtype)
+    # The start is initialised in float64 and then cast: one compiled init_params per family, not per dtype.
     params = emjax.init_params(model, jax.random.key(seed), x, y)
-    params = jax.tree_util.tree_map(lambda leaf: leaf.astype(dtype), params)
-    return model, x, y, params
+    return model, *jax.tree_util.tree_map(lambda leaf: leaf.astype(dtype), (x, y, params))
 
 
 def _close(a, b, dtype, scale=1.0):
@@ -40,17 +38,28 @@ def _reference_expectation(model, params, x, y):
     return -jnp.mean(log_likelihoods), gamma, logits
 
 
+@eqx.filter_jit
+def _expectations(model, params, x, y):
+    """The reference E-step, the lean one without and with the per-fit cache, the unfused loss and the expert
+    statistic, as one program (called eagerly, every operation of the model's methods compiles on its own)."""
+    lean = tuple(model.expectation(params, x, y, cache) for cache in (None, model.precompute(x, y)))
+    return _reference_expectation(model, params, x, y), lean, model.loss(params, x, y), model.expert.statistic(y)
+
+
+def _e_step(model, params, x, y):
+    """``model.expectation(params, x, y)``, from the program above (compiled once per family and dtype)."""
+    return _expectations(model, params, x, y)[1][0]
+
+
 @pytest.mark.parametrize("kind, dtype", CASES)
 def test_expectation_equals_the_reference_with_and_without_cache(kind, dtype):
     model, x, y, params = _problem(kind, dtype, seed=1)
-    loss, gamma, logits = jax.jit(functools.partial(_reference_expectation, model))(params, x, y)
-    expectation = jax.jit(model.expectation)
-    for cache in (None, model.precompute(x, y)):
-        lean_loss, (lean_gamma, stats), scores = expectation(params, x, y, cache)
+    (loss, gamma, logits), lean, plain_loss, statistic = _expectations(model, params, x, y)
+    for lean_loss, (lean_gamma, stats), scores in lean:
         _close(lean_loss, loss, dtype)
-        _close(lean_loss, model.loss(params, x, y), dtype)
+        _close(lean_loss, plain_loss, dtype)
         _close(lean_gamma, gamma, dtype)
-        _close(stats, model.expert.statistic(y)[:, :, None] * gamma[:, None, :], dtype)
+        _close(stats, statistic[:, :, None] * gamma[:, None, :], dtype)
         _close(scores.logits, logits, dtype)
         _close(scores.log_normaliser, jax.nn.logsumexp(logits, axis=-1), dtype)
         _close(scores.probabilities, jax.nn.softmax(logits, axis=-1), dtype)
@@ -79,7 +88,7 @@ def test_solve_with_cache_and_scores_equals_solve_without(kind, dtype):
 def test_gate_loop_equals_linear_newton(dtype):
     model, x, y, params = _problem("lin", dtype, seed=3)
     free = model.free_mask(params)
-    _, (weights, _), scores = model.expectation(params, x, y)
+    _, (weights, _), scores = _e_step(model, params, x, y)
     lean = jax.jit(lambda w, s: _moe_solve.fit_gate(model, x, w, params.gate, free.gate, s, x.T))(weights, scores)
     row_mass = jnp.sum(weights, axis=-1)
 
@@ -102,10 +111,10 @@ def test_gate_loop_equals_linear_newton(dtype):
 @pytest.mark.parametrize("dtype, ridge", [(jnp.float64, 0.0), (jnp.float64, 0.1), (jnp.float32, 0.0)])
 def test_gaussian_experts_together_equal_the_family_m_step(dtype, ridge):
     model = emjax.MoLinE(3, ridge=ridge)
-    _, x, y, params = _problem("lin", dtype, seed=4)
+    plain, x, y, params = _problem("lin", dtype, seed=4)
     free = model.free_mask(params)
     free = emjax.MoEParams(gate=free.gate, experts=free.experts.at[1, 0].set(False), sigma=free.sigma.at[2].set(False))
-    _, (weights, stats), _ = model.expectation(params, x, y)
+    _, (weights, stats), _ = _e_step(plain, params, x, y)  # the E-step does not depend on the ridge
     family = model.expert
 
     @jax.jit
@@ -125,16 +134,30 @@ def test_gaussian_experts_together_equal_the_family_m_step(dtype, ridge):
     assert coef[1, 0] == params.experts[1, 0] and scale[2] == params.sigma[2]
 
 
+# The fit tests share their compiled programs: the same number of steps (one fit loop per family and dtype, whatever
+# is frozen: fit expands every mask to full boolean arrays) and em_step with the full mask as a traced argument
+# (the default mask where nothing is frozen), so the frozen and the unfrozen loops of em_step compile once.
+FIT_STEPS = 4
+
+
+@eqx.filter_jit
+def _em_step(model, params, x, y, free):
+    return emjax.em_step(model, params, x, y, trainable=free)
+
+
+def _em_steps(model, params, x, y, trainable=None):
+    """FIT_STEPS calls of em_step (each compiled) with ``trainable`` as a full mask."""
+    free = model.free_mask(params, trainable)
+    for _ in range(FIT_STEPS):
+        params = _em_step(model, params, x, y, free)
+    return params
+
+
 @pytest.mark.parametrize("kind, dtype", CASES)
 def test_fit_equals_a_loop_of_em_steps(kind, dtype):
     model, x, y, params = _problem(kind, dtype, seed=5)
-    steps = 4
-    fitted = emjax.fit(model, emjax.em(), params, x, y, steps)
-    step = jax.jit(functools.partial(emjax.em_step, model))
-    current = params
-    for _ in range(steps):
-        current = step(current, x, y)
-    _close(fitted.params, current, dtype, scale=10.0)
+    fitted = emjax.fit(model, emjax.em(), params, x, y, FIT_STEPS)
+    _close(fitted.params, _em_steps(model, params, x, y), dtype, scale=10.0)
 
 
 @pytest.mark.parametrize("kind", ["lin", "log"])
@@ -143,18 +166,14 @@ def test_frozen_block_stays_and_the_rest_matches_em_steps(kind):
     trainable = emjax.MoEParams(
         gate=np.asarray(False), experts=np.asarray(True), sigma=None if params.sigma is None else np.asarray(True)
     )
-    fitted = emjax.fit(model, emjax.em(trainable=trainable), params, x, y, 3)
-    step = jax.jit(functools.partial(emjax.em_step, model, trainable=trainable))
-    current = params
-    for _ in range(3):
-        current = step(current, x, y)
+    fitted = emjax.fit(model, emjax.em(trainable=trainable), params, x, y, FIT_STEPS)
     np.testing.assert_array_equal(fitted.params.gate, params.gate)
-    _close(fitted.params, current, jnp.float64, scale=10.0)
+    _close(fitted.params, _em_steps(model, params, x, y, trainable), jnp.float64, scale=10.0)
 
 
 def test_mirror_descent_uses_the_e_steps_prior():
     model, x, y, params = _problem("lin", jnp.float64, seed=7)
-    _, _, scores = jax.jit(model.expectation)(params, x, y)
+    _, _, scores = _e_step(model, params, x, y)
     prior_targets = jax.jit(model.prior_targets)
     for given in (scores, scores.logits, None):
         prior, stats = prior_targets(params, x, given)

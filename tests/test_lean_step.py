@@ -8,6 +8,8 @@ the unfused functions (``model.loss``, ``posterior_targets``, ``em_step`` in a P
 brute-force logaddexp for the loss.
 """
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,14 @@ def _start(truth, seed):
     return emjax.testing.perturb(truth, jax.random.key(seed))
 
 
+# One data set per model and dtype for every test here (each test starts from its own point): the sampler and
+# every program below (E-step, solves, steps, fit loops) compile once per model and dtype, not once per test's
+# data shape.
+@functools.cache
+def _problem(kind, dtype=jnp.float64):
+    return make_problem(kind, seed=3, n=2000, d=4, dtype=dtype)
+
+
 # The model's methods compiled, once per model, shape and dtype: called eagerly, their Newton loops and
 # conditionals are dispatched op by op and compile anew at every call. The frozen-block masks are boolean arrays
 # (traced), so the three mask variants of a test share one program.
@@ -42,19 +52,31 @@ def _posterior_targets(model, params, x, y):
     return model.posterior_targets(params, x, y)
 
 
-@pytest.mark.parametrize("kind", ["lin", "log"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_expectation_loss_and_targets_equal_the_unfused_functions(kind, dtype):
-    model, truth, x, y = make_problem(kind, seed=3, n=3000, d=4, dtype=dtype)
-    params = _start(truth, 1)
-    cache = model.precompute(x, y)
-    loss, targets, scores = model.expectation(params, x, y, cache)
+@eqx.filter_jit
+def _precompute(model, x, y):
+    return model.precompute(x, y)
+
+
+@eqx.filter_jit
+def _lean_and_unfused(model, params, x, y):
+    """The lean E-step (with the per-fit cache) and its oracles, the unfused functions, as one program
+    (called eagerly, every operation of these methods compiles on its own: about 90 small programs)."""
+    lean = model.expectation(params, x, y, model.precompute(x, y))
     plain_targets, _ = model.posterior_targets(params, x, y)
     # Oracle: the mixture log-likelihood as logaddexp of the two joint log-densities.
     oracle = -jnp.mean(jax.nn.logsumexp(model.log_joint(params, x, y), axis=1))
+    return lean, plain_targets, oracle, model.loss(params, x, y)
+
+
+@pytest.mark.parametrize("kind", ["lin", "log"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_expectation_loss_and_targets_equal_the_unfused_functions(kind, dtype):
+    model, truth, x, y = _problem(kind, dtype)
+    params = _start(truth, 1)
+    (loss, targets, scores), plain_targets, oracle, plain_loss = _lean_and_unfused(model, params, x, y)
     rtol = 1e-13 if dtype == jnp.float64 else 2e-6
     np.testing.assert_allclose(loss, oracle, rtol=rtol)
-    np.testing.assert_allclose(loss, model.loss(params, x, y), rtol=rtol)
+    np.testing.assert_allclose(loss, plain_loss, rtol=rtol)
     for lean, plain in zip(targets, plain_targets, strict=True):
         np.testing.assert_allclose(lean, plain, rtol=rtol, atol=rtol)
     np.testing.assert_allclose(scores.gate_softplus, jnp.mean(jax.nn.softplus(x @ params.w)), rtol=rtol)
@@ -64,10 +86,9 @@ def test_expectation_loss_and_targets_equal_the_unfused_functions(kind, dtype):
 @pytest.mark.parametrize("kind", ["lin", "log"])
 def test_loss_is_exact_where_the_scores_saturate(kind):
     """|x.w| and |x.beta| of order 1e3: the one-exponential form keeps every digit logaddexp has."""
-    model, truth, x, y = make_problem(kind, seed=5, n=200, d=3)
+    model, truth, x, y = _problem(kind)
     params = emjax.SymParams(w=300.0 * truth.w, beta=200.0 * truth.beta)
-    loss, (r, _), _ = model.expectation(params, x, y, model.precompute(x, y))
-    oracle = -jnp.mean(jax.nn.logsumexp(model.log_joint(params, x, y), axis=1))
+    (loss, (r, _), _), _, oracle, _ = _lean_and_unfused(model, params, x, y)
     assert np.isfinite(float(loss))
     np.testing.assert_allclose(loss, oracle, rtol=1e-12)
     assert bool(jnp.all((r >= 0) & (r <= 1)))
@@ -87,12 +108,12 @@ def test_logistic_matches_the_library_functions_in_both_tails():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("frozen", [None, "w", "beta"])
 def test_solve_with_the_cache_equals_solve_without(kind, dtype, frozen):
-    model, truth, x, y = make_problem(kind, seed=7, n=2500, d=5, dtype=dtype)
+    model, truth, x, y = _problem(kind, dtype)
     params = _start(truth, 2)
     trainable = None if frozen is None else emjax.SymParams(w=frozen != "w", beta=frozen != "beta")
     free = model.free_mask(params, trainable)
     targets, scores = _posterior_targets(model, params, x, y)
-    lean = _solve(model, params, x, targets, free, scores, model.precompute(x, y))
+    lean = _solve(model, params, x, targets, free, scores, _precompute(model, x, y))
     plain = _solve(model, params, x, targets, free)
     for a, b in zip(jax.tree_util.tree_leaves(lean), jax.tree_util.tree_leaves(plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
@@ -105,7 +126,7 @@ def test_solve_with_the_cache_equals_solve_without(kind, dtype, frozen):
 @pytest.mark.parametrize("frozen", [None, "w"])
 def test_fit_equals_a_python_loop_of_em_step(kind, dtype, frozen):
     """The compiled lean loop against the public one-step function called eagerly, step by step."""
-    model, truth, x, y = make_problem(kind, seed=11, n=2000, d=4, dtype=dtype)
+    model, truth, x, y = _problem(kind, dtype)
     start = _start(truth, 4)
     trainable = None if frozen is None else emjax.SymParams(w=False, beta=True)
     steps = 12
@@ -123,7 +144,7 @@ def test_fit_equals_a_python_loop_of_em_step(kind, dtype, frozen):
 
 @pytest.mark.parametrize("kind", ["lin", "log"])
 def test_mirror_descent_in_fit_equals_a_python_loop_of_its_step(kind):
-    model, truth, x, y = make_problem(kind, seed=13, n=1500, d=3)
+    model, truth, x, y = _problem(kind)
     start = _start(truth, 6)
     result = emjax.fit(model, emjax.mirror_descent(0.6), start, x, y, 6)
     params = start
@@ -135,7 +156,7 @@ def test_mirror_descent_in_fit_equals_a_python_loop_of_its_step(kind):
 
 def test_fit_with_a_tolerance_takes_the_loss_from_the_e_step():
     """The while-loop form: losses, the stopping step and the result equal the scan form's prefix."""
-    model, truth, x, y = make_problem("lin", seed=17, n=20_000, d=5)
+    model, truth, x, y = _problem("lin")
     start = _start(truth, 8)
     until = emjax.fit(model, emjax.em(), start, x, y, 200, tol=1e-10)
     steps = int(until.num_steps)
