@@ -83,6 +83,17 @@ def test_one_gaussian_expert_with_offset_is_least_squares_of_the_shifted_respons
 # --------------------------------------------------------------------------- K > 1: the frozen entries
 
 
+def _two_expert_restarts(cov, y):
+    """Three restarts of K = 2 Poisson EM with separate covariates and an offset: one compiled program for every
+    data set of 400 rows and five columns (a gate covariate, two expert covariates, the intercept and the offset)."""
+    model = emjax.MoPoE(2)
+    mask = cov.trainable(model)
+    result = emjax.fit_restarts(
+        model, emjax.em(trainable=mask), jax.random.key(0), cov.x, y, 3, 300, params=cov.fixed(model), tol=1e-10
+    )
+    return model, mask, result
+
+
 @pytest.fixture(scope="module")
 def two_experts():
     """A K = 2 Poisson fit with separate covariates and an offset."""
@@ -92,11 +103,7 @@ def two_experts():
     rate = np.where(z, np.exp(1.0 + 0.5 * v[:, 0]), np.exp(-0.5 - 0.5 * v[:, 1]))
     y = rng.poisson(exposure * rate).astype(float)
     cov = emjax.covariates(gate=np.c_[ones, u], expert=np.c_[ones, v], offset=np.log(exposure))
-    model = emjax.MoPoE(2)
-    mask = cov.trainable(model)
-    result = emjax.fit_restarts(
-        model, emjax.em(trainable=mask), jax.random.key(0), cov.x, y, 3, 300, params=cov.fixed(model), tol=1e-10
-    )
+    model, mask, result = _two_expert_restarts(cov, y)
     return cov, model, mask, result, y
 
 
@@ -152,7 +159,7 @@ def test_same_columns_are_the_plain_model():
     np.testing.assert_array_equal(cov.x, x)  # shared columns appear once: no duplicate, singular design
     mask = cov.trainable(model)
     assert all(bool(np.all(leaf)) for leaf in jax.tree_util.tree_leaves(mask))
-    start = emjax.init_params(model, jax.random.key(2), x, y)
+    start = emjax.testing.random_params(model, jax.random.key(2), d=3)  # a generic start (the truth's program)
     plain = emjax.fit(model, emjax.em(), start, x, y, 30)
     restricted = emjax.fit(model, emjax.em(trainable=mask), cov.restrict(model, start), cov.x, y, 30)
     np.testing.assert_array_equal(plain.losses, restricted.losses)
@@ -223,11 +230,15 @@ def test_restricted_mim_is_the_jacobian_of_masked_em(two_experts):
     index = cov.estimated_index(model, params)
     assert index.size == emjax.num_parameters(model, params, mask)
 
-    def em_map(free):
-        vector = model.flatten(params).at[index].set(free)
-        return model.flatten(emjax.em_step(model, model.unflatten(vector, params), cov.x, y, mask))[index]
+    @jax.jit  # one program (eager, every primitive of the forward-mode pass would compile on its own)
+    def jacobian(free, params, x, y, mask):
+        def em_map(free):
+            vector = model.flatten(params).at[index].set(free)
+            return model.flatten(emjax.em_step(model, model.unflatten(vector, params), x, y, mask))[index]
 
-    jacobian = jax.jacfwd(em_map)(model.flatten(params)[index])
+        return jax.jacfwd(em_map)(free)
+
+    jacobian = jacobian(model.flatten(params)[index], params, cov.x, y, mask)
     full = emjax.missing_information_matrix(model, params, cov.x, y, trainable=mask)
     matrix = full[np.ix_(index, index)]
     np.testing.assert_allclose(jacobian, matrix, atol=1e-7)
@@ -244,18 +255,14 @@ def test_a_constant_offset_is_not_a_degenerate_fit():
     estimates make its design, so the fit is healthy (it used to be flagged degenerate)."""
     rng = np.random.default_rng(0)
     n = 400
-    u, v = rng.normal(size=n), rng.normal(size=n)
+    u, v = rng.normal(size=n), rng.normal(size=(n, 2))
     ones, offset = np.ones((n, 1)), np.full(n, 0.7)
     first = rng.random(n) < 1 / (1 + np.exp(-2 * u))
-    y = rng.poisson(np.exp(np.where(first, 1.0 + 0.5 * v, -0.5 * v) + offset)).astype(float)
+    y = rng.poisson(np.exp(np.where(first, 1.0 + 0.5 * v[:, 0], -0.5 * v[:, 1]) + offset)).astype(float)
     cov = emjax.covariates(gate=np.c_[ones, u], expert=np.c_[ones, v], offset=offset)
-    model = emjax.MoPoE(2)
-    solver = emjax.em(trainable=cov.trainable(model))
-    result = emjax.fit(
-        model, solver, cov.restrict(model, emjax.init_params(model, jax.random.key(0), cov.x, y)), cov.x, y, 60
-    )
+    model, mask, result = _two_expert_restarts(cov, y)  # the fixture's compiled restarts: the same data shape
     assert int(result.status) == emjax.Status.max_steps or int(result.status) == emjax.Status.ok
-    assert not bool(model.is_degenerate(result.params, cov.x, y, free=model.free_mask(result.params, solver.trainable)))
+    assert not bool(model.is_degenerate(result.params, cov.x, y, free=model.free_mask(result.params, mask)))
     assert bool(model.is_degenerate(result.params, cov.x, y))  # without the mask the design is singular
 
 

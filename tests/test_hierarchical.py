@@ -2,7 +2,9 @@
 oracle of the E- and M-step on a depth-2 tree, the EM Jacobian at a fixed point, frozen subtrees.
 
 Most tests share one depth-2 problem (branching (2, 2), Gaussian leaves, d = 2) so that they share compiled
-programs; float64 throughout (tests/conftest.py)."""
+programs: every EM run on it is the same bounded ``lax.while_loop`` (``STEPS``, a tolerance), and every EM run on
+the non-uniform tree's problem the same ``lax.scan`` of ``UNEVEN_STEPS`` steps. Float64 throughout
+(tests/conftest.py)."""
 
 import json
 from pathlib import Path
@@ -119,8 +121,10 @@ def test_depth_one_is_the_flat_mixture(family):
     def as_tree(p):
         return emjax.HMEParams(gates=p.gate, experts=p.experts, sigma=p.sigma)
 
-    flat_params = emjax.init_params(flat, jax.random.key(5), x, y)
-    other = emjax.testing.random_params(flat, jax.random.key(6), D, expert_norm=0.5, sigma=0.7)
+    # Two generic points (random_params' eager ops compile once for both).
+    flat_params, other = (
+        emjax.testing.random_params(flat, jax.random.key(seed), D, expert_norm=0.5, sigma=0.7) for seed in (5, 6)
+    )
 
     @jax.jit  # one program per model: the loss, the mirror map, the prior targets, a divergence and an EM step
     def parts(flat_params, other):
@@ -179,8 +183,16 @@ def test_mirror_map_is_the_root_normaliser_and_its_block_steps_unprojected(tree_
     assert float(emjax.bregman_divergence(TREE, new, start, x)) > 1e-4
 
 
-# One compiled EM loop for the monotone and the Jacobian tests: 1000 steps bounded, tolerance 1e-14.
+# One compiled EM loop for every EM run on the (2, 2) problem: 1000 steps bounded, stopping at a tolerance (a traced
+# value: 1e-14 for the fits, a loose one for the frozen subtree's few steps).
 STEPS, TOL = 1000, 1e-14
+
+
+@pytest.fixture(scope="module")
+def fit_from_truth(tree_problem):
+    """EM from the truth to its fixed point (the Jacobian test's point, and the reference of the start test)."""
+    truth, x, y, _ = tree_problem
+    return emjax.fit(TREE, emjax.em(), truth, x, y, STEPS, tol=TOL)
 
 
 def test_em_never_increases_the_loss(tree_problem):
@@ -194,12 +206,12 @@ def test_em_never_increases_the_loss(tree_problem):
     assert int(result.status) == int(emjax.Status.ok)
 
 
-def test_start_reaches_the_optimum_of_the_truth(tree_problem):
+def test_start_reaches_the_optimum_of_the_truth(tree_problem, fit_from_truth):
     """init_params (a flat MoE's EM steps grouped into the tree) starts in the basin of the fit from the truth:
     EM from it ends at the same loss and, leaves relabelled within the tree's symmetries, the same point."""
-    truth, x, y, _ = tree_problem
+    _, x, y, _ = tree_problem
     start = emjax.init_params(TREE, jax.random.key(1), x, y)
-    fits = [emjax.fit(TREE, emjax.em(), p, x, y, STEPS, tol=TOL) for p in (start, truth)]
+    fits = [emjax.fit(TREE, emjax.em(), start, x, y, STEPS, tol=TOL), fit_from_truth]
     from_start, from_truth = (float(f.final_loss) for f in fits)
     assert float(emjax.neg_log_likelihood(TREE, start, x, y)) > from_start + 1e-4  # the start is not the fit
     assert from_start == pytest.approx(from_truth, abs=1e-9)
@@ -265,12 +277,23 @@ def test_e_and_m_step_against_a_numpy_oracle(tree_problem):
 # ----------------------------------------------------------------------------- information, masks
 
 
-def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(tree_problem):
-    truth, x, y, _ = tree_problem
-    fitted = emjax.fit(TREE, emjax.em(), truth, x, y, STEPS, tol=TOL).params
+def _em_map_jacobian(model, fitted, x, y):
+    """The Jacobian of the flattened EM map at ``fitted``, compiled as one program (eager, its every primitive
+    would compile on its own)."""
+
+    @jax.jit
+    def jacobian(vector, fitted, x, y):
+        return jax.jacobian(lambda v: model.flatten(emjax.em_step(model, model.unflatten(v, fitted), x, y)))(vector)
+
+    return jacobian(model.flatten(fitted), fitted, x, y)
+
+
+def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(tree_problem, fit_from_truth):
+    _, x, y, _ = tree_problem
+    fitted = fit_from_truth.params
     vector = TREE.flatten(fitted)
     assert float(jnp.max(jnp.abs(TREE.flatten(emjax.em_step(TREE, fitted, x, y)) - vector))) < 1e-10
-    jacobian = jax.jacobian(lambda v: TREE.flatten(emjax.em_step(TREE, TREE.unflatten(v, fitted), x, y)))(vector)
+    jacobian = _em_map_jacobian(TREE, fitted, x, y)
     mim = emjax.missing_information_matrix(TREE, fitted, x, y)
     assert mim.shape == (vector.size, vector.size) and float(jnp.max(jnp.abs(mim))) > 0.1
     np.testing.assert_allclose(jacobian, mim, atol=2e-6)
@@ -281,7 +304,10 @@ def test_em_jacobian_at_a_fixed_point_is_the_missing_information_matrix(tree_pro
 def test_frozen_subtree_stays_bit_identical(tree_problem):
     _, x, y, start = tree_problem
     mask = TREE.freeze_subtree(1, 1)  # inner gate 1 (rows 4, 5) and leaves 2, 3
-    new = emjax.fit(TREE, emjax.em(trainable=mask), start, x, y, 3).params
+    # The other tests' compiled loop, stopped early by a loose tolerance (a dozen steps).
+    result = emjax.fit(TREE, emjax.em(trainable=mask), start, x, y, STEPS, tol=1e-2)
+    assert 3 <= int(result.num_steps) < STEPS
+    new = result.params
     np.testing.assert_array_equal(new.gates[4:], start.gates[4:])
     np.testing.assert_array_equal(new.experts[2:], start.experts[2:])
     np.testing.assert_array_equal(new.sigma[2:], start.sigma[2:])
@@ -325,6 +351,9 @@ def test_reaches_mixtools_hme_loglik():
 
 # The root has 3 children, with 2, 1 and 3 leaves: gates of 3, 2, 1 (one pinned row) and 3 rows.
 UNEVEN = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=(3, (2, 1, 3)))
+# Every EM run on its problem is one compiled lax.scan of this many steps: from the random start (the loss trace,
+# the frozen subtree) and, run after run, from the truth to the fixed point.
+UNEVEN_STEPS = 30
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +361,10 @@ def uneven_problem():
     truth, x, y = _problem(UNEVEN, seed=7, n=400, gate_norm=3.0, expert_norm=2.0, sigma=0.5)
     start = emjax.testing.random_params(UNEVEN, jax.random.key(8), D, gate_norm=1.0, expert_norm=1.0, sigma=1.0)
     return truth, x, y, start
+
+
+def _uneven_em(params, x, y, trainable=None):
+    return emjax.fit(UNEVEN, emjax.em(trainable=trainable), params, x, y, UNEVEN_STEPS)
 
 
 def test_bad_branching_specs_raise():
@@ -474,10 +507,8 @@ def _oracle_uneven(branching, params, x, y):
 @pytest.mark.parametrize("branching", [(3, (2, 1, 3)), (2, (1, 2), 2)], ids=["2-1-3", "depth3"])
 def test_uneven_e_and_m_step_against_a_numpy_oracle(branching, uneven_problem):
     model = emjax.HierarchicalMoE(emjax.GaussianExpert(), branching=branching)
-    if model == UNEVEN:
-        _, x, y, start = uneven_problem
-    else:
-        _, x, y = _problem(model, seed=9, n=300, gate_norm=2.0)
+    _, x, y, start = uneven_problem  # the depth-3 tree on the same data (the oracle needs no data from its own law)
+    if model != UNEVEN:
         start = emjax.testing.random_params(model, jax.random.key(10), D, gate_norm=1.0, expert_norm=1.0, sigma=1.0)
     x, y = np.asarray(x), np.asarray(y)
     prior, gamma, loss, rows, paths = _oracle_uneven(branching, start, x, y)
@@ -507,15 +538,18 @@ def test_uneven_e_and_m_step_against_a_numpy_oracle(branching, uneven_problem):
 
 def test_uneven_em_mirror_descent_and_missing_information(uneven_problem):
     truth, x, y, start = uneven_problem
-    losses = np.asarray(emjax.fit(UNEVEN, emjax.em(), start, x, y, 30).losses)
+    losses = np.asarray(_uneven_em(start, x, y).losses)
     assert np.all(np.diff(losses) <= 1e-13 * np.abs(losses[1:])), np.diff(losses)
     assert losses[-1] < losses[0] - 1e-2
     _close(emjax.mirror_descent_step(UNEVEN, start, x, y, 1.0), emjax.em_step(UNEVEN, start, x, y), rtol=1e-12)
-    # At a fixed point the Jacobian of the EM map is the missing-information matrix.
-    fitted = emjax.fit(UNEVEN, emjax.em(), truth, x, y, STEPS, tol=TOL).params
+    # At a fixed point the Jacobian of the EM map is the missing-information matrix. EM from the truth (rate 0.95
+    # there) in 24 runs of the same compiled loop, 720 steps: it moves by round-off (2e-15) per step by then.
+    fitted = truth
+    for _ in range(24):
+        fitted = _uneven_em(fitted, x, y).params
     vector = UNEVEN.flatten(fitted)
     assert float(jnp.max(jnp.abs(UNEVEN.flatten(emjax.em_step(UNEVEN, fitted, x, y)) - vector))) < 1e-10
-    jacobian = jax.jacobian(lambda v: UNEVEN.flatten(emjax.em_step(UNEVEN, UNEVEN.unflatten(v, fitted), x, y)))(vector)
+    jacobian = _em_map_jacobian(UNEVEN, fitted, x, y)
     mim = emjax.missing_information_matrix(UNEVEN, fitted, x, y)
     assert mim.shape == (vector.size, vector.size) == (28, 28) and float(jnp.max(jnp.abs(mim))) > 0.1
     np.testing.assert_allclose(jacobian, mim, atol=2e-6)
@@ -552,7 +586,7 @@ def test_uneven_tree_through_the_public_functions(uneven_problem):
     assert step32.gates.dtype == jnp.float32
     _close(step32, step, rtol=2e-3, atol=2e-3)
     # A frozen subtree (node 0 of level 1: rows 3, 4 and leaves 0, 1) stays bit-identical.
-    new = emjax.fit(UNEVEN, emjax.em(trainable=UNEVEN.freeze_subtree(1, 0)), start, x, y, 3).params
+    new = _uneven_em(start, x, y, trainable=UNEVEN.freeze_subtree(1, 0)).params
     np.testing.assert_array_equal(new.gates[3:5], start.gates[3:5])
     np.testing.assert_array_equal(new.experts[:2], start.experts[:2])
     assert float(jnp.max(jnp.abs(new.gates[7:] - start.gates[7:]))) > 1e-3
