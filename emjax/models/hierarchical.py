@@ -364,20 +364,15 @@ class HierarchicalMoE(AbstractModel):
             if not tree.is_uniform(level):
                 rows.append(self._solve_level(tree, level, params, x, weights, free, scores, xt))
                 continue
-            gate_model = self._flat(b)
             node_targets = tree.subtree_sums(weights, level + 1).reshape(x.shape[0], tree.nodes(level), b)
             gates, masks = tree.level_gates(params.gates, level), tree.level_gates(free.gates, level)
             logits = None if scores is None else tree.level_columns(scores, level)
-
-            def fit(t, w, f, z, gate_model=gate_model):
-                return _moe_solve.fit_gate(gate_model, x, t, w, f, z, xt)
-
             if tree.nodes(level) == 1:  # the root: no batch axis (a depth-1 tree is the flat model, op for op)
-                new = fit(node_targets[:, 0], gates[0], masks[0], None if logits is None else logits[:, 0])[None]
-            elif logits is None:
-                new = jax.vmap(lambda t, w, f: fit(t, w, f, None), in_axes=(1, 0, 0))(node_targets, gates, masks)
+                root_logits = None if logits is None else logits[:, 0]
+                new = _moe_solve.fit_gate(self._flat(b), x, node_targets[:, 0], gates[0], masks[0], root_logits, xt)
+                new = new[None]
             else:
-                new = jax.vmap(fit, in_axes=(1, 0, 0, 1))(node_targets, gates, masks, logits)
+                new = self._fit_gates(b, x, node_targets, gates, masks, logits, xt)
             rows.append(new.reshape(-1, x.shape[1]))
         # The leaves: the flat solver with a one-row gate (pinned, so it fits no gate), the experts only.
         leaves, free_leaves = self._leaves(params), self._leaves(free)
@@ -398,18 +393,22 @@ class HierarchicalMoE(AbstractModel):
         for k, index in tree.groups(level):
             if k == 1:  # one child: probability 1 and nothing to fit
                 continue
-            gate_model = self._flat(k)
-
-            def fit(t, w, f, z, gate_model=gate_model):
-                return _moe_solve.fit_gate(gate_model, x, t, w, f, z, xt)
-
-            targets, gates, gate_masks = node_targets[:, index], block[index], masks[index]
-            if logits is None:
-                new = jax.vmap(lambda t, w, f: fit(t, w, f, None), in_axes=(1, 0, 0))(targets, gates, gate_masks)
-            else:
-                new = jax.vmap(fit, in_axes=(1, 0, 0, 1))(targets, gates, gate_masks, logits[:, index])
+            group_logits = None if logits is None else logits[:, index]
+            new = self._fit_gates(k, x, node_targets[:, index], block[index], masks[index], group_logits, xt)
             block = block.at[index.ravel()].set(new.reshape(-1, x.shape[1]))
         return block
+
+    def _fit_gates(self, k: int, x: Array, targets, gates, masks, logits, xt) -> Array:
+        """G gates of k children each, fitted by the flat k-gate solver in one ``vmap``: targets (n, G, k),
+        gates and masks (G, k, d), logits (n, G, k) or None; returns (G, k, d)."""
+        gate_model = self._flat(k)
+
+        def fit(t, w, f, z):
+            return _moe_solve.fit_gate(gate_model, x, t, w, f, z, xt)
+
+        if logits is None:
+            return jax.vmap(lambda t, w, f: fit(t, w, f, None), in_axes=(1, 0, 0))(targets, gates, masks)
+        return jax.vmap(fit, in_axes=(1, 0, 0, 1))(targets, gates, masks, logits)
 
     # ------------------------------------------------------------------ mirror map
 
